@@ -1,0 +1,217 @@
+"""The validation suite, run with Great Expectations on the raw train and test tables.
+
+Four tables are checked: the training file, the test file, a per-class table of gold counts derived
+from the training file, and a per-test-row table of exact feature-hash matches in training. Each
+expectation carries a plain-words ``expected`` text in its meta, so a failure reads as
+``table.column: expected ..., found ...``. GX is imported inside :func:`run_suite` (it costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.data import DataError, RawTables, feature_hashes
+
+NUMERIC_DTYPES = [
+    *(f"float{b}" for b in (16, 32, 64)),
+    *(f"int{b}" for b in (8, 16, 32, 64)),
+    *(f"uint{b}" for b in (8, 16, 32, 64)),
+    *(f"Int{b}" for b in (8, 16, 32, 64)),
+    "Float32",
+    "Float64",
+]
+FINITE_MAX = float(np.finfo(np.float64).max)
+
+
+@dataclass(frozen=True)
+class Failure:
+    table: str
+    column: str | None
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        where = f"{self.table}.{self.column}" if self.column else self.table
+        return f"{where}: expected {self.expected}; found {self.found}"
+
+
+@dataclass
+class ValidationReport:
+    success: bool
+    evaluated: int
+    failures: list[Failure] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)  # GX checkpoint result, JSON-ready
+    docs_dir: Path | None = None
+
+    def summary(self) -> str:
+        if self.success:
+            return f"all {self.evaluated} expectations passed"
+        lines = [f"{len(self.failures)} of {self.evaluated} expectations failed:"]
+        lines += [f"  - {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+class DataValidationError(DataError):
+    """The suite failed; ``report`` holds every failed expectation."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        super().__init__("data validation failed: " + report.summary())
+        self.report = report
+
+
+@dataclass
+class _Table:
+    name: str
+    frame: pd.DataFrame
+    expectations: list[Any]
+
+
+def _exp(cls: Any, expected: str, **kwargs: Any) -> Any:
+    return cls(meta={"expected": expected}, **kwargs)
+
+
+def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int) -> list[_Table]:
+    """Decide which expectations apply to which table (needs GX's expectation classes)."""
+    import great_expectations.expectations as gxe
+
+    spec = raw.spec
+    train_cols = [*spec.feature_columns, spec.label_column, *spec.weak_label_columns]
+    test_cols = [*spec.feature_columns, spec.label_column]
+    tables = [
+        _Table("train", raw.train, _column_checks(gxe, raw.train, train_cols, spec.feature_columns)),
+        _Table("test", raw.test, _column_checks(gxe, raw.test, test_cols, spec.feature_columns)),
+    ]
+    train_e, test_e = tables[0].expectations, tables[1].expectations
+    class_text = f"a class in {classes}"
+    if spec.label_column in raw.train.columns:
+        train_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, f"{class_text} or empty (no gold label)",
+                            column=spec.label_column, value_set=classes))
+    for col in spec.weak_label_columns:
+        if col in raw.train.columns:
+            train_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, f"{class_text} or the abstain value {spec.abstain}",
+                                column=col, value_set=[*classes, spec.abstain]))
+    test_e.append(_exp(gxe.ExpectTableRowCountToBeBetween, "at least 1 row", min_value=1))
+    if spec.label_column in raw.test.columns:
+        test_e.append(_exp(gxe.ExpectColumnValuesToNotBeNull, "a gold label on every test row", column=spec.label_column))
+        test_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, class_text, column=spec.label_column, value_set=classes))
+    if spec.label_column in raw.train.columns:
+        tables.append(_gold_counts(gxe, raw, classes, min_gold_per_class))
+    if all(c in raw.train.columns and c in raw.test.columns for c in spec.feature_columns):
+        tables.append(_test_overlap(gxe, raw))
+    return tables
+
+
+def _column_checks(gxe: Any, frame: pd.DataFrame, columns: list[str], features: list[str]) -> list[Any]:
+    checks = [_exp(gxe.ExpectColumnToExist, "the column to exist", column=c) for c in columns]
+    for c in features:
+        if c not in frame.columns:
+            continue  # reported once by ExpectColumnToExist; value checks would only repeat it
+        checks += [
+            _exp(gxe.ExpectColumnValuesToBeInTypeList, "a numeric column", column=c, type_list=NUMERIC_DTYPES),
+            _exp(gxe.ExpectColumnValuesToNotBeNull, "no missing (NaN) values", column=c),
+        ]
+        if pd.api.types.is_numeric_dtype(frame[c]):
+            checks.append(_exp(gxe.ExpectColumnValuesToBeBetween, "finite values (no inf)", column=c,
+                               min_value=-FINITE_MAX, max_value=FINITE_MAX))
+    return checks
+
+
+def _gold_counts(gxe: Any, raw: RawTables, classes: list[int], minimum: int) -> _Table:
+    labels = pd.to_numeric(raw.train[raw.spec.label_column], errors="coerce").dropna()
+    counts = labels.value_counts()
+    frame = pd.DataFrame({"class": classes, "gold_rows": [int(counts.get(c, 0)) for c in classes]}, index=classes)
+    checks = [
+        _exp(gxe.ExpectTableRowCountToBeBetween, "a non-empty class set", min_value=1),
+        _exp(gxe.ExpectColumnValuesToBeBetween, f"at least {minimum} gold rows per class",
+             column="gold_rows", min_value=minimum),
+    ]
+    return _Table("gold_per_class", frame, checks)
+
+
+def _test_overlap(gxe: Any, raw: RawTables) -> _Table:
+    features = raw.spec.feature_columns
+    train_hashes = feature_hashes(raw.train, features).value_counts()
+    test_hashes = feature_hashes(raw.test, features)
+    frame = pd.DataFrame({"training_copies": test_hashes.map(train_hashes).fillna(0).astype(int).to_numpy()})
+    check = _exp(gxe.ExpectColumnValuesToBeBetween, "no test row whose features equal a training row's",
+                 column="training_copies", max_value=0)
+    return _Table("test_rows_in_training", frame, [check])
+
+
+def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_dir: Path | None = None) -> ValidationReport:
+    """Run every check in one GX checkpoint; render Data Docs into ``docs_dir`` when given."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            site_name="weakflow",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["weakflow"]))
+    source = context.data_sources.add_pandas("weakflow")
+    failures: list[Failure] = []
+    evaluated = 0
+    results: dict[str, Any] = {}
+    for table in build_tables(raw, classes, min_gold_per_class):
+        # One checkpoint per table: GX takes the dataframe as a batch parameter of the whole run.
+        batch = source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=table.name, expectations=table.expectations))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=table.name, data=batch, suite=suite))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(name=table.name, validation_definitions=[definition], actions=actions, result_format="SUMMARY")
+        )
+        (result,) = checkpoint.run(batch_parameters={"dataframe": table.frame}).run_results.values()
+        results[table.name] = result.to_json_dict()
+        for r in result.results:
+            evaluated += 1
+            if not r.success:
+                failures.append(_describe(table, r))
+    return ValidationReport(success=not failures, evaluated=evaluated, failures=failures, result=results, docs_dir=docs_dir)
+
+
+def _describe(table: _Table, r: Any) -> Failure:
+    cfg = r.expectation_config
+    column = cfg.kwargs.get("column")
+    expected = (cfg.meta or {}).get("expected", cfg.type)
+    res = r.result or {}
+    if r.exception_info and r.exception_info.get("raised_exception"):
+        found = f"an error while checking: {r.exception_info.get('exception_message')}"
+    elif cfg.type == "expect_column_to_exist":
+        found = "no such column"
+    elif cfg.type == "expect_column_values_to_be_in_type_list":
+        found = f"dtype {table.frame[column].dtype}"
+    elif "unexpected_count" in res:
+        sample = [_plain(v) for v in res.get("partial_unexpected_list", [])[:5]]
+        where = [_plain(i) for i in res.get("partial_unexpected_index_list", [])[:5]]
+        label = {"gold_per_class": "class", "test_rows_in_training": "test row"}.get(table.name, "row")
+        found = f"{res['unexpected_count']} bad value(s), e.g. {sample}"
+        if where:
+            found += f" at {label} {where}"
+    elif "observed_value" in res:
+        found = f"{_plain(res['observed_value'])}"
+    else:
+        found = json.dumps(res, default=str)[:200]
+    return Failure(table=table.name, column=column, expected=expected, found=found)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1:
+        return _plain(next(iter(value.values())))
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+

@@ -1,0 +1,1 @@
+"""Deployment: promotion gates, the MLflow model wrapper, and (later) serving."""

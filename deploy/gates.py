@@ -1,0 +1,87 @@
+"""Promotion gates: explicit functions that decide and raise, testable on hand-made numbers.
+
+A new version becomes ``champion`` only when every gate passes; otherwise it is registered as
+``challenger`` with the reasons as a tag, and the current champion keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class GateFailure(Exception):
+    """One gate said no; ``gate`` names it and the message says why with the numbers."""
+
+    def __init__(self, gate: str, reason: str) -> None:
+        super().__init__(f"{gate}: {reason}")
+        self.gate = gate
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class GateInput:
+    accuracy: float  # candidate, on the frozen gold test split
+    validation_passed: bool
+    champion_version: str | None = None
+    champion_accuracy: float | None = None  # the champion re-scored on the same split
+    champion_error: str | None = None  # why the champion could not be re-scored, if it could not
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    failures: list[GateFailure] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(f) for f in self.failures) if self.failures else "all gates passed"
+
+
+def gate_validation(inputs: GateInput) -> None:
+    if not inputs.validation_passed:
+        raise GateFailure("validation", "the data validation suite did not pass")
+
+
+def gate_min_accuracy(inputs: GateInput, minimum: float) -> None:
+    if not inputs.accuracy >= minimum:
+        raise GateFailure("min_accuracy", f"test accuracy {inputs.accuracy:.4f} is below the minimum {minimum:.4f}")
+
+
+def gate_not_worse_than_champion(inputs: GateInput, max_regression: float) -> None:
+    if inputs.champion_version is None:
+        return  # first model: nothing to compare with
+    if inputs.champion_accuracy is None:
+        raise GateFailure("champion", f"champion v{inputs.champion_version} could not be scored on this test split "
+                                      f"({inputs.champion_error or 'unknown error'})")
+    if inputs.accuracy < inputs.champion_accuracy - max_regression - 1e-12:
+        raise GateFailure(
+            "champion",
+            f"test accuracy {inputs.accuracy:.4f} is worse than champion v{inputs.champion_version}'s "
+            f"{inputs.champion_accuracy:.4f} on the same test split (allowed drop {max_regression:.4f})",
+        )
+
+
+def decide(inputs: GateInput, min_accuracy: float, max_regression: float = 0.0) -> GateDecision:
+    """Run every gate (not just up to the first failure) so the reviewer sees all reasons."""
+    gates: list[tuple[str, Callable[[], None]]] = [
+        ("validation", lambda: gate_validation(inputs)),
+        ("min_accuracy", lambda: gate_min_accuracy(inputs, min_accuracy)),
+        ("champion", lambda: gate_not_worse_than_champion(inputs, max_regression)),
+    ]
+    decision = GateDecision(passed=True)
+    for name, gate in gates:
+        decision.checked.append(name)
+        try:
+            gate()
+        except GateFailure as failure:
+            decision.failures.append(failure)
+    decision.passed = not decision.failures
+    return decision
+
+
+def enforce(decision: GateDecision) -> None:
+    """Raise the first failure; for callers that must not continue past a failed gate."""
+    if decision.failures:
+        raise decision.failures[0]

@@ -1,0 +1,76 @@
+"""The training pipeline: validate -> weak_train -> pseudo_label -> full_train -> evaluate -> register.
+
+Only wiring lives here; each stage is a Prefect task in ``tasks/`` over a plain function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import mlflow
+from prefect import flow
+
+from tasks import tracking
+from tasks.config import Config, dump_config
+from tasks.evaluate import Evaluation, evaluate
+from tasks.full_train import full_train
+from tasks.pseudo_label import PseudoLabels, pseudo_label
+from tasks.register import Registration, register
+from tasks.validate import validate
+from tasks.weak_train import weak_train
+
+
+@dataclass
+class PipelineResult:
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    stages: list[tuple[str, str]]  # (stage, one-line figures) for the summary table
+    registration: Registration
+    evaluation: Evaluation
+
+
+@flow(name="weakflow-training", log_prints=True)
+def training_pipeline(cfg: Config) -> PipelineResult:
+    experiment_id = tracking.configure(cfg.tracking)
+    started = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    with mlflow.start_run(run_name=f"pipeline-{started}", experiment_id=experiment_id,
+                          tags={"weakflow.stage": "pipeline"}) as parent:
+        pid = parent.info.run_id
+        mlflow.log_text(dump_config(cfg), "config.yaml")
+        mlflow.log_params({"data.source": cfg.data.source, "seed": cfg.seed, "weak_train.loss": cfg.weak_train.loss,
+                           "pseudo_label.threshold": cfg.pseudo_label.threshold,
+                           "full_train.strategy": cfg.full_train.strategy})
+
+        data = validate(cfg, pid, experiment_id)
+        weak = weak_train(data, cfg, pid, experiment_id)
+        pseudo = pseudo_label(data, weak, cfg, pid, experiment_id)
+        final = full_train(data, pseudo, cfg, pid, experiment_id)
+        evaluation = evaluate(data, weak, final, cfg, pid, experiment_id)
+        registration = register(data, final, evaluation, cfg, pid, experiment_id)
+
+        stages = summarize(data.provenance_counts(), weak.best_dev_accuracy, pseudo, final.best_dev_accuracy,
+                           evaluation, registration)
+        mlflow.log_metrics({"test_accuracy": evaluation.final.accuracy,
+                            "gold_only_test_accuracy": evaluation.gold_only.accuracy})
+        mlflow.set_tags({"model_version": registration.version, "model_alias": registration.alias,
+                         "mlflow.note.content": "\n".join(f"- **{s}**: {f}" for s, f in stages)})
+    return PipelineResult(mlflow.get_tracking_uri(), experiment_id, pid, stages, registration, evaluation)
+
+
+def summarize(counts: dict[str, int], weak_dev: float | None, pseudo: PseudoLabels, full_dev: float | None,
+              evaluation: Evaluation, registration: Registration) -> list[tuple[str, str]]:
+    precision = f"{pseudo.holdout_precision:.3f}" if pseudo.holdout_precision is not None else "n/a"
+    return [
+        ("validate", "passed; rows " + ", ".join(f"{k} {v}" for k, v in counts.items())),
+        ("weak_train", f"best gold-dev accuracy {weak_dev or 0:.3f}"),
+        ("pseudo_label", f"kept {len(pseudo.kept)} of {len(pseudo.table)} at >= {pseudo.threshold:g}; "
+                         f"precision on held-out gold {precision}"),
+        ("full_train", f"best gold-dev accuracy {full_dev or 0:.3f}"),
+        ("evaluate", f"test accuracy {evaluation.final.accuracy:.4f} (gold-only {evaluation.gold_only.accuracy:.4f}, "
+                     f"weak model {evaluation.weak.accuracy:.4f}); macro-F1 {evaluation.final.macro_f1:.4f}; "
+                     f"ECE {evaluation.final.ece:.4f}"),
+        ("register", f"{registration.model_name} v{registration.version} -> {registration.alias} "
+                     f"({registration.decision.reason})"),
+    ]

@@ -1,0 +1,1 @@
+"""Monitoring: what production predictions are compared against (drift detection builds on this)."""

@@ -1,0 +1,210 @@
+"""The one typed configuration: YAML file -> pydantic model, with ``--set key=value`` overrides.
+
+Every section forbids unknown keys, so a typo fails loudly with the key's dotted path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.core.losses import LossName
+from tasks.core.noise import NoiseKind
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as ``key = value: what was expected``."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoiseConfig(_Section):
+    kind: NoiseKind = "symmetric"
+    rate: float = Field(0.4, ge=0.0, lt=1.0, description="share of weak labels flipped")
+    seed: int = 0
+
+
+class DemoData(_Section):
+    """scikit-learn's bundled digits, split into test / gold / weak / unlabeled (no download)."""
+
+    source: Literal["demo"] = "demo"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    gold_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of the non-test rows that keep gold labels")
+    dev_fraction: float = Field(1 / 3, gt=0.0, lt=1.0, description="share of the gold rows held out as the dev split")
+    unlabeled_fraction: float = Field(0.3, ge=0.0, lt=1.0, description="share of the remaining rows with no label")
+    noise: NoiseConfig = NoiseConfig()
+    seed: int = 0
+    image: bool = Field(True, description="treat the 64 features as an 8x8 image (small CNN)")
+
+
+class FilesData(_Section):
+    """The user's own Parquet or CSV files (see the README's data contract)."""
+
+    source: Literal["files"] = "files"
+    train_path: Path
+    test_path: Path
+    feature_columns: list[str] = Field(min_length=1)
+    label_column: str = "label"
+    weak_label_columns: list[str] = Field(default_factory=list)
+    abstain: int = -1
+    classes: list[int] | None = Field(None, description="the class set; default: the test file's labels")
+    dev_fraction: float = Field(1 / 3, gt=0.0, lt=1.0)
+    image_shape: tuple[int, int, int] | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _columns_distinct(self) -> FilesData:
+        named = [*self.feature_columns, self.label_column, *self.weak_label_columns]
+        dupes = sorted({c for c in named if named.count(c) > 1})
+        if dupes:
+            raise ValueError(f"columns used twice across feature/label/weak columns: {dupes}")
+        return self
+
+
+class ValidationConfig(_Section):
+    min_gold_per_class: int = Field(2, ge=1, description="gold rows each class needs (train + dev)")
+
+
+class TrainStageConfig(_Section):
+    model: Literal["auto", "mlp", "cnn"] = "auto"
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, description="MLP layer widths")
+    cnn_width: int = Field(64, ge=4, description="channels of the CNN's last conv layer")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    loss: LossName = "gce"
+    gce_q: float = Field(0.7, gt=0.0, le=1.0)
+
+
+class PseudoLabelConfig(_Section):
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="keep predictions at least this confident")
+    include_weak_rows: bool = Field(True, description="also relabel the weakly labelled rows")
+
+
+class FullTrainConfig(TrainStageConfig):
+    loss: LossName = "ce"
+    strategy: Literal["augment", "pretrain_finetune"] = "augment"
+    pseudo_weight: Literal["confidence", "uniform"] = "confidence"
+    finetune_epochs: int = Field(40, ge=1)
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    max_regression: float = Field(0.0, ge=0.0, le=1.0, description="allowed accuracy drop vs the champion")
+
+
+class TrackingConfig(_Section):
+    workspace: Path = Path("weakflow-workspace")
+    tracking_uri: str | None = Field(None, description="default: sqlite:///<workspace>/mlflow.db")
+    experiment: str = "weakflow"
+    model_name: str = "weakflow-classifier"
+
+    @property
+    def resolved_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.workspace / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.workspace / "mlartifacts").resolve()
+
+
+class Config(_Section):
+    data: Annotated[DemoData | FilesData, Field(discriminator="source")] = DemoData()
+    validation: ValidationConfig = ValidationConfig()
+    weak_train: TrainStageConfig = TrainStageConfig()
+    pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
+    full_train: FullTrainConfig = FullTrainConfig()
+    gates: GateConfig = GateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_data_source(cls, raw: Any) -> Any:
+        """``data.source`` may be left out for the demo."""
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "source" not in raw["data"]:
+            raw = {**raw, "data": {"source": "demo", **raw["data"]}}
+        return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML; None = defaults), apply ``key.sub=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level, found {type(loaded).__name__}")
+        raw = loaded or {}
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return parse_config(raw, source=str(path) if path else "defaults")
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, raw, source)) from None
+
+
+def format_validation_error(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("demo", "files"))]
+        key = ".".join(loc) or "<top level>"
+        value = _lookup(raw, err["loc"])
+        shown = "<missing>" if err["type"] == "missing" else repr(value if value is not _MISSING else err.get("input"))
+        lines.append(f"  - {key} = {shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, loc: tuple) -> Any:
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and part in ("demo", "files"):
+            continue  # discriminated-union tag, not a key in the YAML
+        else:
+            return _MISSING
+    return node
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set weak_train.epochs=20")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

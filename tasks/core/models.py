@@ -1,0 +1,113 @@
+"""Networks: an MLP for feature vectors, a small CNN for image arrays.
+
+Both carry their input standardisation as buffers, so a saved model takes raw features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network before loading its weights."""
+
+    kind: Literal["mlp", "cnn"]
+    num_features: int
+    num_classes: int
+    hidden: tuple[int, ...] = (256, 256)
+    dropout: float = 0.2
+    image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for the CNN
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        data = dict(data)
+        data["hidden"] = tuple(data["hidden"])
+        if data.get("image_shape") is not None:
+            data["image_shape"] = tuple(data["image_shape"])
+        return cls(**data)
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with statistics fitted on training features and saved with the model."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    def fit(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        std = x.std(axis=0)
+        self.mean.copy_(torch.as_tensor(x.mean(axis=0), dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(np.where(std < 1e-6, 1.0, std), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.scale = Standardize(spec.num_features)
+        layers: list[nn.Module] = []
+        width = spec.num_features
+        for h in spec.hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(spec.dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, spec.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate representation (used by CLID-style label-free scores)."""
+        return self.body(self.scale(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head; input is flat features reshaped to ``image_shape``."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.image_shape is None:
+            raise ValueError("the CNN needs data.image_shape (channels, height, width)")
+        c, h, w = spec.image_shape
+        if c * h * w != spec.num_features:
+            raise ValueError(f"image_shape {spec.image_shape} has {c * h * w} values, features have {spec.num_features}")
+        self.image_shape = (c, h, w)
+        self.scale = Standardize(spec.num_features)
+        width = spec.hidden[0] if spec.hidden else 64
+        self.body = nn.Sequential(
+            nn.Conv2d(c, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2), nn.ReLU(),
+            nn.Conv2d(width // 2, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(spec.dropout),
+        )
+        self.head = nn.Linear(width * 4, spec.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.scale(x).view(-1, *self.image_shape)
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.kind == "mlp":
+        return MLP(spec)
+    if spec.kind == "cnn":
+        return SmallCNN(spec)
+    raise ValueError(f"unknown model kind {spec.kind!r}; expected 'mlp' or 'cnn'")

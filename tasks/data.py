@@ -1,0 +1,203 @@
+"""Data in and out: the built-in demo, reading the user's files, and the arrays the stages train on.
+
+Reading never validates: the Great Expectations suite (``data_checks``) judges the raw tables, and
+only then does :func:`assemble` turn them into :class:`PipelineData`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import DemoData, FilesData
+from tasks.core.noise import corrupt_labels
+
+PROVENANCE = "provenance"  # gold | weak | unlabeled
+SPLIT = "split"  # gold_train | gold_dev | weak | unlabeled
+ROW_ID = "row_id"
+DEMO_WEAK_COLUMN = "weak_label"
+
+
+class DataError(ValueError):
+    """A data file that cannot be read or used; the message names the file and the problem."""
+
+
+@dataclass
+class RawTables:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    spec: FilesData
+
+
+@dataclass
+class PipelineData:
+    """Validated data, with every training row's provenance and split."""
+
+    train: pd.DataFrame  # features, label (Int64, <NA> when not gold), weak columns, provenance, split
+    test: pd.DataFrame
+    spec: FilesData
+    classes: list[int]
+
+    @property
+    def features(self) -> list[str]:
+        return self.spec.feature_columns
+
+    @property
+    def label(self) -> str:
+        return self.spec.label_column
+
+    def x(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[self.features].to_numpy(dtype=np.float32)
+
+    def y(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class indices (0..C-1) of a frame's gold labels."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return frame[self.label].map(index).to_numpy(dtype=np.int64)
+
+    def rows(self, *splits: str) -> pd.DataFrame:
+        return self.train[self.train[SPLIT].isin(splits)]
+
+    def provenance_counts(self) -> dict[str, int]:
+        counts = self.train[PROVENANCE].value_counts()
+        return {k: int(counts.get(k, 0)) for k in ("gold", "weak", "unlabeled")}
+
+
+def read_table(path: Path, field: str) -> pd.DataFrame:
+    """Read a Parquet or CSV file; any failure names the config field and the file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):
+        raise DataError(f"{field}: {path} has suffix {suffix!r}; expected .parquet, .pq or .csv")
+    if not path.is_file():
+        raise DataError(f"{field}: {path} does not exist or is not a file")
+    try:
+        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # pyarrow and the CSV parser raise many types; all mean "unreadable"
+        raise DataError(f"{field}: cannot read {path} as {suffix.lstrip('.')}: {type(exc).__name__}: {exc}") from exc
+    return frame
+
+
+def read_raw(spec: FilesData) -> RawTables:
+    return RawTables(read_table(spec.train_path, "data.train_path"), read_table(spec.test_path, "data.test_path"), spec)
+
+
+def class_set(raw: RawTables) -> list[int]:
+    """The declared class set, or the labels of the frozen test file."""
+    if raw.spec.classes is not None:
+        return sorted(raw.spec.classes)
+    if raw.spec.label_column not in raw.test.columns:
+        return []
+    values = pd.to_numeric(raw.test[raw.spec.label_column], errors="coerce").dropna().unique()
+    return sorted(int(v) for v in values if float(v).is_integer())
+
+
+def assemble(raw: RawTables, classes: list[int]) -> PipelineData:
+    """Attach provenance and the gold train/dev split to validated raw tables."""
+    spec = raw.spec
+    train = raw.train.copy()
+    train[spec.label_column] = pd.to_numeric(train[spec.label_column]).astype("Int64")
+    weak = train[spec.weak_label_columns].apply(pd.to_numeric).fillna(spec.abstain) if spec.weak_label_columns else None
+    has_weak = (weak != spec.abstain).any(axis=1) if weak is not None else pd.Series(False, index=train.index)
+    gold = train[spec.label_column].notna()
+    train[PROVENANCE] = np.where(gold, "gold", np.where(has_weak, "weak", "unlabeled"))
+    train[SPLIT] = np.where(gold, "gold_train", np.where(has_weak, "weak", "unlabeled"))
+    dev_index = _stratified_holdout(train.loc[gold, spec.label_column], spec.dev_fraction, spec.seed)
+    train.loc[dev_index, SPLIT] = "gold_dev"
+    if ROW_ID not in train.columns:
+        train[ROW_ID] = np.arange(len(train))
+    test = raw.test.copy()
+    test[spec.label_column] = pd.to_numeric(test[spec.label_column]).astype("Int64")
+    return PipelineData(train=train.reset_index(drop=True), test=test.reset_index(drop=True), spec=spec, classes=classes)
+
+
+def _stratified_holdout(labels: pd.Series, fraction: float, seed: int) -> pd.Index:
+    """Per class, hold out round(n * fraction) rows, at least one when n >= 2 and never all of them."""
+    rng = np.random.default_rng(seed)
+    picked: list = []
+    for _, group in labels.groupby(labels):
+        n = len(group)
+        k = min(n - 1, max(1 if n >= 2 else 0, round(n * fraction)))
+        picked.extend(rng.choice(group.index.to_numpy(), size=k, replace=False).tolist())
+    return pd.Index(picked)
+
+
+def feature_hashes(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """A 64-bit hash of each row's feature values (exact equality, column order fixed)."""
+    return pd.util.hash_pandas_object(frame[columns], index=False)
+
+
+def dataset_digest(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes()).hexdigest()[:16]
+
+
+# --- the built-in demo -------------------------------------------------------------------------
+
+
+def materialize_demo(cfg: DemoData, root: Path) -> FilesData:
+    """Write the demo's train/test Parquet files (once per settings) and describe them as user files.
+
+    Splits: a stratified gold test split never trained on; ``gold_fraction`` of the rest keeps its
+    gold label; of the remaining rows ``unlabeled_fraction`` lose their label and the rest get a weak
+    label with simulated annotator noise. ``truth.parquet`` keeps the hidden true labels for
+    benchmarks only; the pipeline never reads it.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    key = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(root) / f"demo-{key}"
+    features = [f"px_{i}" for i in range(64)]
+    spec = FilesData(
+        train_path=folder / "train.parquet",
+        test_path=folder / "test.parquet",
+        feature_columns=features,
+        label_column="label",
+        weak_label_columns=[DEMO_WEAK_COLUMN],
+        abstain=-1,
+        classes=list(range(10)),
+        dev_fraction=cfg.dev_fraction,
+        image_shape=(1, 8, 8) if cfg.image else None,
+        seed=cfg.seed,
+    )
+    if spec.train_path.is_file() and spec.test_path.is_file():
+        return spec
+    x, y = load_digits(return_X_y=True)
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed)
+    other, gold = train_test_split(rest, test_size=cfg.gold_fraction, stratify=y[rest], random_state=cfg.seed)
+    if cfg.unlabeled_fraction > 0:
+        weak, unlabeled = train_test_split(
+            other, test_size=cfg.unlabeled_fraction, stratify=y[other], random_state=cfg.seed
+        )
+    else:
+        weak, unlabeled = other, other[:0]
+    noisy = corrupt_labels(y[weak], 10, cfg.noise.rate, cfg.noise.kind, cfg.noise.seed, features=x[weak])
+
+    def frame(rows: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(x[rows].astype(np.float32), columns=features)
+
+    parts = []
+    for rows, prov, gold_label, weak_label in (
+        (gold, "gold", y[gold], np.full(len(gold), -1)),
+        (weak, "weak", None, noisy),
+        (unlabeled, "unlabeled", None, np.full(len(unlabeled), -1)),
+    ):
+        part = frame(rows)
+        part["label"] = pd.array(gold_label if gold_label is not None else [pd.NA] * len(rows), dtype="Int64")
+        part[DEMO_WEAK_COLUMN] = weak_label.astype(np.int64)
+        part[PROVENANCE] = prov
+        part[ROW_ID] = rows
+        parts.append(part)
+    train = pd.concat(parts, ignore_index=True)
+    test_frame = frame(test)
+    test_frame["label"] = y[test].astype(np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(spec.train_path, index=False)
+    test_frame.to_parquet(spec.test_path, index=False)
+    pd.DataFrame({ROW_ID: idx, "true_label": y}).to_parquet(folder / "truth.parquet", index=False)
+    return spec

@@ -1,0 +1,95 @@
+"""Stage 6, register: log the model, register a version, move ``champion`` only through the gates."""
+
+from __future__ import annotations
+
+import getpass
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from deploy.gates import GateDecision, GateInput, decide
+from deploy.model import WeakflowClassifier, output_frame, save_weights
+from monitoring.reference import reference_sample
+from tasks import tracking
+from tasks.config import Config
+from tasks.core.training import predict_proba
+from tasks.data import PipelineData, dataset_digest
+from tasks.evaluate import Evaluation
+from tasks.modeling import TrainedModel
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Registration:
+    model_name: str
+    version: str
+    alias: str
+    decision: GateDecision
+    champion_before: str | None
+
+
+def score_champion(client: mlflow.MlflowClient, name: str, data: PipelineData) -> tuple[str | None, float | None, str | None]:
+    """(version, accuracy on this run's test split, error) of the current champion, if there is one."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None, None, None
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+        pred = model.predict(data.test[data.features].astype(np.float64))["prediction"].to_numpy()
+        return champion.version, float((pred == data.test[data.label].to_numpy()).mean()), None
+    except Exception as exc:  # a champion with another feature schema, or unloadable: the gate says so
+        return champion.version, None, f"{type(exc).__name__}: {exc}"
+
+
+@task(name="register", cache_policy=NO_CACHE, persist_result=False)
+def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cfg: Config, parent_run_id: str,
+             experiment_id: str) -> Registration:
+    name = cfg.tracking.model_name
+    client = mlflow.MlflowClient()
+    with tracking.stage_run("register", parent_run_id, experiment_id):
+        champ_version, champ_acc, champ_error = score_champion(client, name, data)
+        decision = decide(
+            GateInput(evaluation.final.accuracy, validation_passed=True, champion_version=champ_version,
+                      champion_accuracy=champ_acc, champion_error=champ_error),
+            cfg.gates.min_accuracy, cfg.gates.max_regression,
+        )
+        example = data.test[data.features].head(5).astype(np.float64)
+        signature = infer_signature(example, output_frame(predict_proba(final.model, example.to_numpy()), data.classes))
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "model.pt"
+            save_weights(weights, final.model.cpu(), final.spec, data.features, data.classes)
+            info = mlflow.pyfunc.log_model(name="model", python_model=WeakflowClassifier(),
+                                           artifacts={"weights": str(weights)}, signature=signature,
+                                           input_example=example)
+        tracking.log_frame(reference_sample(data, final.model, seed=cfg.seed, device=cfg.device), "reference", "reference")
+        version = mlflow.register_model(info.model_uri, name).version
+        alias = CHAMPION if decision.passed else CHALLENGER
+        client.set_registered_model_alias(name, alias, version)
+        tags = {
+            "gate_verdict": "passed" if decision.passed else "failed",
+            "gate_reason": decision.reason,
+            "test_accuracy": f"{evaluation.final.accuracy:.4f}",
+            "gold_only_accuracy": f"{evaluation.gold_only.accuracy:.4f}",
+            "champion_before": champ_version or "none",
+            "champion_before_accuracy_same_split": f"{champ_acc:.4f}" if champ_acc is not None else "n/a",
+            "test_set_digest": dataset_digest(data.test),
+            "pipeline_run_id": parent_run_id,
+            "registered_by": getpass.getuser(),
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        mlflow.set_tags({"gate_verdict": tags["gate_verdict"], "model_version": version, "model_alias": alias})
+        mlflow.log_metrics({"gate_passed": float(decision.passed)} |
+                           ({"champion_before_test_accuracy": champ_acc} if champ_acc is not None else {}))
+        tracking.log_json({"passed": decision.passed, "checked": decision.checked,
+                           "failures": [{"gate": f.gate, "reason": f.reason} for f in decision.failures]},
+                          "gates/decision.json")
+        return Registration(name, version, alias, decision, champ_version)

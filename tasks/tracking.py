@@ -1,0 +1,72 @@
+"""Thin MLflow helpers shared by the stage tasks: where runs go, one nested run per stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from tasks.config import TrackingConfig
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id.
+
+    Called at run time (never at import). With the embedded default the SQLite file and the artifact
+    folder live in the workspace, so a run needs no server.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if cfg.tracking_uri is None:
+        cfg.workspace.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.resolved_uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = cfg.artifact_root.as_uri() if cfg.tracking_uri is None else None
+    return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, parent_run_id: str, experiment_id: str) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one stage. Explicit ids, so it works from any thread Prefect runs a task in."""
+    with mlflow.start_run(
+        run_name=stage, experiment_id=experiment_id, parent_run_id=parent_run_id, nested=True,
+        tags={"weakflow.stage": stage},
+    ) as run:
+        yield run
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
+
+
+def log_frame(frame: pd.DataFrame, artifact_path: str, name: str) -> None:
+    """A DataFrame as Parquet (exact) and, when small, CSV (readable in the UI)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        frame.to_parquet(Path(tmp) / f"{name}.parquet", index=False)
+        if len(frame) <= 20_000:
+            frame.to_csv(Path(tmp) / f"{name}.csv", index=False)
+        mlflow.log_artifacts(tmp, artifact_path)
+
+
+def log_history(history: list, prefix: str = "") -> None:
+    """Per-epoch metrics with their step, in one batch call (one SQLite write, not hundreds)."""
+    from mlflow.entities import Metric
+
+    run_id = mlflow.active_run().info.run_id
+    metrics = []
+    for h in history:
+        ts = 0
+        for key in ("train_loss", "dev_accuracy", "dev_loss"):
+            value = getattr(h, key)
+            if value is not None:
+                metrics.append(Metric(f"{prefix}{key}", float(value), ts, h.epoch))
+    for start in range(0, len(metrics), 900):
+        mlflow.MlflowClient().log_batch(run_id, metrics=metrics[start : start + 900])

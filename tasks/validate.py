@@ -1,0 +1,67 @@
+"""Stage 1, validate: read the data, run the Great Expectations suite, stop the run on failure."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from data_checks.suite import DataValidationError, ValidationReport, run_suite
+from tasks import tracking
+from tasks.config import Config, DemoData, FilesData
+from tasks.data import PipelineData, assemble, class_set, materialize_demo, read_raw
+
+
+def resolve_data_spec(cfg: Config) -> FilesData:
+    """The demo is written to Parquet in the workspace, then read like any user's files."""
+    if isinstance(cfg.data, DemoData):
+        return materialize_demo(cfg.data, cfg.tracking.workspace / "data")
+    return cfg.data
+
+
+def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
+    """Plain-function stage: raises DataError (unreadable file) or DataValidationError (failed suite)."""
+    raw = read_raw(resolve_data_spec(cfg))
+    classes = class_set(raw)
+    report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir)
+    if not report.success:
+        raise DataValidationError(report)
+    return assemble(raw, classes), report
+
+
+@task(name="validate", cache_policy=NO_CACHE, persist_result=False)
+def validate(cfg: Config, parent_run_id: str, experiment_id: str) -> PipelineData:
+    with tracking.stage_run("validate", parent_run_id, experiment_id), tempfile.TemporaryDirectory() as tmp:
+        docs = Path(tmp) / "data_docs"
+        try:
+            data, report = load_and_validate(cfg, docs)
+        except DataValidationError as exc:
+            _log_report(exc.report)
+            raise
+        _log_report(report)
+        mlflow.log_input(
+            mlflow.data.from_pandas(data.train, source=str(data.spec.train_path), name="train", targets=data.label),
+            context="training",
+        )
+        mlflow.log_input(
+            mlflow.data.from_pandas(data.test, source=str(data.spec.test_path), name="test", targets=data.label),
+            context="testing",
+        )
+        counts = data.provenance_counts()
+        mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
+        split_counts = data.train["split"].value_counts().to_dict()
+        mlflow.log_metrics({f"rows_{k}": int(v) for k, v in split_counts.items()})
+        tracking.log_json({"provenance": counts, "splits": split_counts, "classes": data.classes}, "data/provenance.json")
+        return data
+
+
+def _log_report(report: ValidationReport) -> None:
+    mlflow.log_metrics({"expectations_evaluated": report.evaluated, "expectations_failed": len(report.failures)})
+    mlflow.set_tag("validation", "passed" if report.success else "failed")
+    tracking.log_json(report.result, "validation/result.json")
+    mlflow.log_text(report.summary() + "\n", "validation/summary.txt")
+    if report.docs_dir is not None and report.docs_dir.exists():
+        mlflow.log_artifacts(str(report.docs_dir), "validation/data_docs")
