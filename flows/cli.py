@@ -21,7 +21,8 @@ examples:
 def _quiet_telemetry() -> None:
     """Offline defaults, set at command time (never at import)."""
     for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                       "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"}.items():
+                       "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
         os.environ.setdefault(key, value)
 
 
@@ -111,11 +112,12 @@ def _run(cfg) -> int:
     console.print(table)
     reg = result.registration
     console.print(f"model [bold]{reg.model_name}[/] version [bold]{reg.version}[/] alias [bold]{reg.alias}[/]")
+    run_path = f"#/experiments/{result.experiment_id}/runs/{result.run_id}"
     if result.tracking_uri.startswith(("http://", "https://")):
-        console.print(f"open the run:  {result.tracking_uri}/#/experiments/{result.experiment_id}/runs/{result.run_id}")
-    else:
-        console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {result.tracking_uri} --port 5000\n"
-                      f"then browse:        http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}")
+        print(f"open the run:       {result.tracking_uri}/{run_path}")
+    else:  # plain print: a wrapped command cannot be copied
+        print(f"open the MLflow UI: {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {result.tracking_uri} --port 5000")
+        print(f"then browse:        http://127.0.0.1:5000/{run_path}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,9 @@ def score_champion(client: mlflow.MlflowClient, name: str, data: PipelineData) -
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
         pred = model.predict(data.test[data.features].astype(np.float64))["prediction"].to_numpy()
-        return champion.version, float((pred == data.test[data.label].to_numpy()).mean()), None
+        return str(champion.version), float((pred == data.test[data.label].to_numpy()).mean()), None
     except Exception as exc:  # a champion with another feature schema, or unloadable: the gate says so
-        return champion.version, None, f"{type(exc).__name__}: {exc}"
+        return str(champion.version), None, f"{type(exc).__name__}: {exc}"
 
 
 @task(name="register", cache_policy=NO_CACHE, persist_result=False)
@@ -61,16 +62,22 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
                       champion_accuracy=champ_acc, champion_error=champ_error),
             cfg.gates.min_accuracy, cfg.gates.max_regression,
         )
-        example = data.test[data.features].head(5).astype(np.float64)
-        signature = infer_signature(example, output_frame(predict_proba(final.model, example.to_numpy()), data.classes))
+        example = data.train[data.features].head(5).astype(np.float64)  # training rows: no test data in artifacts
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*integer column.*")
+            signature = infer_signature(example, output_frame(predict_proba(final.model, example.to_numpy()), data.classes))
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "model.pt"
             save_weights(weights, final.model.cpu(), final.spec, data.features, data.classes)
-            info = mlflow.pyfunc.log_model(name="model", python_model=WeakflowClassifier(),
-                                           artifacts={"weights": str(weights)}, signature=signature,
-                                           input_example=example)
+            with warnings.catch_warnings():
+                # The pyfunc class is imported from this installed package, not pickled by value;
+                # and our integer output column never holds missing values.
+                warnings.filterwarnings("ignore", message=".*(CloudPickle|integer column).*")
+                info = mlflow.pyfunc.log_model(name="model", python_model=WeakflowClassifier(),
+                                               artifacts={"weights": str(weights)}, signature=signature,
+                                               input_example=example)
         tracking.log_frame(reference_sample(data, final.model, seed=cfg.seed, device=cfg.device), "reference", "reference")
-        version = mlflow.register_model(info.model_uri, name).version
+        version = str(mlflow.register_model(info.model_uri, name).version)
         alias = CHAMPION if decision.passed else CHALLENGER
         client.set_registered_model_alias(name, alias, version)
         tags = {

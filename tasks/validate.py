@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -42,20 +43,24 @@ def validate(cfg: Config, parent_run_id: str, experiment_id: str) -> PipelineDat
             _log_report(exc.report)
             raise
         _log_report(report)
-        mlflow.log_input(
-            mlflow.data.from_pandas(data.train, source=str(data.spec.train_path), name="train", targets=data.label),
-            context="training",
-        )
-        mlflow.log_input(
-            mlflow.data.from_pandas(data.test, source=str(data.spec.test_path), name="test", targets=data.label),
-            context="testing",
-        )
+        for frame, path, name, context in ((data.train, data.spec.train_path, "train", "training"),
+                                           (data.test, data.spec.test_path, "test", "testing")):
+            log_dataset(frame, path, name, context, data.label)
         counts = data.provenance_counts()
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
         split_counts = data.train["split"].value_counts().to_dict()
         mlflow.log_metrics({f"rows_{k}": int(v) for k, v in split_counts.items()})
         tracking.log_json({"provenance": counts, "splits": split_counts, "classes": data.classes}, "data/provenance.json")
         return data
+
+
+def log_dataset(frame, path: Path, name: str, context: str, label: str) -> None:
+    """Record the table as an MLflow dataset input (digest, schema, row count, source path)."""
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both mean a local file
+        warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
+        warnings.filterwarnings("ignore", message=".*integer column.*")  # schema hint; labels are never missing here
+        dataset = mlflow.data.from_pandas(frame, source=str(Path(path).resolve()), name=name, targets=label)
+    mlflow.log_input(dataset, context=context)
 
 
 def _log_report(report: ValidationReport) -> None:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up the environment (once) and run a weakflow command or the tests.
+#   bash deploy/bootstrap.sh run [weakflow run options]   # the demo pipeline
+#   bash deploy/bootstrap.sh test [pytest options]         # the test suite
+#   bash deploy/bootstrap.sh setup                         # only create/refresh .venv
+# Needs only Python 3.11 on PATH (or PYTHON=/path/to/python3.11). Torch is installed first as the CPU
+# wheel torch==2.13.0, so pip never resolves a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${WEAKFLOW_VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+stamp="$VENV/.weakflow-installed"
+
+setup() {
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "weakflow needs Python 3.11; $PY is $("$PY" --version 2>&1). Set PYTHON=/path/to/python3.11." >&2
+    exit 1
+  fi
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  # Reinstall only when pyproject.toml changed since the last install.
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    touch "$stamp"
+  fi
+}
+
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false
+
+cmd=${1:-run}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  run) setup; exec "$VENV/bin/weakflow" run "$@" ;;
+  test)
+    setup
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi
+    exit "$rc"
+    ;;
+  *) echo "usage: bash deploy/bootstrap.sh {run|test|setup} [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, main
+from tasks.config import Config, ConfigError, FilesData, load_config
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config()
+    assert cfg.data.source == "demo" and cfg.data.noise.rate == 0.4 and cfg.data.gold_fraction == 0.1
+    assert cfg.weak_train.loss == "gce"
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["weak_train.epochs=7", "data.noise.kind=pairflip", "weak_train.hidden=[32, 16]"])
+    assert cfg.weak_train.epochs == 7
+    assert cfg.data.noise.kind == "pairflip"
+    assert cfg.weak_train.hidden == [32, 16]
+
+
+def test_errors_name_key_value_and_expectation():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["weak_train.epochs=abc", "gates.min_accuracy=2", "weak_trian.epochs=3"])
+    text = str(exc.value)
+    assert "weak_train.epochs = 'abc': Input should be a valid integer" in text
+    assert "gates.min_accuracy = 2: Input should be less than or equal to 1" in text
+    assert "weak_trian = {'epochs': 3}: Extra inputs are not permitted" in text
+
+
+def test_files_source_requires_its_fields(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.test_path = <missing>: Field required"):
+        load_config(None, ["data.source=files", "data.train_path=a.csv", "data.feature_columns=[x]"])
+    cfg = load_config(None, ["data.source=files", "data.train_path=a.csv", "data.test_path=b.csv",
+                             "data.feature_columns=[x, y]", "data.weak_label_columns=[w1, w2]"])
+    assert isinstance(cfg.data, FilesData) and cfg.data.weak_label_columns == ["w1", "w2"]
+    with pytest.raises(ConfigError, match="columns used twice"):
+        load_config(None, ["data.source=files", "data.train_path=a.csv", "data.test_path=b.csv",
+                           "data.feature_columns=[x, label]"])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("weak_train: [1, 2\n")
+    with pytest.raises(ConfigError, match=f"config file {bad} is not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listy)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["weak_train.epochs"])
+
+
+def test_yaml_round_trip(tmp_path):
+    from tasks.config import dump_config
+
+    cfg = load_config(None, ["pseudo_label.threshold=0.7"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    assert isinstance(cfg, Config)
+
+
+def test_cli_help_shows_examples_and_config_errors_exit_2(capsys):
+    assert "weakflow run --config my.yaml" in build_parser().format_help()
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "examples:" in capsys.readouterr().out
+    assert main(["show-config", "--set", "weak_train.epochs=zero"]) == 2
+    assert "weak_train.epochs = 'zero'" in capsys.readouterr().err
+    assert main(["show-config", "--set", "pseudo_label.threshold=0.75"]) == 0
+    assert "threshold: 0.75" in capsys.readouterr().out
+
+
+def test_core_imports_neither_prefect_nor_mlflow_and_imports_have_no_side_effects(tmp_path):
+    code = (
+        "import sys, os\n"
+        "import tasks.core.models, tasks.core.training, tasks.core.losses, tasks.core.noise, tasks.core.pseudo, "
+        "tasks.core.metrics, tasks.core.device\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow', 'great_expectations', 'evidently')]\n"
+        "assert not bad, bad\n"
+        "import flows.cli, flows.pipeline, tasks.register, tasks.validate, data_checks.suite, deploy.gates, monitoring.reference\n"
+        "assert 'great_expectations' not in sys.modules, 'GX must load only inside the validate stage'\n"
+        "assert os.listdir('.') == [], os.listdir('.')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    cwd, home = tmp_path / "cwd", tmp_path / "home"  # libraries may keep caches under HOME; cwd must stay empty
+    cwd.mkdir(), home.mkdir()
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,36 @@
+import pytest
+
+from deploy.gates import GateFailure, GateInput, decide, enforce, gate_min_accuracy, gate_not_worse_than_champion
+
+
+def test_first_model_passes_on_minimum_alone():
+    d = decide(GateInput(accuracy=0.95, validation_passed=True), min_accuracy=0.9)
+    assert d.passed and d.reason == "all gates passed"
+    assert d.checked == ["validation", "min_accuracy", "champion"]
+
+
+def test_below_minimum_fails_with_numbers():
+    with pytest.raises(GateFailure, match=r"0\.8500 is below the minimum 0\.9000"):
+        gate_min_accuracy(GateInput(0.85, True), 0.9)
+
+
+def test_worse_than_champion_fails_and_tolerance_allows_small_drop():
+    worse = GateInput(0.95, True, champion_version="3", champion_accuracy=0.96)
+    with pytest.raises(GateFailure, match="worse than champion v3"):
+        gate_not_worse_than_champion(worse, 0.0)
+    gate_not_worse_than_champion(worse, 0.02)  # within the allowed drop
+    gate_not_worse_than_champion(GateInput(0.96, True, "3", 0.96), 0.0)  # a tie keeps going
+
+
+def test_unscorable_champion_blocks_promotion():
+    d = decide(GateInput(0.99, True, champion_version="2", champion_error="missing columns"), 0.9)
+    assert not d.passed
+    assert "could not be scored" in d.reason and "missing columns" in d.reason
+
+
+def test_all_failures_reported_and_enforce_raises_first():
+    d = decide(GateInput(0.5, validation_passed=False, champion_version="1", champion_accuracy=0.9), 0.9)
+    assert [f.gate for f in d.failures] == ["validation", "min_accuracy", "champion"]
+    with pytest.raises(GateFailure) as exc:
+        enforce(d)
+    assert exc.value.gate == "validation"

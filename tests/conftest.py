@@ -1,0 +1,39 @@
+"""Shared fixtures: a real Prefect test harness (session scope: it costs ~15 s) and small configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+FAST = [
+    "weak_train.epochs=10", "full_train.epochs=10", "gates.min_accuracy=0.5", "pseudo_label.threshold=0.6",
+    "weak_train.cnn_width=32", "full_train.cnn_width=32", "weak_train.lr=0.01", "full_train.lr=0.01",
+]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """One materialised demo for the whole session (its files are read-only inputs)."""
+    return tmp_path_factory.mktemp("demo-data")
+
+
+def fast_config(workspace: Path, *extra: str):
+    from tasks.config import load_config
+
+    return load_config(None, [*FAST, f"tracking.workspace={workspace}", *extra])

@@ -1,0 +1,77 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import DemoData, NoiseConfig
+from tasks.data import PROVENANCE, ROW_ID, SPLIT, assemble, class_set, feature_hashes, materialize_demo, read_raw
+
+
+@pytest.fixture(scope="module")
+def demo(demo_root):
+    spec = materialize_demo(DemoData(), demo_root)
+    raw = read_raw(spec)
+    return spec, raw, assemble(raw, class_set(raw))
+
+
+def test_splits_sizes_and_provenance(demo):
+    spec, raw, data = demo
+    assert len(raw.test) == 360  # 20% of 1797, stratified
+    n_rest = 1797 - 360
+    counts = data.provenance_counts()
+    assert counts["gold"] == pytest.approx(0.1 * n_rest, abs=1)
+    assert counts["unlabeled"] == pytest.approx(0.3 * (n_rest - counts["gold"]), abs=1)
+    assert sum(counts.values()) == n_rest
+    assert set(raw.train[PROVENANCE]) == {"gold", "weak", "unlabeled"}  # stored in the Parquet itself
+    # dev is carved from gold, stratified: every class has gold rows on both sides
+    gold = data.train[data.train[PROVENANCE] == "gold"]
+    assert set(gold[SPLIT]) == {"gold_train", "gold_dev"}
+    assert gold.groupby(SPLIT)["label"].nunique().min() == 10
+    # only gold rows carry a gold label; only weak rows carry a weak label
+    assert data.train.loc[data.train[PROVENANCE] != "gold", "label"].isna().all()
+    assert (data.train.loc[data.train[PROVENANCE] != "weak", "weak_label"] == -1).all()
+    assert (data.train.loc[data.train[PROVENANCE] == "weak", "weak_label"] != -1).all()
+
+
+def test_test_split_is_never_in_training(demo, demo_root):
+    spec, raw, data = demo
+    truth = pd.read_parquet(spec.train_path.parent / "truth.parquet")
+    test_ids = set(truth[ROW_ID]) - set(raw.train[ROW_ID])
+    assert len(test_ids) == len(raw.test)
+    overlap = set(feature_hashes(raw.test, spec.feature_columns)) & set(feature_hashes(raw.train, spec.feature_columns))
+    assert not overlap
+
+
+def test_weak_noise_matches_config(demo):
+    spec, raw, _ = demo
+    truth = pd.read_parquet(spec.train_path.parent / "truth.parquet").set_index(ROW_ID)["true_label"]
+    weak = raw.train[raw.train[PROVENANCE] == "weak"]
+    noise = (weak["weak_label"].to_numpy() != truth.loc[weak[ROW_ID]].to_numpy()).mean()
+    assert noise == pytest.approx(0.4, abs=0.05)
+
+
+def test_deterministic_and_keyed_by_settings(tmp_path):
+    a = materialize_demo(DemoData(seed=3), tmp_path)
+    b = materialize_demo(DemoData(seed=3), tmp_path / "again")
+    pd.testing.assert_frame_equal(pd.read_parquet(a.train_path), pd.read_parquet(b.train_path))
+    c = materialize_demo(DemoData(seed=3, noise=NoiseConfig(kind="pairflip", rate=0.2)), tmp_path)
+    assert c.train_path != a.train_path
+    weak_a = pd.read_parquet(a.train_path)["weak_label"]
+    weak_c = pd.read_parquet(c.train_path)["weak_label"]
+    assert not np.array_equal(weak_a, weak_c)
+
+
+def test_files_derive_provenance_from_labels(tmp_path):
+    from tasks.config import FilesData
+
+    train = pd.DataFrame({"a": [1.0, 2, 3, 4, 5, 6], "b": [0.0] * 6, "y": [0, 1, None, None, 0, 1],
+                          "w1": [-1, -1, 1, -1, -1, -1], "w2": [None, None, None, -1, None, None]})
+    test = pd.DataFrame({"a": [9.0, 8], "b": [1.0, 1], "y": [0, 1]})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    spec = FilesData(train_path=tmp_path / "train.csv", test_path=tmp_path / "test.csv", feature_columns=["a", "b"],
+                     label_column="y", weak_label_columns=["w1", "w2"], dev_fraction=0.5)
+    raw = read_raw(spec)
+    assert class_set(raw) == [0, 1]
+    data = assemble(raw, class_set(raw))
+    assert data.train[PROVENANCE].tolist() == ["gold", "gold", "weak", "unlabeled", "gold", "gold"]
+    assert sorted(data.train[SPLIT].value_counts().items()) == [("gold_dev", 2), ("gold_train", 2), ("unlabeled", 1), ("weak", 1)]

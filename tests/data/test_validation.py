@@ -1,0 +1,110 @@
+"""The Great Expectations suite on the demo data and on each kind of bad data."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_checks.suite import DataValidationError, run_suite
+from tasks.config import DemoData
+from tasks.data import DataError, RawTables, class_set, materialize_demo, read_raw, read_table
+
+
+@pytest.fixture(scope="module")
+def spec(demo_root):
+    return materialize_demo(DemoData(), demo_root)
+
+
+def fresh(spec) -> RawTables:
+    return read_raw(spec)
+
+
+def failures(raw: RawTables, min_gold: int = 2) -> list[str]:
+    report = run_suite(raw, class_set(raw), min_gold)
+    assert report.success == (not report.failures)
+    return [str(f) for f in report.failures]
+
+
+def test_clean_demo_passes_with_data_docs(spec, tmp_path):
+    report = run_suite(fresh(spec), list(range(10)), 2, tmp_path / "docs")
+    assert report.success, report.summary()
+    assert report.evaluated > 400  # every feature column is checked in train and test
+    assert (tmp_path / "docs" / "index.html").is_file()
+    assert set(report.result) == {"train", "test", "gold_per_class", "test_rows_in_training"}
+
+
+def test_missing_column_is_named(spec):
+    raw = fresh(spec)
+    raw.train = raw.train.drop(columns=["px_7"])
+    assert failures(raw) == ["train.px_7: expected the column to exist; found no such column"]
+
+
+def test_nan_and_inf_features_are_located(spec):
+    raw = fresh(spec)
+    raw.train.loc[3, "px_5"] = np.nan
+    raw.test.loc[4, "px_6"] = np.inf
+    found = failures(raw)
+    assert "train.px_5: expected no missing (NaN) values; found 1 bad value(s), e.g. [nan] at row [3]" in found
+    assert "test.px_6: expected finite values (no inf); found 1 bad value(s), e.g. [inf] at row [4]" in found
+
+
+def test_label_outside_class_set(spec):
+    raw = fresh(spec)
+    gold_row = raw.train.index[raw.train["label"].notna()][0]
+    raw.train.loc[gold_row, "label"] = 11
+    raw.train.loc[raw.train["weak_label"] != -1, "weak_label"] = raw.train["weak_label"].where(raw.train.index != 900, 42)
+    found = failures(raw)
+    assert any(f.startswith("train.label: expected a class in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]") and "[11]" in f
+               and f"row [{gold_row}]" in f for f in found), found
+    assert any(f.startswith("train.weak_label: expected a class in") and "abstain value -1" in f and "[42]" in f
+               for f in found), found
+
+
+def test_empty_gold_split(spec):
+    raw = fresh(spec)
+    raw.train["label"] = pd.array([pd.NA] * len(raw.train), dtype="Int64")
+    found = failures(raw)
+    assert found == ["gold_per_class.gold_rows: expected at least 2 gold rows per class; "
+                     "found 10 bad value(s), e.g. [0, 0, 0, 0, 0] at class [0, 1, 2, 3, 4]"]
+
+
+def test_too_few_gold_rows_for_one_class(spec):
+    raw = fresh(spec)
+    raw.train.loc[raw.train["label"] == 3, "label"] = pd.NA
+    assert failures(raw) == ["gold_per_class.gold_rows: expected at least 2 gold rows per class; "
+                             "found 1 bad value(s), e.g. [0] at class [3]"]
+
+
+def test_test_rows_duplicated_in_training(spec):
+    raw = fresh(spec)
+    features = spec.feature_columns
+    raw.train.loc[[0, 1], features] = raw.test.loc[[5, 9], features].to_numpy()
+    assert failures(raw) == ["test_rows_in_training.training_copies: expected no test row whose features equal a "
+                             "training row's; found 2 bad value(s), e.g. [1, 1] at test row [5, 9]"]
+
+
+def test_empty_test_set_and_wrong_type(spec):
+    raw = fresh(spec)
+    raw.test = raw.test.iloc[:0]
+    raw.train["px_3"] = raw.train["px_3"].astype(str)
+    found = failures(raw)
+    assert "test: expected at least 1 row; found 0" in found
+    assert "train.px_3: expected a numeric column; found dtype object" in found
+
+
+def test_unreadable_files_name_field_and_path(tmp_path):
+    broken = tmp_path / "train.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=rf"data.train_path: cannot read {broken} as parquet"):
+        read_table(broken, "data.train_path")
+    with pytest.raises(DataError, match="does not exist"):
+        read_table(tmp_path / "nope.csv", "data.test_path")
+    with pytest.raises(DataError, match="expected .parquet, .pq or .csv"):
+        read_table(tmp_path / "data.xlsx", "data.train_path")
+
+
+def test_validation_error_lists_every_failure(spec):
+    raw = fresh(spec)
+    raw.train = raw.train.drop(columns=["px_1", "px_2"])
+    report = run_suite(raw, list(range(10)), 2)
+    err = DataValidationError(report)
+    assert "train.px_1" in str(err) and "train.px_2" in str(err) and "2 of" in str(err)

@@ -1,0 +1,188 @@
+"""The whole pipeline under a real Prefect test harness and a temporary SQLite MLflow store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tasks.config import DemoData
+from tasks.data import DataError, materialize_demo
+from tests.conftest import fast_config
+
+STAGES = ["validate", "weak_train", "pseudo_label", "full_train", "evaluate", "register"]
+
+
+def run_pipeline(cfg):
+    from flows.pipeline import training_pipeline
+
+    return training_pipeline(cfg)
+
+
+def children(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[str, mlflow.entities.Run]:
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("ws")
+    cfg = fast_config(workspace)
+    return cfg, run_pipeline(cfg)
+
+
+def test_run_tree_metrics_artifacts_and_champion(first_run):
+    cfg, result = first_run
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    assert result.tracking_uri == cfg.tracking.resolved_uri
+    assert (cfg.tracking.workspace / "mlflow.db").is_file()
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED"
+    stages = children(client, result.experiment_id, result.run_id)
+    assert sorted(stages) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+
+    validate = stages["validate"]
+    assert validate.data.tags["validation"] == "passed"
+    assert validate.data.metrics["expectations_failed"] == 0
+    assert validate.data.metrics["rows_gold"] + validate.data.metrics["rows_weak"] + validate.data.metrics["rows_unlabeled"] == 1437
+    assert {"validation/result.json", "validation/summary.txt", "validation/data_docs/index.html",
+            "data/provenance.json"} <= artifact_paths(client, validate.info.run_id)
+    assert {d.dataset.name for d in validate.inputs.dataset_inputs} == {"train", "test"}
+
+    weak_hist = client.get_metric_history(stages["weak_train"].info.run_id, "dev_accuracy")
+    assert [m.step for m in weak_hist] == list(range(cfg.weak_train.epochs))
+
+    pseudo = stages["pseudo_label"]
+    assert 0 < pseudo.data.metrics["kept"] <= pseudo.data.metrics["candidates"] == 1293
+    assert 0.0 <= pseudo.data.metrics["holdout_precision"] <= 1.0
+    assert {"pseudo_labels/pseudo_labels.parquet", "pseudo_labels/confidence_histogram.png",
+            "pseudo_labels/per_class.json"} <= artifact_paths(client, pseudo.info.run_id)
+    table = pd.read_parquet(client.download_artifacts(pseudo.info.run_id, "pseudo_labels/pseudo_labels.parquet"))
+    assert int(table["kept"].sum()) == pseudo.data.metrics["kept"]
+    assert (table.loc[table["kept"], "confidence"] >= cfg.pseudo_label.threshold).all()
+
+    ev = stages["evaluate"].data.metrics
+    assert ev["test_accuracy"] == pytest.approx(result.evaluation.final.accuracy)
+    assert ev["lift_over_gold_only"] == pytest.approx(ev["test_accuracy"] - ev["gold_only_test_accuracy"])
+    assert "evaluation/confusion_matrix.png" in artifact_paths(client, stages["evaluate"].info.run_id)
+    assert ev["test_accuracy"] > 0.8  # even 10 epochs beat chance (0.1) by far
+
+    reg = result.registration
+    assert (reg.version, reg.alias) == ("1", "champion")
+    mv = client.get_model_version_by_alias(cfg.tracking.model_name, "champion")
+    assert str(mv.version) == "1"
+    assert mv.tags["gate_verdict"] == "passed" and mv.tags["pipeline_run_id"] == result.run_id
+    assert "reference/reference.parquet" in artifact_paths(client, stages["register"].info.run_id)
+
+
+def test_registered_model_serves_raw_features(first_run):
+    cfg, result = first_run
+    mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.model_name}@champion")
+    spec = materialize_demo(cfg.data, cfg.tracking.workspace / "data")
+    test = pd.read_parquet(spec.test_path)
+    out = model.predict(test[spec.feature_columns].astype(np.float64))
+    assert list(out.columns[:2]) == ["prediction", "confidence"]
+    assert np.allclose(out[[f"prob_{c}" for c in range(10)]].sum(axis=1), 1.0, atol=1e-5)
+    assert (out["prediction"] == test["label"]).mean() == pytest.approx(result.evaluation.final.accuracy)
+
+
+def test_failed_gate_registers_challenger_and_keeps_champion(first_run):
+    cfg, _ = first_run
+    strict = fast_config(cfg.tracking.workspace, "gates.min_accuracy=1.0")
+    result = run_pipeline(strict)
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    assert (result.registration.version, result.registration.alias) == ("2", "challenger")
+    assert str(client.get_model_version_by_alias(cfg.tracking.model_name, "champion").version) == "1"
+    tags = client.get_model_version(cfg.tracking.model_name, "2").tags
+    assert tags["gate_verdict"] == "failed"
+    assert "below the minimum 1.0000" in tags["gate_reason"]
+    assert tags["champion_before"] == "1"
+
+
+def corrupt(kind: str, spec, folder: Path) -> tuple[str, list[str]]:
+    """Write a broken copy of the demo data; return (expected message, extra config overrides)."""
+    train, test = pd.read_parquet(spec.train_path), pd.read_parquet(spec.test_path)
+    msg = {"missing_column": "train.px_7: expected the column to exist",
+           "nan_feature": "train.px_5: expected no missing (NaN) values",
+           "label_outside": "train.label: expected a class in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+           "empty_gold": "gold_per_class.gold_rows: expected at least 2 gold rows per class",
+           "test_in_training": "test_rows_in_training.training_copies: expected no test row",
+           "unreadable": "data.train_path: cannot read"}[kind]
+    if kind == "missing_column":
+        train = train.drop(columns=["px_7"])
+    elif kind == "nan_feature":
+        train.loc[10, "px_5"] = np.nan
+    elif kind == "label_outside":
+        train.loc[train["label"].notna().idxmax(), "label"] = 12
+    elif kind == "empty_gold":
+        train["label"] = pd.array([pd.NA] * len(train), dtype="Int64")
+    elif kind == "test_in_training":
+        train.loc[0, spec.feature_columns] = test.loc[0, spec.feature_columns].to_numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(folder / "train.parquet")
+    test.to_parquet(folder / "test.parquet")
+    if kind == "unreadable":
+        (folder / "train.parquet").write_bytes(b"PAR1 truncated")
+    features = "[" + ", ".join(spec.feature_columns) + "]"
+    return msg, ["data.source=files", f"data.train_path={folder / 'train.parquet'}",
+                 f"data.test_path={folder / 'test.parquet'}", f"data.feature_columns={features}",
+                 "data.weak_label_columns=[weak_label]", "data.classes=[0,1,2,3,4,5,6,7,8,9]"]
+
+
+@pytest.mark.parametrize("kind", ["missing_column", "nan_feature", "label_outside", "empty_gold",
+                                  "test_in_training", "unreadable"])
+def test_bad_data_stops_before_training_and_registers_nothing(prefect_harness, tmp_path, demo_root, kind):
+    spec = materialize_demo(DemoData(), demo_root)
+    message, overrides = corrupt(kind, spec, tmp_path / "data")
+    cfg = fast_config(tmp_path / "ws", *overrides)
+    with pytest.raises(DataError, match=re.escape(message)):
+        run_pipeline(cfg)
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert {r.info.run_name for r in runs if r.data.tags.get("weakflow.stage") != "pipeline"} == {"validate"}
+    assert all(r.info.status == "FAILED" for r in runs)
+
+
+def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, demo_root):
+    """The data contract from the README: CSV, own column names, two weak columns, abstain, no image."""
+    spec = materialize_demo(DemoData(), demo_root)
+    train, test = pd.read_parquet(spec.train_path), pd.read_parquet(spec.test_path)
+    names = {c: f"f{i}" for i, c in enumerate(spec.feature_columns)}
+    rng = np.random.default_rng(0)
+    annotator_b = train["weak_label"].where(rng.random(len(train)) < 0.5, -1)  # abstains half the time
+    own = train.rename(columns=names).rename(columns={"label": "gold"}).drop(columns=["provenance", "row_id"])
+    own = own.rename(columns={"weak_label": "annotator_a"}).assign(annotator_b=annotator_b)
+    own.to_csv(tmp_path / "train.csv", index=False)
+    test.rename(columns=names).rename(columns={"label": "gold"}).to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "cfg.yaml").write_text(
+        "data:\n  source: files\n"
+        f"  train_path: {tmp_path / 'train.csv'}\n  test_path: {tmp_path / 'test.csv'}\n"
+        f"  feature_columns: [{', '.join(names.values())}]\n"
+        "  label_column: gold\n  weak_label_columns: [annotator_a, annotator_b]\n  abstain: -1\n"
+    )
+    from tasks.config import load_config
+    from tests.conftest import FAST
+
+    cfg = load_config(tmp_path / "cfg.yaml", [*FAST, f"tracking.workspace={tmp_path / 'ws'}"])
+    result = run_pipeline(cfg)
+    assert result.registration.alias == "champion"
+    assert result.evaluation.final.accuracy > 0.8
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    spec_json = client.download_artifacts(children(client, result.experiment_id, result.run_id)["full_train"].info.run_id,
+                                          "model_spec.json")
+    assert '"kind": "mlp"' in Path(spec_json).read_text()  # no image_shape -> the MLP
