@@ -96,12 +96,43 @@ def _validate(cfg) -> int:
     return 0
 
 
+def _prestart_prefect_api():  # -> Callable[[], None]
+    """Start Prefect's temporary local API (a subprocess, ~3 s) while this process imports the
+    pipeline; the returned function waits for it. Prefect keeps one such server per process, so the
+    flow finds it running. Nothing happens when PREFECT_API_URL points at a real server."""
+    import threading
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    starter = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+    starter.start()
+    return starter.join
+
+
+def _warm_imports() -> None:
+    """Import Great Expectations in the background while Prefect starts its temporary API (~5 s of
+    waiting on a subprocess); the validate stage then finds it loaded. Python's import lock makes a
+    concurrent import safe: the stage's own import waits for this one to finish."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
+
+
 def _run(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from flows.pipeline import training_pipeline
+    api_ready = _prestart_prefect_api()
+    _warm_imports()
+    from flows.pipeline import training_pipeline  # torch, MLflow, sklearn: ~3 s, while the API starts
 
+    api_ready()
     result = training_pipeline(cfg)
     table = Table(title="weakflow run summary", show_lines=False)
     table.add_column("stage", style="bold")

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from deploy.gates import GateDecision, GateInput, decide
-from deploy.model import WeakflowClassifier, output_frame, save_weights
+from deploy.model import output_frame, save_weights
 from monitoring.reference import reference_sample
 from tasks import tracking
 from tasks.config import Config
@@ -25,6 +25,19 @@ from tasks.evaluate import Evaluation
 from tasks.modeling import TrainedModel
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+_ROOT = Path(__file__).resolve().parents[1]
+# The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
+MODEL_CODE = [_ROOT / "deploy", _ROOT / "tasks"]
+MODEL_ENTRY = _ROOT / "deploy" / "pyfunc_entry.py"
+
+
+def model_requirements() -> list[str]:
+    """Pinned from this environment. Explicit, because MLflow's inference spawns a process (~4 s)."""
+    import pandas
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pandas=={pandas.__version__}",
+            f"mlflow=={mlflow.__version__}"]
 
 
 @dataclass
@@ -70,12 +83,11 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
             weights = Path(tmp) / "model.pt"
             save_weights(weights, final.model.cpu(), final.spec, data.features, data.classes)
             with warnings.catch_warnings():
-                # The pyfunc class is imported from this installed package, not pickled by value;
-                # and our integer output column never holds missing values.
-                warnings.filterwarnings("ignore", message=".*(CloudPickle|integer column).*")
-                info = mlflow.pyfunc.log_model(name="model", python_model=WeakflowClassifier(),
+                warnings.filterwarnings("ignore", message=".*integer column.*")  # our int output never has NaN
+                info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
                                                artifacts={"weights": str(weights)}, signature=signature,
-                                               input_example=example)
+                                               input_example=example, pip_requirements=model_requirements(),
+                                               code_paths=[str(p) for p in MODEL_CODE])
         tracking.log_frame(reference_sample(data, final.model, seed=cfg.seed, device=cfg.device), "reference", "reference")
         version = str(mlflow.register_model(info.model_uri, name).version)
         alias = CHAMPION if decision.passed else CHALLENGER

@@ -60,7 +60,7 @@ def log_dataset(frame, path: Path, name: str, context: str, label: str) -> None:
         warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
         warnings.filterwarnings("ignore", message=".*integer column.*")  # schema hint; labels are never missing here
         dataset = mlflow.data.from_pandas(frame, source=str(Path(path).resolve()), name=name, targets=label)
-    mlflow.log_input(dataset, context=context)
+        mlflow.log_input(dataset, context=context)
 
 
 def _log_report(report: ValidationReport) -> None:

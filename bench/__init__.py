@@ -1,0 +1,1 @@
+"""Benchmarks: run with `python -m bench.<name>`; each appends its results to docs/benchmarks.md."""

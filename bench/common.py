@@ -1,0 +1,52 @@
+"""Shared bits of the benchmarks: machine description and writing a section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+        cpu = model
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values) * 100:.2f} ± {np.std(values) * 100:.2f}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section between markers for ``name`` in docs/benchmarks.md."""
+    command = "python -m bench." + name + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    block = (f"<!-- bench:{name} -->\n{body.strip()}\n\n"
+             f"_Machine: {machine()}. Command: `{command}`. Date: {stamp}. Commit: {commit or 'n/a'}._\n"
+             f"<!-- /bench:{name} -->")
+    DOC.parent.mkdir(exist_ok=True)
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery section is written by the script it names.\n"
+    pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+    print(block)
