@@ -5,7 +5,7 @@ Both carry their input standardisation as buffers, so a saved model takes raw fe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -23,7 +23,7 @@ class ModelSpec:
     hidden: tuple[int, ...] = (256, 256)
     dropout: float = 0.2
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for the CNN
-    extra: dict[str, float] = field(default_factory=dict)
+    ensemble: int = 1  # > 1: a LogitEnsemble of that many snapshots
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,8 +71,9 @@ class MLP(nn.Module):
         """Penultimate representation (used by CLID-style label-free scores)."""
         return self.body(self.scale(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        f = self.features(x)
+        return (f, self.head(f)) if return_features else self.head(f)
 
 
 class SmallCNN(nn.Module):
@@ -101,11 +102,25 @@ class SmallCNN(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
 
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        f = self.features(x)
+        return (f, self.head(f)) if return_features else self.head(f)
+
+
+class LogitEnsemble(nn.Module):
+    """Mean logits of several snapshots of one network (CLID snapshot ensembling)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
+    if spec.ensemble > 1:
+        return LogitEnsemble([build_model(replace(spec, ensemble=1)) for _ in range(spec.ensemble)])
     if spec.kind == "mlp":
         return MLP(spec)
     if spec.kind == "cnn":

@@ -1,10 +1,17 @@
-"""The one training loop every stage shares (weak, pseudo-label, full, gold-only baseline)."""
+"""The one training loop every method and stage shares.
+
+A method is an :class:`UpdateRule`: how one mini-batch updates the network (plain weighted loss, or
+CLID-MU's virtual step / meta step / actual step), what it measures after each epoch, and optionally
+which network it hands back (CLID snapshot ensembling). Batching, devices, the schedule, dev-split
+reporting and progress callbacks live here once.
+"""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,6 +40,43 @@ class EpochStats:
     train_loss: float
     dev_accuracy: float | None
     dev_loss: float | None
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. {"clid": ...}
+
+
+class UpdateRule(Protocol):
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+             wb: torch.Tensor) -> torch.Tensor:
+        """Update ``model`` on one batch; return the (detached) batch loss."""
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Label-free measurements after an epoch (may keep snapshots)."""
+
+    def select(self, model: nn.Module, history: list[EpochStats]) -> nn.Module | None:
+        """The network to return, or None to keep the best gold-dev epoch."""
+
+
+class WeightedLoss:
+    """Plain step: per-sample loss (CE or GCE), weighted mean, one optimizer step."""
+
+    def __init__(self, loss: LossName = "ce", gce_q: float = 0.7) -> None:
+        self.loss, self.gce_q = loss, gce_q
+
+    def step(self, model, optimizer, xb, yb, wb):
+        device = xb.device
+        with autocast(device):
+            logits = model(xb)
+        losses = per_sample_loss(self.loss, logits.float(), yb, self.gce_q)
+        loss = (losses * wb).sum() / wb.sum().clamp_min(1e-8)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def end_epoch(self, model, epoch):
+        return {}
+
+    def select(self, model, history):
+        return None
 
 
 @dataclass
@@ -55,69 +99,79 @@ def fit(
     x_dev: np.ndarray | None = None,
     y_dev: np.ndarray | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    rule: UpdateRule | None = None,
+    monitor: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> FitResult:
-    """Train ``model`` on (x, targets[, weights]); keep the epoch with the best gold-dev score.
+    """Train ``model`` on (x, targets[, weights]) with ``rule`` (default: weighted ``settings.loss``).
 
-    ``targets`` are class indices (N,) or soft labels (N, C). Without a dev split the last epoch is
-    kept. Data lives on the device as whole tensors: the datasets here fit in memory, and indexing a
-    resident tensor beats a DataLoader for small rows.
+    ``targets`` are class indices (N,) or soft labels (N, C). Unless the rule selects its own network,
+    the epoch with the best gold-dev accuracy (ties: lower dev loss, then later) is returned; without
+    a dev split, the last epoch. ``monitor`` adds label-free per-epoch numbers (e.g. CLID). Data lives
+    on the device as whole tensors: indexing a resident tensor beats a DataLoader for small rows.
     """
     if len(x) == 0:
         raise ValueError("cannot train on an empty set")
     if len(x) != len(targets):
         raise ValueError(f"{len(x)} feature rows but {len(targets)} targets")
+    rule = rule or WeightedLoss(settings.loss, settings.gce_q)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     model.to(device)
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+    xt = _to_device(np.asarray(x, dtype=np.float32), device)
     soft = np.asarray(targets).ndim == 2
-    yt = torch.as_tensor(np.asarray(targets), dtype=torch.float32 if soft else torch.long, device=device)
-    wt = torch.as_tensor(np.ones(len(x)) if weights is None else weights, dtype=torch.float32, device=device)
+    yt = _to_device(np.asarray(targets, dtype=np.float32 if soft else np.int64), device)
+    wt = _to_device(np.ones(len(x), dtype=np.float32) if weights is None else np.asarray(weights, np.float32), device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, -(-len(x) // settings.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15
     )
     result = FitResult(model=model)
-    best_key: tuple[float, float] | None = None
+    best_key: tuple[float, float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(settings.epochs):
         model.train()
         order = torch.randperm(len(x), generator=generator).to(device)
-        total, seen = 0.0, 0
+        total = torch.zeros((), device=device)
+        seen = 0
         for start in range(0, len(x), settings.batch_size):
             idx = order[start : start + settings.batch_size]
             if len(idx) < 2 and len(x) >= 2:  # BatchNorm needs two rows; fold a lone tail row away
                 continue
-            with autocast(device):
-                logits = model(xt[idx])
-            losses = per_sample_loss(settings.loss, logits.float(), yt[idx], settings.gce_q)
-            w = wt[idx]
-            loss = (losses * w).sum() / w.sum().clamp_min(1e-8)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = rule.step(model, optimizer, xt[idx], yt[idx], wt[idx])
             scheduler.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss * len(idx)
             seen += len(idx)
+        extra = rule.end_epoch(model, epoch) | (monitor(model) if monitor else {})
         dev_acc = dev_loss = None
         if x_dev is not None and y_dev is not None and len(x_dev) > 0:
             probs = predict_proba(model, x_dev, device=device)
             dev_acc = float((probs.argmax(1) == y_dev).mean())
             dev_loss = float(-np.log(probs[np.arange(len(y_dev)), y_dev] + 1e-7).mean())
-        stats = EpochStats(epoch, total / max(seen, 1), dev_acc, dev_loss)
+        stats = EpochStats(epoch, float(total) / max(seen, 1), dev_acc, dev_loss, extra)
         result.history.append(stats)
-        key = (dev_acc, -dev_loss) if dev_acc is not None and dev_loss is not None else (float(epoch), 0.0)
+        key = (dev_acc, -dev_loss, float(epoch)) if dev_acc is not None and dev_loss is not None else (0.0, 0.0, float(epoch))
         if best_key is None or key >= best_key:
             best_key, result.best_epoch = key, epoch
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:
             on_epoch(stats)
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
+    selected = rule.select(model, result.history)
+    if selected is not None:
+        result.model = selected
+    else:
+        assert best_state is not None
+        model.load_state_dict(best_state)
+    result.model.eval()
     return result
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 @torch.no_grad()
@@ -126,12 +180,14 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits for ``x`` in batches, in eval mode, as float32 numpy."""
     device = resolve_device(device) if isinstance(device, str) else device
+    was_training = model.training
     model.to(device).eval()
     out = []
     for start in range(0, len(x), batch_size):
         xb = torch.as_tensor(np.asarray(x[start : start + batch_size], dtype=np.float32), device=device)
         with autocast(device):
             out.append(model(xb).float().cpu().numpy())
+    model.train(was_training)
     if not out:
         return np.zeros((0, _num_outputs(model)), dtype=np.float32)
     return np.concatenate(out)
@@ -145,5 +201,5 @@ def predict_proba(
 
 
 def _num_outputs(model: nn.Module) -> int:
-    head = getattr(model, "head", None)
-    return int(head.out_features) if isinstance(head, nn.Linear) else 0
+    heads = [m for name, m in model.named_modules() if name.endswith("head") and isinstance(m, nn.Linear)]
+    return int(heads[0].out_features) if heads else 0
