@@ -23,6 +23,7 @@ def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
     from tasks.full_train import train_full
     from tasks.pseudo_label import make_pseudo_labels
     from tasks.validate import load_and_validate
+    from tasks.weak_labels import make_weak_labels
     from tasks.weak_train import train_weak
 
     cfg = load_config(None, [f"tracking.workspace={workspace}", *overrides])
@@ -32,7 +33,10 @@ def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
         data, _ = load_and_validate(cfg, Path(tmp) / "docs")
     times["validate"] = time.perf_counter() - t
     t = time.perf_counter()
-    weak = train_weak(data, cfg)
+    labels = make_weak_labels(data, cfg)
+    times["weak_labels"] = time.perf_counter() - t
+    t = time.perf_counter()
+    weak = train_weak(data, labels, cfg)
     times["weak_train"] = time.perf_counter() - t
     t = time.perf_counter()
     pseudo = make_pseudo_labels(data, weak, cfg)

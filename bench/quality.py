@@ -24,6 +24,7 @@ from tasks.full_train import train_full
 from tasks.modeling import new_model, settings
 from tasks.pseudo_label import make_pseudo_labels
 from tasks.validate import load_and_validate
+from tasks.weak_labels import make_weak_labels
 from tasks.weak_train import train_weak
 
 
@@ -32,14 +33,15 @@ def one_seed(seed: int, overrides: list[str], workspace: Path) -> dict[str, floa
     cfg = load_config(None, [*base, *overrides])
     data, _ = load_and_validate(cfg)
     t0 = time.perf_counter()
-    weak = train_weak(data, cfg)
+    labels = make_weak_labels(data, cfg)
+    weak = train_weak(data, labels, cfg)
     pseudo = make_pseudo_labels(data, weak, cfg)
     final = train_full(data, pseudo, cfg)
     gold_only = train_gold_only(data, cfg)
     wall = time.perf_counter() - t0
     ev = evaluate_models(data, weak, final, gold_only, cfg.device)
-    ce_cfg = load_config(None, [*base, *overrides, "weak_train.loss=ce"])
-    ce_weak = train_weak(data, ce_cfg)
+    ce_cfg = load_config(None, [*base, *overrides, "weak_train.method=ce"])
+    ce_weak = train_weak(data, labels, ce_cfg)
     x_test, y_test = data.x(data.test), data.y(data.test)
     ce_acc = float((predict_proba(ce_weak.model, x_test).argmax(1) == y_test).mean())
     # Oracle: every training row with its true label (the demo's hidden answer key), same network.

@@ -11,7 +11,7 @@ EXAMPLES = """\
 examples:
   weakflow run                                   # the demo: digits, 40% symmetric weak-label noise
   weakflow run --config my.yaml                  # your own Parquet/CSV files (see README, "Bring your own data")
-  weakflow run --set data.noise.rate=0.6 --set weak_train.loss=ce
+  weakflow run --set data.noise.rate=0.6 --set weak_train.method=clid_mu
   weakflow run --tracking-uri http://127.0.0.1:5000
   weakflow validate --config my.yaml             # only the data checks, no training
   weakflow show-config --set pseudo_label.threshold=0.95

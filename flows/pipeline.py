@@ -1,4 +1,5 @@
-"""The training pipeline: validate -> weak_train -> pseudo_label -> full_train -> evaluate -> register.
+"""The training pipeline: validate -> weak_labels -> weak_train -> pseudo_label -> full_train -> evaluate
+-> register.
 
 Only wiring lives here; each stage is a Prefect task in ``tasks/`` over a plain function.
 """
@@ -18,7 +19,8 @@ from tasks.full_train import full_train
 from tasks.pseudo_label import PseudoLabels, pseudo_label
 from tasks.register import Registration, register
 from tasks.validate import validate
-from tasks.weak_train import weak_train
+from tasks.weak_labels import WeakLabels, weak_labels
+from tasks.weak_train import WeakModel, weak_train
 
 
 @dataclass
@@ -39,19 +41,21 @@ def training_pipeline(cfg: Config) -> PipelineResult:
                           tags={"weakflow.stage": "pipeline"}) as parent:
         pid = parent.info.run_id
         mlflow.log_text(dump_config(cfg), "config.yaml")
-        mlflow.log_params({"data.source": cfg.data.source, "seed": cfg.seed, "weak_train.loss": cfg.weak_train.loss,
+        mlflow.log_params({"data.source": cfg.data.source, "seed": cfg.seed, "weak_train.method": cfg.weak_train.method,
+                           "weak_labels.aggregation": cfg.weak_labels.aggregation,
                            "pseudo_label.threshold": cfg.pseudo_label.threshold,
                            "full_train.strategy": cfg.full_train.strategy})
 
         data = validate(cfg, pid, experiment_id)
-        weak = weak_train(data, cfg, pid, experiment_id)
+        labels = weak_labels(data, cfg, pid, experiment_id)
+        weak = weak_train(data, labels, cfg, pid, experiment_id)
         pseudo = pseudo_label(data, weak, cfg, pid, experiment_id)
         final = full_train(data, pseudo, cfg, pid, experiment_id)
         evaluation = evaluate(data, weak, final, cfg, pid, experiment_id)
         registration = register(data, final, evaluation, cfg, pid, experiment_id)
 
-        stages = summarize(data.provenance_counts(), weak.best_dev_accuracy, pseudo, final.best_dev_accuracy,
-                           evaluation, registration)
+        stages = summarize(data.provenance_counts(), labels, cfg.weak_train.method, weak, pseudo,
+                           final.best_dev_accuracy, evaluation, registration)
         mlflow.log_metrics({"test_accuracy": evaluation.final.accuracy,
                             "gold_only_test_accuracy": evaluation.gold_only.accuracy})
         mlflow.set_tags({"model_version": registration.version, "model_alias": registration.alias,
@@ -59,12 +63,17 @@ def training_pipeline(cfg: Config) -> PipelineResult:
     return PipelineResult(mlflow.get_tracking_uri(), experiment_id, pid, stages, registration, evaluation)
 
 
-def summarize(counts: dict[str, int], weak_dev: float | None, pseudo: PseudoLabels, full_dev: float | None,
-              evaluation: Evaluation, registration: Registration) -> list[tuple[str, str]]:
+def summarize(counts: dict[str, int], labels: WeakLabels, method: str, weak: WeakModel, pseudo: PseudoLabels,
+              full_dev: float | None, evaluation: Evaluation, registration: Registration) -> list[tuple[str, str]]:
     precision = f"{pseudo.holdout_precision:.3f}" if pseudo.holdout_precision is not None else "n/a"
+    accuracy = {r["source"]: r.get("accuracy") for r in labels.stats.to_dict("records")}
+    sources = ", ".join(f"{s} {a:.2f}" if a is not None and a == a else f"{s} n/a" for s, a in accuracy.items())
+    rho = weak.figures.get("clid_dev_spearman")
     return [
         ("validate", "passed; rows " + ", ".join(f"{k} {v}" for k, v in counts.items())),
-        ("weak_train", f"best gold-dev accuracy {weak_dev or 0:.3f}"),
+        ("weak_labels", f"{len(labels.row_ids)} weak training rows; source accuracy on gold: {sources}"),
+        ("weak_train", f"{method}: gold-dev accuracy {weak.best_dev_accuracy or 0:.3f}"
+                       + (f"; CLID vs dev-accuracy rank correlation {rho:.2f}" if rho is not None else "")),
         ("pseudo_label", f"kept {len(pseudo.kept)} of {len(pseudo.table)} at >= {pseudo.threshold:g}; "
                          f"precision on held-out gold {precision}"),
         ("full_train", f"best gold-dev accuracy {full_dev or 0:.3f}"),

@@ -70,6 +70,31 @@ class ValidationConfig(_Section):
     min_gold_per_class: int = Field(2, ge=1, description="gold rows each class needs (train + dev)")
 
 
+class WeakLabelsConfig(_Section):
+    """How weak label columns and labelling functions become one training label per row."""
+
+    labeling_functions: list[str] = Field(default_factory=list, description="'module:function' callables")
+    aggregation: Literal["majority", "dawid_skene"] = "majority"
+    tie_break: Literal["random", "lowest", "abstain"] = "random"
+    soft_labels: bool = Field(False, description="train on vote shares / Dawid-Skene posteriors")
+
+
+class ClidMuConfig(_Section):
+    tau: float = Field(0.5, gt=0.0)
+    meta_lr: float = Field(1e-4, gt=0.0)
+    virtual_lr: float | None = Field(0.05, gt=0.0)
+    meta_batch: int = Field(100, ge=2)
+    meta_interval: int = Field(1, ge=1, description="meta update every k-th step")
+    meta_set_size: int = Field(1000, ge=2, description="unlabeled rows whose features form the meta set")
+    snapshots: int = Field(3, ge=1, description="ensemble the k epochs with the lowest CLID")
+
+
+class ConfidentLearningConfig(_Section):
+    folds: int = Field(3, ge=2)
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+                       "predicted_neq_given"] = "prune_by_noise_rate"
+
+
 class TrainStageConfig(_Section):
     model: Literal["auto", "mlp", "cnn"] = "auto"
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, description="MLP layer widths")
@@ -79,8 +104,13 @@ class TrainStageConfig(_Section):
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    loss: LossName = "gce"
     gce_q: float = Field(0.7, gt=0.0, le=1.0)
+
+
+class WeakTrainConfig(TrainStageConfig):
+    method: Literal["ce", "gce", "confident_learning", "clid_mu"] = "gce"
+    clid_mu: ClidMuConfig = ClidMuConfig()
+    confident_learning: ConfidentLearningConfig = ConfidentLearningConfig()
 
 
 class PseudoLabelConfig(_Section):
@@ -118,7 +148,8 @@ class TrackingConfig(_Section):
 class Config(_Section):
     data: Annotated[DemoData | FilesData, Field(discriminator="source")] = DemoData()
     validation: ValidationConfig = ValidationConfig()
-    weak_train: TrainStageConfig = TrainStageConfig()
+    weak_labels: WeakLabelsConfig = WeakLabelsConfig()
+    weak_train: WeakTrainConfig = WeakTrainConfig()
     pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
     full_train: FullTrainConfig = FullTrainConfig()
     gates: GateConfig = GateConfig()

@@ -143,7 +143,7 @@ def materialize_demo(cfg: DemoData, root: Path) -> FilesData:
 
     Splits: a stratified gold test split never trained on; ``gold_fraction`` of the rest keeps its
     gold label; of the remaining rows ``unlabeled_fraction`` lose their label and the rest get a weak
-    label with simulated annotator noise. ``truth.parquet`` keeps the hidden true labels for
+    label with simulated annotator noise (the gold rows carry that annotator's label too). ``truth.parquet`` keeps the hidden true labels for
     benchmarks only; the pipeline never reads it.
     """
     from sklearn.datasets import load_digits
@@ -176,14 +176,18 @@ def materialize_demo(cfg: DemoData, root: Path) -> FilesData:
         )
     else:
         weak, unlabeled = other, other[:0]
-    noisy = corrupt_labels(y[weak], 10, cfg.noise.rate, cfg.noise.kind, cfg.noise.seed, features=x[weak])
+    # The annotator labelled the gold rows too (experts then verified them), so each source's accuracy
+    # can be measured against gold; only weak rows train on these labels.
+    annotated = np.concatenate([weak, gold])
+    noisy_all = corrupt_labels(y[annotated], 10, cfg.noise.rate, cfg.noise.kind, cfg.noise.seed, features=x[annotated])
+    noisy, noisy_gold = noisy_all[: len(weak)], noisy_all[len(weak) :]
 
     def frame(rows: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(x[rows].astype(np.float32), columns=features)
 
     parts = []
     for rows, prov, gold_label, weak_label in (
-        (gold, "gold", y[gold], np.full(len(gold), -1)),
+        (gold, "gold", y[gold], noisy_gold),
         (weak, "weak", None, noisy),
         (unlabeled, "unlabeled", None, np.full(len(unlabeled), -1)),
     ):

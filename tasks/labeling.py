@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.data import DataError
+
 MAX_SHOWN = 5  # distinct offending values quoted in an error message
 
 
-class LabelingFunctionError(ValueError):
-    """A labelling function could not be loaded, raised, or returned something unusable."""
+class LabelingFunctionError(DataError):
+    """A labelling function could not be loaded, raised, or returned something unusable.
+
+    A DataError, so the run stops before training and registers nothing, like bad data does."""
 
 
 def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:

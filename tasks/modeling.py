@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from tasks.config import Config, TrainStageConfig
+from tasks.core.losses import LossName
 from tasks.core.models import ModelSpec, build_model
 from tasks.core.training import EpochStats, TrainSettings
 from tasks.data import PipelineData
@@ -42,7 +43,8 @@ def new_model(data: PipelineData, stage: TrainStageConfig) -> tuple[nn.Module, M
     return model, spec
 
 
-def settings(stage: TrainStageConfig, cfg: Config, *, epochs: int | None = None, lr: float | None = None) -> TrainSettings:
+def settings(stage: TrainStageConfig, cfg: Config, *, epochs: int | None = None, lr: float | None = None,
+             loss: LossName = "ce") -> TrainSettings:
     return TrainSettings(epochs=epochs or stage.epochs, batch_size=stage.batch_size, lr=lr or stage.lr,
-                         weight_decay=stage.weight_decay, loss=stage.loss, gce_q=stage.gce_q, seed=cfg.seed,
-                         device=cfg.device)
+                         weight_decay=stage.weight_decay, loss=getattr(stage, "loss", loss), gce_q=stage.gce_q,
+                         seed=cfg.seed, device=cfg.device)

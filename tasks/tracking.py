@@ -64,8 +64,8 @@ def log_history(history: list, prefix: str = "") -> None:
     metrics = []
     for h in history:
         ts = 0
-        for key in ("train_loss", "dev_accuracy", "dev_loss"):
-            value = getattr(h, key)
+        values = {"train_loss": h.train_loss, "dev_accuracy": h.dev_accuracy, "dev_loss": h.dev_loss, **h.extra}
+        for key, value in values.items():
             if value is not None:
                 metrics.append(Metric(f"{prefix}{key}", float(value), ts, h.epoch))
     for start in range(0, len(metrics), 900):

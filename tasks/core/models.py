@@ -126,3 +126,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if spec.kind == "cnn":
         return SmallCNN(spec)
     raise ValueError(f"unknown model kind {spec.kind!r}; expected 'mlp' or 'cnn'")
+
+
+def replace_ensemble(spec: ModelSpec, model: nn.Module) -> ModelSpec:
+    """The spec that rebuilds ``model``: records the member count of a snapshot ensemble."""
+    return replace(spec, ensemble=len(model.members) if isinstance(model, LogitEnsemble) else 1)

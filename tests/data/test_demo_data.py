@@ -26,10 +26,10 @@ def test_splits_sizes_and_provenance(demo):
     gold = data.train[data.train[PROVENANCE] == "gold"]
     assert set(gold[SPLIT]) == {"gold_train", "gold_dev"}
     assert gold.groupby(SPLIT)["label"].nunique().min() == 10
-    # only gold rows carry a gold label; only weak rows carry a weak label
+    # only gold rows carry a gold label; the annotator labelled weak and gold rows
     assert data.train.loc[data.train[PROVENANCE] != "gold", "label"].isna().all()
-    assert (data.train.loc[data.train[PROVENANCE] != "weak", "weak_label"] == -1).all()
-    assert (data.train.loc[data.train[PROVENANCE] == "weak", "weak_label"] != -1).all()
+    assert (data.train.loc[data.train[PROVENANCE] == "unlabeled", "weak_label"] == -1).all()
+    assert (data.train.loc[data.train[PROVENANCE] != "unlabeled", "weak_label"] != -1).all()
 
 
 def test_test_split_is_never_in_training(demo, demo_root):

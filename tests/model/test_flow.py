@@ -15,7 +15,7 @@ from tasks.config import DemoData
 from tasks.data import DataError, materialize_demo
 from tests.conftest import fast_config
 
-STAGES = ["validate", "weak_train", "pseudo_label", "full_train", "evaluate", "register"]
+STAGES = ["validate", "weak_labels", "weak_train", "pseudo_label", "full_train", "evaluate", "register"]
 
 
 def run_pipeline(cfg):
