@@ -186,3 +186,49 @@ def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, dem
     spec_json = client.download_artifacts(children(client, result.experiment_id, result.run_id)["full_train"].info.run_id,
                                           "model_spec.json")
     assert '"kind": "mlp"' in Path(spec_json).read_text()  # no image_shape -> the MLP
+
+
+def broken_lf(batch: pd.DataFrame) -> np.ndarray:
+    raise RuntimeError("lookup table missing")
+
+
+def out_of_set_lf(batch: pd.DataFrame) -> np.ndarray:
+    return np.full(len(batch), 99)
+
+
+def test_labelling_functions_dawid_skene_and_clid_mu(prefect_harness, tmp_path):
+    lfs = "[tasks.example_lfs:ink_heavy_is_eight, tasks.example_lfs:empty_center_is_zero]"
+    cfg = fast_config(tmp_path / "ws", f"weak_labels.labeling_functions={lfs}", "weak_labels.aggregation=dawid_skene",
+                      "weak_train.method=clid_mu", "weak_train.clid_mu.meta_set_size=300")
+    result = run_pipeline(cfg)
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    stages = children(client, result.experiment_id, result.run_id)
+    wl = stages["weak_labels"]
+    sources = pd.read_parquet(client.download_artifacts(wl.info.run_id, "weak_labels/sources.parquet"))
+    assert sources["source"].tolist() == ["weak_label", "lf:ink_heavy_is_eight", "lf:empty_center_is_zero"]
+    # the simulated annotator is 40% wrong; measured on the gold rows it labelled
+    assert sources.loc[0, "accuracy"] == pytest.approx(0.6, abs=0.1)
+    assert 0 < sources.loc[1, "coverage"] < 0.2 and sources.loc[1, "accuracy"] > 0.5
+    assert "weak_labels/dawid_skene_confusion.json" in artifact_paths(client, wl.info.run_id)
+    # LFs also label unlabeled rows, so more rows train than the 905 annotated ones
+    assert wl.data.metrics["weak_training_rows"] > 905
+    weak = stages["weak_train"]
+    assert weak.data.tags["method"] == "clid_mu"
+    clid = client.get_metric_history(weak.info.run_id, "clid")
+    assert len(clid) == cfg.weak_train.epochs
+    assert "clid_dev_spearman" in weak.data.metrics and weak.data.metrics["meta_steps"] > 0
+    assert result.registration.version == "1"
+
+
+@pytest.mark.parametrize("lf, expected", [
+    ("tests.model.test_flow:broken_lf", ["labelling function tests.model.test_flow:broken_lf raised RuntimeError: lookup table missing"]),
+    ("tests.model.test_flow:out_of_set_lf", ["tests.model.test_flow:out_of_set_lf", "99"]),
+    ("tests.model.test_flow:no_such_lf", ["tests.model.test_flow:no_such_lf"]),
+])
+def test_bad_labelling_function_fails_the_run_and_registers_nothing(prefect_harness, tmp_path, lf, expected):
+    cfg = fast_config(tmp_path / "ws", f"weak_labels.labeling_functions=[{lf}]")
+    with pytest.raises(DataError) as exc:
+        run_pipeline(cfg)
+    assert all(part in str(exc.value) for part in expected), str(exc.value)
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    assert client.search_registered_models() == []

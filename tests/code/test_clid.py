@@ -1,0 +1,145 @@
+"""CLID and CLID-MU: the score by hand, where gradients may flow, and that meta labels are never read."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.core.clid import ClidMu, ClidMuSettings, MetaWeightNet, clid_score, mean_clid
+from tasks.core.models import LogitEnsemble, ModelSpec, build_model
+from tasks.core.noise import corrupt_labels
+from tasks.core.training import TrainSettings, fit
+
+
+def hand_clid() -> float:
+    """Two rows, tau = 0.5. Features (1,0),(0,1): cosine [[1,0],[0,1]] / 0.5 -> [[2,0],[0,2]];
+    P row = softmax(2, 0) = (e^2, 1)/(e^2 + 1). Predictions p1 = (.75,.25), p2 = (.25,.75): after L2
+    normalisation their dot product is 2*.75*.25/(.75^2+.25^2) = 0.6, so Q row = (1, .6)/1.6."""
+    p_self = math.exp(2) / (math.exp(2) + 1)
+    p_other = 1 / (math.exp(2) + 1)
+    q_self, q_other = 1 / 1.6, 0.6 / 1.6
+    return q_self * -math.log(p_self + 1e-7) + q_other * -math.log(p_other + 1e-7)
+
+
+LOGITS = torch.log(torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+
+
+def test_clid_matches_hand_computation():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert clid_score(features, LOGITS, tau=0.5).item() == pytest.approx(hand_clid(), rel=1e-5)
+
+
+def test_negative_similarities_are_zeroed_not_dropped():
+    # (1,0) and (-1,0): cosine -1 -> -2 after tau; set to 0, so P equals the orthogonal case above.
+    # Without the clamp the off-diagonal P would be softmax(2, -2) and CLID would be much larger.
+    features = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert clid_score(features, LOGITS, tau=0.5).item() == pytest.approx(hand_clid(), rel=1e-5)
+
+
+def test_gradients_reach_predictions_only():
+    features = torch.randn(6, 4, requires_grad=True)
+    logits = torch.randn(6, 3, requires_grad=True)
+    clid_score(features, logits).backward()
+    assert features.grad is None or torch.count_nonzero(features.grad) == 0
+    assert logits.grad is not None and torch.count_nonzero(logits.grad) > 0
+
+
+def test_mean_clid_weights_batches_by_size():
+    model = build_model(ModelSpec("mlp", 4, 3, hidden=(8,)))
+    x = torch.randn(250, 4)
+    value = mean_clid(model, x, batch_size=100, tau=0.5)
+    model.eval()
+    with torch.no_grad():
+        parts = [(clid_score(*model(x[s:s + 100], return_features=True)).item(), len(x[s:s + 100])) for s in (0, 100, 200)]
+    assert value == pytest.approx(sum(v * n for v, n in parts) / 250, rel=1e-5)
+
+
+def blobs(n=600, noise=0.4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = (rng.normal(size=(n, 6)) + np.eye(3, 6)[y] * 3).astype(np.float32)
+    return x, y, corrupt_labels(y, 3, noise, "symmetric", seed)
+
+
+def test_weight_net_gets_gradients_only_from_the_meta_loss():
+    x, _, noisy = blobs(64)
+    model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
+    rule = ClidMu(torch.as_tensor(x[:32]), ClidMuSettings(meta_batch=16))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta_before = [p.detach().clone() for p in rule.weight_net.parameters()]
+    seen: list[str] = []
+    original = rule._meta_update
+
+    def spy(*args):
+        original(*args)
+        seen.append("meta")
+        # after the meta step the weight net holds exactly the meta-loss gradients...
+        assert all(p.grad is not None for p in rule.weight_net.parameters())
+        spy.meta_grads = [p.grad.clone() for p in rule.weight_net.parameters()]
+        # ...and the classifier has no gradient from it
+        assert all(p.grad is None for p in model.parameters())
+
+    rule._meta_update = spy
+    rule.step(model, optimizer, torch.as_tensor(x[32:]), torch.as_tensor(noisy[32:]), torch.ones(32))
+    assert seen == ["meta"]
+    # the actual step added nothing to the weight net's gradients and left its weights as the meta step did
+    assert all(torch.equal(p.grad, g) for p, g in zip(rule.weight_net.parameters(), spy.meta_grads))
+    assert any(not torch.equal(a, b) for a, b in zip(meta_before, rule.weight_net.parameters()))
+    assert all(p.grad is not None for p in model.parameters())  # the classifier learned from the actual loss
+
+
+class GuardedLabels(torch.Tensor):
+    """Targets that record every row index they are read at."""
+
+    reads: list[torch.Tensor] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__getitem__:
+            cls.reads.append(torch.as_tensor(args[1]).flatten().clone())
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_no_meta_label_is_ever_read(monkeypatch):
+    """Rows 0..299 train, rows 300..599 form the meta set. Their labels sit in the same guarded
+    tensor the loop indexes; CLID-MU must only ever read labels at training-batch indices."""
+    x, _, noisy = blobs(600)
+    import tasks.core.training as training
+
+    real = training._to_device
+    monkeypatch.setattr(training, "_to_device",
+                        lambda a, d: real(a, d).as_subclass(GuardedLabels) if a.dtype == np.int64 else real(a, d))
+    GuardedLabels.reads = []
+    meta = torch.as_tensor(x[300:])
+    model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
+    fit(model, x[:300], noisy[:300], TrainSettings(epochs=2, batch_size=50), rule=ClidMu(meta, ClidMuSettings(meta_batch=50)))
+    read = torch.cat(GuardedLabels.reads)
+    assert len(read) >= 300 * 2  # every training row's label was read each epoch...
+    assert int(read.max()) < 300  # ...and never one of the meta rows'
+
+
+def test_clid_mu_learns_to_down_weight_noisy_labels_and_ensembles_snapshots():
+    x, y, noisy = blobs(900, noise=0.4)
+    meta = torch.as_tensor(x[600:])
+    model = build_model(ModelSpec("mlp", 6, 3, hidden=(32,)))
+    model.scale.fit(x)
+    rule = ClidMu(meta, ClidMuSettings(meta_batch=100, snapshots=3, meta_lr=1e-3))  # easy blobs: learn fast
+    res = fit(model, x[:600], noisy[:600], TrainSettings(epochs=15, batch_size=64, lr=3e-3), rule=rule)
+    from tasks.core.losses import cross_entropy
+
+    res.model.eval()
+    with torch.no_grad():
+        cost = cross_entropy(res.model(torch.as_tensor(x[:600])), torch.as_tensor(noisy[:600]))
+        w = rule.weight_net(cost).numpy()
+    wrong = noisy[:600] != y[:600]
+    assert w[~wrong].mean() > 2 * w[wrong].mean()
+    assert isinstance(res.model, LogitEnsemble) and len(res.model.members) == 3
+    assert rule.selected_epochs == sorted(e for _, e, _ in rule.snapshots)
+    clids = [h.extra["clid"] for h in res.history]
+    assert sorted(clids)[:3] == pytest.approx(sorted(c for c, _, _ in rule.snapshots))
+
+
+def test_meta_weight_net_shape_and_range():
+    w = MetaWeightNet()(torch.tensor([0.1, 2.0, 9.0]))
+    assert w.shape == (3,) and bool(((w > 0) & (w < 1)).all())
