@@ -36,9 +36,9 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values) * 100:.2f} ± {np.std(values) * 100:.2f}"
 
 
-def write_section(name: str, body: str) -> None:
+def write_section(name: str, body: str, module: str | None = None) -> None:
     """Replace (or append) the section between markers for ``name`` in docs/benchmarks.md."""
-    command = "python -m bench." + name + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    command = "python -m bench." + (module or name) + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     block = (f"<!-- bench:{name} -->\n{body.strip()}\n\n"

@@ -188,7 +188,7 @@ def main() -> None:
     if args.no_write:
         print(body)
     else:
-        write_section("methods-quick" if args.quick else "methods", body)
+        write_section("methods-quick" if args.quick else "methods", body, module="methods")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     except DataError as exc:
-        print(f"\nrun stopped before training: {exc}\nnothing was registered; the current champion is unchanged.",
-              file=sys.stderr)
+        if args.command == "validate":
+            print(f"\n{exc}", file=sys.stderr)
+        else:
+            print(f"\nrun stopped before training: {exc}\nnothing was registered; the current champion is unchanged.",
+                  file=sys.stderr)
         return 1
 
 

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from data_checks.suite import DataValidationError, ValidationReport, run_suite
 from tasks import tracking
 from tasks.config import Config, DemoData, FilesData
-from tasks.data import PipelineData, assemble, class_set, materialize_demo, read_raw
+from tasks.data import DataError, PipelineData, assemble, class_set, materialize_demo, read_raw
 
 
 def resolve_data_spec(cfg: Config) -> FilesData:
@@ -41,6 +41,10 @@ def validate(cfg: Config, parent_run_id: str, experiment_id: str) -> PipelineDat
             data, report = load_and_validate(cfg, docs)
         except DataValidationError as exc:
             _log_report(exc.report)
+            raise
+        except DataError as exc:  # unreadable file: nothing to validate, but the reviewer sees why
+            mlflow.set_tag("validation", "failed")
+            mlflow.log_text(f"{exc}\n", "validation/summary.txt")
             raise
         _log_report(report)
         for frame, path, name, context in ((data.train, data.spec.train_path, "train", "training"),

@@ -94,3 +94,14 @@ def test_core_imports_neither_prefect_nor_mlflow_and_imports_have_no_side_effect
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(home)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_cli_validate_reports_bad_files_and_exits_1(tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("a,b,label\n1,2,0\n3,4,0\n")
+    (tmp_path / "test.csv").write_text("a,b,label\n1,x,0\n")
+    rc = main(["validate", "--set", "data.source=files", "--set", f"data.train_path={tmp_path / 'train.csv'}",
+               "--set", f"data.test_path={tmp_path / 'test.csv'}", "--set", "data.feature_columns=[a, b, c]"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "train.c: expected the column to exist; found no such column" in err
+    assert "test.b: expected a numeric column; found dtype object" in err

@@ -156,6 +156,10 @@ def test_bad_data_stops_before_training_and_registers_nothing(prefect_harness, t
     runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert {r.info.run_name for r in runs if r.data.tags.get("weakflow.stage") != "pipeline"} == {"validate"}
     assert all(r.info.status == "FAILED" for r in runs)
+    validate_run = next(r for r in runs if r.info.run_name == "validate")
+    assert validate_run.data.tags["validation"] == "failed"
+    summary = Path(client.download_artifacts(validate_run.info.run_id, "validation/summary.txt")).read_text()
+    assert message in summary  # the reviewer sees the same reason in the MLflow UI
 
 
 def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, demo_root):
