@@ -96,12 +96,17 @@ def test_core_imports_neither_prefect_nor_mlflow_and_imports_have_no_side_effect
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_cli_validate_reports_bad_files_and_exits_1(tmp_path, capsys):
+def test_cli_validate_reports_bad_files_and_exits_1(tmp_path):
+    """The real console script in a subprocess (it loads Prefect, whose log handler must not bind to a
+    test's captured stderr)."""
     (tmp_path / "train.csv").write_text("a,b,label\n1,2,0\n3,4,0\n")
     (tmp_path / "test.csv").write_text("a,b,label\n1,x,0\n")
-    rc = main(["validate", "--set", "data.source=files", "--set", f"data.train_path={tmp_path / 'train.csv'}",
-               "--set", f"data.test_path={tmp_path / 'test.csv'}", "--set", "data.feature_columns=[a, b, c]"])
-    err = capsys.readouterr().err
-    assert rc == 1
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "weakflow"), "validate", "--set", "data.source=files",
+         "--set", f"data.train_path={tmp_path / 'train.csv'}", "--set", f"data.test_path={tmp_path / 'test.csv'}",
+         "--set", "data.feature_columns=[a, b, c]", "--workspace", str(tmp_path / "ws")],
+        capture_output=True, text=True, cwd=tmp_path)
+    err = proc.stderr
+    assert proc.returncode == 1, err[-2000:]
     assert "train.c: expected the column to exist; found no such column" in err
     assert "test.b: expected a numeric column; found dtype object" in err
