@@ -117,25 +117,6 @@ def _prestart_prefect_api():  # -> Callable[[], None]
     return starter.join
 
 
-def _prepare_tracking_store(cfg):  # -> Callable[[], None]
-    """Create (or migrate) the MLflow store and experiment in the background (~1.5 s on a new SQLite
-    file); the flow's own ``tracking.configure`` then finds them ready. A failure here is not lost:
-    the flow repeats the call and raises it there."""
-    import threading
-
-    from tasks import tracking
-
-    def prepare() -> None:
-        try:
-            tracking.configure(cfg.tracking)
-        except Exception:  # noqa: BLE001 - reported by the flow's own configure call
-            pass
-
-    worker = threading.Thread(target=prepare, daemon=True)
-    worker.start()
-    return worker.join
-
-
 def _warm_imports() -> None:
     """Import Great Expectations in the background while Prefect starts its temporary API (~5 s of
     waiting on a subprocess); the validate stage then finds it loaded. Python's import lock makes a
@@ -152,11 +133,9 @@ def _run(cfg) -> int:
 
     api_ready = _prestart_prefect_api()
     _warm_imports()
-    store_ready = _prepare_tracking_store(cfg)
     from flows.pipeline import training_pipeline  # torch, MLflow, sklearn: ~3 s, while the API starts
 
     api_ready()
-    store_ready()
     result = training_pipeline(cfg)
     table = Table(title="weakflow run summary", show_lines=False)
     table.add_column("stage", style="bold")
