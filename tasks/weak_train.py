@@ -23,7 +23,7 @@ from tasks.core.methods import ConfidentLearningSettings, train_weak_model
 from tasks.core.models import replace_ensemble
 from tasks.core.training import EpochStats
 from tasks.data import PROVENANCE, ROW_ID, PipelineData
-from tasks.modeling import TrainedModel, new_model, settings
+from tasks.modeling import TrainedModel, model_spec, new_model, settings
 from tasks.progress import epoch_bar
 from tasks.weak_labels import WeakLabels
 
@@ -56,15 +56,9 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
         labelled = gold[gold[col] != data.spec.abstain]
         classes = np.asarray(data.classes)
         gold_check = (data.x(labelled), np.searchsorted(classes, labelled[col].to_numpy()), data.y(labelled))
-    spec_holder = {}
-
-    def build():
-        model, spec_holder["spec"] = new_model(data, stage)
-        return model
-
     c = stage.clid_mu
     fitted = train_weak_model(
-        stage.method, build, data.x(rows), y, settings(stage, cfg, loss=stage.method if stage.method in ("ce", "gce") else "ce"),
+        stage.method, lambda: new_model(data, stage)[0], data.x(rows), y, settings(stage, cfg, loss=stage.method if stage.method in ("ce", "gce") else "ce"),
         meta_x=meta_features(data, c.meta_set_size, cfg.seed), x_dev=data.x(dev), y_dev=data.y(dev),
         clid=ClidMuSettings(tau=c.tau, meta_lr=c.meta_lr, virtual_lr=c.virtual_lr, meta_batch=c.meta_batch,
                             meta_interval=c.meta_interval, snapshots=c.snapshots),
@@ -72,7 +66,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
         gold_check=gold_check, on_epoch=on_epoch,
     )
     result = fitted.result
-    spec = replace_ensemble(spec_holder["spec"], result.model)
+    spec = replace_ensemble(model_spec(data, stage), result.model)
     return WeakModel(result.model, spec, result.history, result.best_epoch, fitted.figures)
 
 

@@ -95,14 +95,16 @@ def _confident_learning(build, x, y, settings, meta, clid, cl, gold_check, on_ep
     if y.ndim != 1:
         raise ValueError("confident_learning needs hard weak labels (set weak_labels.soft_labels: false)")
     fold_settings = replace(settings, loss="ce", epochs=max(1, settings.epochs // 2))
-    oof = np.zeros((len(y), _classes(build)), dtype=np.float64)
+    oof: np.ndarray | None = None  # out-of-fold probabilities; width = the network's class count
     gold_probs = []
     counts = np.bincount(y)
     folds = max(2, min(cl.folds, int(counts[counts > 0].min()))) if len(counts) else cl.folds
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=settings.seed)
     for train_idx, held_idx in splitter.split(x, y):
         res = fit(build(), x[train_idx], y[train_idx], fold_settings)
-        oof[held_idx] = predict_proba(res.model, x[held_idx])
+        held = predict_proba(res.model, x[held_idx])
+        oof = np.zeros((len(y), held.shape[1])) if oof is None else oof
+        oof[held_idx] = held
         if gold_check is not None and len(gold_check[0]):
             gold_probs.append(predict_proba(res.model, gold_check[0]))
     issues = find_label_issues(labels=y, pred_probs=oof, filter_by=cl.filter_by)
@@ -122,9 +124,3 @@ def _confident_learning(build, x, y, settings, meta, clid, cl, gold_check, on_ep
     result = fit(build(), x[keep], y[keep], replace(settings, loss="ce"), on_epoch=on_epoch,
                  monitor=ClidMonitor(meta, clid.meta_batch, clid.tau), **dev)
     return result, figures
-
-
-def _classes(build: Callable[[], nn.Module]) -> int:
-    from tasks.core.training import _num_outputs
-
-    return _num_outputs(build())
