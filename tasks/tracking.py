@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,17 +57,17 @@ def log_frame(frame: pd.DataFrame, artifact_path: str, name: str) -> None:
         mlflow.log_artifacts(tmp, artifact_path)
 
 
-def log_history(history: list, prefix: str = "") -> None:
+def log_history(history: list) -> None:
     """Per-epoch metrics with their step, in one batch call (one SQLite write, not hundreds)."""
     from mlflow.entities import Metric
 
     run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
     metrics = []
     for h in history:
-        ts = 0
         values = {"train_loss": h.train_loss, "dev_accuracy": h.dev_accuracy, "dev_loss": h.dev_loss, **h.extra}
         for key, value in values.items():
             if value is not None:
-                metrics.append(Metric(f"{prefix}{key}", float(value), ts, h.epoch))
+                metrics.append(Metric(key, float(value), now, h.epoch))
     for start in range(0, len(metrics), 900):
         mlflow.MlflowClient().log_batch(run_id, metrics=metrics[start : start + 900])

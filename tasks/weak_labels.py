@@ -30,13 +30,11 @@ class WeakLabels:
     stats: pd.DataFrame  # one row per source
     figures: dict[str, float] = field(default_factory=dict)
     confusion: dict[str, list] = field(default_factory=dict)  # Dawid-Skene per-source confusion matrices
-    lf_votes: pd.DataFrame | None = None  # class values (or abstain) per labelling function, all rows
 
 
 def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     spec, wl = data.spec, cfg.weak_labels
     frame = data.train[spec.weak_label_columns].copy()
-    lf_votes = None
     if wl.labeling_functions:
         lf_votes = apply_labeling_functions(data.train[data.features], wl.labeling_functions, data.classes, spec.abstain)
         frame = pd.concat([frame, lf_votes], axis=1)
@@ -51,29 +49,24 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     num_classes = len(data.classes)
     figures: dict[str, float] = {}
     confusion: dict[str, list] = {}
-    if wl.aggregation == "dawid_skene":
+    if wl.aggregation == "dawid_skene":  # all rows' votes (gold rows' too) inform the source confusions
         ds = dawid_skene(votes, num_classes)
-        hard, soft = ds.labels, ds.posterior
+        hard, soft = ds.labels[~is_gold], ds.posterior[~is_gold]
         figures |= {"ds_iterations": ds.iterations, "ds_converged": float(ds.converged)}
         stats["estimated_accuracy_ds"] = ds.source_accuracy
         confusion = {name: ds.confusion[i].round(4).tolist() for i, name in enumerate(sources)}
     else:
-        mv = majority_vote(votes, num_classes, tie_break=wl.tie_break, seed=cfg.seed)
+        mv = majority_vote(votes[~is_gold], num_classes, tie_break=wl.tie_break, seed=cfg.seed)
         hard, soft = mv.labels, mv.soft
-        voted = ~is_gold & (votes != -1).any(axis=1)
-        figures |= {"ties": float(_ties(votes[voted], num_classes)), "all_abstain": float((~is_gold & ~(votes != -1).any(axis=1)).sum())}
-    train_rows = ~is_gold & (hard >= 0)
-    figures["weak_training_rows"] = float(train_rows.sum())
+        figures |= {"ties": float(mv.ties), "all_abstain": float(mv.all_abstain)}
+    keep = hard >= 0  # a vote was decided (no all-abstain row, no tie broken to abstain)
+    figures["weak_training_rows"] = float(keep.sum())
     return WeakLabels(
-        row_ids=data.train.loc[train_rows, ROW_ID].to_numpy(),
-        hard=hard[train_rows],
-        soft=soft[train_rows] if wl.soft_labels else None,
-        stats=stats, figures=figures, confusion=confusion, lf_votes=lf_votes,
+        row_ids=data.train.loc[~is_gold, ROW_ID].to_numpy()[keep],
+        hard=hard[keep],
+        soft=soft[keep] if wl.soft_labels else None,
+        stats=stats, figures=figures, confusion=confusion,
     )
-
-
-def _ties(votes: np.ndarray, num_classes: int) -> int:
-    return majority_vote(votes, num_classes, tie_break="lowest").ties if len(votes) else 0
 
 
 @task(name="weak_labels", cache_policy=NO_CACHE, persist_result=False)

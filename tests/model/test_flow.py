@@ -64,6 +64,7 @@ def test_run_tree_metrics_artifacts_and_champion(first_run):
 
     weak_hist = client.get_metric_history(stages["weak_train"].info.run_id, "dev_accuracy")
     assert [m.step for m in weak_hist] == list(range(cfg.weak_train.epochs))
+    assert all(m.timestamp >= parent.info.start_time for m in weak_hist)  # real times, not the 1970 epoch
 
     pseudo = stages["pseudo_label"]
     assert 0 < pseudo.data.metrics["kept"] <= pseudo.data.metrics["candidates"] == 1293
