@@ -50,3 +50,11 @@ def write_section(name: str, body: str, module: str | None = None) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
     print(block)
+
+
+def publish(name: str, body: str, dry_run: bool, module: str | None = None) -> None:
+    """Print the section (``dry_run``: a smoke or partial run) or write it into docs/benchmarks.md."""
+    if dry_run:
+        print(body)
+    else:
+        write_section(name, body, module)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, write_section
+from bench.common import ROOT, publish
 
 BIN = Path(sys.executable).parent
 
@@ -63,10 +63,7 @@ def main() -> None:
         f"| **ratio** | **{flow / plain:.2f}** | target ≤ 1.3; wall target ≤ 90 s |\n\n"
         f"Plain-function stage split (last repeat): {stage_lines[-1].split(':', 1)[1].strip()}.\n"
     )
-    if args.no_write:
-        print(body)
-    else:
-        write_section("pipeline", body)
+    publish("pipeline", body, dry_run=args.no_write)
 
 
 if __name__ == "__main__":

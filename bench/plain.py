@@ -1,6 +1,6 @@
 """The pipeline's stages called as plain functions in one process: no Prefect, no MLflow.
 
-Does the same computation as `weakflow run` (validation with Data Docs, weak training, pseudo-labels,
+Does the same computation as `weakflow run` (validation with Data Docs, governance checks, weak training, pseudo-labels,
 full training, gold-only baseline, evaluation, gate decision, model file), so `bench.pipeline` can
 measure what orchestration and tracking add.
 
@@ -21,6 +21,7 @@ def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
     from tasks.config import load_config
     from tasks.evaluate import evaluate_models, train_gold_only
     from tasks.full_train import train_full
+    from tasks.governance import check_pseudo, check_training
     from tasks.pseudo_label import make_pseudo_labels
     from tasks.validate import load_and_validate
     from tasks.weak_labels import make_weak_labels
@@ -33,13 +34,17 @@ def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
         data, _ = load_and_validate(cfg, Path(tmp) / "docs")
     times["validate"] = time.perf_counter() - t
     t = time.perf_counter()
+    data, _ = check_training(data, cfg)
+    times["governance"] = time.perf_counter() - t
+    t = time.perf_counter()
     labels = make_weak_labels(data, cfg)
     times["weak_labels"] = time.perf_counter() - t
     t = time.perf_counter()
     weak = train_weak(data, labels, cfg)
     times["weak_train"] = time.perf_counter() - t
     t = time.perf_counter()
-    pseudo = make_pseudo_labels(data, weak, cfg)
+    pseudo = make_pseudo_labels(data, weak.model, cfg)
+    pseudo, _ = check_pseudo(data, pseudo, cfg)
     times["pseudo_label"] = time.perf_counter() - t
     t = time.perf_counter()
     final = train_full(data, pseudo, cfg)

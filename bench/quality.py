@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import mean_std, write_section
+from bench.common import mean_std, publish
 from tasks.config import load_config
 from tasks.core.training import fit, predict_proba
 from tasks.data import ROW_ID
@@ -35,7 +35,7 @@ def one_seed(seed: int, overrides: list[str], workspace: Path) -> dict[str, floa
     t0 = time.perf_counter()
     labels = make_weak_labels(data, cfg)
     weak = train_weak(data, labels, cfg)
-    pseudo = make_pseudo_labels(data, weak, cfg)
+    pseudo = make_pseudo_labels(data, weak.model, cfg)
     final = train_full(data, pseudo, cfg)
     gold_only = train_gold_only(data, cfg)
     wall = time.perf_counter() - t0
@@ -46,7 +46,7 @@ def one_seed(seed: int, overrides: list[str], workspace: Path) -> dict[str, floa
     ce_acc = float((predict_proba(ce_weak.model, x_test).argmax(1) == y_test).mean())
     # Oracle: every training row with its true label (the demo's hidden answer key), same network.
     truth = pd.read_parquet(Path(data.spec.train_path).parent / "truth.parquet").set_index(ROW_ID)["true_label"]
-    model, _ = new_model(data, cfg.full_train)
+    model, _ = new_model(data, cfg.full_train, cfg.seed)
     oracle = fit(model, data.x(data.train), truth.loc[data.train[ROW_ID]].to_numpy(), settings(cfg.full_train, cfg),
                  x_dev=data.x(data.rows("gold_dev")), y_dev=data.y(data.rows("gold_dev")))
     oracle_acc = float((predict_proba(oracle.model, x_test).argmax(1) == y_test).mean())
@@ -85,10 +85,7 @@ def main() -> None:
         f"{mean_std(cols['pseudo_precision_holdout'])} %. Training wall (weak + full + gold-only) "
         f"{np.mean(cols['train_wall_s']):.1f} s per seed.\n"
     )
-    if args.no_write:
-        print(body)
-    else:
-        write_section("quality", body)
+    publish("quality", body, dry_run=args.no_write)
 
 
 if __name__ == "__main__":

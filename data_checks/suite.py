@@ -76,8 +76,11 @@ def _exp(cls: Any, expected: str, **kwargs: Any) -> Any:
     return cls(meta={"expected": expected}, **kwargs)
 
 
-def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int) -> list[_Table]:
-    """Decide which expectations apply to which table (needs GX's expectation classes)."""
+def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
+                 test_copies: bool = True) -> list[_Table]:
+    """Decide which expectations apply to which table (needs GX's expectation classes). ``test_copies``:
+    a test row copied into training fails validation (governance.exact_duplicates = fail); otherwise
+    the governance stage drops or reports those copies by its policy."""
     import great_expectations.expectations as gxe
 
     spec = raw.spec
@@ -102,7 +105,7 @@ def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int) ->
         test_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, class_text, column=spec.label_column, value_set=classes))
     if spec.label_column in raw.train.columns:
         tables.append(_gold_counts(gxe, raw, classes, min_gold_per_class))
-    if all(c in raw.train.columns and c in raw.test.columns for c in spec.feature_columns):
+    if test_copies and all(c in raw.train.columns and c in raw.test.columns for c in spec.feature_columns):
         tables.append(_test_overlap(gxe, raw))
     return tables
 
@@ -144,7 +147,8 @@ def _test_overlap(gxe: Any, raw: RawTables) -> _Table:
     return _Table("test_rows_in_training", frame, [check])
 
 
-def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_dir: Path | None = None) -> ValidationReport:
+def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_dir: Path | None = None,
+              test_copies: bool = True) -> ValidationReport:
     """Run every check in one GX checkpoint; render Data Docs into ``docs_dir`` when given."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -166,7 +170,7 @@ def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_
     failures: list[Failure] = []
     evaluated = 0
     results: dict[str, Any] = {}
-    for table in build_tables(raw, classes, min_gold_per_class):
+    for table in build_tables(raw, classes, min_gold_per_class, test_copies):
         # One checkpoint per table: GX takes the dataframe as a batch parameter of the whole run.
         batch = source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=table.name, expectations=table.expectations))

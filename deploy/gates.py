@@ -26,6 +26,7 @@ class GateInput:
     champion_version: str | None = None
     champion_accuracy: float | None = None  # the champion re-scored on the same split
     champion_error: str | None = None  # why the champion could not be re-scored, if it could not
+    governance_passed: bool = True  # contamination/leakage checks (a version tagged governance=failed)
 
 
 @dataclass
@@ -42,6 +43,11 @@ class GateDecision:
 def gate_validation(inputs: GateInput) -> None:
     if not inputs.validation_passed:
         raise GateFailure("validation", "the data validation suite did not pass")
+
+
+def gate_governance(inputs: GateInput) -> None:
+    if not inputs.governance_passed:
+        raise GateFailure("governance", "the governance checks (contamination, leakage) did not pass")
 
 
 def gate_min_accuracy(inputs: GateInput, minimum: float) -> None:
@@ -67,6 +73,7 @@ def decide(inputs: GateInput, min_accuracy: float, max_regression: float = 0.0) 
     """Run every gate (not just up to the first failure) so the reviewer sees all reasons."""
     gates: list[tuple[str, Callable[[], None]]] = [
         ("validation", lambda: gate_validation(inputs)),
+        ("governance", lambda: gate_governance(inputs)),
         ("min_accuracy", lambda: gate_min_accuracy(inputs, min_accuracy)),
         ("champion", lambda: gate_not_worse_than_champion(inputs, max_regression)),
     ]

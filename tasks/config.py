@@ -55,6 +55,8 @@ class FilesData(_Section):
     classes: list[int] | None = Field(None, description="the class set; default: the test file's labels")
     dev_fraction: float = Field(1 / 3, gt=0.0, lt=1.0)
     image_shape: tuple[int, int, int] | None = None
+    unlabeled_path: Path | None = Field(
+        None, description="an extra unlabeled pool (Parquet with the feature columns), streamed by row group")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -114,20 +116,88 @@ class WeakTrainConfig(TrainStageConfig):
 
 
 class PseudoLabelConfig(_Section):
-    threshold: float = Field(0.9, ge=0.0, le=1.0, description="keep predictions at least this confident")
+    """Which calibrated weak-model predictions become labels (see tasks/core/pseudo.py)."""
+
+    calibrate: bool = Field(True, description="temperature-scale the weak model on the gold dev split first")
+    # target_precision: best or tied-best at 40% noise and the highest pseudo-label precision (bench.pseudo)
+    policy: Literal["fixed", "per_class", "target_precision"] = "target_precision"
+    threshold: float = Field(0.9, ge=0.0, le=1.0,
+                             description="fixed: the threshold; per_class: the base; target_precision: the fallback")
+    floor: float = Field(0.5, ge=0.0, le=1.0, description="per_class / target_precision never go below this")
+    target_precision: float = Field(0.95, gt=0.0, le=1.0, description="target_precision: p per class on gold dev")
+    min_support: int = Field(3, ge=1, description="target_precision: dev rows a threshold must keep to count")
+    max_per_class: int | None = Field(None, ge=0, description="keep at most this many rows per class (balance)")
     include_weak_rows: bool = Field(True, description="also relabel the weakly labelled rows")
+    chunk_rows: int = Field(65_536, ge=1, description="rows scored at a time; bounds memory on large pools")
+
+
+class SelfTrainConfig(_Section):
+    max_rounds: int = Field(3, ge=1)
+    min_growth: float = Field(0.01, ge=0.0, description="stop when a relabelling grows the pseudo set less")
+    dev_tolerance: float = Field(0.0, ge=0.0, le=1.0, description="stop when gold-dev accuracy falls by more")
 
 
 class FullTrainConfig(TrainStageConfig):
     loss: LossName = "ce"
-    strategy: Literal["augment", "pretrain_finetune"] = "augment"
+    strategy: Literal["augment", "pretrain_finetune", "self_train", "distill"] = "augment"
     pseudo_weight: Literal["confidence", "uniform"] = "confidence"
     finetune_epochs: int = Field(40, ge=1)
+    self_train: SelfTrainConfig = SelfTrainConfig()
+
+
+Policy = Literal["fail", "drop", "warn"]
+
+
+class GovernanceConfig(_Section):
+    """Contamination and leakage checks (data_checks/contamination.py): what each finding does.
+
+    ``fail`` stops the run (nothing is promoted), ``drop`` removes the offending training rows and
+    records how many, ``warn`` only records the finding."""
+
+    exact_duplicates: Policy = Field("fail", description="test rows copied into any training source")
+    near_duplicates: Policy = Field("drop", description="training rows within the near-duplicate distance of a test row")
+    near_factor: float = Field(0.25, gt=0.0, description="near = within this x the median test-row NN distance")
+    label_leakage: Literal["fail", "warn"] = Field("fail", description="a single feature that predicts the label")
+    leakage_accuracy: float = Field(0.98, gt=0.0, le=1.0, description="leak = one-feature CV accuracy at least this")
+    pseudo_near_test: Policy = Field("drop", description="pseudo-labelled rows that duplicate test rows")
+    # warn by default: the demo's simulated traffic replays held-out test rows, so it would always alert
+    production: Literal["alert", "warn", "off"] = Field(
+        "warn", description="served rows equal/near test rows (evaluation contamination) or training rows "
+                            "(memorisation exposure): alert = alerts channel + version tag; warn = version tag")
 
 
 class GateConfig(_Section):
     min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
     max_regression: float = Field(0.0, ge=0.0, le=1.0, description="allowed accuracy drop vs the champion")
+
+
+class ServeConfig(_Section):
+    """``weakflow serve``: the HTTP model server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    alias: str = Field("champion", min_length=1, description="registry alias whose version is served")
+    max_body_bytes: int = Field(1 << 20, ge=64, description="larger request bodies get 413")
+    max_batch: int = Field(1000, ge=1, description="more records per request get 422")
+    poll_seconds: float = Field(10.0, ge=0.0, description="registry poll interval for hot reload (0: never)")
+    prediction_log_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<workspace>/predictions.db")
+
+
+class MonitoringConfig(_Section):
+    """``weakflow monitor``: drift of the prediction log against the champion's training reference."""
+
+    window_rows: int = Field(500, ge=1, description="the last N logged predictions")
+    window_hours: float | None = Field(None, gt=0, description="instead: predictions of the last T hours")
+    max_rows: int = Field(1_000_000, ge=1, description="cap on a time window's rows")
+    min_rows: int = Field(100, ge=1, description="fewer rows in the window: no verdict")
+    sample_rows: int | None = Field(50_000, ge=1000, description="larger windows are checked on a uniform sample "
+                                    "(K-S statistics within 0.0087 of the full window's, p >= 0.999 each; DKW)")
+    drift_share: float = Field(0.3, gt=0.0, le=1.0, description="alert when at least this share of features drift")
+    prediction_drift: bool = Field(True, description="also alert when the predicted-class distribution drifts")
+    webhook_url: str | None = Field(None, description="POSTed a JSON alert on drift (retried, never fatal)")
+    webhook_retries: int = Field(3, ge=1)
+    experiment: str = "weakflow-monitoring"
+    evidently_workspace: Path | None = Field(None, description="default: <workspace>/evidently")
 
 
 class TrackingConfig(_Section):
@@ -144,6 +214,10 @@ class TrackingConfig(_Section):
     def artifact_root(self) -> Path:
         return (self.workspace / "mlartifacts").resolve()
 
+    @property
+    def prediction_log_default(self) -> str:
+        return f"sqlite:///{(self.workspace / 'predictions.db').resolve()}"
+
 
 class Config(_Section):
     data: Annotated[DemoData | FilesData, Field(discriminator="source")] = DemoData()
@@ -152,8 +226,11 @@ class Config(_Section):
     weak_train: WeakTrainConfig = WeakTrainConfig()
     pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
     full_train: FullTrainConfig = FullTrainConfig()
+    governance: GovernanceConfig = GovernanceConfig()
     gates: GateConfig = GateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 

@@ -126,9 +126,17 @@ def _stratified_holdout(labels: pd.Series, fraction: float, seed: int) -> pd.Ind
     return pd.Index(picked)
 
 
+def hash_rows(x: np.ndarray, decimals: int = 6) -> np.ndarray:
+    """A 64-bit hash per row of the values as float64 rounded to ``decimals``: equal numbers hash equal
+    whatever their dtype (float32 vs float64, int vs float) or float noise below the rounding."""
+    rounded = np.round(np.asarray(x, dtype=np.float64), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return pd.util.hash_pandas_object(pd.DataFrame(rounded), index=False).to_numpy()
+
+
 def feature_hashes(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """A 64-bit hash of each row's feature values (exact equality, column order fixed)."""
-    return pd.util.hash_pandas_object(frame[columns], index=False)
+    """:func:`hash_rows` of a frame's feature columns (column order fixed), indexed like the frame."""
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    return pd.Series(hash_rows(values), index=frame.index)
 
 
 def dataset_digest(frame: pd.DataFrame) -> str:

@@ -56,7 +56,7 @@ def score(probs: np.ndarray, y: np.ndarray, classes: list[int]) -> ModelScores:
 def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
     """The baseline weak supervision must beat: the same network trained on the gold split alone."""
     gold, dev = data.rows("gold_train"), data.rows("gold_dev")
-    model, spec = new_model(data, cfg.full_train)
+    model, spec = new_model(data, cfg.full_train, cfg.seed)
     stage = cfg.full_train.model_copy(update={"loss": "ce", "batch_size": min(cfg.full_train.batch_size, 32)})
     result = fit(model, data.x(gold), data.y(gold), settings(stage, cfg), x_dev=data.x(dev), y_dev=data.y(dev),
                  on_epoch=on_epoch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from tasks.config import Config, TrainStageConfig
@@ -35,10 +36,13 @@ def model_spec(data: PipelineData, stage: TrainStageConfig) -> ModelSpec:
                      dropout=stage.dropout, image_shape=image_shape)
 
 
-def new_model(data: PipelineData, stage: TrainStageConfig) -> tuple[nn.Module, ModelSpec]:
-    """A fresh network whose input scaling is fitted on every training row's features (no labels, no test)."""
+def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[nn.Module, ModelSpec]:
+    """A fresh network, initialised from ``seed`` (so equal configs give equal models, whatever ran
+    before), whose input scaling is fitted on every training row's features (no labels, no test)."""
     spec = model_spec(data, stage)
-    model = build_model(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(spec)
     model.scale.fit(data.x(data.train))
     return model, spec
 

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from deploy.gates import GateDecision, GateInput, decide
 from deploy.model import output_frame, save_weights
+from deploy.registry import CHALLENGER, CHAMPION, champion_version, move_champion
 from monitoring.reference import reference_sample
 from tasks import tracking
 from tasks.config import Config
@@ -24,7 +25,6 @@ from tasks.data import PipelineData, dataset_digest
 from tasks.evaluate import Evaluation
 from tasks.modeling import TrainedModel
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 _ROOT = Path(__file__).resolve().parents[1]
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
 MODEL_CODE = [_ROOT / "deploy", _ROOT / "tasks"]
@@ -49,30 +49,65 @@ class Registration:
     champion_before: str | None
 
 
+def score_version(name: str, version: str, data: PipelineData) -> float:
+    """Accuracy of a registered version on ``data``'s frozen gold test split, through its pyfunc."""
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    pred = model.predict(data.test[data.features].astype(np.float64))["prediction"].to_numpy()
+    return float((pred == data.test[data.label].to_numpy()).mean())
+
+
 def score_champion(client: mlflow.MlflowClient, name: str, data: PipelineData) -> tuple[str | None, float | None, str | None]:
     """(version, accuracy on this run's test split, error) of the current champion, if there is one."""
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    version = champion_version(client, name)
+    if version is None:
         return None, None, None
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
-        pred = model.predict(data.test[data.features].astype(np.float64))["prediction"].to_numpy()
-        return str(champion.version), float((pred == data.test[data.label].to_numpy()).mean()), None
+        return version, score_version(name, version, data), None
     except Exception as exc:  # a champion with another feature schema, or unloadable: the gate says so
-        return str(champion.version), None, f"{type(exc).__name__}: {exc}"
+        return version, None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Provenance:
+    """What the model card needs from the earlier stages."""
+
+    sources: list[dict]  # weak_labels' per-source table as records
+    pseudo_kept: int
+    pseudo_precision: float | None
+    governance: dict[str, str]  # check -> "N found; action"
+    dropped: dict[str, int]
+    governance_passed: bool = True
+
+
+def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Provenance, version: str, alias: str,
+               gate_reason: str) -> str:
+    from deploy.model_card import CardInputs, render
+
+    e = evaluation
+    return render(CardInputs(
+        model_name=cfg.tracking.model_name, version=version, alias=alias, gate_reason=gate_reason,
+        provenance=data.provenance_counts(), pseudo_kept=prov.pseudo_kept, pseudo_policy=cfg.pseudo_label.policy,
+        pseudo_precision=prov.pseudo_precision, sources=prov.sources,
+        validation="passed: the Great Expectations suite (columns, types, finite features, label sets, gold rows "
+                   "per class, test split) before any training",
+        governance=prov.governance, dropped=prov.dropped,
+        metrics={"accuracy": e.final.accuracy, "macro_f1": e.final.macro_f1, "ece": e.final.ece,
+                 "gold_only_accuracy": e.gold_only.accuracy, "gold_only_macro_f1": e.gold_only.macro_f1,
+                 "weak_accuracy": e.weak.accuracy},
+        weak_method=cfg.weak_train.method, strategy=cfg.full_train.strategy, test_rows=len(data.test)))
 
 
 @task(name="register", cache_policy=NO_CACHE, persist_result=False)
 def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cfg: Config, parent_run_id: str,
-             experiment_id: str) -> Registration:
+             experiment_id: str, provenance: Provenance | None = None) -> Registration:
     name = cfg.tracking.model_name
     client = mlflow.MlflowClient()
     with tracking.stage_run("register", parent_run_id, experiment_id):
         champ_version, champ_acc, champ_error = score_champion(client, name, data)
         decision = decide(
             GateInput(evaluation.final.accuracy, validation_passed=True, champion_version=champ_version,
-                      champion_accuracy=champ_acc, champion_error=champ_error),
+                      champion_accuracy=champ_acc, champion_error=champ_error,
+                      governance_passed=provenance.governance_passed if provenance else True),
             cfg.gates.min_accuracy, cfg.gates.max_regression,
         )
         example = data.train[data.features].head(5).astype(np.float64)  # training rows: no test data in artifacts
@@ -91,7 +126,10 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
         tracking.log_frame(reference_sample(data, final.model, seed=cfg.seed, device=cfg.device), "reference", "reference")
         version = str(mlflow.register_model(info.model_uri, name).version)
         alias = CHAMPION if decision.passed else CHALLENGER
-        client.set_registered_model_alias(name, alias, version)
+        if decision.passed:  # recorded in the champion history, so `weakflow rollback` can undo it
+            move_champion(client, name, version, "registered", f"pipeline run {parent_run_id}: {decision.reason}")
+        else:
+            client.set_registered_model_alias(name, alias, version)
         tags = {
             "gate_verdict": "passed" if decision.passed else "failed",
             "gate_reason": decision.reason,
@@ -103,8 +141,14 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
             "pipeline_run_id": parent_run_id,
             "registered_by": getpass.getuser(),
         }
+        if provenance is not None:
+            tags["governance"] = "passed" if provenance.governance_passed else "failed"
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
+        if provenance is not None:  # the card: an artifact of the run and the version's description
+            card = model_card(data, evaluation, cfg, provenance, version, alias, decision.reason)
+            mlflow.log_text(card, "model_card.md")
+            client.update_model_version(name, version, description=card)
         mlflow.set_tags({"gate_verdict": tags["gate_verdict"], "model_version": version, "model_alias": alias})
         mlflow.log_metrics({"gate_passed": float(decision.passed)} |
                            ({"champion_before_test_accuracy": champ_acc} if champ_acc is not None else {}))

@@ -71,3 +71,17 @@ def log_history(history: list) -> None:
                 metrics.append(Metric(key, float(value), now, h.epoch))
     for start in range(0, len(metrics), 900):
         mlflow.MlflowClient().log_batch(run_id, metrics=metrics[start : start + 900])
+
+
+def log_provenance(frame: pd.DataFrame, name: str) -> None:
+    """A training set's rows with their label and its source, as an MLflow dataset input (and a file),
+    so a reviewer can see where every training label came from."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = mlflow.data.from_pandas(frame, name=name, targets="label")
+        mlflow.log_input(dataset, context="training")
+    log_frame(frame, "provenance", name)
+    counts = frame["label_source"].map(lambda s: s.split(":")[0] + (":" + s.split(":")[1] if s.startswith("pseudo") else ""))
+    log_json(counts.value_counts().to_dict(), f"provenance/{name}_counts.json")

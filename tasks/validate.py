@@ -14,6 +14,7 @@ from data_checks.suite import DataValidationError, ValidationReport, run_suite
 from tasks import tracking
 from tasks.config import Config, DemoData, FilesData
 from tasks.data import DataError, PipelineData, assemble, class_set, materialize_demo, read_raw
+from tasks.pool import pool_rows, scan_pool
 
 
 def resolve_data_spec(cfg: Config) -> FilesData:
@@ -25,9 +26,13 @@ def resolve_data_spec(cfg: Config) -> FilesData:
 
 def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
     """Plain-function stage: raises DataError (unreadable file) or DataValidationError (failed suite)."""
-    raw = read_raw(resolve_data_spec(cfg))
+    spec = resolve_data_spec(cfg)
+    if spec.unlabeled_path is not None:  # streamed: columns, types and finiteness, never all in memory
+        scan_pool(spec.unlabeled_path, spec.feature_columns, cfg.pseudo_label.chunk_rows)
+    raw = read_raw(spec)
     classes = class_set(raw)
-    report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir)
+    report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir,
+                       test_copies=cfg.governance.exact_duplicates == "fail")
     if not report.success:
         raise DataValidationError(report)
     return assemble(raw, classes), report
@@ -52,6 +57,8 @@ def validate(cfg: Config, parent_run_id: str, experiment_id: str) -> PipelineDat
             log_dataset(frame, path, name, context, data.label)
         counts = data.provenance_counts()
         mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
+        if data.spec.unlabeled_path is not None:
+            mlflow.log_metric("rows_pool", pool_rows(data.spec.unlabeled_path))
         split_counts = data.train["split"].value_counts().to_dict()
         mlflow.log_metrics({f"rows_{k}": int(v) for k, v in split_counts.items()})
         tracking.log_json({"provenance": counts, "splits": split_counts, "classes": data.classes}, "data/provenance.json")

@@ -30,6 +30,7 @@ class WeakLabels:
     stats: pd.DataFrame  # one row per source
     figures: dict[str, float] = field(default_factory=dict)
     confusion: dict[str, list] = field(default_factory=dict)  # Dawid-Skene per-source confusion matrices
+    label_source: np.ndarray | None = None  # per row: "weak:<the sources whose vote is the row's label>"
 
 
 def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
@@ -61,11 +62,14 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
         figures |= {"ties": float(mv.ties), "all_abstain": float(mv.all_abstain)}
     keep = hard >= 0  # a vote was decided (no all-abstain row, no tie broken to abstain)
     figures["weak_training_rows"] = float(keep.sum())
+    agree = votes[~is_gold][keep] == hard[keep][:, None]
+    label_source = np.array(["weak:" + ",".join(s for s, a in zip(sources, row) if a) if row.any() else "weak:aggregate"
+                             for row in agree], dtype=object)
     return WeakLabels(
         row_ids=data.train.loc[~is_gold, ROW_ID].to_numpy()[keep],
         hard=hard[keep],
         soft=soft[keep] if wl.soft_labels else None,
-        stats=stats, figures=figures, confusion=confusion,
+        stats=stats, figures=figures, confusion=confusion, label_source=label_source,
     )
 
 
@@ -84,6 +88,9 @@ def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str, experiment_
         tracking.log_frame(labels.stats, "weak_labels", "sources")
         if labels.confusion:
             tracking.log_json(labels.confusion, "weak_labels/dawid_skene_confusion.json")
+        classes = np.asarray(data.classes)
+        tracking.log_provenance(pd.DataFrame({ROW_ID: labels.row_ids, "label": classes[labels.hard],
+                                              "label_source": labels.label_source}), "weak_training_set")
         return labels
 
 

@@ -33,6 +33,15 @@ def demo_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo-data")
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for servers the tests start themselves)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def fast_config(workspace: Path, *extra: str):
     from tasks.config import load_config
 

@@ -1,33 +1,80 @@
-"""Pseudo-label selection: keep a model's confident predictions."""
+"""Pseudo-label selection: which of a model's calibrated predictions become training labels.
+
+Three threshold policies, all giving one threshold per class:
+
+- ``fixed``: the same threshold for every class.
+- ``per_class``: class-adaptive (FlexMatch, Zhang et al. 2021): a class whose predictions clear the base
+  threshold less often than the best-learnt class gets a lower threshold,
+  ``tau_c = t * beta_c / (2 - beta_c)`` with ``beta_c = n_c / max n``, never below ``floor``; so hard or
+  rare classes are not starved.
+- ``target_precision``: per class, the lowest threshold whose estimated precision on the gold dev split
+  reaches ``p`` (counting at least ``min_support`` dev rows); a class where no threshold qualifies falls
+  back to the base threshold.
+
+An optional ``max_per_class`` keeps only each class's most confident rows (ties broken by row order).
+:func:`label_stream` applies a policy to a pool given as re-iterable chunks in two passes, so a pool
+of any size is labelled with memory bounded by the chunk size; one chunk or many give the same result.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+
+PolicyName = Literal["fixed", "per_class", "target_precision"]
+HIST_BINS = 40
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    kind: PolicyName = "fixed"
+    threshold: float = 0.9  # fixed: the threshold; per_class: the base; target_precision: the fallback
+    floor: float = 0.5  # per_class and target_precision never go below this
+    target_precision: float = 0.95
+    min_support: int = 3
+    max_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "floor", "target_precision"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.max_per_class is not None and self.max_per_class < 0:
+            raise ValueError(f"max_per_class must be >= 0 or None, got {self.max_per_class}")
 
 
 @dataclass(frozen=True)
 class PseudoSelection:
     labels: np.ndarray  # predicted class per row (all rows)
     confidence: np.ndarray  # max probability per row (all rows)
-    keep: np.ndarray  # bool mask: confidence >= threshold
+    keep: np.ndarray  # bool mask
 
     @property
     def kept(self) -> int:
         return int(self.keep.sum())
 
 
-def select_confident(probs: np.ndarray, threshold: float) -> PseudoSelection:
-    """Argmax labels of ``probs`` (N, C), kept where the top probability is >= ``threshold``."""
+def predictions(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax class, top probability) per row of a (rows, classes) probability table."""
     probs = np.asarray(probs)
     if probs.ndim != 2:
         raise ValueError(f"probabilities must be a 2-D (rows, classes) array, got shape {probs.shape}")
+    if len(probs) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1).astype(np.float32)
+
+
+def select_confident(probs: np.ndarray, threshold: float) -> PseudoSelection:
+    """Argmax labels of ``probs`` (N, C), kept where the top probability is >= ``threshold``."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
-    labels = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
-    return PseudoSelection(labels=labels.astype(np.int64), confidence=confidence, keep=confidence >= threshold)
+    labels, confidence = predictions(probs)
+    return PseudoSelection(labels, confidence, confidence >= np.float32(threshold))
 
 
 def precision_on(selection: PseudoSelection, true_labels: np.ndarray) -> float | None:
@@ -35,3 +82,191 @@ def precision_on(selection: PseudoSelection, true_labels: np.ndarray) -> float |
     if selection.kept == 0:
         return None
     return float((selection.labels[selection.keep] == np.asarray(true_labels)[selection.keep]).mean())
+
+
+def per_class_precision(labels: np.ndarray, confidence: np.ndarray, true: np.ndarray, thresholds: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per predicted class: precision of rows at or above that class's threshold (NaN when none) and
+    how many rows that is."""
+    num_classes = len(thresholds)
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    keep = np.asarray(confidence, dtype=np.float32) >= thresholds[labels] if len(labels) else np.zeros(0, dtype=bool)
+    support = np.bincount(labels[keep], minlength=num_classes)
+    right = np.bincount(labels[keep & (labels == np.asarray(true))], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(support > 0, right / np.maximum(support, 1), np.nan)
+    return precision, support
+
+
+def flexmatch_thresholds(policy: ThresholdPolicy, counts_at_base: np.ndarray) -> np.ndarray:
+    """``per_class``: tau_c = t * beta_c / (2 - beta_c), beta_c = n_c / max n, floored."""
+    counts = np.asarray(counts_at_base, dtype=np.float64)
+    if counts.max(initial=0) == 0:
+        return np.full(len(counts), policy.threshold)
+    beta = counts / counts.max()
+    return np.maximum(policy.floor, policy.threshold * beta / (2.0 - beta))
+
+
+def target_precision_thresholds(policy: ThresholdPolicy, dev_labels: np.ndarray, dev_confidence: np.ndarray,
+                                dev_true: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the lowest dev confidence t >= floor such that dev rows predicted as that class with
+    confidence >= t are at least ``target_precision`` right and number at least ``min_support``.
+    Returns (thresholds, fell_back) where ``fell_back`` marks classes that got the base threshold."""
+    thresholds = np.full(num_classes, policy.threshold, dtype=np.float64)
+    fell_back = np.ones(num_classes, dtype=bool)
+    for c in range(num_classes):
+        mine = dev_labels == c
+        conf = dev_confidence[mine]
+        right = (np.asarray(dev_true)[mine] == c)
+        order = np.argsort(-conf, kind="stable")
+        conf, right = conf[order], right[order]
+        prec = np.cumsum(right) / np.arange(1, len(right) + 1)
+        for i in range(len(conf) - 1, -1, -1):  # lowest candidate first
+            if conf[i] < policy.floor or (i + 1 < len(conf) and conf[i + 1] == conf[i]):
+                continue  # below the floor, or not the last of a tie (a threshold keeps all ties)
+            if i + 1 >= policy.min_support and prec[i] >= policy.target_precision:
+                thresholds[c], fell_back[c] = float(conf[i]), False
+                break
+    return thresholds, fell_back
+
+
+@dataclass
+class DevSet:
+    """Calibrated gold-dev predictions: what ``target_precision`` estimates precision on."""
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    true: np.ndarray
+
+
+@dataclass
+class StreamResult:
+    thresholds: np.ndarray  # (C,)
+    candidates: np.ndarray  # rows predicted as each class
+    kept: np.ndarray  # rows kept per class
+    cap_cutoff: np.ndarray  # (C,) confidence of the last row a cap let through (NaN: no cap bound)
+    fell_back: np.ndarray  # (C,) bool: target_precision could not be met on dev
+    histogram: np.ndarray  # (HIST_BINS,) confidence counts over every row
+    rows: int = 0
+
+
+Scorer = Callable[[np.ndarray], np.ndarray]  # feature chunk -> calibrated probabilities
+# emit(features, payload, keep, labels, confidence, probs): one call per chunk in pass 2
+Emit = Callable[[np.ndarray, Any, np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"], None]
+
+
+def label_stream(
+    chunks: Callable[[], Iterable[tuple[np.ndarray, Any]]],
+    score: Scorer,
+    policy: ThresholdPolicy,
+    num_classes: int,
+    emit: Emit,
+    dev: DevSet | None = None,
+    workdir: str | Path | None = None,
+    soft: bool = False,
+) -> StreamResult:
+    """Label a pool given as ``chunks()`` -> iterable of (features, payload), called twice.
+
+    Pass 1 scores every chunk, keeps (class, confidence) per row in a memory-mapped scratch file and
+    counts; then the policy's thresholds and any cap's cut-off are decided; pass 2 re-reads the
+    features (no scoring) and calls ``emit(features, payload, keep, labels, confidence, probs)`` per chunk so the
+    caller can write kept rows incrementally. With ``soft`` the kept rows' full probability vectors are
+    recomputed in pass 2 and passed as ``probs`` (else None). Memory: one chunk plus 5 bytes per row on disk.
+    """
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        scratch = _Scratch(Path(tmp))
+        counts = np.zeros(num_classes, dtype=np.int64)
+        at_base = np.zeros(num_classes, dtype=np.int64)
+        histogram = np.zeros(HIST_BINS, dtype=np.int64)
+        for x, _ in chunks():
+            labels, conf = predictions(score(x))
+            scratch.append(labels, conf)
+            counts += np.bincount(labels, minlength=num_classes)
+            at_base += np.bincount(labels[conf >= policy.threshold], minlength=num_classes)
+            histogram += np.histogram(conf, bins=HIST_BINS, range=(0.0, 1.0))[0]
+        labels_all, conf_all = scratch.open()
+        fell_back = np.zeros(num_classes, dtype=bool)
+        if policy.kind == "fixed":
+            thresholds = np.full(num_classes, policy.threshold)
+        elif policy.kind == "per_class":
+            thresholds = flexmatch_thresholds(policy, at_base)
+        else:
+            if dev is None:
+                raise ValueError("target_precision needs the gold dev split's predictions")
+            thresholds, fell_back = target_precision_thresholds(policy, dev.labels, dev.confidence, dev.true, num_classes)
+        thresholds = thresholds.astype(np.float32)  # compare in the confidences' precision: 0.9 keeps 0.9
+        cutoff, ties_allowed = _cap_cutoffs(labels_all, conf_all, thresholds, policy.max_per_class, num_classes)
+        kept = np.zeros(num_classes, dtype=np.int64)
+        start = 0
+        for x, payload in chunks():
+            labels = np.asarray(labels_all[start : start + len(x)])
+            conf = np.asarray(conf_all[start : start + len(x)])
+            start += len(x)
+            keep = conf >= thresholds[labels]
+            if policy.max_per_class is not None:
+                keep &= conf >= cutoff[labels]
+                for c in np.unique(labels[keep & (conf == cutoff[labels])]):
+                    tied = np.flatnonzero(keep & (labels == c) & (conf == cutoff[c]))
+                    drop = tied[ties_allowed[c]:]  # the first ``ties_allowed`` ties in row order stay
+                    ties_allowed[c] = max(0, ties_allowed[c] - len(tied))
+                    keep[drop] = False
+            kept += np.bincount(labels[keep], minlength=num_classes)
+            probs = (score(x[keep]) if keep.any() else np.zeros((0, num_classes), np.float32)) if soft else None
+            emit(x, payload, keep, labels.astype(np.int64), conf, probs)
+        del labels_all, conf_all
+        return StreamResult(thresholds, counts, kept, cutoff, fell_back, histogram, rows=start)
+
+
+def _cap_cutoffs(labels: np.ndarray, conf: np.ndarray, thresholds: np.ndarray, cap: int | None, num_classes: int,
+                 block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the confidence of the cap-th most confident eligible row and how many rows at exactly
+    that confidence still fit. Streams the scratch arrays in blocks, holding at most ``cap`` values per class."""
+    cutoff = np.full(num_classes, -np.inf)
+    ties = np.full(num_classes, np.iinfo(np.int64).max, dtype=np.int64)
+    if cap is None:
+        return cutoff, ties
+    top = [np.zeros(0, dtype=np.float32) for _ in range(num_classes)]
+    for start in range(0, len(labels), block):
+        lab = np.asarray(labels[start : start + block])
+        cf = np.asarray(conf[start : start + block])
+        ok = cf >= thresholds[lab]
+        for c in range(num_classes):
+            merged = np.concatenate([top[c], cf[ok & (lab == c)]])
+            top[c] = -np.partition(-merged, cap - 1)[:cap] if len(merged) > cap else merged
+    for c in range(num_classes):
+        if cap == 0:
+            cutoff[c], ties[c] = np.inf, 0
+        elif len(top[c]) >= cap:
+            cutoff[c] = float(top[c].min())
+            ties[c] = cap - int((top[c] > cutoff[c]).sum())
+    return cutoff, ties
+
+
+class _Scratch:
+    """Append-only (class, confidence) per row on disk; reopened as memory maps for pass 2."""
+
+    def __init__(self, folder: Path) -> None:
+        self.paths = (folder / "labels.bin", folder / "conf.bin")
+        self.files = [open(p, "wb") for p in self.paths]  # noqa: SIM115 - closed in open()
+        self.rows = 0
+
+    def append(self, labels: np.ndarray, conf: np.ndarray) -> None:
+        self.files[0].write(labels.astype(np.int16).tobytes())
+        self.files[1].write(conf.astype(np.float32).tobytes())
+        self.rows += len(labels)
+
+    def open(self) -> tuple[np.ndarray, np.ndarray]:
+        for f in self.files:
+            f.close()
+        if self.rows == 0:
+            return np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.float32)
+        return (np.memmap(self.paths[0], dtype=np.int16, mode="r", shape=(self.rows,)),
+                np.memmap(self.paths[1], dtype=np.float32, mode="r", shape=(self.rows,)))
+
+
+def chunked(x: np.ndarray, chunk_rows: int, payload: Any = None) -> Callable[[], Iterator[tuple[np.ndarray, Any]]]:
+    """An in-memory array as re-iterable chunks; the payload is the slice's start row."""
+    def gen() -> Iterator[tuple[np.ndarray, Any]]:
+        for start in range(0, len(x), chunk_rows):
+            yield x[start : start + chunk_rows], start if payload is None else payload
+    return gen

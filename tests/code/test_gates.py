@@ -6,7 +6,7 @@ from deploy.gates import GateFailure, GateInput, decide, enforce, gate_min_accur
 def test_first_model_passes_on_minimum_alone():
     d = decide(GateInput(accuracy=0.95, validation_passed=True), min_accuracy=0.9)
     assert d.passed and d.reason == "all gates passed"
-    assert d.checked == ["validation", "min_accuracy", "champion"]
+    assert d.checked == ["validation", "governance", "min_accuracy", "champion"]
 
 
 def test_below_minimum_fails_with_numbers():
@@ -34,3 +34,22 @@ def test_all_failures_reported_and_enforce_raises_first():
     with pytest.raises(GateFailure) as exc:
         enforce(d)
     assert exc.value.gate == "validation"
+
+
+def test_failed_governance_blocks_promotion():
+    d = decide(GateInput(0.99, True, governance_passed=False), 0.9)
+    assert [f.gate for f in d.failures] == ["governance"] and "contamination" in d.reason
+
+
+def test_champion_stack_follows_promotions_and_rollbacks():
+    from deploy.registry import champion_stack
+
+    events = [("1", "registered"), ("2", "promoted"), ("4", "registered")]
+    history = [{"version": v, "action": a} for v, a in events]
+    assert champion_stack(history) == ["1", "2", "4"]
+    history.append({"version": "2", "action": "rolled_back"})
+    assert champion_stack(history) == ["1", "2"]
+    history.append({"version": "1", "action": "rolled_back"})
+    assert champion_stack(history) == ["1"]
+    history.append({"version": "5", "action": "promoted"})
+    assert champion_stack(history) == ["1", "5"]

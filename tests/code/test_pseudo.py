@@ -43,3 +43,135 @@ def test_ece_hand_computed():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
     assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+# --- threshold policies on hand-made tables ---------------------------------------------------------
+
+from tasks.core.calibration import fit_temperature, softmax_t  # noqa: E402
+from tasks.core.pseudo import (  # noqa: E402
+    DevSet, ThresholdPolicy, chunked, flexmatch_thresholds, label_stream, per_class_precision,
+    target_precision_thresholds,
+)
+
+
+def run_stream(probs, policy, chunk_rows=1000, dev=None, soft=False):
+    """label_stream over a probability table (the 'features' are the probabilities; scoring is identity)."""
+    out = []
+    res = label_stream(chunked(probs, chunk_rows), lambda x: x, policy, probs.shape[1],
+                       lambda x, start, keep, labels, conf, p: out.append((start, keep.copy(), labels, conf, p)),
+                       dev=dev, soft=soft)
+    keep = np.concatenate([k for _, k, *_ in out]) if out else np.zeros(0, bool)
+    return res, keep, out
+
+
+def test_fixed_policy_keeps_rows_at_or_above_the_threshold():
+    res, keep, _ = run_stream(PROBS, ThresholdPolicy("fixed", threshold=0.9))
+    assert keep.tolist() == [True, False, True, False]
+    assert res.thresholds == pytest.approx([0.9, 0.9, 0.9])
+    assert res.candidates.tolist() == [2, 1, 1] and res.kept.tolist() == [1, 0, 1]
+
+
+def test_per_class_lowers_the_threshold_of_a_starved_class_down_to_the_floor():
+    policy = ThresholdPolicy("per_class", threshold=0.9, floor=0.5)
+    # beta = [1, .5, .25] -> tau = .9*[1, 1/3, 1/7] -> floor 0.5 for the last two
+    assert flexmatch_thresholds(policy, np.array([4, 2, 1])) == pytest.approx([0.9, 0.5, 0.5])
+    assert flexmatch_thresholds(ThresholdPolicy("per_class", threshold=0.9, floor=0.0), np.array([4, 2, 0])) \
+        == pytest.approx([0.9, 0.3, 0.0])
+    # nothing clears the base anywhere: every class keeps the base threshold
+    assert flexmatch_thresholds(policy, np.zeros(3, int)).tolist() == [0.9, 0.9, 0.9]
+    probs = np.array([[0.95, 0.03, 0.02], [0.96, 0.02, 0.02], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.1, 0.5, 0.4]])
+    res, keep, _ = run_stream(probs, policy)
+    # class 0 clears 0.9 twice, classes 1 and 2 never: both drop to the floor 0.5
+    assert res.thresholds == pytest.approx([0.9, 0.5, 0.5])
+    assert keep.tolist() == [True, True, True, True, True]
+    fixed, keep_fixed, _ = run_stream(probs, ThresholdPolicy("fixed", threshold=0.9))
+    assert keep_fixed.sum() == 2 and fixed.kept[1:].sum() == 0  # the fixed policy starves classes 1 and 2
+
+
+DEV_CONF = np.array([0.99, 0.9, 0.8, 0.7, 0.6])
+DEV_TRUE = np.array([0, 0, 1, 0, 0])  # third most confident is wrong
+
+
+@pytest.mark.parametrize(("p", "floor", "expected", "fell_back"), [
+    (0.8, 0.5, 0.6, False),    # prefix precisions 1, 1, .67, .75, .8: all five rows reach 0.8
+    (0.75, 0.5, 0.6, False),   # lowest qualifying, not the first found
+    (0.9, 0.5, 0.9, True),     # only the top two reach 0.9 but min_support is 3: base threshold
+    (0.8, 0.65, 0.9, True),    # 0.6 is below the floor and 0.7 only reaches 0.75
+])
+def test_target_precision_picks_the_lowest_threshold_that_reaches_p(p, floor, expected, fell_back):
+    policy = ThresholdPolicy("target_precision", threshold=0.9, target_precision=p, floor=floor, min_support=3)
+    thr, fb = target_precision_thresholds(policy, np.zeros(5, int), DEV_CONF, DEV_TRUE, num_classes=2)
+    assert thr[0] == pytest.approx(expected) and fb[0] == fell_back
+    assert thr[1] == 0.9 and fb[1]  # no dev row predicted class 1: the base threshold
+
+
+def test_target_precision_keeps_tied_confidences_together():
+    policy = ThresholdPolicy("target_precision", target_precision=1.0, floor=0.0, min_support=1)
+    # two rows tie at 0.8, one of them wrong: a threshold of 0.8 keeps both, so it is not 100% precise
+    thr, _ = target_precision_thresholds(policy, np.zeros(3, int), np.array([0.9, 0.8, 0.8]), np.array([0, 0, 1]), 1)
+    assert thr[0] == pytest.approx(0.9)
+
+
+def test_target_precision_in_the_stream_uses_the_dev_set():
+    dev = DevSet(np.zeros(5, int), DEV_CONF, DEV_TRUE)
+    probs = np.array([[0.65, 0.35], [0.55, 0.45], [0.3, 0.7]])
+    res, keep, _ = run_stream(probs, ThresholdPolicy("target_precision", threshold=0.9, target_precision=0.8), dev=dev)
+    assert res.thresholds == pytest.approx([0.6, 0.9]) and res.fell_back.tolist() == [False, True]
+    assert keep.tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="dev"):
+        run_stream(probs, ThresholdPolicy("target_precision"))
+
+
+def test_cap_keeps_each_class_most_confident_rows_and_breaks_ties_by_row_order():
+    probs = np.array([[0.91, 0.09], [0.99, 0.01], [0.95, 0.05], [0.95, 0.05], [0.05, 0.95], [0.95, 0.05]])
+    res, keep, _ = run_stream(probs, ThresholdPolicy("fixed", threshold=0.9, max_per_class=2))
+    # class 0 candidates: .91 .99 .95 .95 .95 -> keep .99 and the first .95 (row 2); class 1 has one row
+    assert keep.tolist() == [False, True, True, False, True, False]
+    assert res.kept.tolist() == [2, 1]
+    _, keep_chunks, _ = run_stream(probs, ThresholdPolicy("fixed", threshold=0.9, max_per_class=2), chunk_rows=2)
+    assert keep_chunks.tolist() == keep.tolist()
+    _, none, _ = run_stream(probs, ThresholdPolicy("fixed", threshold=0.9, max_per_class=0))
+    assert not none.any()
+
+
+@pytest.mark.parametrize("kind", ["fixed", "per_class", "target_precision"])
+def test_a_pool_larger_than_one_chunk_gives_the_same_result_as_one_piece(kind):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5003, 7)) * 3
+    probs = softmax_t(logits)
+    dev_probs = softmax_t(rng.normal(size=(200, 7)) * 3)
+    dev = DevSet(dev_probs.argmax(1), dev_probs.max(1), np.where(rng.random(200) < 0.8, dev_probs.argmax(1), 0))
+    policy = ThresholdPolicy(kind, threshold=0.8, floor=0.4, target_precision=0.85, max_per_class=300)
+    whole, keep_whole, out_whole = run_stream(probs, policy, chunk_rows=10_000, dev=dev, soft=True)
+    parts, keep_parts, out_parts = run_stream(probs, policy, chunk_rows=333, dev=dev, soft=True)
+    assert len(out_parts) == 16 and len(out_whole) == 1
+    assert keep_parts.tolist() == keep_whole.tolist()
+    assert 0 < keep_whole.sum() <= 7 * 300
+    for name in ("thresholds", "candidates", "kept", "histogram"):
+        assert np.array_equal(getattr(whole, name), getattr(parts, name)), name
+    soft_parts = np.concatenate([p for *_, p in out_parts])
+    assert np.allclose(soft_parts, out_whole[0][4]) and np.allclose(soft_parts, probs[keep_whole])
+
+
+def test_per_class_precision_counts_rows_at_each_class_threshold():
+    labels = np.array([0, 0, 1, 1, 1])
+    conf = np.array([0.9, 0.6, 0.8, 0.8, 0.4])
+    true = np.array([0, 1, 1, 0, 1])
+    precision, support = per_class_precision(labels, conf, true, np.array([0.5, 0.7, 0.5]))
+    assert support.tolist() == [2, 2, 0]
+    assert precision[:2].tolist() == [0.5, 0.5] and np.isnan(precision[2])
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(size=(4000, 5)) * 2
+    labels = np.array([rng.choice(5, p=p) for p in softmax_t(true_logits)])
+    overconfident = true_logits * 3  # the model's logits: right ranking, 3x too sure
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(softmax_t(overconfident), labels)
+    after = expected_calibration_error(softmax_t(overconfident, t), labels)
+    assert after < before / 3
+    assert (softmax_t(overconfident, t).argmax(1) == overconfident.argmax(1)).all()  # classes unchanged
+    with pytest.raises(ValueError, match="empty"):
+        fit_temperature(np.zeros((0, 3)), np.zeros(0))

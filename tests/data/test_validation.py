@@ -108,3 +108,14 @@ def test_validation_error_lists_every_failure(spec):
     report = run_suite(raw, list(range(10)), 2)
     err = DataValidationError(report)
     assert "train.px_1" in str(err) and "train.px_2" in str(err) and "2 of" in str(err)
+
+
+def test_test_copies_are_found_whatever_the_dtype(spec):
+    """A copy stored as float64 in training and float32 in test is still a copy (hashes normalise)."""
+    raw = fresh(spec)
+    features = spec.feature_columns
+    raw.train[features] = raw.train[features].astype("float64")
+    raw.train.loc[[3], features] = raw.test.loc[[7], features].to_numpy(dtype="float64")
+    assert raw.test[features[0]].dtype == "float32"
+    assert failures(raw) == ["test_rows_in_training.training_copies: expected no test row whose features equal a "
+                             "training row's; found 1 bad value(s), e.g. [1] at test row [7]"]

@@ -15,7 +15,8 @@ from tasks.config import DemoData
 from tasks.data import DataError, materialize_demo
 from tests.conftest import fast_config
 
-STAGES = ["validate", "weak_labels", "weak_train", "pseudo_label", "full_train", "evaluate", "register"]
+STAGES = ["validate", "governance", "weak_labels", "weak_train", "pseudo_label", "pseudo_governance", "full_train",
+          "evaluate", "register"]
 
 
 def run_pipeline(cfg):
@@ -67,13 +68,34 @@ def test_run_tree_metrics_artifacts_and_champion(first_run):
     assert all(m.timestamp >= parent.info.start_time for m in weak_hist)  # real times, not the 1970 epoch
 
     pseudo = stages["pseudo_label"]
-    assert 0 < pseudo.data.metrics["kept"] <= pseudo.data.metrics["candidates"] == 1293
-    assert 0.0 <= pseudo.data.metrics["holdout_precision"] <= 1.0
-    assert {"pseudo_labels/pseudo_labels.parquet", "pseudo_labels/confidence_histogram.png",
-            "pseudo_labels/per_class.json"} <= artifact_paths(client, pseudo.info.run_id)
-    table = pd.read_parquet(client.download_artifacts(pseudo.info.run_id, "pseudo_labels/pseudo_labels.parquet"))
-    assert int(table["kept"].sum()) == pseudo.data.metrics["kept"]
-    assert (table.loc[table["kept"], "confidence"] >= cfg.pseudo_label.threshold).all()
+    pm = pseudo.data.metrics
+    assert 0 < pm["kept"] <= pm["candidates"] == 1293
+    assert 0.0 <= pm["holdout_precision"] <= 1.0
+    assert pm["temperature"] > 0 and {"ece_dev_before", "ece_dev_after", "ece_holdout_before", "ece_holdout_after"} <= set(pm)
+    assert pm["nll_dev_after"] <= pm["nll_dev_before"] + 1e-6  # what T minimises on dev
+    assert {"pseudo_labels/kept.parquet", "pseudo_labels/confidence_histogram.png", "pseudo_labels/per_class.json",
+            "pseudo_labels/per_class.parquet"} <= artifact_paths(client, pseudo.info.run_id)
+    kept = pd.read_parquet(client.download_artifacts(pseudo.info.run_id, "pseudo_labels/kept.parquet"))
+    per_class = pd.read_parquet(client.download_artifacts(pseudo.info.run_id, "pseudo_labels/per_class.parquet"))
+    assert len(kept) == pm["kept"] == per_class["kept"].sum()
+    assert per_class["candidates"].sum() == pm["candidates"]
+    assert {"threshold", "estimated_precision_dev", "measured_precision_holdout", "holdout_rows"} <= set(per_class)
+    thresholds = per_class.set_index("class")["threshold"]
+    assert (kept["confidence"] >= kept["pseudo_label"].map(thresholds).astype("float32")).all()
+    assert set(kept["split"]) <= {"weak", "unlabeled"} and set(kept["source"]) == {"train"}
+
+    # provenance: every training label's source, as MLflow dataset inputs of the training stages
+    assert {d.dataset.name for d in stages["weak_labels"].inputs.dataset_inputs} == {"weak_training_set"}
+    full_set = pd.read_parquet(client.download_artifacts(stages["full_train"].info.run_id,
+                                                         "provenance/full_training_set.parquet"))
+    assert {d.dataset.name for d in stages["full_train"].inputs.dataset_inputs} == {"full_training_set"}
+    sources = full_set["label_source"].str.split(":").str[0].value_counts().to_dict()
+    assert sources == {"gold": validate.data.metrics["rows_gold_train"], "pseudo": pm["kept"]}
+    assert set(full_set.loc[full_set["label_source"] != "gold", "label_source"]) <= {"pseudo:round0:weak",
+                                                                                      "pseudo:round0:unlabeled"}
+    weak_set = pd.read_parquet(client.download_artifacts(stages["weak_labels"].info.run_id,
+                                                         "provenance/weak_training_set.parquet"))
+    assert weak_set["label_source"].eq("weak:weak_label").all()  # one annotator: every label is its vote
 
     ev = stages["evaluate"].data.metrics
     assert ev["test_accuracy"] == pytest.approx(result.evaluation.final.accuracy)
@@ -122,7 +144,7 @@ def corrupt(kind: str, spec, folder: Path) -> tuple[str, list[str]]:
            "label_outside": "train.label: expected a class in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
            "empty_gold": "gold_per_class.gold_rows: expected at least 2 gold rows per class",
            "test_in_training": "test_rows_in_training.training_copies: expected no test row",
-           "unreadable": "data.train_path: cannot read"}[kind]
+           "unreadable": "data.train_path: cannot read", "none": ""}[kind]
     if kind == "missing_column":
         train = train.drop(columns=["px_7"])
     elif kind == "nan_feature":
@@ -237,3 +259,74 @@ def test_bad_labelling_function_fails_the_run_and_registers_nothing(prefect_harn
     assert all(part in str(exc.value) for part in expected), str(exc.value)
     client = MlflowClient(cfg.tracking.resolved_uri)
     assert client.search_registered_models() == []
+
+
+def write_pool(spec, path: Path, rows: int, seed: int = 0, row_group: int = 700) -> pd.DataFrame:
+    """A pool of jittered copies of the demo's non-gold training rows, in several Parquet row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train = pd.read_parquet(spec.train_path)
+    base = train[train["label"].isna()][spec.feature_columns].to_numpy(np.float32)
+    rng = np.random.default_rng(seed)
+    x = base[rng.integers(0, len(base), rows)] + rng.normal(0, 0.3, (rows, base.shape[1])).astype(np.float32)
+    pool = pd.DataFrame(np.clip(x, 0, 16), columns=spec.feature_columns)
+    pq.write_table(pa.Table.from_pandas(pool, preserve_index=False), path, row_group_size=row_group)
+    return pool
+
+
+def test_self_training_with_per_class_thresholds_over_a_streamed_pool(prefect_harness, tmp_path, demo_root):
+    spec = materialize_demo(DemoData(), demo_root)
+    _, overrides = corrupt("none", spec, tmp_path / "data")
+    write_pool(spec, tmp_path / "pool.parquet", 2500)
+    cfg = fast_config(tmp_path / "ws", *overrides, f"data.unlabeled_path={tmp_path / 'pool.parquet'}",
+                      "pseudo_label.chunk_rows=400", "pseudo_label.policy=per_class", "pseudo_label.threshold=0.9",
+                      "pseudo_label.max_per_class=300", "full_train.strategy=self_train",
+                      "full_train.self_train.max_rounds=2")
+    result = run_pipeline(cfg)
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    stages = children(client, result.experiment_id, result.run_id)
+    assert stages["validate"].data.metrics["rows_pool"] == 2500
+    pseudo = stages["pseudo_label"]
+    assert pseudo.data.metrics["candidates"] == 1293 + 2500
+    kept = pd.read_parquet(client.download_artifacts(pseudo.info.run_id, "pseudo_labels/kept.parquet"))
+    assert set(kept["source"]) == {"train", "pool"}
+    assert kept["pseudo_label"].value_counts().max() <= 300  # the per-class cap
+    per_class = pd.read_parquet(client.download_artifacts(pseudo.info.run_id, "pseudo_labels/per_class.parquet"))
+    assert (per_class["threshold"] >= 0.5 - 1e-6).all() and (per_class["threshold"] <= 0.9 + 1e-6).all()
+    full = stages["full_train"]
+    rounds = children(client, result.experiment_id, full.info.run_id)
+    assert set(rounds) <= {"self_train_round_1", "self_train_round_2"} and "self_train_round_1" in rounds
+    assert full.data.metrics["rounds"] == len(rounds)
+    assert full.data.tags["self_train.stop_reason"]
+    first = rounds["self_train_round_1"].data.metrics
+    assert first["trained_on_pseudo"] == pseudo.data.metrics["kept"]
+    if "relabelled" in first:  # round 1 relabelled the pool for round 2
+        assert any(p.startswith("relabelled_round_1/") for p in artifact_paths(client, rounds["self_train_round_1"].info.run_id))
+    assert result.registration.version == "1"
+
+
+@pytest.mark.parametrize("problem", ["nan", "missing_column", "csv"])
+def test_bad_pool_file_fails_with_file_and_column_and_registers_nothing(prefect_harness, tmp_path, demo_root, problem):
+    spec = materialize_demo(DemoData(), demo_root)
+    _, overrides = corrupt("none", spec, tmp_path / "data")
+    pool = write_pool(spec, tmp_path / "pool.parquet", 1500)
+    path = tmp_path / "pool.parquet"
+    if problem == "nan":
+        pool.loc[1234, "px_9"] = np.inf
+        pool.to_parquet(path, row_group_size=500)
+        expected = f"data.unlabeled_path: {path} rows 1200-1299: column px_9 has NaN or infinite values"
+    elif problem == "missing_column":
+        pool.drop(columns=["px_3"]).to_parquet(path)
+        expected = "lacks feature column(s) ['px_3']"
+    else:
+        path = tmp_path / "pool.csv"
+        pool.to_csv(path, index=False)
+        expected = "the pool is streamed, so it must be Parquet"
+    cfg = fast_config(tmp_path / "ws", *overrides, f"data.unlabeled_path={path}", "pseudo_label.chunk_rows=100")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        run_pipeline(cfg)
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert {r.info.run_name for r in runs if r.data.tags.get("weakflow.stage") != "pipeline"} == {"validate"}

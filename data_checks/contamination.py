@@ -1,0 +1,123 @@
+"""Contamination and leakage checks: plain functions on feature arrays, each returning a finding table.
+
+- exact duplicates: rows whose features, rounded to ``decimals``, hash equal;
+- near-duplicates: nearest-neighbour distance (scikit-learn) in standardised feature space at most
+  ``factor`` times the median nearest-neighbour distance among the reference rows themselves, so the
+  threshold follows the data's own scale; exact duplicates are reported by the exact check, not here;
+- label leakage: a single feature from which a small tree predicts the gold label (cross-validated)
+  almost perfectly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tasks.data import hash_rows
+
+
+def exact_pairs(reference: np.ndarray, rows: np.ndarray, decimals: int = 6) -> pd.DataFrame:
+    """(reference_index, row_index) for every row equal to a reference row."""
+    ref = pd.DataFrame({"reference_index": np.arange(len(reference)), "h": hash_rows(reference, decimals)})
+    other = pd.DataFrame({"row_index": np.arange(len(rows)), "h": hash_rows(rows, decimals)})
+    pairs = other.merge(ref, on="h")[["reference_index", "row_index"]]
+    return pairs.sort_values(["reference_index", "row_index"]).reset_index(drop=True)
+
+
+class NearDuplicateIndex:
+    """Nearest-neighbour index over the reference rows (e.g. the gold test split), standardised by their
+    own mean and spread (floored), with the scale-aware threshold ``factor × median NN distance`` among
+    them (median over a sample of at most 5,000 reference rows).
+
+    Small references use scikit-learn's exact nearest neighbour. Large ones (more than ``large`` rows)
+    are searched in two exact steps: a radius query on a PCA projection to ``dims`` dimensions (a
+    projection never lengthens a distance, so no pair within the threshold is missed), then every
+    candidate's full distance."""
+
+    def __init__(self, reference: np.ndarray, factor: float = 0.25, large: int = 20_000, dims: int = 12,
+                 seed: int = 0) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        ref = np.asarray(reference, dtype=np.float32)
+        self.mean = ref.mean(axis=0)
+        std = ref.std(axis=0)
+        # near-constant features (a pixel that is almost always blank) would blow tiny noise up: floor
+        # every spread at a tenth of the median spread
+        floor = 0.1 * float(np.median(std[std > 0])) if (std > 0).any() else 1.0
+        self.std = np.maximum(std, floor).astype(np.float32)
+        self.z = self._z(ref)
+        rng = np.random.default_rng(seed)
+        probe = self.z if len(ref) <= 5000 else self.z[rng.choice(len(ref), 5000, replace=False)]
+        if len(probe) > 1:
+            d, _ = NearestNeighbors(n_neighbors=2).fit(probe).kneighbors(probe)
+            self.median_nn = float(np.median(d[:, 1]))
+        else:
+            self.median_nn = 0.0
+        self.threshold = factor * self.median_nn
+        self.projected = len(ref) > large and ref.shape[1] > dims
+        if self.projected:
+            from sklearn.decomposition import PCA
+            from sklearn.neighbors import KDTree
+
+            self.pca = PCA(n_components=dims, random_state=seed).fit(probe)
+            self.tree = KDTree(self.pca.transform(self.z))
+        else:
+            self.nn = NearestNeighbors(n_neighbors=1).fit(self.z)
+
+    def _z(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float32) - self.mean) / self.std
+
+    def query(self, rows: np.ndarray, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+        """(distance to, index of) the nearest reference row, per row. On a large (projected) index only
+        rows within the threshold are resolved; the others get distance inf and index -1."""
+        dist, idx = [], []
+        for start in range(0, len(rows), chunk):
+            z = self._z(rows[start : start + chunk])
+            if not self.projected:
+                d, i = self.nn.kneighbors(z)
+                dist.append(d[:, 0])
+                idx.append(i[:, 0])
+                continue
+            cands = self.tree.query_radius(self.pca.transform(z), r=self.threshold)
+            d = np.full(len(z), np.inf)
+            i = np.full(len(z), -1, dtype=np.int64)
+            for r, c in enumerate(cands):
+                if len(c):
+                    full = np.linalg.norm(self.z[c] - z[r], axis=1)
+                    best = int(full.argmin())
+                    d[r], i[r] = full[best], c[best]
+            dist.append(d)
+            idx.append(i)
+        if not dist:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        return np.concatenate(dist), np.concatenate(idx)
+
+    def near_pairs(self, rows: np.ndarray, exact_tol: float = 1e-6) -> pd.DataFrame:
+        """(reference_index, row_index, distance) for rows within the threshold but not exact copies."""
+        d, i = self.query(rows)
+        hit = (d <= self.threshold) & (d > exact_tol)
+        return pd.DataFrame({"reference_index": i[hit], "row_index": np.flatnonzero(hit), "distance": d[hit]})
+
+
+def label_leakage(x: np.ndarray, y: np.ndarray, features: list[str], threshold: float = 0.98,
+                  folds: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Per feature, cross-validated accuracy of a small tree on that feature alone; ``leaks`` where it
+    reaches ``threshold`` (and beats predicting the majority class)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    y = np.asarray(y)
+    counts = np.bincount(pd.factorize(y)[0])
+    majority = counts.max() / len(y) if len(y) else 1.0
+    k = max(2, min(folds, int(counts.min()) if len(counts) else 2))
+    rows = []
+    for j, name in enumerate(features):
+        col = np.asarray(x[:, j], dtype=np.float64).reshape(-1, 1)
+        if len(np.unique(col)) < 2 or len(y) < 2 * k:
+            acc = majority
+        else:
+            tree = DecisionTreeClassifier(max_leaf_nodes=max(2, 2 * len(counts)), random_state=seed)
+            acc = float(cross_val_score(tree, col, y, cv=StratifiedKFold(k, shuffle=True, random_state=seed)).mean())
+        rows.append({"feature": name, "accuracy": acc, "majority_baseline": majority,
+                     "leaks": bool(acc >= threshold and acc > majority + 1e-9)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,136 @@
+"""The prediction log: every served prediction, written off the request path.
+
+Requests put rows on an in-memory queue and return; one writer thread inserts them in batches through
+SQLAlchemy (SQLite by default, any SQLAlchemy URL such as PostgreSQL by configuration). ``close()``
+drains the queue before it returns, and the server calls it on shutdown (SIGTERM included), so no
+answered prediction goes unlogged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+log = logging.getLogger("weakflow.serve")
+
+METADATA = sa.MetaData()
+PREDICTIONS = sa.Table(
+    "predictions", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("row_index", sa.Integer, nullable=False),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    sa.Column("features", sa.Text, nullable=False),  # JSON object: feature -> value
+    sa.Column("predicted_class", sa.Integer, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+)
+
+FEEDBACK = sa.Table(  # delayed gold labels for served rows (`weakflow feedback`)
+    "feedback", METADATA,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("row_index", sa.Integer, primary_key=True),
+    sa.Column("label", sa.Integer, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+)
+ALERTS = sa.Table(  # one row per drift detection (`weakflow alerts`)
+    "alerts", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("drift_share", sa.Float),
+    sa.Column("drifted_columns", sa.Text),  # JSON list
+    sa.Column("prediction_drifted", sa.Boolean),
+    sa.Column("report_uri", sa.Text),
+    sa.Column("webhook", sa.String(256)),  # "sent", "failed: ...", or "" when none is configured
+    sa.Column("message", sa.Text),
+)
+
+_STOP = object()
+
+
+def make_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, future=True)
+    if url.startswith("sqlite"):
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_conn, _record) -> None:  # readers (monitoring) never block the writer
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+    METADATA.create_all(engine)
+    return engine
+
+
+class PredictionLog:
+    def __init__(self, url: str, batch_size: int = 1000) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.batch_size = batch_size
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.written = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def put(self, request_id: str, model_name: str, model_version: str, features: list[str], rows: list[dict],
+            classes: list[int], confidence: list[float]) -> None:
+        """Queue one request's rows; never blocks on disk."""
+        ts = datetime.now(timezone.utc)
+        self.queue.put([{"ts": ts, "request_id": request_id, "row_index": i, "model_name": model_name,
+                         "model_version": model_version, "features": json.dumps({f: r[f] for f in features}),
+                         "predicted_class": int(c), "confidence": float(p)}
+                        for i, (r, c, p) in enumerate(zip(rows, classes, confidence))])
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self.queue.get()
+            pending: list[dict] = []
+            while True:
+                if item is _STOP:
+                    stop = True
+                else:
+                    pending.extend(item)
+                if stop or len(pending) >= self.batch_size:
+                    break
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            if pending:
+                self._write(pending)
+
+    def _write(self, rows: list[dict]) -> None:
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(PREDICTIONS.insert(), rows)
+                self.written += len(rows)
+                return
+            except sa.exc.OperationalError as exc:  # e.g. SQLite busy while a reader checkpoints
+                log.warning("prediction log write failed (attempt %d): %s", attempt + 1, exc)
+        self.failed += len(rows)
+        log.error("prediction log dropped %d rows after 3 attempts", len(rows))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued so far, then stop the writer."""
+        if self._thread.is_alive():
+            self.queue.put(_STOP)
+            self._thread.join(timeout)
+        self.engine.dispose()
+
+
+def count_rows(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(PREDICTIONS)).scalar_one())
+    finally:
+        engine.dispose()

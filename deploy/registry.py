@@ -1,0 +1,172 @@
+"""The model registry's life cycle: list versions, promote through the gates, roll back.
+
+The ``champion`` alias moves only through :func:`move_champion`, which records who, when, why and
+which version it replaced as version tags; so ``rollback`` can always go back one step, and the
+registry itself is the audit log. Imports MLflow but not Prefect.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from deploy.gates import GateDecision, GateInput, decide
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot go ahead; the message says which model/version and why."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def champion_version(client: MlflowClient, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def _version(client: MlflowClient, name: str, version: str):  # -> ModelVersion
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"model {name!r} has no version {version!r}") from exc
+
+
+def move_champion(client: MlflowClient, name: str, version: str, action: str, reason: str,
+                  user: str | None = None) -> str | None:
+    """Point ``champion`` at ``version``; tag it with the action, user, time, reason and the version it
+    replaced (``previous_champion``, what rollback follows). Returns that previous version."""
+    previous = champion_version(client, name)
+    user = user or getpass.getuser()
+    stamp = now()
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    tags = {f"{action}_by": user, f"{action}_at": stamp, f"{action}_reason": reason,
+            "champion_since": stamp, "previous_champion": previous or "none"}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    if previous is not None and previous != str(version):
+        client.set_model_version_tag(name, previous, "replaced_at", stamp)
+        client.set_model_version_tag(name, previous, "replaced_by_version", str(version))
+    history = json.loads(client.get_registered_model(name).tags.get("champion_history", "[]"))
+    history.append({"version": str(version), "action": action, "by": user, "at": stamp, "reason": reason})
+    client.set_registered_model_tag(name, "champion_history", json.dumps(history[-50:]))
+    return previous
+
+
+@dataclass
+class Promotion:
+    version: str
+    previous: str | None
+    decision: GateDecision
+
+
+Scorer = Callable[[str], float]  # version -> accuracy on the frozen gold test split
+
+
+def promote(client: MlflowClient, name: str, version: str, reason: str, score: Scorer, min_accuracy: float,
+            max_regression: float, test_digest: str | None = None, user: str | None = None) -> Promotion:
+    """Make ``version`` champion if every gate passes; otherwise raise :class:`RegistryError` with the
+    gates' reasons and leave the alias where it is.
+
+    Both the candidate and the current champion are scored by ``score`` on the same split; with
+    ``test_digest`` the candidate must have been evaluated on exactly that split (its tag)."""
+    if not reason.strip():
+        raise RegistryError("a promotion needs a reason (--reason TEXT): it is recorded on the version")
+    mv = _version(client, name, version)
+    current = champion_version(client, name)
+    if current == str(version):
+        raise RegistryError(f"{name} v{version} is already the champion")
+    tags = mv.tags
+    if test_digest is not None and tags.get("test_set_digest") not in (None, test_digest):
+        raise RegistryError(f"{name} v{version} was evaluated on test split {tags['test_set_digest']}, not on the "
+                            f"configured one ({test_digest}): the gates need the same frozen split")
+    accuracy = score(str(version))
+    champ_acc, champ_err = None, None
+    if current is not None:
+        try:
+            champ_acc = score(current)
+        except Exception as exc:  # an unloadable champion is a gate failure, not a crash
+            champ_err = f"{type(exc).__name__}: {exc}"
+    decision = decide(GateInput(accuracy, validation_passed=tags.get("validation", "passed") == "passed",
+                                champion_version=current, champion_accuracy=champ_acc, champion_error=champ_err,
+                                governance_passed=tags.get("governance", "passed") != "failed"),
+                      min_accuracy, max_regression)
+    client.set_model_version_tag(name, str(version), "last_promotion_check", f"{now()}: {decision.reason}")
+    if not decision.passed:
+        raise RegistryError(f"{name} v{version} not promoted: {decision.reason}")
+    previous = move_champion(client, name, str(version), "promoted", reason, user)
+    client.set_model_version_tag(name, str(version), "gate_verdict", "passed")
+    client.set_model_version_tag(name, str(version), "test_accuracy", f"{accuracy:.4f}")
+    return Promotion(str(version), previous, decision)
+
+
+def champion_stack(history: list[dict]) -> list[str]:
+    """Champions in order, each one replacing the one below it; a rollback pops the top."""
+    stack: list[str] = []
+    for event in history:
+        if event["action"] == "rolled_back":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != event["version"]:
+                stack.append(event["version"])
+        elif not stack or stack[-1] != event["version"]:
+            stack.append(event["version"])
+    return stack
+
+
+def rollback(client: MlflowClient, name: str, reason: str = "rollback", user: str | None = None) -> tuple[str, str]:
+    """Move ``champion`` back to the champion it replaced (repeatable: each rollback goes one further
+    back); returns (from version, to version)."""
+    current = champion_version(client, name)
+    if current is None:
+        raise RegistryError(f"model {name!r} has no champion to roll back from")
+    stack = champion_stack(json.loads(client.get_registered_model(name).tags.get("champion_history", "[]")))
+    if not stack or stack[-1] != current:
+        raise RegistryError(f"the champion alias of {name!r} (v{current}) was moved outside weakflow, so its "
+                            "history is unknown; use `weakflow promote VERSION --reason ...` instead")
+    if len(stack) < 2:
+        raise RegistryError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
+    target = stack[-2]
+    _version(client, name, target)  # still exists
+    move_champion(client, name, target, "rolled_back", reason, user)
+    client.set_model_version_tag(name, current, "rolled_back_from_at", now())
+    return current, target
+
+
+def list_versions(client: MlflowClient, name: str) -> pd.DataFrame:
+    """One row per version: aliases, test accuracy, gate verdict, who promoted it, created time."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        raise RegistryError(f"no registered model named {name!r} in {mlflow.get_tracking_uri()}") from exc
+    aliases: dict[str, list[str]] = {}
+    for alias, v in (model.aliases or {}).items():
+        aliases.setdefault(str(v), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        t = mv.tags
+        rows.append({
+            "version": int(mv.version), "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+            "test_accuracy": float(t["test_accuracy"]) if "test_accuracy" in t else np.nan,
+            "gold_only": float(t["gold_only_accuracy"]) if "gold_only_accuracy" in t else np.nan,
+            "gate": t.get("gate_verdict", ""),
+            "promoted": next((f"{t[k + '_by']} {t[k + '_at']}" for k in ("rolled_back", "promoted", "registered")
+                              if k + "_by" in t and k + "_at" in t), ""),
+            "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "run_id": mv.run_id,
+        })
+    return pd.DataFrame(rows).sort_values("version", ascending=False).reset_index(drop=True)

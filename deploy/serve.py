@@ -1,0 +1,199 @@
+"""``weakflow serve``: the model behind the ``champion`` alias over HTTP (FastAPI + uvicorn).
+
+- ``POST /predict`` ``{"records": [{feature: number, ...}, ...]}`` -> class, confidence and
+  probabilities per record, the model version that answered and a request id. Every record is checked
+  against the served model's feature schema (missing/extra fields, non-numbers, NaN/inf -> 422 naming
+  the field); bodies over ``serve.max_body_bytes`` -> 413; more than ``serve.max_batch`` records -> 422.
+- ``GET /health``, ``GET /model``.
+- Hot reload: a thread polls the registry every ``serve.poll_seconds``; when the alias moves, the new
+  version is loaded next to the old one and swapped in with one reference assignment, so requests in
+  flight finish on the version they started with (and say so).
+- Every answered record goes to the prediction log (:mod:`deploy.prediction_log`), off the request path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from deploy.prediction_log import PredictionLog
+from deploy.registry import CHAMPION
+
+log = logging.getLogger("weakflow.serve")
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    run_id: str
+    model: torch.nn.Module
+    features: list[str]
+    classes: list[int]
+    loaded_at: str
+    body: TypeAdapter  # validates a whole request body against this model's feature schema
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(self.model(torch.from_numpy(x)).float(), dim=1).numpy()
+
+
+def body_adapter(features: list[str], max_batch: int) -> TypeAdapter:
+    record = TypedDict("Record", {f: Number for f in features})  # type: ignore[misc]
+    record.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    body = TypedDict("PredictRequest", {"records": Annotated[list[record], Field(min_length=1, max_length=max_batch)]})  # type: ignore[misc,valid-type]
+    body.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return TypeAdapter(body)
+
+
+def load_version(name: str, version: str, max_batch: int) -> ServedModel:
+    import mlflow
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    inner = pyfunc.unwrap_python_model()
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    model = inner.model.eval()
+    return ServedModel(name, str(version), mv.run_id, model, list(inner.features), list(inner.classes),
+                       datetime.now(timezone.utc).isoformat(timespec="seconds"), body_adapter(inner.features, max_batch))
+
+
+class ModelHolder:
+    """The served model and the poller that swaps it when the alias moves."""
+
+    def __init__(self, name: str, alias: str, max_batch: int, poll_seconds: float) -> None:
+        import mlflow
+
+        self.name, self.alias, self.max_batch, self.poll_seconds = name, alias, max_batch, poll_seconds
+        self.client = mlflow.MlflowClient()
+        self.current = load_version(name, self._alias_version(), max_batch)
+        self.reloads = 0
+        self.last_poll_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
+
+    def _alias_version(self) -> str:
+        return str(self.client.get_model_version_by_alias(self.name, self.alias).version)
+
+    def start(self) -> None:
+        if self.poll_seconds > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> bool:
+        """Load and swap in the alias's version if it moved; True when it did."""
+        version = self._alias_version()
+        if version == self.current.version:
+            return False
+        fresh = load_version(self.name, version, self.max_batch)
+        previous, self.current = self.current, fresh  # one assignment: requests see old or new, never half
+        self.reloads += 1
+        log.warning("model %s@%s moved: serving v%s (was v%s)", self.name, self.alias, fresh.version, previous.version)
+        return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.check()
+                self.last_poll_error = None
+            except Exception as exc:  # registry down or a broken version: keep serving what we have
+                self.last_poll_error = f"{type(exc).__name__}: {exc}"
+                log.error("registry poll failed, still serving v%s: %s", self.current.version, self.last_poll_error)
+
+
+def error_fields(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"field": "records[3].px_5", "message": ..., "type": ...}``."""
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ""
+        for part in err["loc"]:
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        out.append({"field": field or "body", "message": err["msg"], "type": err["type"]})
+    return out
+
+
+def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, max_batch: int = 1000,
+               poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db") -> FastAPI:
+    """The app; the model and the prediction log open in its lifespan (so tests run it in process)."""
+
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(1)  # many small requests: one thread each beats oversubscribed intra-op threads
+        state["holder"] = ModelHolder(name, alias, max_batch, poll_seconds)
+        state["log"] = PredictionLog(log_url)
+        state["holder"].start()
+        state["started"] = time.time()
+        try:
+            yield
+        finally:  # uvicorn runs this on SIGTERM/SIGINT too: flush every queued prediction
+            state["holder"].stop()
+            state["log"].close()
+            log.warning("prediction log closed: %d rows written, %d failed", state["log"].written, state["log"].failed)
+
+    app = FastAPI(title="weakflow model server", lifespan=lifespan)
+    app.state.weakflow = state
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        holder: ModelHolder = state["holder"]
+        return {"status": "ok", "model": holder.name, "model_version": holder.current.version,
+                "uptime_s": round(time.time() - state["started"], 1), "last_poll_error": holder.last_poll_error}
+
+    @app.get("/model")
+    def model_info() -> dict[str, Any]:
+        holder: ModelHolder = state["holder"]
+        m = holder.current
+        return {"name": m.name, "alias": holder.alias, "version": m.version, "run_id": m.run_id,
+                "features": m.features, "classes": m.classes, "loaded_at": m.loaded_at, "reloads": holder.reloads,
+                "max_batch": max_batch, "max_body_bytes": max_body_bytes, "poll_seconds": poll_seconds}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        request_id = uuid.uuid4().hex
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            return JSONResponse({"detail": f"request body of {declared} bytes exceeds the limit of {max_body_bytes}",
+                                 "request_id": request_id}, status_code=413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                return JSONResponse({"detail": f"request body exceeds the limit of {max_body_bytes} bytes",
+                                     "request_id": request_id}, status_code=413)
+        served: ServedModel = state["holder"].current  # this request's version, whatever reloads meanwhile
+        try:
+            records = served.body.validate_json(bytes(body))["records"]
+        except ValidationError as exc:
+            return JSONResponse({"detail": error_fields(exc), "request_id": request_id,
+                                 "model_version": served.version}, status_code=422)
+        x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
+        probs = served.predict(x).astype(np.float64).round(6)  # what the client sees is what is logged
+        top = probs.argmax(axis=1)
+        classes = [served.classes[i] for i in top]
+        confidence = probs[np.arange(len(top)), top].tolist()
+        state["log"].put(request_id, served.name, served.version, served.features, records, classes, confidence)
+        return JSONResponse({
+            "request_id": request_id, "model": served.name, "model_version": served.version,
+            "predictions": [{"class": c, "confidence": p, "probabilities": dict(zip(map(str, served.classes), row))}
+                            for c, p, row in zip(classes, confidence, probs.tolist())],
+        })
+
+    return app

@@ -1,0 +1,181 @@
+"""Drift checks: a window of the prediction log against the reference saved with the served model.
+
+Plain functions (no Prefect, no MLflow): read the window, run the Evidently report, and decide with an
+explicit rule. Evidently is imported inside :func:`drift_report` only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from deploy.prediction_log import FEEDBACK, PREDICTIONS, make_engine
+
+PREDICTION, LABEL = "prediction", "label"
+
+
+def sample_bound(n: int, alpha: float = 0.001) -> float:
+    """DKW: a uniform sample of ``n`` rows has every feature's empirical CDF within this distance of the
+    whole window's with probability >= 1 - alpha, so each K-S statistic moves by at most this much."""
+    return float(np.sqrt(np.log(2 / alpha) / (2 * n)))
+
+
+def load_window(url: str, features: list[str], rows: int | None = 500, hours: float | None = None,
+                model_name: str | None = None, model_version: str | None = None,
+                max_rows: int | None = None, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The last ``rows`` logged predictions (or those of the last ``hours``), oldest first, with the
+    features expanded, and the gold ``label`` where feedback exists (else NaN). With ``sample``, a
+    window larger than that is read as a uniform random sample of ``sample`` rows (see :func:`sample_bound`)."""
+    engine = make_engine(url)
+    try:
+        where = []
+        if model_name is not None:
+            where.append(PREDICTIONS.c.model_name == model_name)
+        if model_version is not None:
+            where.append(PREDICTIONS.c.model_version == str(model_version))
+        if hours is not None:
+            where.append(PREDICTIONS.c.ts >= datetime.now(timezone.utc) - timedelta(hours=hours))
+        limit = rows if hours is None else max_rows
+        ids_q = sa.select(PREDICTIONS.c.id).where(*where).order_by(PREDICTIONS.c.id.desc())
+        if limit is not None:
+            ids_q = ids_q.limit(limit)
+        with engine.connect() as conn:
+            ids = np.fromiter((r[0] for r in conn.execute(ids_q)), dtype=np.int64)
+            if sample is not None and len(ids) > sample:
+                ids = np.random.default_rng(seed).choice(ids, size=sample, replace=False)
+            ids.sort()
+            cols = [PREDICTIONS.c.id, PREDICTIONS.c.ts, PREDICTIONS.c.request_id, PREDICTIONS.c.row_index,
+                    PREDICTIONS.c.model_version, PREDICTIONS.c.features, PREDICTIONS.c.predicted_class,
+                    PREDICTIONS.c.confidence, FEEDBACK.c.label]
+            joined = PREDICTIONS.outerjoin(FEEDBACK, sa.and_(FEEDBACK.c.request_id == PREDICTIONS.c.request_id,
+                                                             FEEDBACK.c.row_index == PREDICTIONS.c.row_index))
+            parts = [conn.execute(sa.select(*cols).select_from(joined).where(PREDICTIONS.c.id.between(
+                int(block[0]), int(block[-1]))).where(PREDICTIONS.c.id.in_(block.tolist()))).mappings().all()
+                for block in np.array_split(ids, max(1, -(-len(ids) // 20_000))) if len(block)]
+    finally:
+        engine.dispose()
+    raw = pd.DataFrame([r for part in parts for r in part])
+    if raw.empty:
+        return pd.DataFrame(columns=[*features, PREDICTION, "confidence", LABEL, "request_id", "row_index", "ts"])
+    raw = raw.sort_values("id").reset_index(drop=True)
+    feats = pd.DataFrame.from_records([json.loads(f) for f in raw["features"]])
+    missing = [f for f in features if f not in feats.columns]
+    if missing:
+        raise ValueError(f"prediction log rows lack feature(s) {missing[:5]}: were they served by another model?")
+    out = feats[features].astype(np.float64)
+    out[PREDICTION] = raw["predicted_class"].astype(int)
+    out["confidence"] = raw["confidence"].astype(float)
+    out[LABEL] = pd.to_numeric(raw["label"], errors="coerce")
+    for col in ("request_id", "row_index", "ts", "model_version"):
+        out[col] = raw[col]
+    return out
+
+
+@dataclass(frozen=True)
+class DriftRule:
+    """When a window is drift: enough drifted feature columns, or (optionally) the predictions drifted."""
+
+    drift_share: float = 0.3
+    prediction_drift: bool = True
+    min_rows: int = 100
+
+
+@dataclass
+class DriftResult:
+    rows: int
+    drift_share: float
+    drifted_columns: list[str]
+    prediction_p: float | None
+    prediction_drifted: bool
+    quality: dict[str, float] = field(default_factory=dict)  # from feedback labels, when there are enough
+    snapshot: Any = None  # the Evidently snapshot (html/json)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows, "drift_share": self.drift_share, "drifted_columns": self.drifted_columns,
+                "prediction_p_value": self.prediction_p, "prediction_drifted": self.prediction_drifted,
+                **{f"quality_{k}": v for k, v in self.quality.items()}}
+
+
+@dataclass
+class Verdict:
+    drift: bool
+    reasons: list[str]
+    checked: bool = True  # False: too few rows to judge
+
+    @property
+    def text(self) -> str:
+        if not self.checked:
+            return "not checked: " + "; ".join(self.reasons)
+        return ("DRIFT: " if self.drift else "no drift: ") + ("; ".join(self.reasons) or "within the rule")
+
+
+def decide(result: DriftResult, rule: DriftRule) -> Verdict:
+    """The alert rule, on plain numbers (testable by hand)."""
+    if result.rows < rule.min_rows:
+        return Verdict(False, [f"{result.rows} rows in the window, fewer than min_rows={rule.min_rows}"], checked=False)
+    reasons = []
+    if result.drift_share >= rule.drift_share:
+        reasons.append(f"{result.drift_share:.0%} of feature columns drifted (rule: >= {rule.drift_share:.0%}): "
+                       f"{', '.join(result.drifted_columns[:8])}{' …' if len(result.drifted_columns) > 8 else ''}")
+    if rule.prediction_drift and result.prediction_drifted:
+        reasons.append(f"prediction distribution drifted (p = {result.prediction_p:.2g})")
+    return Verdict(bool(reasons), reasons)
+
+
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], classes: list[int],
+                 min_labelled: int = 30) -> DriftResult:
+    """Evidently's data-drift preset over the features and the predicted class (its default test per
+    column: K-S for numbers, chi-square for the class), plus classification quality where at least
+    ``min_labelled`` window rows have feedback labels."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+        from evidently.presets import ClassificationPreset, DataDriftPreset
+
+    # Constant columns (e.g. always-blank pixels) carry no drift signal and break the K-S test's variance
+    usable = [f for f in features if reference[f].nunique() > 1 or current[f].nunique() > 1]
+    ref = reference[usable + [PREDICTION]].copy()
+    cur = current[usable + [PREDICTION]].copy()
+    for frame in (ref, cur):
+        frame[PREDICTION] = frame[PREDICTION].astype(int).astype(str)
+    labelled = current[LABEL].notna() if LABEL in current else pd.Series(False, index=current.index)
+    metrics: list = [DataDriftPreset(columns=[*usable, PREDICTION])]
+    definition = DataDefinition(numerical_columns=usable, categorical_columns=[PREDICTION])
+    ref_ds = Dataset.from_pandas(ref, data_definition=definition)
+    cur_ds = Dataset.from_pandas(cur, data_definition=definition)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        snapshot = Report(metrics).run(cur_ds, ref_ds)
+    values = {m["metric_name"]: m["value"] for m in snapshot.dict()["metrics"]}
+    p_values = {name.split("column=")[1].split(",")[0]: float(v) for name, v in values.items()
+                if name.startswith("ValueDrift(")}
+    thresholds = {name.split("column=")[1].split(",")[0]: float(name.split("threshold=")[1].rstrip(")"))
+                  for name in values if name.startswith("ValueDrift(")}
+    drifted = [c for c in usable if p_values.get(c, 1.0) < thresholds.get(c, 0.05)]
+    pred_p = p_values.get(PREDICTION)
+    quality: dict[str, float] = {}
+    if int(labelled.sum()) >= min_labelled:
+        y, p = current.loc[labelled, LABEL].astype(int), current.loc[labelled, PREDICTION].astype(int)
+        quality = {"labelled_rows": float(labelled.sum()), "accuracy": float((y == p).mean())}
+        lab = current.loc[labelled, usable + [PREDICTION, LABEL]].copy()
+        lab[PREDICTION], lab[LABEL] = p.astype(str), y.astype(str)
+        cls_def = DataDefinition(numerical_columns=usable, categorical_columns=[PREDICTION, LABEL],
+                                 classification=[MulticlassClassification(target=LABEL, prediction_labels=PREDICTION)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quality_snap = Report([ClassificationPreset()]).run(Dataset.from_pandas(lab, data_definition=cls_def), None)
+        for m in quality_snap.dict()["metrics"]:
+            if m["metric_name"].startswith(("F1Score", "Precision(", "Recall(")) and not isinstance(m["value"], dict):
+                quality[m["metric_name"].split("(")[0].lower()] = float(m["value"])
+        snapshot = (snapshot, quality_snap)
+    share = len(drifted) / len(usable) if usable else 0.0
+    return DriftResult(len(current), share, drifted, pred_p, pred_p is not None and pred_p < thresholds.get(PREDICTION, 0.05),
+                       quality, snapshot)

@@ -1,0 +1,176 @@
+"""Governance stages: contamination and leakage checks before training, on the pseudo labels, and after
+deployment on served rows. Each applies the configured policy and logs a finding table per check.
+
+Before training (``governance``): exact and near-duplicates between the gold test split and every
+training source (gold, weak, unlabeled), and single-feature label leakage on the gold rows. On pseudo
+labels (``pseudo_governance``): kept rows that duplicate test rows. After deployment (monitoring):
+served rows equal or near to test rows (evaluation contamination) or training rows (memorisation
+exposure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage
+from tasks import tracking
+from tasks.config import Config
+from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData
+from tasks.pseudo_label import PseudoLabels
+
+
+class GovernanceError(DataError):
+    """A governance check failed under policy ``fail``; the message names the check and the counts."""
+
+
+@dataclass
+class Findings:
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # check -> finding table
+    actions: dict[str, str] = field(default_factory=dict)  # check -> "failed" | "dropped N" | "warned" | "none"
+    dropped: dict[str, int] = field(default_factory=dict)  # provenance/source -> rows dropped
+
+    def count(self, check: str) -> int:
+        t = self.tables.get(check)
+        return 0 if t is None else int(len(t))
+
+    def summary(self) -> dict[str, str]:
+        return {check: f"{self.count(check)} found; {self.actions.get(check, 'none')}" for check in self.tables
+                if not check.endswith("_all")}
+
+
+def _pairs_with_rows(pairs: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Finding table: which test row, which training row (id, split, provenance), how far."""
+    out = pd.DataFrame({
+        "test_index": pairs["reference_index"].to_numpy(),
+        ROW_ID: rows[ROW_ID].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else np.zeros(0, np.int64),
+        SPLIT: rows[SPLIT].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else np.zeros(0, object),
+    })
+    if PROVENANCE in rows:
+        out[PROVENANCE] = rows[PROVENANCE].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else []
+    out["distance"] = pairs["distance"].to_numpy() if "distance" in pairs else 0.0
+    return out
+
+
+def _apply(check: str, policy: str, table: pd.DataFrame, findings: Findings, failures: list[str], what: str) -> set:
+    """Record the finding; return the row ids to drop (policy drop)."""
+    findings.tables[check] = table
+    if table.empty:
+        findings.actions[check] = "none"
+        return set()
+    if policy == "fail":
+        findings.actions[check] = "failed"
+        failures.append(f"{check}: {len(table)} {what} (policy fail)")
+        return set()
+    if policy == "drop":
+        ids = set(table[ROW_ID].tolist())
+        findings.actions[check] = f"dropped {len(ids)} row(s)"
+        return ids
+    findings.actions[check] = "warned"
+    return set()
+
+
+def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findings]:
+    """Run the pre-training checks and apply their policies; raise GovernanceError on a ``fail``."""
+    g = cfg.governance
+    findings, failures = Findings(), []
+    test_x, train = data.x(data.test), data.train
+    train_x = data.x(train)
+    exact = _pairs_with_rows(exact_pairs(test_x, train_x), train)
+    index = NearDuplicateIndex(test_x, g.near_factor)
+    near = _pairs_with_rows(index.near_pairs(train_x), train)
+    drop = _apply("exact_duplicates", g.exact_duplicates, exact, findings, failures,
+                  "training row(s) equal a test row")
+    drop |= _apply("near_duplicates", g.near_duplicates, near, findings, failures,
+                   f"training row(s) within {index.threshold:.3g} of a test row ({g.near_factor:g} x median "
+                   f"test NN distance {index.median_nn:.3g})")
+    gold = data.rows("gold_train", "gold_dev")
+    leak = label_leakage(data.x(gold), data.y(gold), data.features, g.leakage_accuracy, seed=cfg.seed)
+    leaking = leak[leak["leaks"]]
+    findings.tables["label_leakage"] = leaking.reset_index(drop=True)
+    findings.tables["label_leakage_all"] = leak
+    if len(leaking):
+        names = ", ".join(f"{r.feature} ({r.accuracy:.3f})" for r in leaking.itertuples())
+        findings.actions["label_leakage"] = "failed" if g.label_leakage == "fail" else "warned"
+        if g.label_leakage == "fail":
+            failures.append(f"label_leakage: feature(s) {names} predict the gold label alone (>= {g.leakage_accuracy:g} "
+                            "cross-validated accuracy; policy fail)")
+    else:
+        findings.actions["label_leakage"] = "none"
+    if failures:
+        raise GovernanceError("governance checks failed: " + "; ".join(failures))
+    if drop:
+        gone = train[train[ROW_ID].isin(drop)]
+        findings.dropped = {k: int(v) for k, v in gone[PROVENANCE].value_counts().items()}
+        data = PipelineData(train=train[~train[ROW_ID].isin(drop)].reset_index(drop=True), test=data.test,
+                            spec=data.spec, classes=data.classes)
+    return data, findings
+
+
+def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple[PseudoLabels, Findings]:
+    """Pseudo labels placed on rows that equal or are near test rows."""
+    g = cfg.governance
+    findings, failures = Findings(), []
+    kept = pseudo.kept
+    test_x = data.x(data.test)
+    kept_x = kept[data.features].to_numpy(np.float32)
+    index = NearDuplicateIndex(test_x, g.near_factor)
+    pairs = pd.concat([exact_pairs(test_x, kept_x).assign(distance=0.0), index.near_pairs(kept_x)], ignore_index=True)
+    table = _pairs_with_rows(pairs, kept)
+    table["source"] = kept["source"].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else []
+    drop = _apply("pseudo_near_test", g.pseudo_near_test, table, findings, failures,
+                  "pseudo-labelled row(s) equal or near a test row")
+    if failures:
+        raise GovernanceError("governance checks failed: " + "; ".join(failures))
+    if len(pairs) and g.pseudo_near_test == "drop":
+        bad = np.zeros(len(kept), bool)
+        bad[pairs["row_index"].to_numpy()] = True
+        findings.dropped = {"pseudo": int(bad.sum())}
+        pseudo._kept = kept[~bad].reset_index(drop=True)
+        pseudo._kept.to_parquet(pseudo.path, index=False)
+        classes = np.asarray(data.classes)
+        pseudo.stream.kept = np.array([(pseudo._kept["pseudo_label"] == c).sum() for c in classes])
+    return pseudo, findings
+
+
+def log_findings(findings: Findings, prefix: str = "governance") -> None:
+    for check, table in findings.tables.items():
+        tracking.log_frame(table, prefix, check)
+    metrics = {f"{check}_found": findings.count(check) for check in findings.tables if not check.endswith("_all")}
+    metrics |= {f"dropped_{k}": v for k, v in findings.dropped.items()}
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags({f"governance.{k}": v for k, v in findings.actions.items()})
+    tracking.log_json({"actions": findings.actions, "dropped": findings.dropped,
+                       "counts": {c: findings.count(c) for c in findings.tables}}, f"{prefix}/summary.json")
+
+
+def _run_logged(check, *args):  # -> (result, Findings)
+    """Run a check inside a stage run: the verdict as a tag, the reason or the findings as artifacts."""
+    try:
+        out, findings = check(*args)
+    except GovernanceError as exc:
+        mlflow.set_tag("governance", "failed")
+        mlflow.log_text(f"{exc}\n", "governance/summary.txt")
+        raise
+    mlflow.set_tag("governance", "passed")
+    log_findings(findings)
+    return out, findings
+
+
+@task(name="governance", cache_policy=NO_CACHE, persist_result=False)
+def governance(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> tuple[PipelineData, Findings]:
+    with tracking.stage_run("governance", parent_run_id, experiment_id):
+        mlflow.log_params({f"governance.{k}": v for k, v in cfg.governance.model_dump().items()})
+        return _run_logged(check_training, data, cfg)
+
+
+@task(name="pseudo_governance", cache_policy=NO_CACHE, persist_result=False)
+def pseudo_governance(data: PipelineData, pseudo: PseudoLabels, cfg: Config, parent_run_id: str,
+                      experiment_id: str) -> tuple[PseudoLabels, Findings]:
+    with tracking.stage_run("pseudo_governance", parent_run_id, experiment_id):
+        return _run_logged(check_pseudo, data, pseudo, cfg)

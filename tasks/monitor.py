@@ -1,0 +1,199 @@
+"""Monitoring steps: read the window and the champion's reference, check drift, alert.
+
+Each is a plain function plus a thin Prefect task; reports go to the MLflow monitoring experiment
+(tagged with the model version, which in turn gets a ``last_drift_check`` tag) and to an Evidently
+workspace that ``evidently ui --workspace <dir>`` shows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from monitoring.alerts import DRIFT_EVENT, Alert, emit_drift_event, post_webhook, record_alert
+from monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
+from tasks import tracking
+from tasks.config import Config
+
+
+@dataclass
+class Served:
+    name: str
+    version: str
+    run_id: str
+    reference: pd.DataFrame
+    features: list[str]
+    classes: list[int]
+
+
+@dataclass
+class Check:
+    result: DriftResult
+    verdict: Verdict
+    run_id: str | None  # the MLflow monitoring run
+    report_uri: str
+
+
+def log_url(cfg: Config) -> str:
+    return cfg.serve.prediction_log_url or cfg.tracking.prediction_log_default
+
+
+def load_served(cfg: Config) -> Served:
+    """The version behind the serving alias and the drift reference logged with it at registration."""
+    client = mlflow.MlflowClient()
+    name = cfg.tracking.model_name
+    mv = client.get_model_version_by_alias(name, cfg.serve.alias)
+    path = client.download_artifacts(mv.run_id, "reference/reference.parquet", tempfile.mkdtemp())
+    reference = pd.read_parquet(path)
+    features = [c for c in reference.columns if c not in ("provenance", "prediction", "confidence")]
+    return Served(name, str(mv.version), mv.run_id, reference, features,
+                  sorted(int(c) for c in reference["prediction"].unique()))
+
+
+def check_drift(cfg: Config, served: Served, window: pd.DataFrame) -> tuple[DriftResult, Verdict]:
+    m = cfg.monitoring
+    rule = DriftRule(m.drift_share, m.prediction_drift, m.min_rows)
+    if len(window) < m.min_rows:  # too few rows: no report, the rule says "not checked"
+        empty = DriftResult(len(window), 0.0, [], None, False)
+        return empty, decide(empty, rule)
+    result = drift_report(served.reference, window, served.features, served.classes)
+    return result, decide(result, rule)
+
+
+def evidently_workspace(cfg: Config) -> Path:
+    return cfg.monitoring.evidently_workspace or cfg.tracking.workspace / "evidently"
+
+
+def log_check(cfg: Config, served: Served, result: DriftResult, verdict: Verdict, experiment_id: str) -> Check:
+    """MLflow run in the monitoring experiment + Evidently workspace snapshot; tags the model version."""
+    client = mlflow.MlflowClient()
+    snapshots = result.snapshot if isinstance(result.snapshot, tuple) else (result.snapshot,)
+    with mlflow.start_run(run_name=f"drift-check-v{served.version}", experiment_id=experiment_id,
+                          tags={"weakflow.stage": "monitoring", "model_name": served.name,
+                                "model_version": served.version, "model_run_id": served.run_id,
+                                "verdict": "drift" if verdict.drift else ("no_drift" if verdict.checked else "not_checked"),
+                                "mlflow.note.content": verdict.text}) as run:
+        mlflow.log_metrics({k: float(v) for k, v in result.summary().items() if isinstance(v, (int, float)) and v is not None})
+        tracking.log_json(result.summary() | {"verdict": verdict.text}, "drift/summary.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, snap in enumerate(s for s in snapshots if s is not None):
+                name = "drift" if i == 0 else "quality"
+                snap.save_html(str(Path(tmp) / f"{name}_report.html"))
+                (Path(tmp) / f"{name}_report.json").write_text(snap.json())
+            mlflow.log_artifacts(tmp, "drift")
+        report_uri = f"{run.info.artifact_uri}/drift/drift_report.html"
+    client.set_model_version_tag(served.name, served.version, "last_drift_check",
+                                 f"{run.info.run_id}: {verdict.text[:200]}")
+    if snapshots[0] is not None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from evidently.ui.workspace import Workspace
+
+        ws = Workspace.create(str(evidently_workspace(cfg)))
+        project = next((p for p in ws.list_projects() if p.name == f"weakflow-monitoring/{served.name}"), None) \
+            or ws.create_project(f"weakflow-monitoring/{served.name}")
+        for snap in snapshots:
+            if snap is not None:
+                ws.add_run(project.id, snap, include_data=False)
+    return Check(result, verdict, run.info.run_id, report_uri)
+
+
+def raise_alert(cfg: Config, served: Served, check: Check) -> dict[str, str | int | None]:
+    """Event, webhook and alerts row, once per detection."""
+    payload = {"model": served.name, "version": served.version, "drift_share": check.result.drift_share,
+               "drifted_columns": check.result.drifted_columns, "prediction_drifted": check.result.prediction_drifted,
+               "report": check.report_uri, "mlflow_run_id": check.run_id, "verdict": check.verdict.text}
+    event_id = emit_drift_event(served.name, served.version, payload)
+    webhook = post_webhook(cfg.monitoring.webhook_url, {"event": DRIFT_EVENT, **payload},
+                           retries=cfg.monitoring.webhook_retries) if cfg.monitoring.webhook_url else ""
+    alert_id = record_alert(log_url(cfg), Alert("drift", served.name, served.version, check.result.drift_share,
+                                                check.result.drifted_columns, check.result.prediction_drifted,
+                                                check.report_uri, check.verdict.text), webhook)
+    return {"event_id": event_id, "webhook": webhook, "alert_id": alert_id}
+
+
+def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Served rows equal or near to test rows (evaluation contamination) and to training rows
+    (memorisation exposure), with the request each came from."""
+    from data_checks.contamination import NearDuplicateIndex, exact_pairs
+    from tasks.data import read_table
+    from tasks.validate import resolve_data_spec
+
+    spec = resolve_data_spec(cfg)
+    wx = window[served.features].to_numpy(np.float32)
+    out = {}
+    for name, path, field in (("evaluation_contamination", spec.test_path, "data.test_path"),
+                              ("memorisation_exposure", spec.train_path, "data.train_path")):
+        ref = read_table(path, field)[served.features].to_numpy(np.float32)
+        pairs = pd.concat([exact_pairs(ref, wx).assign(distance=0.0),
+                           NearDuplicateIndex(ref, cfg.governance.near_factor).near_pairs(wx)], ignore_index=True)
+        idx = pairs["row_index"].to_numpy()
+        out[name] = pd.DataFrame({"reference_index": pairs["reference_index"].to_numpy(), "distance": pairs["distance"],
+                                  "request_id": window["request_id"].to_numpy()[idx],
+                                  "row_index": window["row_index"].to_numpy()[idx]})
+    return out
+
+
+def handle_contamination(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> dict[str, int]:
+    """Run the post-deployment checks, log them, tag the model version; alert under policy ``alert``."""
+    policy = cfg.governance.production
+    if policy == "off" or window.empty:
+        return {}
+    found = production_contamination(cfg, served, window)
+    counts = {k: int(len(v)) for k, v in found.items()}
+    with mlflow.start_run(run_name=f"contamination-check-v{served.version}", experiment_id=experiment_id,
+                          tags={"weakflow.stage": "monitoring", "model_name": served.name,
+                                "model_version": served.version}) as run:
+        mlflow.log_metrics({f"{k}_rows": v for k, v in counts.items()} | {"window_rows": len(window)})
+        for name, table in found.items():
+            tracking.log_frame(table, "contamination", name)
+    text = ", ".join(f"{k} {v} of {len(window)} served rows" for k, v in counts.items())
+    mlflow.MlflowClient().set_model_version_tag(served.name, served.version, "governance_post_deploy",
+                                                f"{run.info.run_id}: {text}")
+    if policy == "alert" and any(counts.values()):
+        from monitoring.alerts import CONTAMINATION_EVENT, emit_event_for
+
+        payload = {"model": served.name, "version": served.version, **counts, "mlflow_run_id": run.info.run_id}
+        emit_event_for(CONTAMINATION_EVENT, served.name, served.version, payload)
+        webhook = post_webhook(cfg.monitoring.webhook_url, {"event": CONTAMINATION_EVENT, **payload},
+                               retries=cfg.monitoring.webhook_retries) if cfg.monitoring.webhook_url else ""
+        record_alert(log_url(cfg), Alert("contamination", served.name, served.version, 0.0, [], False,
+                                         run.info.artifact_uri, text), webhook)
+    return counts
+
+
+@task(name="contamination_check", cache_policy=NO_CACHE, persist_result=False)
+def contamination_task(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> dict[str, int]:
+    return handle_contamination(cfg, served, window, experiment_id)
+
+
+@task(name="load_window", cache_policy=NO_CACHE, persist_result=False)
+def load_window_task(cfg: Config, served: Served) -> pd.DataFrame:
+    m = cfg.monitoring
+    return load_window(log_url(cfg), served.features, rows=m.window_rows, hours=m.window_hours,
+                       model_name=served.name, max_rows=m.max_rows, sample=m.sample_rows, seed=cfg.seed)
+
+
+@task(name="load_reference", cache_policy=NO_CACHE, persist_result=False)
+def load_served_task(cfg: Config) -> Served:
+    return load_served(cfg)
+
+
+@task(name="drift_check", cache_policy=NO_CACHE, persist_result=False)
+def drift_check_task(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> Check:
+    result, verdict = check_drift(cfg, served, window)
+    return log_check(cfg, served, result, verdict, experiment_id)
+
+
+@task(name="alert", cache_policy=NO_CACHE, persist_result=False)
+def alert_task(cfg: Config, served: Served, check: Check) -> dict[str, str | int | None]:
+    return raise_alert(cfg, served, check)

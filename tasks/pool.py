@@ -1,0 +1,140 @@
+"""Pseudo-labelling's input and output on disk: candidate rows as chunks, kept rows written as they come.
+
+Candidates are the training file's unlabeled (and weak) rows, already in memory, plus optionally a
+large pool file (``data.unlabeled_path``) read one Parquet batch at a time, so a pool of any size is
+never held in memory. Kept rows go to a Parquet file through one writer, a row group per chunk.
+Imports neither Prefect nor MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.data import ROW_ID, SPLIT, DataError
+
+SOURCE = "source"  # "train" (a row of the training file) or "pool" (a row of data.unlabeled_path)
+Chunks = Callable[[], Iterator[tuple[np.ndarray, pd.DataFrame]]]
+
+
+def frame_chunks(frame: pd.DataFrame, features: list[str], chunk_rows: int) -> Chunks:
+    """In-memory candidate rows; the payload is each chunk's (row_id, split, source) columns."""
+    ids = pd.DataFrame({ROW_ID: frame[ROW_ID].to_numpy(np.int64), SPLIT: frame[SPLIT].to_numpy(), SOURCE: "train"})
+    x = frame[features].to_numpy(dtype=np.float32)
+
+    def gen() -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+        for start in range(0, len(x), chunk_rows):
+            yield x[start : start + chunk_rows], ids.iloc[start : start + chunk_rows]
+    return gen
+
+
+def pool_rows(path: Path) -> int:
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def check_pool_schema(path: Path, features: list[str], field: str = "data.unlabeled_path") -> int:
+    """The pool file exists, is Parquet and has every feature column as a number; returns its row count.
+    Reads only the footer, so it is cheap on any size."""
+    path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise DataError(f"{field}: {path} has suffix {path.suffix!r}; the pool is streamed, so it must be Parquet")
+    if not path.is_file():
+        raise DataError(f"{field}: {path} does not exist or is not a file")
+    try:
+        schema = pq.read_schema(path)
+        rows = pool_rows(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged footer
+        raise DataError(f"{field}: cannot read {path} as Parquet: {type(exc).__name__}: {exc}") from exc
+    missing = [c for c in features if c not in schema.names]
+    if missing:
+        raise DataError(f"{field}: {path} lacks feature column(s) {missing[:10]}; expected all {len(features)} "
+                        "feature columns of data.feature_columns")
+    bad = [f"{c} ({schema.field(c).type})" for c in features
+           if not (pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type))]
+    if bad:
+        raise DataError(f"{field}: {path} feature column(s) {bad[:10]} are not numeric; expected int or float")
+    return rows
+
+
+def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str = "data.unlabeled_path") -> Chunks:
+    """A pool file, ``chunk_rows`` at a time. Rows get the file's ``row_id`` column, else their position.
+    A NaN or infinite feature fails with the file, the rows and the column."""
+    path = Path(path)
+    has_ids = ROW_ID in pq.read_schema(path).names
+    columns = features + ([ROW_ID] if has_ids else [])
+
+    def gen() -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+        start = 0
+        # pre_buffer=False: pyarrow's default read-ahead buffers whole column chunks and grew the process
+        # to 3.5 GiB on a 10M-row pool; without it memory stays at one row group (bench/pool.py)
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, columns=columns):
+            x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in features]).astype(np.float32)
+            if not np.isfinite(x).all():
+                col = features[int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])]
+                raise DataError(f"{field}: {path} rows {start}-{start + len(x) - 1}: column {col} has NaN or "
+                                "infinite values; expected finite numbers")
+            ids = batch.column(ROW_ID).to_numpy() if has_ids else np.arange(start, start + len(x))
+            yield x, pd.DataFrame({ROW_ID: ids.astype(np.int64), SPLIT: "pool", SOURCE: "pool"})
+            start += len(x)
+    return gen
+
+
+def scan_pool(path: Path, features: list[str], chunk_rows: int = 262_144) -> int:
+    """Check every row of the pool is finite before any training (one streamed read); returns the rows."""
+    rows = check_pool_schema(path, features)
+    for _ in parquet_chunks(path, features, chunk_rows)():
+        pass
+    return rows
+
+
+def chain(*parts: Chunks) -> Chunks:
+    def gen() -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+        for part in parts:
+            yield from part()
+    return gen
+
+
+@dataclass
+class KeptWriter:
+    """Writes kept rows (ids, features, pseudo label, confidence[, soft_<class> probabilities])."""
+
+    path: Path
+    features: list[str]
+    classes: list[int]
+    soft: bool = False
+    rows: int = 0
+    _writer: pq.ParquetWriter | None = None
+
+    def __call__(self, x: np.ndarray, ids: pd.DataFrame, keep: np.ndarray, labels: np.ndarray,
+                 conf: np.ndarray, probs: np.ndarray | None) -> None:
+        if not keep.any() and self._writer is not None:
+            return
+        part = ids[keep].reset_index(drop=True)
+        part = pd.concat([part, pd.DataFrame(x[keep], columns=self.features)], axis=1)
+        part["pseudo_label"] = np.asarray(self.classes, dtype=np.int64)[labels[keep]]
+        part["confidence"] = conf[keep].astype(np.float32)
+        if self.soft:
+            probs = probs if probs is not None else np.zeros((len(part), len(self.classes)), np.float32)
+            for i, c in enumerate(self.classes):
+                part[f"soft_{c}"] = probs[:, i].astype(np.float32)
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
+        self.rows += int(keep.sum())
+
+    def close(self) -> None:
+        if self._writer is None:  # nothing was offered: still leave a readable, empty file
+            empty = pd.DataFrame({ROW_ID: np.zeros(0, np.int64), SPLIT: np.zeros(0, object), SOURCE: np.zeros(0, object)})
+            self(np.zeros((0, len(self.features)), np.float32), empty, np.zeros(0, bool), np.zeros(0, np.int64),
+                 np.zeros(0, np.float32), None)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

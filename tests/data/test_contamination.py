@@ -1,0 +1,66 @@
+"""Contamination checks on planted data: exact copies, near-duplicates and a leaking feature are found
+with the planted counts; clean data yields none."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    return x[order[:360]].astype(np.float32), x[order[360:]].astype(np.float32), y[order[:360]], y[order[360:]]
+
+
+def test_clean_split_has_no_exact_or_near_duplicates(digits):
+    test, train, _, _ = digits
+    assert exact_pairs(test, train).empty
+    index = NearDuplicateIndex(test, factor=0.25)
+    assert index.threshold > 0 and index.near_pairs(train).empty
+
+
+def test_planted_exact_and_near_duplicates_are_found_with_their_counts(digits):
+    test, train, _, _ = digits
+    rng = np.random.default_rng(1)
+    planted_exact = rng.choice(len(test), 7, replace=False)
+    planted_near = rng.choice(np.setdiff1d(np.arange(len(test)), planted_exact), 11, replace=False)
+    index = NearDuplicateIndex(test, factor=0.25)
+    near_rows = test[planted_near] + rng.normal(0, 0.05, (11, test.shape[1])).astype(np.float32)  # tiny jitter
+    source = np.concatenate([train[:500], test[planted_exact], near_rows])
+    exact = exact_pairs(test, source)
+    assert sorted(exact["reference_index"]) == sorted(planted_exact)
+    assert (exact["row_index"] >= 500).all() and len(exact) == 7
+    near = index.near_pairs(source)
+    assert sorted(near["reference_index"]) == sorted(planted_near) and len(near) == 11
+    assert (near["distance"] <= index.threshold).all()
+    # float noise below the rounding does not hide an exact copy
+    assert len(exact_pairs(test, test[:3] + 1e-9)) == 3
+
+
+def test_a_leaking_feature_is_flagged_and_honest_features_are_not(digits):
+    _, train, _, y = digits
+    x = train[:300]
+    labels = y[:300]
+    leak = labels * 2.0 + 0.1  # a near-copy of the label
+    table = label_leakage(np.column_stack([x[:, :8], leak]), labels, [f"px_{i}" for i in range(8)] + ["leak"])
+    assert table.loc[table["leaks"], "feature"].tolist() == ["leak"]
+    assert table.set_index("feature").loc["leak", "accuracy"] == pytest.approx(1.0)
+
+
+def test_the_projected_index_for_large_references_finds_the_same_pairs(digits):
+    """Large references are searched through a PCA radius filter; it must not miss or invent a pair."""
+    test, train, _, _ = digits
+    rng = np.random.default_rng(3)
+    reference = np.concatenate([train, test])
+    planted = rng.choice(len(reference), 40, replace=False)
+    rows = np.concatenate([reference[planted] + rng.normal(0, 0.03, (40, 64)).astype(np.float32), test[:100] + 3.0])
+    small = NearDuplicateIndex(reference, factor=0.25)
+    large = NearDuplicateIndex(reference, factor=0.25, large=100)  # force the projected path
+    assert large.projected and not small.projected
+    a, b = small.near_pairs(rows), large.near_pairs(rows)
+    assert len(a) == 40 and a["row_index"].tolist() == b["row_index"].tolist()
+    assert np.allclose(a["distance"], b["distance"], atol=1e-4)

@@ -1,0 +1,58 @@
+"""Reading the prediction log back: windows by rows and by time, feedback joined, and sampling of large
+windows within its stated K-S error bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import ks_2samp
+
+from deploy.prediction_log import PredictionLog
+from monitoring.alerts import record_feedback
+from monitoring.drift import load_window, sample_bound
+
+FEATURES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('log') / 'p.db'}"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30_000, 3))
+    x[:, 1] = rng.exponential(size=30_000)
+    pl = PredictionLog(url)
+    for start in range(0, len(x), 100):  # 300 requests of 100 records
+        rows = [dict(zip(FEATURES, r)) for r in x[start : start + 100].tolist()]
+        pl.put(f"req{start // 100}", "m", "1", FEATURES, rows, [int(start % 3)] * len(rows), [0.9] * len(rows))
+    pl.close()
+    assert pl.written == 30_000 and pl.failed == 0
+    return url, x
+
+
+def test_last_rows_in_order_with_feedback(log):
+    url, x = log
+    record_feedback(url, pd.DataFrame({"request_id": ["req299", "req299"], "row_index": [0, 99], "label": [2, 1]}))
+    w = load_window(url, FEATURES, rows=1000)
+    assert len(w) == 1000
+    assert np.allclose(w[FEATURES].to_numpy(), x[-1000:])
+    assert w["label"].notna().sum() == 2 and w["label"].iloc[-1] == 1 and w["label"].iloc[-100] == 2
+    assert len(load_window(url, FEATURES, rows=None, hours=1.0)) == 30_000
+    assert len(load_window(url, FEATURES, rows=10, model_name="other")) == 0
+    with pytest.raises(ValueError, match="no logged prediction"):
+        record_feedback(url, pd.DataFrame({"request_id": ["nope"], "row_index": [0], "label": [1]}))
+
+
+def test_sampled_window_stays_within_the_ks_bound(log):
+    url, x = log
+    full = load_window(url, FEATURES, rows=30_000)
+    sample = load_window(url, FEATURES, rows=30_000, sample=3000, seed=1)
+    assert len(sample) == 3000 and sample["request_id"].isin(full["request_id"]).all()
+    assert not sample.duplicated(["request_id", "row_index"]).any()
+    reference = np.random.default_rng(5).normal(size=(2000, 3)) + 0.05
+    bound = sample_bound(3000)
+    for i, f in enumerate(FEATURES):
+        d_full = ks_2samp(full[f], reference[:, i]).statistic
+        d_sample = ks_2samp(sample[f], reference[:, i]).statistic
+        assert abs(d_sample - d_full) <= bound, (f, d_full, d_sample, bound)
+    assert sample_bound(50_000) == pytest.approx(0.0087, abs=1e-4)
