@@ -2,13 +2,16 @@
 
 - exact duplicates: rows whose features, rounded to ``decimals``, hash equal;
 - near-duplicates: nearest-neighbour distance (scikit-learn) in standardised feature space at most
-  ``factor`` times the median nearest-neighbour distance among the reference rows themselves, so the
-  threshold follows the data's own scale; exact duplicates are reported by the exact check, not here;
+  ``factor`` times the median nearest-neighbour distance among the distinct reference rows themselves,
+  so the threshold follows the data's own scale; exact duplicates are reported by the exact check, not
+  here (and do not count towards that median);
 - label leakage: a single feature from which a small tree predicts the gold label (cross-validated)
   almost perfectly.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -24,10 +27,31 @@ def exact_pairs(reference: np.ndarray, rows: np.ndarray, decimals: int = 6) -> p
     return pairs.sort_values(["reference_index", "row_index"]).reset_index(drop=True)
 
 
+def median_distinct_nn(z: np.ndarray, exact_tol: float = 1e-6) -> float:
+    """Median distance from each distinct row of ``z`` to its nearest *other distinct* row.
+
+    Exact copies are deduplicated first: they are the exact check's job, and if half the reference
+    had a copy the plain median would be 0 and no near-duplicate would ever be found. With fewer than
+    two distinct rows there is no scale to take: 0 (near-duplicates off) and a warning says so."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distinct = np.unique(np.round(np.asarray(z, dtype=np.float64), 6), axis=0)
+    if len(distinct) > 1:
+        d, _ = NearestNeighbors(n_neighbors=2).fit(distinct).kneighbors(distinct)
+        nonzero = d[:, 1][d[:, 1] > exact_tol]
+        if len(nonzero):
+            return float(np.median(nonzero))
+    warnings.warn(f"NearDuplicateIndex: the reference has {len(distinct)} distinct row(s), so there is no "
+                  "nearest-neighbour scale; the near-duplicate threshold is 0 (only exact copies match)",
+                  stacklevel=3)
+    return 0.0
+
+
 class NearDuplicateIndex:
     """Nearest-neighbour index over the reference rows (e.g. the gold test split), standardised by their
     own mean and spread (floored), with the scale-aware threshold ``factor × median NN distance`` among
-    them (median over a sample of at most 5,000 reference rows).
+    them (median over the distinct rows of a sample of at most 5,000 reference rows: repeated reference
+    rows would otherwise pull the median, and the threshold, to 0).
 
     Small references use scikit-learn's exact nearest neighbour. Large ones (more than ``large`` rows)
     are searched in two exact steps: a radius query on a PCA projection to ``dims`` dimensions (a
@@ -48,11 +72,7 @@ class NearDuplicateIndex:
         self.z = self._z(ref)
         rng = np.random.default_rng(seed)
         probe = self.z if len(ref) <= 5000 else self.z[rng.choice(len(ref), 5000, replace=False)]
-        if len(probe) > 1:
-            d, _ = NearestNeighbors(n_neighbors=2).fit(probe).kneighbors(probe)
-            self.median_nn = float(np.median(d[:, 1]))
-        else:
-            self.median_nn = 0.0
+        self.median_nn = median_distinct_nn(probe)
         self.threshold = factor * self.median_nn
         self.projected = len(ref) > large and ref.shape[1] > dims
         if self.projected:

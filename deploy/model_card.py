@@ -17,7 +17,7 @@ class CardInputs:
     pseudo_policy: str
     pseudo_precision: float | None
     sources: list[dict]  # per weak source: source, coverage, accuracy (on gold)
-    validation: str
+    validation: str  # the validate stage's recorded result, in words
     governance: dict[str, str]  # check -> "N found; action"
     dropped: dict[str, int]
     metrics: dict[str, float]  # test accuracy, macro-F1, ECE, gold-only, weak
@@ -25,6 +25,8 @@ class CardInputs:
     strategy: str
     test_rows: int
     limits: list[str] = field(default_factory=list)
+    pseudo_set: str = "the weak model's pseudo set"  # which set pseudo_kept/pseudo_precision describe
+    governance_verdict: str = ""  # passed | warned
 
 
 def render(c: CardInputs) -> str:
@@ -39,14 +41,17 @@ def render(c: CardInputs) -> str:
         "## Training data and label provenance", "",
         "| label source | rows |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in c.provenance.items()],
-        f"| pseudo-labelled ({c.pseudo_policy}) | {c.pseudo_kept} |", "",
+        f"| pseudo-labelled ({c.pseudo_policy}; {c.pseudo_set}) | {c.pseudo_kept} |", "",
         f"Dropped by governance policies: {c.dropped or 'none'}. Weak-training method `{c.weak_method}`, "
-        f"full-training strategy `{c.strategy}`. Pseudo-label precision on held-out gold rows: "
-        + (f"{c.pseudo_precision:.3f}" if c.pseudo_precision is not None else "n/a") + ".", "",
+        f"full-training strategy `{c.strategy}`. Pseudo-label precision on held-out gold rows ({c.pseudo_set}): "
+        + (f"{c.pseudo_precision:.3f}" if c.pseudo_precision is not None else
+           "n/a (not measured: none kept on held-out gold rows, or the labelling model trained on them)") + ".", "",
         "## Estimated weak-label noise (disagreement with gold rows)", "",
         "| source | coverage | estimated noise rate |", "|---|---|---|", *noise, "",
         f"## Validation\n\n{c.validation}", "",
-        "## Contamination and leakage checks", "", "| check | result |", "|---|---|", *gov, "",
+        "## Contamination and leakage checks", "",
+        *([f"Verdict: {c.governance_verdict}.", ""] if c.governance_verdict else []),
+        "| check | result |", "|---|---|", *gov, "",
         f"## Evaluation on the frozen gold test split ({c.test_rows} rows)", "",
         "| model | accuracy | macro-F1 | ECE |", "|---|---|---|---|",
         f"| this model | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ece']:.4f} |",

@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -69,10 +70,10 @@ def make_engine(url: str) -> sa.Engine:
 
 
 class PredictionLog:
-    def __init__(self, url: str, batch_size: int = 1000) -> None:
+    def __init__(self, url: str, batch_size: int = 1000, retries: int = 5, backoff: float = 0.5) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.batch_size = batch_size
+        self.batch_size, self.retries, self.backoff = batch_size, retries, backoff
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.written = 0
         self.failed = 0
@@ -93,9 +94,12 @@ class PredictionLog:
         while not stop:
             item = self.queue.get()
             pending: list[dict] = []
+            barriers: list[threading.Event] = []
             while True:
                 if item is _STOP:
                     stop = True
+                elif isinstance(item, threading.Event):
+                    barriers.append(item)
                 else:
                     pending.extend(item)
                 if stop or len(pending) >= self.batch_size:
@@ -106,25 +110,69 @@ class PredictionLog:
                     break
             if pending:
                 self._write(pending)
+            for barrier in barriers:  # everything queued before the barrier is now written (or counted failed)
+                barrier.set()
 
     def _write(self, rows: list[dict]) -> None:
-        for attempt in range(3):
+        """Insert one batch; retried with back-off (a database restart, SQLite busy). Never raises: a
+        writer thread that died would silently stop the whole log."""
+        for attempt in range(self.retries):
             try:
                 with self.engine.begin() as conn:
                     conn.execute(PREDICTIONS.insert(), rows)
                 self.written += len(rows)
                 return
-            except sa.exc.OperationalError as exc:  # e.g. SQLite busy while a reader checkpoints
-                log.warning("prediction log write failed (attempt %d): %s", attempt + 1, exc)
+            except Exception as exc:  # noqa: BLE001 - any failure is counted, logged and retried
+                log.warning("prediction log write failed (attempt %d/%d): %s", attempt + 1, self.retries, exc)
+                if attempt + 1 < self.retries:
+                    time.sleep(min(self.backoff * 2 ** attempt, 10.0))
         self.failed += len(rows)
-        log.error("prediction log dropped %d rows after 3 attempts", len(rows))
+        log.error("prediction log dropped %d rows after %d attempts", len(rows), self.retries)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until every row queued before this call is written (or counted failed); False on timeout."""
+        if not self._thread.is_alive():
+            return False
+        barrier = threading.Event()
+        self.queue.put(barrier)
+        return barrier.wait(timeout)
+
+    def stats(self) -> dict[str, int | bool]:
+        return {"written": self.written, "failed": self.failed, "queued": self.queue.qsize(), "writer_alive": self.alive}
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer."""
         if self._thread.is_alive():
             self.queue.put(_STOP)
             self._thread.join(timeout)
+        left = self.queue.qsize()
+        if left or self._thread.is_alive():
+            log.error("prediction log closed with %d batch(es) still queued (writer %s)", left,
+                      "still running" if self._thread.is_alive() else "stopped")
         self.engine.dispose()
+
+
+def wait_logged(url: str, keys: list[tuple[str, int]], timeout: float = 30.0, poll: float = 0.1) -> list[tuple[str, int]]:
+    """Wait until every ``(request_id, row_index)`` is in the log (the server writes off the request path,
+    so a 200 arrives before its rows are committed). Returns the keys still missing at ``timeout``."""
+    engine = make_engine(url)
+    ids = sorted({r for r, _ in keys})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                found = {(r, int(i)) for r, i in conn.execute(
+                    sa.select(PREDICTIONS.c.request_id, PREDICTIONS.c.row_index).where(PREDICTIONS.c.request_id.in_(ids)))}
+            missing = [k for k in keys if k not in found]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            time.sleep(poll)
+    finally:
+        engine.dispose()
 
 
 def count_rows(url: str) -> int:

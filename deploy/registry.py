@@ -7,6 +7,7 @@ registry itself is the audit log. Imports MLflow but not Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 from collections.abc import Callable
@@ -54,8 +55,12 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, re
     user = user or getpass.getuser()
     stamp = now()
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    tags = {f"{action}_by": user, f"{action}_at": stamp, f"{action}_reason": reason,
-            "champion_since": stamp, "previous_champion": previous or "none"}
+    tags = {f"{action}_by": user, f"{action}_at": stamp, f"{action}_reason": reason, "champion_since": stamp}
+    # a rollback target keeps the predecessor it had when it was first promoted; the step back is recorded apart
+    tags["rolled_back_from" if action == "rolled_back" else "previous_champion"] = previous or "none"
+    with contextlib.suppress(MlflowException):  # a champion is no longer a challenger
+        if str(client.get_model_version_by_alias(name, CHALLENGER).version) == str(version):
+            client.delete_registered_model_alias(name, CHALLENGER)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     if previous is not None and previous != str(version):
@@ -108,6 +113,10 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, score: S
     client.set_model_version_tag(name, str(version), "last_promotion_check", f"{now()}: {decision.reason}")
     if not decision.passed:
         raise RegistryError(f"{name} v{version} not promoted: {decision.reason}")
+    moved = champion_version(client, name)
+    if moved != current:  # scoring takes seconds: the gates compared against a champion that is gone
+        raise RegistryError(f"the champion of {name!r} moved from v{current} to v{moved} while v{version} was being "
+                            "checked; nothing changed, run the promotion again")
     previous = move_champion(client, name, str(version), "promoted", reason, user)
     client.set_model_version_tag(name, str(version), "gate_verdict", "passed")
     client.set_model_version_tag(name, str(version), "test_accuracy", f"{accuracy:.4f}")

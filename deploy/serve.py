@@ -154,8 +154,11 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
     @app.get("/health")
     def health() -> dict[str, Any]:
         holder: ModelHolder = state["holder"]
-        return {"status": "ok", "model": holder.name, "model_version": holder.current.version,
-                "uptime_s": round(time.time() - state["started"], 1), "last_poll_error": holder.last_poll_error}
+        stats = state["log"].stats()
+        return {"status": "ok" if stats["writer_alive"] else "degraded: prediction log writer stopped",
+                "model": holder.name, "model_version": holder.current.version,
+                "uptime_s": round(time.time() - state["started"], 1), "last_poll_error": holder.last_poll_error,
+                "prediction_log": stats}
 
     @app.get("/model")
     def model_info() -> dict[str, Any]:
@@ -184,16 +187,24 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
         except ValidationError as exc:
             return JSONResponse({"detail": error_fields(exc), "request_id": request_id,
                                  "model_version": served.version}, status_code=422)
-        x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
+        with np.errstate(over="ignore"):  # an overflow becomes inf and is refused just below
+            x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
+        if not np.isfinite(x).all():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
+            bad = [{"field": f"records[{i}].{served.features[j]}", "type": "float32_range",
+                    "message": f"value {records[i][served.features[j]]!r} is outside the float32 range"}
+                   for i, j in zip(*np.nonzero(~np.isfinite(x)))]
+            return JSONResponse({"detail": bad, "request_id": request_id, "model_version": served.version},
+                                status_code=422)
         probs = served.predict(x).astype(np.float64).round(6)  # what the client sees is what is logged
         top = probs.argmax(axis=1)
         classes = [served.classes[i] for i in top]
         confidence = probs[np.arange(len(top)), top].tolist()
-        state["log"].put(request_id, served.name, served.version, served.features, records, classes, confidence)
-        return JSONResponse({
+        response = JSONResponse({  # rendered before logging: a row is logged only for an answer that exists
             "request_id": request_id, "model": served.name, "model_version": served.version,
             "predictions": [{"class": c, "confidence": p, "probabilities": dict(zip(map(str, served.classes), row))}
                             for c, p, row in zip(classes, confidence, probs.tolist())],
         })
+        state["log"].put(request_id, served.name, served.version, served.features, records, classes, confidence)
+        return response
 
     return app

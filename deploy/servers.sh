@@ -79,6 +79,16 @@ case "$cmd" in
   schedule)
     start_bg schedule "$VENV/bin/weakflow" deploy --tracking-uri "$MLFLOW_TRACKING_URI" --workspace "$DIR/workspace" \
       --set "serve.prediction_log_url=sqlite:///$DIR/predictions.db" --set "serve.port=$SERVE_PORT" "$@"
+    # wait until both deployments are registered (or the process died), so "registered" is true when printed
+    for _ in $(seq 1 240); do
+      n=$("$VENV/bin/python" -c "import httpx; print(len(httpx.post('$PREFECT_API_URL/deployments/filter', json={'deployments': {'tags': {'all_': ['weakflow']}}}, timeout=2).json()))" 2>/dev/null || echo 0)
+      [ "$n" -ge 2 ] && break
+      if ! kill -0 "$(cat "$DIR/schedule.pid")" 2>/dev/null; then
+        echo "schedule exited; last log lines:" >&2; tail -n 30 "$DIR/logs/schedule.log" >&2; exit 1
+      fi
+      sleep 0.5
+    done
+    [ "$n" -ge 2 ] || { echo "deployments not registered in 120 s (log $DIR/logs/schedule.log)" >&2; exit 1; }
     echo "deployments registered and served (log $DIR/logs/schedule.log); see http://127.0.0.1:$PREFECT_PORT/deployments"
     ;;
   status)

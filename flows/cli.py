@@ -251,6 +251,13 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
         mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
         result = monitoring_flow(cfg)
         return 0 if result.check.verdict.checked else 1
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        print("weakflow deploy needs a running Prefect server (PREFECT_API_URL, e.g. http://127.0.0.1:4200/api): "
+              "Prefect's temporary API runs no scheduler and forgets the deployments when this process ends. "
+              "`bash deploy/servers.sh start` starts one.", file=sys.stderr)
+        return 2
     from deploy.deployments import serve_deployments
 
     serve_deployments(cfg, args.cron, args.interval)
@@ -276,9 +283,17 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
     for err in result.errors[:3]:
         print(f"  {err}")
     if args.feedback and result.feedback:
+        from deploy.prediction_log import wait_logged
         from tasks.monitor import log_url
 
-        print(f"stored {record_feedback(log_url(cfg), pd.DataFrame(result.feedback))} feedback labels")
+        feedback = pd.DataFrame(result.feedback)
+        # the server logs off the request path: wait (bounded) for the answered rows to be committed
+        missing = wait_logged(log_url(cfg), list(zip(feedback["request_id"], feedback["row_index"].astype(int))))
+        if missing:
+            print(f"{len(missing)} answered row(s) not in the prediction log {log_url(cfg)} after 30 s, e.g. "
+                  f"{missing[:3]}; is the server logging to this database (serve.log_url)?", file=sys.stderr)
+            return 1
+        print(f"stored {record_feedback(log_url(cfg), feedback)} feedback labels")
     return 0 if not result.errors else 1
 
 

@@ -4,6 +4,7 @@
 - ``pretrain_finetune``: pseudo rows first, then gold only at a tenth of the learning rate;
 - ``self_train``: rounds of augment -> relabel the pool with the new model -> expand, until the pseudo
   set stops growing or gold-dev accuracy falls (tasks/core/selftrain.py); each round a nested MLflow run;
+  every relabelled set goes through the same pseudo_near_test check and policy as the weak model's;
 - ``distill``: gold one-hot + the kept rows' full calibrated probability vectors as soft targets.
 
 Every strategy keeps the best gold-dev epoch of its (last) fit.
@@ -25,6 +26,7 @@ from tasks.config import Config
 from tasks.core.selftrain import Round, SelfTrainResult, self_train
 from tasks.core.training import EpochStats, fit
 from tasks.data import ROW_ID, SPLIT, PipelineData
+from tasks.governance import Findings, GovernanceError, check_pseudo, log_findings
 from tasks.modeling import TrainedModel, new_model, settings
 from tasks.progress import epoch_bar
 from tasks.pseudo_label import PseudoLabels, log_pseudo_labels, make_pseudo_labels
@@ -36,6 +38,8 @@ OnEpoch = Callable[[EpochStats], None] | None
 class FullModel(TrainedModel):
     pseudo: PseudoLabels | None = None  # the pseudo set the returned model trained on
     rounds: SelfTrainResult | None = None  # self_train only
+    # self_train only: the pseudo_near_test check on the set this model relabelled (logged in its round's run)
+    relabel_findings: Findings | None = None
 
 
 def _pseudo_part(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,12 +105,27 @@ def self_training(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoc
         model = augment(data, current, cfg, on_epoch)
         return model, model.best_dev_accuracy or 0.0
 
+    failed: dict[int, GovernanceError] = {}
+
     def relabel(i: int, model: FullModel) -> PseudoLabels:
         # the student trained on gold_train, so precision measured there would be in-sample: not reported
-        return make_pseudo_labels(data, model.model, cfg, out_dir, round_=i, held_out=False)
+        relabelled = make_pseudo_labels(data, model.model, cfg, out_dir, round_=i, held_out=False)
+        # the same pseudo_near_test check and policy as the weak model's set: without it a row dropped as
+        # near a test row would come back in the next round
+        try:
+            relabelled, model.relabel_findings = check_pseudo(data, relabelled, cfg)
+        except GovernanceError as exc:  # raised once the round is logged, findings included (notify)
+            model.relabel_findings, failed[i] = exc.findings, exc
+        return relabelled
+
+    def notify(rnd: Round[FullModel, PseudoLabels]) -> None:
+        if on_round is not None:
+            on_round(rnd)
+        if rnd.index in failed:  # policy fail: stop before any round trains on the contaminated set
+            raise failed[rnd.index]
 
     result = self_train(pseudo, lambda p: p.kept_count, train_round, relabel, rules.max_rounds, rules.min_growth,
-                        rules.dev_tolerance, on_round)
+                        rules.dev_tolerance, notify)
     chosen = result.model
     chosen.rounds = result
     return chosen
@@ -135,11 +154,14 @@ def train_full(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoch: 
 
 
 def log_round(rnd: Round[FullModel, PseudoLabels], data: PipelineData, parent_run_id: str, experiment_id: str) -> None:
-    """One nested run per self-training round: its training curve and the set its model relabelled."""
+    """One nested run per self-training round: its training curve, the set its model relabelled (after
+    the pseudo_near_test policy) and that check's findings."""
     with tracking.stage_run(f"self_train_round_{rnd.index}", parent_run_id, experiment_id):
         tracking.log_history(rnd.model.history)
         mlflow.log_metrics({"round": rnd.index, "dev_accuracy": rnd.dev_accuracy, "trained_on_pseudo": rnd.trained_on,
                             **({"relabelled": rnd.relabelled} if rnd.relabelled is not None else {})})
+        if rnd.model.relabel_findings is not None:
+            log_findings(rnd.model.relabel_findings)
         if rnd.pseudo is not None:
             log_pseudo_labels(rnd.pseudo, data, prefix=f"relabelled_round_{rnd.index}")
 

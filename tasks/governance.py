@@ -3,14 +3,17 @@ deployment on served rows. Each applies the configured policy and logs a finding
 
 Before training (``governance``): exact and near-duplicates between the gold test split and every
 training source (gold, weak, unlabeled), and single-feature label leakage on the gold rows. On pseudo
-labels (``pseudo_governance``): kept rows that duplicate test rows. After deployment (monitoring):
+labels (``pseudo_governance``, and again on every self-training round's relabelled set): kept rows that
+equal or are near test rows. After deployment (monitoring):
 served rows equal or near to test rows (evaluation contamination) or training rows (memorisation
 exposure).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
@@ -24,13 +27,24 @@ from tasks.config import Config
 from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData
 from tasks.pseudo_label import PseudoLabels
 
+T = TypeVar("T")
+
 
 class GovernanceError(DataError):
-    """A governance check failed under policy ``fail``; the message names the check and the counts."""
+    """A governance check failed under policy ``fail``; the message names the check and the counts.
+
+    ``findings`` carries every check's table (not only the failed one), so the stage can log them all
+    before the run stops: a reviewer of a failed run needs the pairs most."""
+
+    def __init__(self, message: str, findings: Findings | None = None) -> None:
+        super().__init__(message)
+        self.findings = findings
 
 
 @dataclass
 class Findings:
+    """Every check's finding table, what its policy did, and the rows dropped per provenance."""
+
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # check -> finding table
     actions: dict[str, str] = field(default_factory=dict)  # check -> "failed" | "dropped N" | "warned" | "none"
     dropped: dict[str, int] = field(default_factory=dict)  # provenance/source -> rows dropped
@@ -75,6 +89,17 @@ def _apply(check: str, policy: str, table: pd.DataFrame, findings: Findings, fai
     return set()
 
 
+def _stop_if_failed(findings: Findings, failures: list[str]) -> None:
+    """Raise GovernanceError carrying the findings if any check failed. A ``drop`` decided beside a
+    failure is not applied (the run stops), so its action says so instead of claiming rows were dropped."""
+    if not failures:
+        return
+    for check, action in findings.actions.items():
+        if action.startswith("dropped "):
+            findings.actions[check] = "would drop " + action.removeprefix("dropped ") + "; run stopped"
+    raise GovernanceError("governance checks failed: " + "; ".join(failures), findings)
+
+
 def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findings]:
     """Run the pre-training checks and apply their policies; raise GovernanceError on a ``fail``."""
     g = cfg.governance
@@ -102,8 +127,7 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
                             "cross-validated accuracy; policy fail)")
     else:
         findings.actions["label_leakage"] = "none"
-    if failures:
-        raise GovernanceError("governance checks failed: " + "; ".join(failures))
+    _stop_if_failed(findings, failures)
     if drop:
         gone = train[train[ROW_ID].isin(drop)]
         findings.dropped = {k: int(v) for k, v in gone[PROVENANCE].value_counts().items()}
@@ -113,7 +137,11 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
 
 
 def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple[PseudoLabels, Findings]:
-    """Pseudo labels placed on rows that equal or are near test rows."""
+    """Pseudo labels placed on rows that equal or are near test rows, under ``governance.pseudo_near_test``.
+
+    A plain function, run on the weak model's set (``pseudo_governance``) and on every set a
+    self-training student relabels (tasks/full_train.py), so no round brings a dropped row back.
+    Under ``drop`` the kept file, the cached rows and the per-class counts are rewritten in place."""
     g = cfg.governance
     findings, failures = Findings(), []
     kept = pseudo.kept
@@ -125,8 +153,7 @@ def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple
     table["source"] = kept["source"].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else []
     drop = _apply("pseudo_near_test", g.pseudo_near_test, table, findings, failures,
                   "pseudo-labelled row(s) equal or near a test row")
-    if failures:
-        raise GovernanceError("governance checks failed: " + "; ".join(failures))
+    _stop_if_failed(findings, failures)
     if len(pairs) and g.pseudo_near_test == "drop":
         bad = np.zeros(len(kept), bool)
         bad[pairs["row_index"].to_numpy()] = True
@@ -138,7 +165,18 @@ def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple
     return pseudo, findings
 
 
+def verdict(findings: Findings) -> str:
+    """``failed`` (a ``fail`` policy stopped the run), ``warned`` (something found and only recorded) or
+    ``passed`` (nothing found, or every finding dropped): the stage run's ``governance`` tag."""
+    actions = findings.actions.values()
+    if any(a == "failed" for a in actions):
+        return "failed"
+    return "warned" if any(a == "warned" for a in actions) else "passed"
+
+
 def log_findings(findings: Findings, prefix: str = "governance") -> None:
+    """Tables, counts, drops and actions into the active run (also when a check failed)."""
+    mlflow.set_tag("governance", verdict(findings))
     for check, table in findings.tables.items():
         tracking.log_frame(table, prefix, check)
     metrics = {f"{check}_found": findings.count(check) for check in findings.tables if not check.endswith("_all")}
@@ -149,16 +187,18 @@ def log_findings(findings: Findings, prefix: str = "governance") -> None:
                        "counts": {c: findings.count(c) for c in findings.tables}}, f"{prefix}/summary.json")
 
 
-def _run_logged(check, *args):  # -> (result, Findings)
-    """Run a check inside a stage run: the verdict as a tag, the reason or the findings as artifacts."""
+def run_logged(check: Callable[..., tuple[T, Findings]], *args: Any, prefix: str = "governance") -> tuple[T, Findings]:
+    """Run a check in the active run and log its findings whether it passes or fails; on a failure
+    the reason goes to ``<prefix>/summary.txt`` and the error is raised after everything is logged."""
     try:
         out, findings = check(*args)
     except GovernanceError as exc:
+        if exc.findings is not None:
+            log_findings(exc.findings, prefix)
         mlflow.set_tag("governance", "failed")
-        mlflow.log_text(f"{exc}\n", "governance/summary.txt")
+        mlflow.log_text(f"{exc}\n", f"{prefix}/summary.txt")
         raise
-    mlflow.set_tag("governance", "passed")
-    log_findings(findings)
+    log_findings(findings, prefix)
     return out, findings
 
 
@@ -166,11 +206,11 @@ def _run_logged(check, *args):  # -> (result, Findings)
 def governance(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> tuple[PipelineData, Findings]:
     with tracking.stage_run("governance", parent_run_id, experiment_id):
         mlflow.log_params({f"governance.{k}": v for k, v in cfg.governance.model_dump().items()})
-        return _run_logged(check_training, data, cfg)
+        return run_logged(check_training, data, cfg)
 
 
 @task(name="pseudo_governance", cache_policy=NO_CACHE, persist_result=False)
 def pseudo_governance(data: PipelineData, pseudo: PseudoLabels, cfg: Config, parent_run_id: str,
                       experiment_id: str) -> tuple[PseudoLabels, Findings]:
     with tracking.stage_run("pseudo_governance", parent_run_id, experiment_id):
-        return _run_logged(check_pseudo, data, pseudo, cfg)
+        return run_logged(check_pseudo, data, pseudo, cfg)

@@ -102,7 +102,11 @@ def chain(*parts: Chunks) -> Chunks:
 
 @dataclass
 class KeptWriter:
-    """Writes kept rows (ids, features, pseudo label, confidence[, soft_<class> probabilities])."""
+    """Writes kept rows (ids, features, pseudo label, confidence[, soft_<class> probabilities]).
+
+    The file's schema is fixed up front from the known column types, not inferred from the first chunk:
+    a chunk that keeps nothing has empty ``split``/``source`` columns, which pandas would type as null and
+    every later chunk with rows would then fail to match."""
 
     path: Path
     features: list[str]
@@ -111,30 +115,52 @@ class KeptWriter:
     rows: int = 0
     _writer: pq.ParquetWriter | None = None
 
+    def __post_init__(self) -> None:
+        names = self.schema.names
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise DataError(f"pseudo-label output: column name(s) {clashes} are used twice; feature columns "
+                            f"must not be named {[ROW_ID, SPLIT, SOURCE, 'pseudo_label', 'confidence']} "
+                            "or soft_<class>")
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The output columns and their types, whatever a chunk holds."""
+        fields = [pa.field(ROW_ID, pa.int64()), pa.field(SPLIT, pa.string()), pa.field(SOURCE, pa.string())]
+        fields += [pa.field(c, pa.float32()) for c in self.features]
+        fields += [pa.field("pseudo_label", pa.int64()), pa.field("confidence", pa.float32())]
+        if self.soft:
+            fields += [pa.field(f"soft_{c}", pa.float32()) for c in self.classes]
+        return pa.schema(fields)
+
     def __call__(self, x: np.ndarray, ids: pd.DataFrame, keep: np.ndarray, labels: np.ndarray,
                  conf: np.ndarray, probs: np.ndarray | None) -> None:
-        if not keep.any() and self._writer is not None:
-            return
+        keep = np.asarray(keep, dtype=bool)
+        if not keep.any():
+            return  # nothing to write; close() leaves a readable file even if no chunk kept a row
         part = ids[keep].reset_index(drop=True)
         part = pd.concat([part, pd.DataFrame(x[keep], columns=self.features)], axis=1)
         part["pseudo_label"] = np.asarray(self.classes, dtype=np.int64)[labels[keep]]
         part["confidence"] = conf[keep].astype(np.float32)
         if self.soft:
-            probs = probs if probs is not None else np.zeros((len(part), len(self.classes)), np.float32)
+            if probs is None or len(probs) != len(part):
+                raise ValueError(f"soft output needs the kept rows' probabilities: got "
+                                 f"{None if probs is None else len(probs)} rows for {len(part)} kept")
             for i, c in enumerate(self.classes):
                 part[f"soft_{c}"] = probs[:, i].astype(np.float32)
-        table = pa.Table.from_pandas(part, preserve_index=False)
+        self._write(part)
+        self.rows += len(part)
+
+    def _write(self, part: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(part, schema=self.schema, preserve_index=False)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.path, table.schema)
         self._writer.write_table(table)
-        self.rows += int(keep.sum())
 
     def close(self) -> None:
-        if self._writer is None:  # nothing was offered: still leave a readable, empty file
-            empty = pd.DataFrame({ROW_ID: np.zeros(0, np.int64), SPLIT: np.zeros(0, object), SOURCE: np.zeros(0, object)})
-            self(np.zeros((0, len(self.features)), np.float32), empty, np.zeros(0, bool), np.zeros(0, np.int64),
-                 np.zeros(0, np.float32), None)
+        if self._writer is None:  # no chunk kept a row: still leave a readable, empty file with the full schema
+            self._write(self.schema.empty_table().to_pandas())
         if self._writer is not None:
             self._writer.close()
             self._writer = None

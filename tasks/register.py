@@ -69,28 +69,95 @@ def score_champion(client: mlflow.MlflowClient, name: str, data: PipelineData) -
 
 @dataclass
 class Provenance:
-    """What the model card needs from the earlier stages."""
+    """What the model card needs from the earlier stages. ``pseudo_kept``/``pseudo_precision`` are the weak
+    model's pseudo set (after pseudo_governance); the card prefers the set the final model trained on."""
 
     sources: list[dict]  # weak_labels' per-source table as records
     pseudo_kept: int
     pseudo_precision: float | None
     governance: dict[str, str]  # check -> "N found; action"
     dropped: dict[str, int]
-    governance_passed: bool = True
+
+
+def governance_verdict(summary: dict[str, str]) -> str:
+    """``warned`` if any "N found; action" entry was only warned about, else ``passed``. Never ``failed``
+    here: a ``fail`` finding raises in its stage, before anything is registered; a version tagged
+    ``governance=failed`` (by hand) is refused by ``weakflow promote`` (deploy/registry.py)."""
+    return "warned" if any(v.endswith("; warned") for v in summary.values()) else "passed"
+
+
+@dataclass
+class ValidationResult:
+    """The validate stage's recorded outcome (its tag and counts), for the gate and the model card."""
+
+    passed: bool
+    text: str
+
+
+def validation_result(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, cfg: Config) -> ValidationResult:
+    """Read the validate stage run of this pipeline run; say whether the test-overlap expectation ran
+    (it does only under ``governance.exact_duplicates = fail``; otherwise the governance stage's
+    exact_duplicates check handles test copies by its policy)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                                                             "tags.`weakflow.stage` = 'validate'", max_results=1)
+    policy = cfg.governance.exact_duplicates
+    overlap = ("test rows copied into training: expectation ran" if policy == "fail" else
+               f"test rows copied into training: expectation off (governance.exact_duplicates = {policy}); "
+               "the governance stage's exact_duplicates check applied its policy instead")
+    if not runs:
+        return ValidationResult(True, f"not recorded: no validate stage run under pipeline run {parent_run_id}. {overlap}.")
+    run = runs[0]
+    status = run.data.tags.get("validation", "not recorded")
+    evaluated = run.data.metrics.get("expectations_evaluated")
+    failed = run.data.metrics.get("expectations_failed")
+    counts = (f"{int(evaluated)} expectations evaluated, {int(failed or 0)} failed" if evaluated is not None
+              else "expectation counts not recorded")
+    return ValidationResult(status != "failed",
+                            f"{status}: Great Expectations suite before any training ({counts}; validate run "
+                            f"{run.info.run_id}): columns, types, finite features, label sets, gold rows per "
+                            f"class; {overlap}.")
+
+
+def trained_pseudo(final: TrainedModel | None, prov: Provenance) -> tuple[int, float | None, str]:
+    """(kept rows, held-out precision, which set) of the pseudo set the final model trained on: a later
+    self-training round's set when it used one, else the weak model's set."""
+    pseudo = getattr(final, "pseudo", None)
+    if pseudo is None:
+        return prov.pseudo_kept, prov.pseudo_precision, "the weak model's pseudo set"
+    which = ("the weak model's pseudo set" if pseudo.round == 0
+             else f"the set relabelled by self-training round {pseudo.round}'s student")
+    return pseudo.kept_count, pseudo.holdout_precision, which
+
+
+def round_governance(final: TrainedModel | None) -> tuple[dict[str, str], dict[str, int]]:
+    """pseudo_near_test findings and drops on each self-training round's relabelled set."""
+    rounds = getattr(final, "rounds", None)
+    summary: dict[str, str] = {}
+    dropped: dict[str, int] = {}
+    for rnd in rounds.rounds if rounds is not None else []:
+        findings = getattr(rnd.model, "relabel_findings", None)
+        if findings is None:
+            continue
+        summary |= {f"{k} (round {rnd.index} relabel)": v for k, v in findings.summary().items()}
+        dropped |= {f"{k}_round_{rnd.index}": v for k, v in findings.dropped.items()}
+    return summary, dropped
 
 
 def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Provenance, version: str, alias: str,
-               gate_reason: str) -> str:
+               gate_reason: str, validation: ValidationResult | None = None, final: TrainedModel | None = None) -> str:
     from deploy.model_card import CardInputs, render
 
     e = evaluation
+    kept, precision, which = trained_pseudo(final, prov)
+    rounds, round_drops = round_governance(final)
+    governance = prov.governance | rounds
     return render(CardInputs(
         model_name=cfg.tracking.model_name, version=version, alias=alias, gate_reason=gate_reason,
-        provenance=data.provenance_counts(), pseudo_kept=prov.pseudo_kept, pseudo_policy=cfg.pseudo_label.policy,
-        pseudo_precision=prov.pseudo_precision, sources=prov.sources,
-        validation="passed: the Great Expectations suite (columns, types, finite features, label sets, gold rows "
-                   "per class, test split) before any training",
-        governance=prov.governance, dropped=prov.dropped,
+        provenance=data.provenance_counts(), pseudo_kept=kept, pseudo_policy=cfg.pseudo_label.policy,
+        pseudo_precision=precision, pseudo_set=which, sources=prov.sources,
+        validation=validation.text if validation is not None else "not recorded",
+        governance=governance, governance_verdict=governance_verdict(governance),
+        dropped=prov.dropped | round_drops,
         metrics={"accuracy": e.final.accuracy, "macro_f1": e.final.macro_f1, "ece": e.final.ece,
                  "gold_only_accuracy": e.gold_only.accuracy, "gold_only_macro_f1": e.gold_only.macro_f1,
                  "weak_accuracy": e.weak.accuracy},
@@ -104,10 +171,12 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
     client = mlflow.MlflowClient()
     with tracking.stage_run("register", parent_run_id, experiment_id):
         champ_version, champ_acc, champ_error = score_champion(client, name, data)
+        validation = validation_result(client, experiment_id, parent_run_id, cfg)
+        # governance_passed keeps its default: a `fail` finding raised in its stage, before registration.
+        # The gate matters for `weakflow promote`, which refuses a version tagged governance=failed.
         decision = decide(
-            GateInput(evaluation.final.accuracy, validation_passed=True, champion_version=champ_version,
-                      champion_accuracy=champ_acc, champion_error=champ_error,
-                      governance_passed=provenance.governance_passed if provenance else True),
+            GateInput(evaluation.final.accuracy, validation_passed=validation.passed, champion_version=champ_version,
+                      champion_accuracy=champ_acc, champion_error=champ_error),
             cfg.gates.min_accuracy, cfg.gates.max_regression,
         )
         example = data.train[data.features].head(5).astype(np.float64)  # training rows: no test data in artifacts
@@ -140,13 +209,14 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
             "test_set_digest": dataset_digest(data.test),
             "pipeline_run_id": parent_run_id,
             "registered_by": getpass.getuser(),
+            "validation": "passed" if validation.passed else "failed",
         }
-        if provenance is not None:
-            tags["governance"] = "passed" if provenance.governance_passed else "failed"
+        if provenance is not None:  # passed or warned (a failed check never gets here)
+            tags["governance"] = governance_verdict(provenance.governance | round_governance(final)[0])
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         if provenance is not None:  # the card: an artifact of the run and the version's description
-            card = model_card(data, evaluation, cfg, provenance, version, alias, decision.reason)
+            card = model_card(data, evaluation, cfg, provenance, version, alias, decision.reason, validation, final)
             mlflow.log_text(card, "model_card.md")
             client.update_model_version(name, version, description=card)
         mlflow.set_tags({"gate_verdict": tags["gate_verdict"], "model_version": version, "model_alias": alias})

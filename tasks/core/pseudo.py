@@ -171,15 +171,26 @@ def label_stream(
     counts; then the policy's thresholds and any cap's cut-off are decided; pass 2 re-reads the
     features (no scoring) and calls ``emit(features, payload, keep, labels, confidence, probs)`` per chunk so the
     caller can write kept rows incrementally. With ``soft`` the kept rows' full probability vectors are
-    recomputed in pass 2 and passed as ``probs`` (else None). Memory: one chunk plus 5 bytes per row on disk.
+    recomputed in pass 2 and passed as ``probs`` (else None). Memory: one chunk plus 5-8 bytes per row on
+    disk (the label width grows with the class count, see :func:`label_dtype`).
+
+    Pass 2 is matched to pass 1 by row position, so ``chunks()`` must yield the same rows both times; a
+    source that yields a different number of rows the second time raises ``ValueError`` (pass 2 stops
+    as soon as it runs past pass 1's count, so no row is emitted with another row's label).
     """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        scratch = _Scratch(Path(tmp))
+        scratch = _Scratch(Path(tmp), label_dtype(num_classes))
         counts = np.zeros(num_classes, dtype=np.int64)
         at_base = np.zeros(num_classes, dtype=np.int64)
         histogram = np.zeros(HIST_BINS, dtype=np.int64)
         for x, _ in chunks():
-            labels, conf = predictions(score(x))
+            probs = score(x)
+            if np.ndim(probs) != 2 or np.shape(probs)[1] != num_classes or len(probs) != len(x):
+                raise ValueError(f"score returned shape {np.shape(probs)} for {len(x)} rows; expected "
+                                 f"({len(x)}, {num_classes}): one probability per class in use")
+            labels, conf = predictions(probs)
             scratch.append(labels, conf)
             counts += np.bincount(labels, minlength=num_classes)
             at_base += np.bincount(labels[conf >= policy.threshold], minlength=num_classes)
@@ -199,6 +210,8 @@ def label_stream(
         kept = np.zeros(num_classes, dtype=np.int64)
         start = 0
         for x, payload in chunks():
+            if start + len(x) > scratch.rows:
+                raise ValueError(_pass_mismatch(scratch.rows, f"at least {start + len(x)}"))
             labels = np.asarray(labels_all[start : start + len(x)])
             conf = np.asarray(conf_all[start : start + len(x)])
             start += len(x)
@@ -214,7 +227,23 @@ def label_stream(
             probs = (score(x[keep]) if keep.any() else np.zeros((0, num_classes), np.float32)) if soft else None
             emit(x, payload, keep, labels.astype(np.int64), conf, probs)
         del labels_all, conf_all
+        if start != scratch.rows:
+            raise ValueError(_pass_mismatch(scratch.rows, str(start)))
         return StreamResult(thresholds, counts, kept, cutoff, fell_back, histogram, rows=start)
+
+
+def _pass_mismatch(first: int, second: str) -> str:
+    return (f"label_stream: chunks() yielded {first} rows in pass 1 but {second} in pass 2; the chunk "
+            "source must be re-iterable and yield the same rows each time (a generator, or a file changed "
+            "between the passes, is not)")
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """The narrowest unsigned integer that holds every class index, so the scratch cannot overflow."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if num_classes - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"{num_classes} classes do not fit a 32-bit label")
 
 
 def _cap_cutoffs(labels: np.ndarray, conf: np.ndarray, thresholds: np.ndarray, cap: int | None, num_classes: int,
@@ -245,13 +274,17 @@ def _cap_cutoffs(labels: np.ndarray, conf: np.ndarray, thresholds: np.ndarray, c
 class _Scratch:
     """Append-only (class, confidence) per row on disk; reopened as memory maps for pass 2."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, dtype: np.dtype) -> None:
         self.paths = (folder / "labels.bin", folder / "conf.bin")
         self.files = [open(p, "wb") for p in self.paths]  # noqa: SIM115 - closed in open()
+        self.dtype = np.dtype(dtype)
         self.rows = 0
 
     def append(self, labels: np.ndarray, conf: np.ndarray) -> None:
-        self.files[0].write(labels.astype(np.int16).tobytes())
+        if len(labels) and (labels.min() < 0 or labels.max() > np.iinfo(self.dtype).max):
+            raise ValueError(f"class index {int(labels.min())}..{int(labels.max())} does not fit "
+                             f"the {self.dtype} scratch")
+        self.files[0].write(labels.astype(self.dtype).tobytes())
         self.files[1].write(conf.astype(np.float32).tobytes())
         self.rows += len(labels)
 
@@ -259,8 +292,8 @@ class _Scratch:
         for f in self.files:
             f.close()
         if self.rows == 0:
-            return np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.float32)
-        return (np.memmap(self.paths[0], dtype=np.int16, mode="r", shape=(self.rows,)),
+            return np.zeros(0, dtype=self.dtype), np.zeros(0, dtype=np.float32)
+        return (np.memmap(self.paths[0], dtype=self.dtype, mode="r", shape=(self.rows,)),
                 np.memmap(self.paths[1], dtype=np.float32, mode="r", shape=(self.rows,)))
 
 

@@ -175,3 +175,60 @@ def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
     assert (softmax_t(overconfident, t).argmax(1) == overconfident.argmax(1)).all()  # classes unchanged
     with pytest.raises(ValueError, match="empty"):
         fit_temperature(np.zeros((0, 3)), np.zeros(0))
+
+
+# --- the two passes must see the same rows; the label scratch must hold every class ---------------------
+
+from tasks.core.pseudo import label_dtype  # noqa: E402
+
+
+def flaky_chunks(probs, first_rows, second_rows, chunk_rows=2):
+    """A chunk source that yields ``first_rows`` rows on its first call and ``second_rows`` after."""
+    calls = []
+
+    def gen():
+        calls.append(1)
+        n = first_rows if len(calls) == 1 else second_rows
+        for start in range(0, n, chunk_rows):
+            yield probs[start : min(start + chunk_rows, n)], start
+    return gen
+
+
+@pytest.mark.parametrize(("first", "second", "emitted"), [(4, 3, 2), (3, 4, 1)])
+def test_a_pool_that_yields_other_rows_in_pass_two_raises(first, second, emitted):
+    probs = np.vstack([PROBS, PROBS])
+    seen = []
+    with pytest.raises(ValueError, match=rf"{first} rows in pass 1 but .*{second}.* in pass 2"):
+        label_stream(flaky_chunks(probs, first, second), lambda x: x, ThresholdPolicy("fixed", threshold=0.9),
+                     3, lambda x, *_: seen.append(len(x)))
+    assert len(seen) == emitted  # a longer pass 2 stops before the chunk that runs past pass 1's rows
+
+
+def test_a_generator_used_as_chunk_source_is_caught():
+    gen = chunked(PROBS, 2)()  # one-shot: pass 2 would see nothing
+    with pytest.raises(ValueError, match="4 rows in pass 1 but 0 in pass 2"):
+        label_stream(lambda: gen, lambda x: x, ThresholdPolicy("fixed"), 3, lambda *_: None)
+
+
+@pytest.mark.parametrize(("classes", "dtype"), [(1, np.uint8), (256, np.uint8), (257, np.uint16),
+                                                (40_000, np.uint16), (65_537, np.uint32)])
+def test_label_scratch_is_wide_enough_for_the_class_count(classes, dtype):
+    assert label_dtype(classes) == dtype and np.iinfo(label_dtype(classes)).max >= classes - 1
+
+
+def test_many_classes_keep_their_labels_through_the_scratch():
+    # 40,000 classes would wrap around in an int16 scratch (32,767 is its largest value)
+    rows, classes = 5, 40_000
+    top = np.array([0, 255, 256, 32_768, classes - 1])
+    probs = np.full((rows, classes), 0.1 / (classes - 1), np.float32)
+    probs[np.arange(rows), top] = 0.9
+    out = []
+    res = label_stream(chunked(probs, 2), lambda x: x, ThresholdPolicy("fixed", threshold=0.5), classes,
+                       lambda x, s, keep, labels, conf, p: out.append(labels[keep]))
+    assert np.concatenate(out).tolist() == top.tolist()
+    assert np.flatnonzero(res.kept).tolist() == sorted(top.tolist())
+
+
+def test_scores_of_the_wrong_width_raise():
+    with pytest.raises(ValueError, match=r"expected \(4, 2\)"):
+        label_stream(chunked(PROBS, 4), lambda x: x, ThresholdPolicy("fixed"), 2, lambda *_: None)

@@ -34,9 +34,12 @@ def test_planted_exact_and_near_duplicates_are_found_with_their_counts(digits):
     exact = exact_pairs(test, source)
     assert sorted(exact["reference_index"]) == sorted(planted_exact)
     assert (exact["row_index"] >= 500).all() and len(exact) == 7
-    near = index.near_pairs(source)
-    assert sorted(near["reference_index"]) == sorted(planted_near) and len(near) == 11
-    assert (near["distance"] <= index.threshold).all()
+    near = index.near_pairs(source).sort_values("row_index")
+    # each jittered row is paired with the test row it was copied from, at its true standardised distance
+    assert near["row_index"].tolist() == list(range(507, 518))
+    assert near["reference_index"].tolist() == planted_near.tolist()
+    expected = np.linalg.norm((near_rows - test[planted_near]) / index.std, axis=1)
+    assert np.allclose(near["distance"], expected, rtol=1e-4)
     # float noise below the rounding does not hide an exact copy
     assert len(exact_pairs(test, test[:3] + 1e-9)) == 3
 
@@ -64,3 +67,44 @@ def test_the_projected_index_for_large_references_finds_the_same_pairs(digits):
     a, b = small.near_pairs(rows), large.near_pairs(rows)
     assert len(a) == 40 and a["row_index"].tolist() == b["row_index"].tolist()
     assert np.allclose(a["distance"], b["distance"], atol=1e-4)
+
+
+def _at_distance(index: NearDuplicateIndex, row: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
+    """``row`` moved by exactly ``distance`` in the index's standardised space, in a random direction."""
+    u = rng.normal(size=row.shape)
+    return (row + u / np.linalg.norm(u) * distance * index.std).astype(np.float32)
+
+
+def test_the_threshold_is_the_boundary(digits):
+    """Rows at half the threshold from a test row are found; rows at twice it are not."""
+    test, _, _, _ = digits
+    index = NearDuplicateIndex(test, factor=0.25)
+    rng = np.random.default_rng(4)
+    inside = np.stack([_at_distance(index, test[i], 0.5 * index.threshold, rng) for i in range(10)])
+    outside = np.stack([_at_distance(index, test[i], 2.0 * index.threshold, rng) for i in range(10, 20)])
+    near = index.near_pairs(np.concatenate([inside, outside]))
+    assert near["row_index"].tolist() == list(range(10)) and near["reference_index"].tolist() == list(range(10))
+    assert np.allclose(near["distance"], 0.5 * index.threshold, rtol=1e-3)
+
+
+def test_repeated_reference_rows_do_not_zero_the_threshold(digits):
+    """If half the reference rows had an exact copy, a plain median NN distance would be 0 and nothing
+    would ever be near. The median is over distinct rows, so repeating rows does not move the threshold."""
+    test, train, _, _ = digits
+    rng = np.random.default_rng(6)
+    plain = NearDuplicateIndex(test, factor=0.25)
+    repeated = np.concatenate([test, test])  # every row has an exact copy; same mean and spread
+    index = NearDuplicateIndex(repeated, factor=0.25)
+    assert index.median_nn == pytest.approx(plain.median_nn, rel=1e-5) and index.threshold > 0
+    planted = rng.choice(len(test), 9, replace=False)
+    rows = np.concatenate([train[:200], test[planted] + rng.normal(0, 0.05, (9, 64)).astype(np.float32)])
+    near = index.near_pairs(rows)
+    assert near["row_index"].tolist() == list(range(200, 209))
+    assert (near["reference_index"].to_numpy() % len(test)).tolist() == planted.tolist()
+
+
+def test_a_reference_of_one_distinct_row_warns_instead_of_silently_finding_nothing():
+    reference = np.tile(np.arange(8, dtype=np.float32), (50, 1))
+    with pytest.warns(UserWarning, match="1 distinct row"):
+        index = NearDuplicateIndex(reference)
+    assert index.threshold == 0.0 and index.near_pairs(reference[:3] + 0.01).empty

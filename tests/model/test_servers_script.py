@@ -45,9 +45,17 @@ def test_servers_script_runs_the_pieces_for_real(tmp_path):
         record = pd.read_parquet(data / "test.parquet").drop(columns=["label"]).iloc[0].astype(float).to_dict()
         r = httpx.post(f"http://127.0.0.1:{ports['SERVE_PORT']}/predict", json={"records": [record, record]})
         assert r.status_code == 200 and r.json()["model_version"] == "1"
-        assert "serve running" in script("status").stdout
+        scheduled = script("schedule")
+        assert scheduled.returncode == 0, scheduled.stderr + scheduled.stdout
+        deployments = httpx.post(f"http://127.0.0.1:{ports['PREFECT_PORT']}/api/deployments/filter", json={}).json()
+        assert sorted(d["name"] for d in deployments) == ["interval", "scheduled"]
+        training = next(d for d in deployments if d["name"] == "scheduled")
+        assert [s["schedule"]["cron"] for s in training["schedules"]] == ["0 3 * * *"]
+        status = script("status").stdout
+        assert "serve running" in status and "schedule running" in status
     finally:
         stopped = script("stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert "serve not running" in script("status").stdout
+    status = script("status").stdout
+    assert "serve not running" in status and "schedule not running" in status
     assert count_rows(f"sqlite:///{tmp_path / 'servers' / 'predictions.db'}") == 2

@@ -75,9 +75,12 @@ def test_promote_then_rollback_records_who_when_why(two_versions, capsys):
         assert tags["promoted_reason"] == "reviewed: same accuracy, newer data"
         assert tags["previous_champion"] == "1" and tags["promoted_by"] and tags["promoted_at"]
         assert registry.champion_version(client, name) == "2"
+        assert "challenger" not in client.get_registered_model(name).aliases  # v2 was the challenger
         assert cli(cfg, "rollback", "--reason", "canary errors") == 0
         assert registry.champion_version(client, name) == "1"
-        assert client.get_model_version(name, "1").tags["rolled_back_reason"] == "canary errors"
+        v1 = client.get_model_version(name, "1").tags
+        assert v1["rolled_back_reason"] == "canary errors" and v1["rolled_back_from"] == "2"
+        assert v1["previous_champion"] == "none"  # its own history is kept, not overwritten by the step back
         assert cli(cfg, "rollback") == 1  # v1 was the first champion
         assert "no previous one" in capsys.readouterr().err
     finally:
@@ -127,16 +130,17 @@ def test_server_in_process_answers_validates_and_logs(two_versions, tmp_path):
             r = client.post("/predict", json=payload)
             assert r.status_code == 422, (field, r.text)
             assert any(d["field"].startswith(field.rstrip(".")) for d in r.json()["detail"]), (field, r.json())
-        for token in ("NaN", "Infinity", "1e999"):
-            raw = json.dumps({"records": [good[0]]}).replace(str(good[0]["px_10"]), token, 1)
-            raw = raw.replace('"px_10": ' + token.split()[0], '"px_10": ' + token)
+        for token in ("NaN", "Infinity", "-Infinity", "1e999", "1e39"):  # 1e39: finite JSON, beyond float32
+            raw = json.dumps({"records": [good[0], {**good[1], "px_10": "@"}]}).replace('"@"', token)
             r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
-            assert r.status_code == 422 and r.json()["detail"][0]["field"] == "records[0].px_10", (token, r.text)
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == "records[1].px_10", (token, r.text)
         r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 422
         r = client.post("/predict", content=b"x" * 20_001, headers={"content-type": "application/json"})
         assert r.status_code == 413
-        assert client.get("/health").json()["status"] == "ok"  # bad requests did not take it down
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["prediction_log"]["writer_alive"]  # bad requests took nothing down
+        assert client.app.state.weakflow["log"].flush(10) and count_rows(log_url) == answered
         info = client.get("/model").json()
         assert info["version"] == "1" and len(info["features"]) == 64 and info["classes"] == list(range(10))
         r = client.post("/predict", json={"records": good[:2]})
