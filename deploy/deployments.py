@@ -7,6 +7,11 @@ Prefect API in ``PREFECT_API_URL`` and then keeps running as the process that ex
 - ``weakflow-monitoring/interval``: the monitoring flow every ``--interval`` seconds;
 - a trigger on the training deployment: a ``weakflow.drift.detected`` event for this model starts a run.
 
+Neither deployment runs twice at once: each has a concurrency limit of 1 that cancels a new run while
+one is active (``CANCEL_NEW``; queueing them would only replay the pile-up later), and the trigger
+fires at most once per model version within ``monitoring.alert_cooldown_minutes`` (Prefect's reactive
+``within`` window, per ``prefect.resource.id``), on top of the monitoring flow's own per-version cool-down.
+
 Both flows take the whole typed config as their parameter, so a deployment runs exactly the config it
 was registered with.
 """
@@ -21,6 +26,13 @@ TRAINING_DEPLOYMENT = "scheduled"
 MONITORING_DEPLOYMENT = "interval"
 
 
+def one_at_a_time():
+    """Deployment concurrency: one active run; a run that would be a second is cancelled, not queued."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
 def build_deployments(cfg: Config, cron: str = "0 3 * * *", interval_s: float = 900.0) -> list:
     from prefect.events import DeploymentEventTrigger
 
@@ -33,14 +45,17 @@ def build_deployments(cfg: Config, cron: str = "0 3 * * *", interval_s: float = 
         name=f"retrain {cfg.tracking.model_name} on drift",
         expect={DRIFT_EVENT},
         match={"weakflow.model.name": cfg.tracking.model_name},
+        for_each={"prefect.resource.id"},  # one cool-down per model version
+        within=timedelta(minutes=cfg.monitoring.alert_cooldown_minutes),  # reactive: fire, then ignore until it ends
         parameters=params,
     )
     training = training_pipeline.to_deployment(
-        name=TRAINING_DEPLOYMENT, cron=cron, parameters=params, triggers=[on_drift],
+        name=TRAINING_DEPLOYMENT, cron=cron, parameters=params, triggers=[on_drift], concurrency_limit=one_at_a_time(),
         description="the weakflow training pipeline: nightly, and whenever drift is detected",
         tags=["weakflow", "training"])
     monitoring = monitoring_flow.to_deployment(
         name=MONITORING_DEPLOYMENT, interval=timedelta(seconds=interval_s), parameters=params,
+        concurrency_limit=one_at_a_time(),
         description="drift of the prediction log against the champion's training reference",
         tags=["weakflow", "monitoring"])
     return [training, monitoring]

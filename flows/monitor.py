@@ -25,6 +25,13 @@ class MonitorResult:
     contamination: dict[str, int]
 
 
+def alert_text(alert: dict) -> str:
+    if alert.get("suppressed"):
+        return f"suppressed: {alert['suppressed']}"
+    return (f"raised (alerts row {alert['alert_id']}, event {alert['event_id'] or 'not emitted'}, "
+            f"webhook {alert['webhook'] or 'not configured'})")
+
+
 @flow(name="weakflow-monitoring", log_prints=True)
 def monitoring_flow(cfg: Config) -> MonitorResult:
     experiment_id = tracking.configure(TrackingConfig(**{**cfg.tracking.model_dump(),
@@ -43,9 +50,10 @@ def monitoring_flow(cfg: Config) -> MonitorResult:
                   f"{r.prediction_p if r.prediction_p is not None else '-'} |\n\n"
                   + (f"Quality on {int(r.quality['labelled_rows'])} feedback-labelled rows: accuracy "
                      f"{r.quality['accuracy']:.3f}\n\n" if r.quality else "")
-                  + f"Report: {check.report_uri}\n" + (f"\nAlert: {alert}\n" if alert else "")
+                  + (f"Report: {check.report_uri}\n" if check.report_uri else "No report: too few rows.\n")
+                  + (f"\nAlert: {alert_text(alert)}\n" if alert else "")
                   + (f"\nServed rows equal/near to: {contamination}\n" if contamination else "")),
         description=f"drift verdict for {served.name} v{served.version}",
     )
-    print(check.verdict.text)
+    print(check.verdict.text + (f" | alert {alert_text(alert)}" if alert else ""))
     return MonitorResult(served.version, check, alert, contamination)

@@ -1,9 +1,13 @@
 """Alerts and feedback: what happens when drift is found, and the delayed gold labels that let a
 drift check also measure quality.
 
-Each detection does three things, once: a Prefect event ``weakflow.drift.detected`` (what deployment
-triggers listen for), an optional webhook POST (retried with back-off; a failure is logged and recorded,
-never raised), and a row in the ``alerts`` table that ``weakflow alerts`` lists.
+Each detection does three things, once: a row in the ``alerts`` table that ``weakflow alerts`` lists
+(written first, so it exists whatever happens next), a Prefect event ``weakflow.drift.detected`` (what
+deployment triggers listen for; a failure to emit is logged and noted on the row, never raised), and an
+optional webhook POST (retried with back-off; a failure is logged and recorded, never raised).
+:func:`raise_once` does them in that order, and does none of them again for the same model version
+within a cool-down (:func:`last_alert`): an unchanged drifted window must not re-alert (and restart
+training) on every monitoring interval.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pandas as pd
@@ -43,9 +47,13 @@ def emit_drift_event(name: str, version: str, payload: dict[str, Any]) -> str | 
     return emit_event_for(DRIFT_EVENT, name, version, payload)
 
 
+WEBHOOK_STATUS_CHARS = 256  # the alerts table's ``webhook`` column
+
+
 def post_webhook(url: str, payload: dict[str, Any], retries: int = 3, timeout: float = 5.0,
                  backoff: float = 0.5) -> str:
-    """POST ``payload`` as JSON; retried on errors and 5xx. Returns "sent" or "failed: <why>"."""
+    """POST ``payload`` as JSON; retried on transport errors and 5xx. Never raises: returns "sent" or
+    "failed: <why>" (a malformed URL or an unserialisable payload is a failure like any other)."""
     import httpx
 
     why = ""
@@ -57,13 +65,18 @@ def post_webhook(url: str, payload: dict[str, Any], retries: int = 3, timeout: f
             why = f"HTTP {r.status_code}"
             if r.status_code < 500:
                 break  # the receiver rejects it: retrying will not help
-        except httpx.HTTPError as exc:
+        except httpx.TransportError as exc:  # connect, read, timeout ...: worth retrying
             why = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, httpx.UnsupportedProtocol):
+                break  # not an http(s) URL: will not get better
+        except Exception as exc:  # noqa: BLE001 - InvalidURL, unserialisable payload ...: will not get better
+            why = f"{type(exc).__name__}: {exc}"
+            break
         log.warning("webhook %s attempt %d/%d failed: %s", url, attempt, retries, why)
         if attempt < retries:
             time.sleep(backoff * 2 ** (attempt - 1))
     log.error("webhook %s gave up: %s", url, why)
-    return f"failed: {why}"
+    return f"failed: {why}"[:WEBHOOK_STATUS_CHARS]
 
 
 @dataclass
@@ -86,10 +99,90 @@ def record_alert(url: str, alert: Alert, webhook: str) -> int:
                 ts=datetime.now(timezone.utc), kind=alert.kind, model_name=alert.model_name,
                 model_version=alert.model_version, drift_share=alert.drift_share,
                 drifted_columns=json.dumps(alert.drifted_columns), prediction_drifted=alert.prediction_drifted,
-                report_uri=alert.report_uri, webhook=webhook, message=alert.message))
+                report_uri=alert.report_uri, webhook=webhook[:WEBHOOK_STATUS_CHARS], message=alert.message))
             return int(result.inserted_primary_key[0])
     finally:
         engine.dispose()
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
+
+
+def last_alert(url: str, kind: str, name: str, version: str) -> datetime | None:
+    """When the latest ``kind`` alert for this model version was raised (None: never)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            ts = conn.execute(sa.select(sa.func.max(ALERTS.c.ts)).where(
+                ALERTS.c.kind == kind, ALERTS.c.model_name == name, ALERTS.c.model_version == str(version))).scalar()
+    finally:
+        engine.dispose()
+    if isinstance(ts, str):  # some drivers hand back SQLite's text
+        ts = datetime.fromisoformat(ts)
+    return _utc(ts) if ts is not None else None
+
+
+def _update_alert(url: str, alert_id: int, **values: Any) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(ALERTS.update().where(ALERTS.c.id == alert_id).values(**values))
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Raised:
+    """What one detection did: either it alerted (alert row, event, webhook) or it was suppressed."""
+
+    alert_id: int | None = None
+    event_id: str | None = None
+    webhook: str = ""
+    suppressed: str = ""  # "alerted at ... (cool-down ...)" when nothing was raised
+
+    @property
+    def text(self) -> str:
+        if self.suppressed:
+            return f"suppressed: {self.suppressed}"
+        event = f"event {self.event_id}" if self.event_id else "event not emitted"
+        return f"alert {self.alert_id}, {event}, webhook {self.webhook or 'not configured'}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"alert_id": self.alert_id, "event_id": self.event_id, "webhook": self.webhook,
+                "suppressed": self.suppressed or None}
+
+
+def raise_once(url: str, event_name: str, alert: Alert, payload: dict[str, Any], webhook_url: str | None = None,
+               webhook_retries: int = 3, cooldown_minutes: float = 0.0, now: datetime | None = None) -> Raised:
+    """One detection: unless this model version already had a ``alert.kind`` alert within the cool-down,
+    write the alerts row, emit the event, post the webhook. Only the alerts-table write may raise (the
+    row is what the cool-down and ``weakflow alerts`` rely on); event and webhook failures are logged
+    and recorded on the row."""
+    now = now or datetime.now(timezone.utc)
+    if cooldown_minutes > 0:
+        last = last_alert(url, alert.kind, alert.model_name, alert.model_version)
+        if last is not None and now - last < timedelta(minutes=cooldown_minutes):
+            why = (f"alerted at {last:%Y-%m-%d %H:%M:%S} UTC (cool-down {cooldown_minutes:g} min, until "
+                   f"{last + timedelta(minutes=cooldown_minutes):%Y-%m-%d %H:%M:%S} UTC)")
+            log.info("%s for %s v%s %s", alert.kind, alert.model_name, alert.model_version, f"suppressed: {why}")
+            return Raised(suppressed=why)
+    pending = "pending" if webhook_url else ""
+    alert_id = record_alert(url, alert, pending)
+    raised = Raised(alert_id=alert_id, webhook=pending)
+    try:
+        raised.event_id = emit_event_for(event_name, alert.model_name, alert.model_version,
+                                         {**payload, "alert_id": alert_id})
+        if raised.event_id is None:
+            log.warning("%s for %s v%s: no Prefect API to emit to", event_name, alert.model_name, alert.model_version)
+    except Exception as exc:  # noqa: BLE001 - e.g. EventTooLarge: the alert row and webhook still stand
+        log.error("emitting %s for %s v%s failed: %s", event_name, alert.model_name, alert.model_version, exc)
+        _update_alert(url, alert_id, message=f"{alert.message} [event not emitted: {type(exc).__name__}: {exc}]")
+    if webhook_url:
+        raised.webhook = post_webhook(webhook_url, {"event": event_name, **payload, "alert_id": alert_id},
+                                      retries=webhook_retries)
+        _update_alert(url, alert_id, webhook=raised.webhook)
+    return raised
 
 
 def list_alerts(url: str, limit: int = 50) -> pd.DataFrame:

@@ -18,6 +18,11 @@ import sqlalchemy as sa
 from deploy.prediction_log import FEEDBACK, PREDICTIONS, make_engine
 
 PREDICTION, LABEL = "prediction", "label"
+# Pinned stat tests. Left to choose, Evidently switches to Wasserstein / Jensen-Shannon *distances*
+# (drift when >= 0.1) once the reference has more than 1000 rows; pinned, every value is a p-value.
+NUM_METHOD, CAT_METHOD = "ks", "chisquare"
+P_VALUE_METHODS = {"ks", "chisquare", "z", "t_test", "mannw", "anderson", "cramer_von_mises", "g_test",
+                   "fisher_exact", "epps_singleton", "es"}
 
 
 def sample_bound(n: int, alpha: float = 0.001) -> float:
@@ -128,11 +133,26 @@ def decide(result: DriftResult, rule: DriftRule) -> Verdict:
     return Verdict(bool(reasons), reasons)
 
 
+def _value_drifted(method: str, value: float, threshold: float) -> bool:
+    """Evidently's own reading of a ``ValueDrift`` value: a p-value drifts below the threshold, a
+    distance at or above it."""
+    if method in P_VALUE_METHODS or "p_value" in method:
+        return value < threshold
+    return value >= threshold
+
+
+def _constant_changed(reference: pd.Series, current: pd.Series) -> bool:
+    """Constant on both sides but at different values (no spread for a K-S test, yet plainly drift)."""
+    ref, cur = reference.dropna().unique(), current.dropna().unique()
+    return len(ref) == 1 and len(cur) == 1 and ref[0] != cur[0]
+
+
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], classes: list[int],
                  min_labelled: int = 30) -> DriftResult:
-    """Evidently's data-drift preset over the features and the predicted class (its default test per
-    column: K-S for numbers, chi-square for the class), plus classification quality where at least
-    ``min_labelled`` window rows have feedback labels."""
+    """Evidently's data-drift preset over the features and the predicted class with pinned tests (K-S for
+    numbers, chi-square for the class, whatever the sample sizes), plus classification quality where at
+    least ``min_labelled`` window rows have feedback labels. A feature constant in both reference and
+    window counts as drifted when the constant changed, and is left out when it did not."""
     import warnings
 
     with warnings.catch_warnings():
@@ -140,27 +160,33 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
         from evidently import DataDefinition, Dataset, MulticlassClassification, Report
         from evidently.presets import ClassificationPreset, DataDriftPreset
 
-    # Constant columns (e.g. always-blank pixels) carry no drift signal and break the K-S test's variance
+    # Columns constant on both sides (e.g. always-blank pixels) have no spread for a K-S test: unchanged
+    # they carry no signal and are left out; a changed constant is drift without any test.
     usable = [f for f in features if reference[f].nunique() > 1 or current[f].nunique() > 1]
+    moved = [f for f in features if f not in usable and _constant_changed(reference[f], current[f])]
     ref = reference[usable + [PREDICTION]].copy()
     cur = current[usable + [PREDICTION]].copy()
     for frame in (ref, cur):
         frame[PREDICTION] = frame[PREDICTION].astype(int).astype(str)
     labelled = current[LABEL].notna() if LABEL in current else pd.Series(False, index=current.index)
-    metrics: list = [DataDriftPreset(columns=[*usable, PREDICTION])]
+    metrics: list = [DataDriftPreset(columns=[*usable, PREDICTION], num_method=NUM_METHOD, cat_method=CAT_METHOD)]
     definition = DataDefinition(numerical_columns=usable, categorical_columns=[PREDICTION])
     ref_ds = Dataset.from_pandas(ref, data_definition=definition)
     cur_ds = Dataset.from_pandas(cur, data_definition=definition)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         snapshot = Report(metrics).run(cur_ds, ref_ds)
-    values = {m["metric_name"]: m["value"] for m in snapshot.dict()["metrics"]}
-    p_values = {name.split("column=")[1].split(",")[0]: float(v) for name, v in values.items()
-                if name.startswith("ValueDrift(")}
-    thresholds = {name.split("column=")[1].split(",")[0]: float(name.split("threshold=")[1].rstrip(")"))
-                  for name in values if name.startswith("ValueDrift(")}
-    drifted = [c for c in usable if p_values.get(c, 1.0) < thresholds.get(c, 0.05)]
-    pred_p = p_values.get(PREDICTION)
+    tests: dict[str, tuple[str, float, float]] = {}  # column -> (method, value, threshold)
+    for m in snapshot.dict()["metrics"]:
+        conf = m.get("config") or {}
+        if str(conf.get("type", "")).endswith(":ValueDrift"):  # config: column, method, threshold
+            named = dict(part.split("=", 1) for part in m["metric_name"].split("(", 1)[1][:-1].split(",")
+                         if "=" in part)  # ValueDrift(column=px_1,method=ks,threshold=0.05): the resolved ones
+            method = str(conf.get("method") or named.get("method", ""))
+            threshold = float(conf["threshold"] if conf.get("threshold") is not None else named["threshold"])
+            tests[str(conf["column"])] = (method, float(m["value"]), threshold)
+    drifted = [c for c in features if c in moved or (c in tests and _value_drifted(*tests[c]))]
+    pred_p = tests[PREDICTION][1] if PREDICTION in tests else None
     quality: dict[str, float] = {}
     if int(labelled.sum()) >= min_labelled:
         y, p = current.loc[labelled, LABEL].astype(int), current.loc[labelled, PREDICTION].astype(int)
@@ -176,6 +202,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
             if m["metric_name"].startswith(("F1Score", "Precision(", "Recall(")) and not isinstance(m["value"], dict):
                 quality[m["metric_name"].split("(")[0].lower()] = float(m["value"])
         snapshot = (snapshot, quality_snap)
-    share = len(drifted) / len(usable) if usable else 0.0
-    return DriftResult(len(current), share, drifted, pred_p, pred_p is not None and pred_p < thresholds.get(PREDICTION, 0.05),
-                       quality, snapshot)
+    judged = len(usable) + len(moved)
+    share = len(drifted) / judged if judged else 0.0
+    return DriftResult(len(current), share, drifted, pred_p,
+                       PREDICTION in tests and _value_drifted(*tests[PREDICTION]), quality, snapshot)

@@ -196,6 +196,10 @@ class MonitoringConfig(_Section):
     prediction_drift: bool = Field(True, description="also alert when the predicted-class distribution drifts")
     webhook_url: str | None = Field(None, description="POSTed a JSON alert on drift (retried, never fatal)")
     webhook_retries: int = Field(3, ge=1)
+    alert_cooldown_minutes: float = Field(360.0, ge=0.0, description="after an alert for a model version, further "
+                                          "detections for that version within this many minutes are recorded in "
+                                          "their monitoring run but raise no event, webhook or alerts row (0: off); "
+                                          "also the retraining trigger's per-version cool-down")
     experiment: str = "weakflow-monitoring"
     evidently_workspace: Path | None = Field(None, description="default: <workspace>/evidently")
 

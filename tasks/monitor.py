@@ -2,13 +2,17 @@
 
 Each is a plain function plus a thin Prefect task; reports go to the MLflow monitoring experiment
 (tagged with the model version, which in turn gets a ``last_drift_check`` tag) and to an Evidently
-workspace that ``evidently ui --workspace <dir>`` shows.
+workspace that ``evidently ui --workspace <dir>`` shows. The window holds only the predictions of the
+version being checked: after a retrain, the old version's traffic is not compared with the new
+champion's reference. Alerts go through :func:`monitoring.alerts.raise_once` (alerts row, event,
+webhook; nothing again for the same version within ``monitoring.alert_cooldown_minutes``), and what
+happened is tagged ``alert`` on the monitoring run.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -17,7 +21,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from monitoring.alerts import DRIFT_EVENT, Alert, emit_drift_event, post_webhook, record_alert
+from monitoring.alerts import CONTAMINATION_EVENT, DRIFT_EVENT, Alert, raise_once
 from monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
 from tasks import tracking
 from tasks.config import Config
@@ -38,7 +42,8 @@ class Check:
     result: DriftResult
     verdict: Verdict
     run_id: str | None  # the MLflow monitoring run
-    report_uri: str
+    report_uri: str  # "" when no report was made (a "not checked" window)
+    evidently_runs: list[str] = field(default_factory=list)  # snapshot ids added to the Evidently workspace
 
 
 def log_url(cfg: Config) -> str:
@@ -88,9 +93,10 @@ def log_check(cfg: Config, served: Served, result: DriftResult, verdict: Verdict
                 snap.save_html(str(Path(tmp) / f"{name}_report.html"))
                 (Path(tmp) / f"{name}_report.json").write_text(snap.json())
             mlflow.log_artifacts(tmp, "drift")
-        report_uri = f"{run.info.artifact_uri}/drift/drift_report.html"
+        report_uri = f"{run.info.artifact_uri}/drift/drift_report.html" if snapshots[0] is not None else ""
     client.set_model_version_tag(served.name, served.version, "last_drift_check",
                                  f"{run.info.run_id}: {verdict.text[:200]}")
+    evidently_runs: list[str] = []
     if snapshots[0] is not None:
         import warnings
 
@@ -103,22 +109,25 @@ def log_check(cfg: Config, served: Served, result: DriftResult, verdict: Verdict
             or ws.create_project(f"weakflow-monitoring/{served.name}")
         for snap in snapshots:
             if snap is not None:
-                ws.add_run(project.id, snap, include_data=False)
-    return Check(result, verdict, run.info.run_id, report_uri)
+                evidently_runs.append(str(ws.add_run(project.id, snap, include_data=False).id))
+    return Check(result, verdict, run.info.run_id, report_uri, evidently_runs)
 
 
 def raise_alert(cfg: Config, served: Served, check: Check) -> dict[str, str | int | None]:
-    """Event, webhook and alerts row, once per detection."""
+    """Alerts row, event and webhook, once per detection and not again for this model version within the
+    cool-down; what happened is tagged ``alert`` on the monitoring run."""
+    m = cfg.monitoring
     payload = {"model": served.name, "version": served.version, "drift_share": check.result.drift_share,
                "drifted_columns": check.result.drifted_columns, "prediction_drifted": check.result.prediction_drifted,
                "report": check.report_uri, "mlflow_run_id": check.run_id, "verdict": check.verdict.text}
-    event_id = emit_drift_event(served.name, served.version, payload)
-    webhook = post_webhook(cfg.monitoring.webhook_url, {"event": DRIFT_EVENT, **payload},
-                           retries=cfg.monitoring.webhook_retries) if cfg.monitoring.webhook_url else ""
-    alert_id = record_alert(log_url(cfg), Alert("drift", served.name, served.version, check.result.drift_share,
-                                                check.result.drifted_columns, check.result.prediction_drifted,
-                                                check.report_uri, check.verdict.text), webhook)
-    return {"event_id": event_id, "webhook": webhook, "alert_id": alert_id}
+    raised = raise_once(log_url(cfg), DRIFT_EVENT,
+                        Alert("drift", served.name, served.version, check.result.drift_share,
+                              check.result.drifted_columns, check.result.prediction_drifted, check.report_uri,
+                              check.verdict.text),
+                        payload, m.webhook_url, m.webhook_retries, m.alert_cooldown_minutes)
+    if check.run_id is not None:
+        mlflow.MlflowClient().set_tag(check.run_id, "alert", raised.text[:5000])
+    return raised.as_dict()
 
 
 def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -160,14 +169,13 @@ def handle_contamination(cfg: Config, served: Served, window: pd.DataFrame, expe
     mlflow.MlflowClient().set_model_version_tag(served.name, served.version, "governance_post_deploy",
                                                 f"{run.info.run_id}: {text}")
     if policy == "alert" and any(counts.values()):
-        from monitoring.alerts import CONTAMINATION_EVENT, emit_event_for
-
+        m = cfg.monitoring
         payload = {"model": served.name, "version": served.version, **counts, "mlflow_run_id": run.info.run_id}
-        emit_event_for(CONTAMINATION_EVENT, served.name, served.version, payload)
-        webhook = post_webhook(cfg.monitoring.webhook_url, {"event": CONTAMINATION_EVENT, **payload},
-                               retries=cfg.monitoring.webhook_retries) if cfg.monitoring.webhook_url else ""
-        record_alert(log_url(cfg), Alert("contamination", served.name, served.version, 0.0, [], False,
-                                         run.info.artifact_uri, text), webhook)
+        raised = raise_once(log_url(cfg), CONTAMINATION_EVENT,
+                            Alert("contamination", served.name, served.version, 0.0, [], False,
+                                  run.info.artifact_uri, text),
+                            payload, m.webhook_url, m.webhook_retries, m.alert_cooldown_minutes)
+        mlflow.MlflowClient().set_tag(run.info.run_id, "alert", raised.text[:5000])
     return counts
 
 
@@ -180,7 +188,7 @@ def contamination_task(cfg: Config, served: Served, window: pd.DataFrame, experi
 def load_window_task(cfg: Config, served: Served) -> pd.DataFrame:
     m = cfg.monitoring
     return load_window(log_url(cfg), served.features, rows=m.window_rows, hours=m.window_hours,
-                       model_name=served.name, max_rows=m.max_rows, sample=m.sample_rows, seed=cfg.seed)
+                       model_name=served.name, model_version=served.version, max_rows=m.max_rows, sample=m.sample_rows, seed=cfg.seed)
 
 
 @task(name="load_reference", cache_policy=NO_CACHE, persist_result=False)

@@ -30,6 +30,27 @@ def wait_for(fn, timeout: float, what: str):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def test_deployments_run_one_at_a_time_and_the_trigger_cools_down(tmp_path):
+    """No server needed: what `weakflow deploy` would register. A drift trigger must not pile up training
+    runs: one active run per deployment (a second is cancelled), one trigger firing per model version per
+    cool-down."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    from deploy.deployments import build_deployments
+    from tests.conftest import fast_config
+
+    cfg = fast_config(tmp_path, "monitoring.alert_cooldown_minutes=90")
+    training, monitoring = build_deployments(cfg, "0 3 * * *", 600)
+    for d in (training, monitoring):
+        assert d.concurrency_limit == 1
+        assert d.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    [trigger] = training.triggers
+    assert trigger.within == timedelta(minutes=90) and trigger.for_each == {"prefect.resource.id"}
+    assert trigger.expect == {"weakflow.drift.detected"} and trigger.posture == "Reactive"
+
+
 @pytest.mark.slow
 def test_schedule_and_drift_trigger_on_a_real_prefect_server(tmp_path):
     port = free_port()
@@ -56,6 +77,8 @@ def test_schedule_and_drift_trigger_on_a_real_prefect_server(tmp_path):
         assert scheduled[0]["expected_start_time"][11:16] == "03:00"
         automations = _post(f"{api}/automations/filter", {})
         assert any("weakflow.drift.detected" in str(a["trigger"]) for a in automations)
+        assert training["global_concurrency_limit"]["limit"] == 1
+        assert training["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         before = {r["id"] for r in _runs(api, training["id"])}
         emit = ("from monitoring.alerts import emit_drift_event; "
                 "print(emit_drift_event('weakflow-classifier', '1', {'drift_share': 0.5, 'drifted_columns': ['px_1']}))")
