@@ -64,9 +64,17 @@ def test_the_projected_index_for_large_references_finds_the_same_pairs(digits):
     small = NearDuplicateIndex(reference, factor=0.25)
     large = NearDuplicateIndex(reference, factor=0.25, large=100)  # force the projected path
     assert large.projected and not small.projected
+    # and rows just inside / just outside the threshold, in random directions (the bounds must be exact)
+    edge = np.stack([_at_distance(small, reference[k], small.threshold * f, rng)
+                     for k, f in zip(rng.choice(len(reference), 20, replace=False), [0.97, 1.03] * 10)])
+    rows = np.concatenate([rows, edge])
     a, b = small.near_pairs(rows), large.near_pairs(rows)
-    assert len(a) == 40 and a["row_index"].tolist() == b["row_index"].tolist()
+    assert len(a) >= 50 and a["row_index"].tolist() == b["row_index"].tolist()
+    assert a["reference_index"].tolist() == b["reference_index"].tolist()
     assert np.allclose(a["distance"], b["distance"], atol=1e-4)
+    d, i = large.query(rows, chunk=7)  # many chunks, each its own tree: the same answer
+    d1, i1 = large.query(rows)
+    assert np.array_equal(i, i1) and np.allclose(d, d1)
 
 
 def _at_distance(index: NearDuplicateIndex, row: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
