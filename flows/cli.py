@@ -21,7 +21,7 @@ examples:
   weakflow serve --port 8000                     # the champion over HTTP, hot reload, prediction log
   weakflow simulate-traffic --shift noise        # demo requests (shifted) to a running server
   weakflow monitor                               # drift check of the prediction log, alerts on drift
-  weakflow alerts                                # past drift alerts
+  weakflow alerts                                # past drift and contamination alerts
   weakflow feedback labels.csv                   # delayed gold labels (request_id,row_index,label)
   weakflow deploy --cron "0 3 * * *"             # Prefect deployments: schedule, monitoring, retrain on drift
 """
@@ -43,84 +43,75 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", type=Path, help="folder for mlflow.db, artifacts and generated data")
 
 
+def _command(sub, name: str, help: str, examples: list[str], description: str | None = None) -> argparse.ArgumentParser:
+    """One sub-command with its examples in ``--help`` and the shared config flags."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n" + "".join(f"  {e}\n" for e in examples))
+    _add_config_args(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weakflow", description="Train production models from weak labels, tracked in MLflow, orchestrated by Prefect.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the whole training pipeline", formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description="validate -> weak_train -> pseudo_label -> full_train -> evaluate -> register",
-                         epilog="examples:\n  weakflow run\n  weakflow run --config my.yaml --set full_train.epochs=80\n")
-    _add_config_args(run)
-    val = sub.add_parser("validate", help="run only the data validation suite", formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="examples:\n  weakflow validate --config my.yaml\n")
-    _add_config_args(val)
-    show = sub.add_parser("show-config", help="print the effective config as YAML", formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="examples:\n  weakflow show-config > my.yaml\n  weakflow show-config --set data.noise.rate=0.2\n")
-    _add_config_args(show)
-    models = sub.add_parser("models", help="list registered versions, aliases and key metrics",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n  weakflow models\n  weakflow models --tracking-uri http://127.0.0.1:5000\n")
-    _add_config_args(models)
-    promote = sub.add_parser(
-        "promote", help="make a version champion, only if the gates pass", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Re-scores the version and the current champion on the configured frozen gold test split and "
-                    "moves the champion alias only if every gate passes (validation, governance, minimum accuracy, "
-                    "not worse than the champion). Who, when and why are recorded as version tags.",
-        epilog='examples:\n  weakflow promote 3 --reason "reviewed: better on classes 3 and 8"\n')
+    _command(sub, "run", "run the whole training pipeline",
+             ["weakflow run", "weakflow run --config my.yaml --set full_train.epochs=80"],
+             "validate -> governance -> weak_labels -> weak_train -> pseudo_label -> pseudo_governance -> "
+             "full_train -> evaluate -> register")
+    _command(sub, "validate", "run only the data validation suite", ["weakflow validate --config my.yaml"])
+    _command(sub, "show-config", "print the effective config as YAML",
+             ["weakflow show-config > my.yaml", "weakflow show-config --set data.noise.rate=0.2"])
+    _command(sub, "models", "list registered versions, aliases and key metrics",
+             ["weakflow models", "weakflow models --tracking-uri http://127.0.0.1:5000"])
+    promote = _command(
+        sub, "promote", "make a version champion, only if the gates pass",
+        ['weakflow promote 3 --reason "reviewed: better on classes 3 and 8"'],
+        "Re-scores the version and the current champion on the configured frozen gold test split and moves the "
+        "champion alias only if every gate passes (validation, governance, minimum accuracy, not worse than the "
+        "champion) and the champion did not move meanwhile. Who, when and why are recorded as version tags.")
     promote.add_argument("version", help="model version number to promote")
     promote.add_argument("--reason", required=True, help="why (recorded on the version)")
-    _add_config_args(promote)
-    rollback = sub.add_parser("rollback", help="move champion back to the version it replaced",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog='examples:\n  weakflow rollback --reason "spike in low-confidence predictions"\n')
+    rollback = _command(sub, "rollback", "move champion back to the version it replaced",
+                        ['weakflow rollback --reason "spike in low-confidence predictions"'])
     rollback.add_argument("--reason", default="manual rollback", help="why (recorded on the version)")
-    _add_config_args(rollback)
-    serve = sub.add_parser(
-        "serve", help="serve the champion over HTTP (FastAPI + uvicorn)", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="POST /predict, GET /health, GET /model. Swaps the model when the alias moves (polls every "
-                    "serve.poll_seconds); logs every prediction to serve.prediction_log_url (default: SQLite in the "
-                    "workspace). Stops cleanly on SIGTERM/Ctrl-C after flushing the log.",
-        epilog="examples:\n  weakflow serve\n  weakflow serve --port 9000 --set serve.poll_seconds=2\n"
-               "  curl -s localhost:8000/predict -H 'content-type: application/json' -d @request.json\n")
+    serve = _command(
+        sub, "serve", "serve the champion over HTTP (FastAPI + uvicorn)",
+        ["weakflow serve", "weakflow serve --port 9000 --set serve.poll_seconds=2",
+         "curl -s localhost:8000/predict -H 'content-type: application/json' -d @request.json"],
+        "POST /predict, GET /health, GET /model. Swaps the model when the alias moves (polls every "
+        "serve.poll_seconds); logs every prediction to serve.prediction_log_url (default: SQLite in the "
+        "workspace). Stops cleanly on SIGTERM/Ctrl-C after flushing the log.")
     serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default serve.port, 8000)")
-    _add_config_args(serve)
-    traffic = sub.add_parser(
-        "simulate-traffic", help="send demo requests, optionally shifted, to a running server",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Rows come from the demo's held-out test split. Shifts: none, noise (Gaussian sensor noise), "
-                    "brightness (dimmer, lower contrast), prior (60%% of rows from classes 0 and 1).",
-        epilog="examples:\n  weakflow simulate-traffic --shift none --rows 500\n"
-               "  weakflow simulate-traffic --shift brightness --url http://127.0.0.1:8000 --feedback\n")
+    traffic = _command(
+        sub, "simulate-traffic", "send demo requests, optionally shifted, to a running server",
+        ["weakflow simulate-traffic --shift none --rows 500",
+         "weakflow simulate-traffic --shift brightness --url http://127.0.0.1:8000 --feedback"],
+        "Rows come from the demo's held-out test split. Shifts: none, noise (Gaussian sensor noise), "
+        "brightness (dimmer, lower contrast), prior (60%% of rows from classes 0 and 1).")
     traffic.add_argument("--shift", choices=["none", "noise", "brightness", "prior"], default="none")
     traffic.add_argument("--url", default=None, help="server base URL (default http://serve.host:serve.port)")
     traffic.add_argument("--rows", type=int, default=500, help="records to send (default 500)")
     traffic.add_argument("--batch", type=int, default=10, help="records per request (default 10)")
     traffic.add_argument("--seed", type=int, default=0)
-    traffic.add_argument("--feedback", action="store_true", help="also record the rows' gold labels as delayed feedback")
-    _add_config_args(traffic)
-    monitor = sub.add_parser("monitor", help="run the monitoring flow once (drift check, alert on drift)",
-                             formatter_class=argparse.RawDescriptionHelpFormatter,
-                             epilog="examples:\n  weakflow monitor\n  weakflow monitor --set monitoring.window_hours=24\n")
-    _add_config_args(monitor)
-    alerts = sub.add_parser("alerts", help="list drift alerts", formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n  weakflow alerts\n")
-    _add_config_args(alerts)
-    feedback = sub.add_parser("feedback", help="record delayed gold labels for served predictions",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="examples:\n  weakflow feedback labels.csv   # columns request_id,row_index,label\n")
+    traffic.add_argument("--feedback", action="store_true",
+                         help="also record the rows' gold labels as delayed feedback (waits for the server's log)")
+    _command(sub, "monitor", "run the monitoring flow once (drift check, alert on drift)",
+             ["weakflow monitor", "weakflow monitor --set monitoring.window_hours=24"])
+    _command(sub, "alerts", "list drift and contamination alerts", ["weakflow alerts"])
+    feedback = _command(sub, "feedback", "record delayed gold labels for served predictions",
+                        ["weakflow feedback labels.csv   # columns request_id,row_index,label"])
     feedback.add_argument("file", type=Path, help="CSV or Parquet with request_id, row_index, label")
-    _add_config_args(feedback)
-    deploy = sub.add_parser(
-        "deploy", help="register the Prefect deployments and run them (until Ctrl-C)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Against the Prefect API in PREFECT_API_URL: training on --cron, monitoring every --interval "
-                    "seconds, and retraining when a weakflow.drift.detected event names this model.",
-        epilog='examples:\n  PREFECT_API_URL=http://127.0.0.1:4200/api weakflow deploy --cron "0 3 * * *" --interval 900\n')
+    deploy = _command(
+        sub, "deploy", "register the Prefect deployments and run them (until Ctrl-C)",
+        ['PREFECT_API_URL=http://127.0.0.1:4200/api weakflow deploy --cron "0 3 * * *" --interval 900'],
+        "Needs a running Prefect server (PREFECT_API_URL). Registers training on --cron, monitoring every "
+        "--interval seconds, and retraining when a weakflow.drift.detected event names this model (at most "
+        "once per model version per monitoring.alert_cooldown_minutes), then executes their runs.")
     deploy.add_argument("--cron", default="0 3 * * *", help="training schedule (default 03:00 daily)")
     deploy.add_argument("--interval", type=float, default=900.0, help="monitoring interval in seconds (default 900)")
-    _add_config_args(deploy)
     return parser
 
 
