@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from deploy.gates import GateDecision, GateInput, decide
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_CHARS = 5000  # MLflow stores tag values in String(5000): PostgreSQL and MySQL enforce it
 
 
 class RegistryError(RuntimeError):
@@ -68,7 +69,10 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, re
         client.set_model_version_tag(name, previous, "replaced_by_version", str(version))
     history = json.loads(client.get_registered_model(name).tags.get("champion_history", "[]"))
     history.append({"version": str(version), "action": action, "by": user, "at": stamp, "reason": reason})
-    client.set_registered_model_tag(name, "champion_history", json.dumps(history[-50:]))
+    history = history[-50:]
+    while len(history) > 1 and len(json.dumps(history)) > HISTORY_CHARS:  # the oldest moves go first
+        history.pop(0)
+    client.set_registered_model_tag(name, "champion_history", json.dumps(history))
     return previous
 
 

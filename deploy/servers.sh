@@ -89,6 +89,8 @@ case "$cmd" in
       sleep 0.5
     done
     [ "$n" -ge 2 ] || { echo "deployments not registered in 120 s (log $DIR/logs/schedule.log)" >&2; exit 1; }
+    sleep 2  # deployments of an earlier `schedule` count too: make sure this process is the one still serving
+    kill -0 "$(cat "$DIR/schedule.pid")" 2>/dev/null || { echo "schedule exited; last log lines:" >&2; tail -n 30 "$DIR/logs/schedule.log" >&2; exit 1; }
     echo "deployments registered and served (log $DIR/logs/schedule.log); see http://127.0.0.1:$PREFECT_PORT/deployments"
     ;;
   status)

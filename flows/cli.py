@@ -229,7 +229,11 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
         from monitoring.alerts import record_feedback
         from tasks.data import read_table
 
-        stored = record_feedback(log_url(cfg), read_table(args.file, "feedback file"))
+        try:
+            stored = record_feedback(log_url(cfg), read_table(args.file, "feedback file"))
+        except ValueError as exc:  # missing columns, unknown (request_id, row_index): one line, exit 1
+            print(f"feedback: {args.file}: {exc}", file=sys.stderr)
+            return 1
         print(f"stored {stored} feedback label(s) in {log_url(cfg)}")
         return 0
     if args.command == "simulate-traffic":
@@ -282,7 +286,7 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
         missing = wait_logged(log_url(cfg), list(zip(feedback["request_id"], feedback["row_index"].astype(int))))
         if missing:
             print(f"{len(missing)} answered row(s) not in the prediction log {log_url(cfg)} after 30 s, e.g. "
-                  f"{missing[:3]}; is the server logging to this database (serve.log_url)?", file=sys.stderr)
+                  f"{missing[:3]}; is the server logging to this database (serve.prediction_log_url)?", file=sys.stderr)
             return 1
         print(f"stored {record_feedback(log_url(cfg), feedback)} feedback labels")
     return 0 if not result.errors else 1

@@ -201,6 +201,7 @@ def record_feedback(url: str, labels: pd.DataFrame) -> int:
     need = {"request_id", "row_index", "label"}
     if not need <= set(labels.columns):
         raise ValueError(f"feedback needs columns {sorted(need)}; got {sorted(labels.columns)}")
+    labels = labels.drop_duplicates(["request_id", "row_index"], keep="last")  # the last label for a row wins
     engine = make_engine(url)
     try:
         with engine.begin() as conn:

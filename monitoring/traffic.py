@@ -1,9 +1,9 @@
 """Realistic traffic for a running model server, with or without a distribution shift.
 
-Rows come from the demo's held-out test split (never trained on). Shifts:
+Rows come from the configured test split (the demo's held-out rows by default; never trained on). Shifts:
 
 - ``none``: the rows as they are (no drift: the checks must stay quiet);
-- ``noise``: Gaussian sensor noise (sd ``3`` on the 0-16 pixel scale), clipped to the valid range;
+- ``noise``: Gaussian sensor noise (sd ``3``, on the demo's 0-16 pixel scale), clipped to the data's range;
 - ``brightness``: every pixel dimmed to 60% and lifted by 2 (a darker, lower-contrast camera);
 - ``prior``: the class mix changes: 60% of rows from classes 0 and 1 (features per class unchanged).
 """
@@ -22,8 +22,10 @@ SHIFTS: tuple[str, ...] = ("none", "noise", "brightness", "prior")
 
 
 def shifted_rows(test: pd.DataFrame, features: list[str], label: str, shift: Shift, n: int,
-                 seed: int = 0, lo: float = 0.0, hi: float = 16.0) -> pd.DataFrame:
-    """``n`` rows drawn from ``test`` (without replacement while rows last) under ``shift``; keeps the label."""
+                 seed: int = 0) -> pd.DataFrame:
+    """``n`` rows drawn from ``test`` (without replacement while rows last) under ``shift``; keeps the label.
+    Shifted values are clipped to the range of ``test``'s features (0-16 for the demo); unshifted rows are
+    left exactly as they are."""
     if shift not in SHIFTS:
         raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
     rng = np.random.default_rng(seed)
@@ -35,11 +37,10 @@ def shifted_rows(test: pd.DataFrame, features: list[str], label: str, shift: Shi
         idx = np.concatenate([rng.permutation(len(test)) for _ in range(-(-n // len(test)))])[:n]
     rows = test.iloc[idx].reset_index(drop=True)
     x = rows[features].to_numpy(np.float64)
-    if shift == "noise":
-        x = x + rng.normal(0.0, 3.0, x.shape)
-    elif shift == "brightness":
-        x = x * 0.6 + 2.0
-    rows[features] = np.clip(x, lo, hi)
+    if shift in ("noise", "brightness"):  # the shifted values stay in the data's own range (0-16 for the demo)
+        lo, hi = test[features].to_numpy().min(), test[features].to_numpy().max()
+        x = x + rng.normal(0.0, 3.0, x.shape) if shift == "noise" else x * 0.6 + 2.0
+        rows[features] = np.clip(x, lo, hi)
     return rows
 
 

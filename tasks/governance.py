@@ -158,10 +158,12 @@ def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple
         bad = np.zeros(len(kept), bool)
         bad[pairs["row_index"].to_numpy()] = True
         findings.dropped = {"pseudo": int(bad.sum())}
+        findings.actions["pseudo_near_test"] = f"dropped {int(bad.sum())} row(s)"  # rows, not distinct ids
         pseudo._kept = kept[~bad].reset_index(drop=True)
         pseudo._kept.to_parquet(pseudo.path, index=False)
         classes = np.asarray(data.classes)
         pseudo.stream.kept = np.array([(pseudo._kept["pseudo_label"] == c).sum() for c in classes])
+        pseudo.per_class["kept"] = pseudo.stream.kept  # the logged per-class table must agree
     return pseudo, findings
 
 

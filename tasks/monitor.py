@@ -55,8 +55,8 @@ def load_served(cfg: Config) -> Served:
     client = mlflow.MlflowClient()
     name = cfg.tracking.model_name
     mv = client.get_model_version_by_alias(name, cfg.serve.alias)
-    path = client.download_artifacts(mv.run_id, "reference/reference.parquet", tempfile.mkdtemp())
-    reference = pd.read_parquet(path)
+    with tempfile.TemporaryDirectory() as tmp:  # one download per check: never left behind
+        reference = pd.read_parquet(client.download_artifacts(mv.run_id, "reference/reference.parquet", tmp))
     features = [c for c in reference.columns if c not in ("provenance", "prediction", "confidence")]
     return Served(name, str(mv.version), mv.run_id, reference, features,
                   sorted(int(c) for c in reference["prediction"].unique()))

@@ -62,8 +62,10 @@ def check_pool_schema(path: Path, features: list[str], field: str = "data.unlabe
     return rows
 
 
-def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str = "data.unlabeled_path") -> Chunks:
-    """A pool file, ``chunk_rows`` at a time. Rows get the file's ``row_id`` column, else their position.
+def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str = "data.unlabeled_path",
+                   id_offset: int = 0) -> Chunks:
+    """A pool file, ``chunk_rows`` at a time. Rows get the file's ``row_id`` column, else ``id_offset`` +
+    their position (the caller passes one past the training rows' ids, so no id names two rows).
     A NaN or infinite feature fails with the file, the rows and the column."""
     path = Path(path)
     has_ids = ROW_ID in pq.read_schema(path).names
@@ -79,7 +81,7 @@ def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str 
                 col = features[int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])]
                 raise DataError(f"{field}: {path} rows {start}-{start + len(x) - 1}: column {col} has NaN or "
                                 "infinite values; expected finite numbers")
-            ids = batch.column(ROW_ID).to_numpy() if has_ids else np.arange(start, start + len(x))
+            ids = batch.column(ROW_ID).to_numpy() if has_ids else np.arange(start, start + len(x)) + id_offset
             yield x, pd.DataFrame({ROW_ID: ids.astype(np.int64), SPLIT: "pool", SOURCE: "pool"})
             start += len(x)
     return gen

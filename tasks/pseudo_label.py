@@ -106,7 +106,8 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_di
     splits = ["unlabeled", "weak"] if p.include_weak_rows else ["unlabeled"]
     parts = [frame_chunks(data.rows(*splits), data.features, p.chunk_rows)]
     if data.spec.unlabeled_path is not None:
-        parts.append(parquet_chunks(data.spec.unlabeled_path, data.features, p.chunk_rows))
+        parts.append(parquet_chunks(data.spec.unlabeled_path, data.features, p.chunk_rows,
+                                    id_offset=int(data.train[ROW_ID].max()) + 1 if len(data.train) else 0))
     dev, holdout = data.rows("gold_dev"), data.rows("gold_train")
     dev_probs = score(data.x(dev))
     dev_set = DevSet(dev_probs.argmax(1), dev_probs.max(1), data.y(dev))

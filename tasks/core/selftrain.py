@@ -77,7 +77,7 @@ def self_train(
         rnd.pseudo = relabel(i, model)
         rnd.relabelled = size(rnd.pseudo)
         _notify(on_round, rnd)
-        if rnd.relabelled < (1.0 + min_growth) * rnd.trained_on:
+        if rnd.relabelled == 0 or rnd.relabelled < (1.0 + min_growth) * rnd.trained_on:  # 0 never "grows"
             result.stop_reason = (f"pseudo set stopped growing after round {i} ({rnd.trained_on} -> "
                                   f"{rnd.relabelled} rows, min_growth {min_growth:g})")
             return result

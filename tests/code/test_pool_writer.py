@@ -121,3 +121,12 @@ def test_soft_output_without_probabilities_and_clashing_feature_names_raise(tmp_
         writer(np.zeros((1, 3), np.float32), ids, np.array([True]), np.array([0]), np.array([0.9], np.float32), None)
     with pytest.raises(DataError, match="used twice"):
         KeptWriter(tmp_path / "o.parquet", ["f0", "confidence"], CLASSES)
+
+
+def test_pool_rows_without_ids_are_numbered_after_the_training_rows(tmp_path):
+    """Positions would repeat the training file's 0..n-1 ids; the offset keeps every id one row's."""
+    x = np.random.default_rng(1).normal(size=(25, len(FEATURES))).astype(np.float32)
+    path = tmp_path / "no_ids.parquet"
+    pq.write_table(pa.table({c: x[:, i] for i, c in enumerate(FEATURES)}), path, row_group_size=10)
+    ids = np.concatenate([frame[ROW_ID].to_numpy() for _, frame in parquet_chunks(path, FEATURES, 10, id_offset=500)()])
+    assert ids.tolist() == list(range(500, 525))

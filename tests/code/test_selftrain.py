@@ -50,3 +50,10 @@ def test_max_rounds_one_is_plain_augmentation():
     assert res.model == "model-1" and [c[0] for c in calls] == ["train"]
     with pytest.raises(ValueError, match="max_rounds"):
         self_train(100, int, train_round, relabel, max_rounds=0)
+
+
+def test_an_empty_relabelling_stops_instead_of_retraining_the_same_model():
+    train_round, relabel, calls = scripted([0.90, 0.90, 0.90], [0, 0, 0])
+    res = self_train(0, int, train_round, relabel, max_rounds=3)
+    assert len(res.rounds) == 1 and "stopped growing" in res.stop_reason
+    assert [c[0] for c in calls] == ["train", "relabel"]

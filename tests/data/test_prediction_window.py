@@ -41,6 +41,9 @@ def test_last_rows_in_order_with_feedback(log):
     assert len(load_window(url, FEATURES, rows=10, model_name="other")) == 0
     with pytest.raises(ValueError, match="no logged prediction"):
         record_feedback(url, pd.DataFrame({"request_id": ["nope"], "row_index": [0], "label": [1]}))
+    # the same row twice in one file, and again later: the last label wins, one row each
+    assert record_feedback(url, pd.DataFrame({"request_id": ["req299"] * 2, "row_index": [0, 0], "label": [5, 7]})) == 1
+    assert load_window(url, FEATURES, rows=100)["label"].iloc[0] == 7
 
 
 def test_sampled_window_stays_within_the_ks_bound(log):
