@@ -221,7 +221,7 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
         cols = frame["drifted_columns"].map(lambda c: json.loads(c or "[]"))
         frame["drifted_columns"] = cols.map(lambda c: f"{len(c)}: {', '.join(c[:3])}{' …' if len(c) > 3 else ''}")
         frame["ts"] = pd.to_datetime(frame["ts"]).dt.strftime("%Y-%m-%d %H:%M:%S")
-        print(frame[["id", "ts", "model_name", "model_version", "drift_share", "drifted_columns", "prediction_drifted",
+        print(frame[["id", "ts", "kind", "model_name", "model_version", "drift_share", "drifted_columns", "prediction_drifted",
                      "webhook"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print(f"reports: {frame['report_uri'].iloc[0]} (latest)")
         return 0

@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -186,6 +187,10 @@ def raise_once(url: str, event_name: str, alert: Alert, payload: dict[str, Any],
 
 
 def list_alerts(url: str, limit: int = 50) -> pd.DataFrame:
+    """The newest ``limit`` alerts; none (and nothing created) when the log database does not exist yet."""
+    database = sa.engine.make_url(url).database
+    if url.startswith("sqlite") and database not in (None, "", ":memory:") and not Path(database).exists():
+        return pd.DataFrame(columns=[c.name for c in ALERTS.columns])
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

@@ -160,9 +160,10 @@ class GovernanceConfig(_Section):
     label_leakage: Literal["fail", "warn"] = Field("fail", description="a single feature that predicts the label")
     leakage_accuracy: float = Field(0.98, gt=0.0, le=1.0, description="leak = one-feature CV accuracy at least this")
     pseudo_near_test: Policy = Field("drop", description="pseudo-labelled rows that duplicate test rows")
-    # warn by default: the demo's simulated traffic replays held-out test rows, so it would always alert
+    # alert by default: evaluation data in production traffic is a finding a person must see (once per
+    # monitoring.alert_cooldown_minutes); the demo's simulate-traffic replays test rows and shows it
     production: Literal["alert", "warn", "off"] = Field(
-        "warn", description="served rows equal/near test rows (evaluation contamination) or training rows "
+        "alert", description="served rows equal/near test rows (evaluation contamination) or training rows "
                             "(memorisation exposure): alert = alerts channel + version tag; warn = version tag")
 
 

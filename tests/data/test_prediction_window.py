@@ -59,3 +59,10 @@ def test_sampled_window_stays_within_the_ks_bound(log):
         d_sample = ks_2samp(sample[f], reference[:, i]).statistic
         assert abs(d_sample - d_full) <= bound, (f, d_full, d_sample, bound)
     assert sample_bound(50_000) == pytest.approx(0.0087, abs=1e-4)
+
+
+def test_alerts_of_a_log_that_does_not_exist_yet_are_none_and_nothing_is_created(tmp_path):
+    from monitoring.alerts import list_alerts
+
+    url = f"sqlite:///{tmp_path / 'no-such-folder' / 'log.db'}"
+    assert list_alerts(url).empty and not (tmp_path / "no-such-folder").exists()

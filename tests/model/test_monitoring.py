@@ -201,7 +201,7 @@ def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, web
         write_old_version_rows(log_url, cfg.tracking.model_name,
                                shifted_rows(test, spec.feature_columns, "label", "brightness", 200, seed=2),
                                spec.feature_columns)
-    run_cfg = fast_config(cfg.tracking.workspace, f"serve.prediction_log_url={log_url}",
+    run_cfg = fast_config(cfg.tracking.workspace, f"serve.prediction_log_url={log_url}", "governance.production=warn",
                           "monitoring.window_rows=360", f"monitoring.webhook_url={webhook}",
                           f"monitoring.evidently_workspace={tmp_path / 'evidently'}")
     result = monitoring_flow(run_cfg)
@@ -237,6 +237,7 @@ def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, web
 
         args = ["--workspace", str(cfg.tracking.workspace), *sum((["--set", o] for o in FAST), []),
                 "--set", f"serve.prediction_log_url={log_url}", "--set", "monitoring.window_rows=360",
+                "--set", "governance.production=warn",
                 "--set", f"monitoring.evidently_workspace={tmp_path / 'evidently'}"]
         assert main(["monitor", *args]) == 0
         assert len(list_alerts(log_url)) == 1 and len(Hook.received) == 1  # suppressed: no row, no webhook
@@ -277,7 +278,7 @@ def test_served_test_and_training_rows_raise_a_contamination_alert(champion, tmp
     log_url = f"sqlite:///{tmp_path / 'log.db'}"
     assert serve_traffic(cfg, log_url, rows, spec).answered == 15
     run_cfg = fast_config(cfg.tracking.workspace, f"serve.prediction_log_url={log_url}", "monitoring.window_rows=300",
-                          "governance.production=alert", f"monitoring.evidently_workspace={tmp_path / 'evidently'}")
+                          f"monitoring.evidently_workspace={tmp_path / 'evidently'}")  # the default policy: alert
     result = monitoring_flow(run_cfg)
     assert result.contamination == {"evaluation_contamination": 100, "memorisation_exposure": 50}
     alerts = list_alerts(log_url)
