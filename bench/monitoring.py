@@ -52,7 +52,7 @@ def detection(cfg, windows: int, quiet: int, size: int) -> dict[str, float]:
                     send(client, shifted_rows(test, spec.feature_columns, spec.label_column, shift, size, seed=100 + seed),
                          spec.feature_columns, spec.label_column, batch=50)
                 window = load_window(url, served.features, rows=size)
-                hits += decide(drift_report(served.reference, window, served.features, served.classes), rule).drift
+                hits += decide(drift_report(served.reference, window, served.features), rule).drift
         rates[shift] = hits / n
         print(f"{shift}: {hits}/{n} windows flagged", flush=True)
     return rates
@@ -99,7 +99,7 @@ def timing(cfg, sizes: list[int]) -> list[dict]:
             t = time.perf_counter()
             window = load_window(url, served.features, rows=n, sample=cfg.monitoring.sample_rows)
             t_read = time.perf_counter() - t
-            drift_report(served.reference, window, served.features, served.classes)
+            drift_report(served.reference, window, served.features)
             total = time.perf_counter() - t
         out.append({"rows": n, "checked": len(window), "read_s": t_read, "check_s": total, "fill_s": fill})
         print(out[-1], flush=True)

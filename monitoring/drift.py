@@ -147,7 +147,7 @@ def _constant_changed(reference: pd.Series, current: pd.Series) -> bool:
     return len(ref) == 1 and len(cur) == 1 and ref[0] != cur[0]
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], classes: list[int],
+def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], *,
                  min_labelled: int = 30) -> DriftResult:
     """Evidently's data-drift preset over the features and the predicted class with pinned tests (K-S for
     numbers, chi-square for the class, whatever the sample sizes), plus classification quality where at

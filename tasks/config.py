@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.core.losses import LossName
+from tasks.core.names import LossName
 from tasks.core.noise import NoiseKind
 
 

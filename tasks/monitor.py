@@ -34,7 +34,6 @@ class Served:
     run_id: str
     reference: pd.DataFrame
     features: list[str]
-    classes: list[int]
 
 
 @dataclass
@@ -58,8 +57,7 @@ def load_served(cfg: Config) -> Served:
     with tempfile.TemporaryDirectory() as tmp:  # one download per check: never left behind
         reference = pd.read_parquet(client.download_artifacts(mv.run_id, "reference/reference.parquet", tmp))
     features = [c for c in reference.columns if c not in ("provenance", "prediction", "confidence")]
-    return Served(name, str(mv.version), mv.run_id, reference, features,
-                  sorted(int(c) for c in reference["prediction"].unique()))
+    return Served(name, str(mv.version), mv.run_id, reference, features)
 
 
 def check_drift(cfg: Config, served: Served, window: pd.DataFrame) -> tuple[DriftResult, Verdict]:
@@ -68,7 +66,7 @@ def check_drift(cfg: Config, served: Served, window: pd.DataFrame) -> tuple[Drif
     if len(window) < m.min_rows:  # too few rows: no report, the rule says "not checked"
         empty = DriftResult(len(window), 0.0, [], None, False)
         return empty, decide(empty, rule)
-    result = drift_report(served.reference, window, served.features, served.classes)
+    result = drift_report(served.reference, window, served.features)
     return result, decide(result, rule)
 
 
