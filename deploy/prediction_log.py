@@ -8,13 +8,13 @@ answered prediction goes unlogged.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from datetime import datetime, timezone
 
+import orjson
 import sqlalchemy as sa
 
 log = logging.getLogger("weakflow.serve")
@@ -82,12 +82,18 @@ class PredictionLog:
 
     def put(self, request_id: str, model_name: str, model_version: str, features: list[str], rows: list[dict],
             classes: list[int], confidence: list[float]) -> None:
-        """Queue one request's rows; never blocks on disk."""
-        ts = datetime.now(timezone.utc)
-        self.queue.put([{"ts": ts, "request_id": request_id, "row_index": i, "model_name": model_name,
-                         "model_version": model_version, "features": json.dumps({f: r[f] for f in features}),
-                         "predicted_class": int(c), "confidence": float(p)}
-                        for i, (r, c, p) in enumerate(zip(rows, classes, confidence))])
+        """Queue one request's rows; never blocks on disk. Only a tuple is queued here: the rows are built
+        and encoded on the writer thread, off the request path."""
+        self.queue.put((datetime.now(timezone.utc), request_id, model_name, model_version, features, rows, classes,
+                        confidence))
+
+    @staticmethod
+    def _rows(item: tuple) -> list[dict]:
+        ts, request_id, model_name, model_version, features, rows, classes, confidence = item
+        return [{"ts": ts, "request_id": request_id, "row_index": i, "model_name": model_name,
+                 "model_version": model_version, "features": orjson.dumps({f: r[f] for f in features}).decode(),
+                 "predicted_class": int(c), "confidence": float(p)}
+                for i, (r, c, p) in enumerate(zip(rows, classes, confidence))]
 
     def _run(self) -> None:
         stop = False
@@ -101,7 +107,11 @@ class PredictionLog:
                 elif isinstance(item, threading.Event):
                     barriers.append(item)
                 else:
-                    pending.extend(item)
+                    try:
+                        pending.extend(self._rows(item))
+                    except Exception as exc:  # noqa: BLE001 - a malformed item must not stop the writer
+                        self.failed += len(item[5])
+                        log.error("prediction log dropped request %s: %s", item[1], exc)
                 if stop or len(pending) >= self.batch_size:
                     break
                 try:

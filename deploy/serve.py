@@ -24,12 +24,14 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from deploy.batching import MicroBatcher
 from deploy.prediction_log import PredictionLog
 from deploy.registry import CHAMPION
 
@@ -128,17 +130,89 @@ def error_fields(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
+class ModelServer(FastAPI):
+    """FastAPI for every route, except that ``POST /predict`` is answered by a lean ASGI handler ahead
+    of FastAPI's routing and middleware stack: on a one-record request that machinery cost more CPU than
+    validating and predicting (see docs/benchmarks.md). The route is still declared to FastAPI, so it is
+    in the OpenAPI schema, and both paths run the same :meth:`answer`."""
+
+    predict_path = "/predict"
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.predict_path:
+            await self.predict_asgi(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def predict_asgi(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+        request_id = uuid.uuid4().hex
+        try:
+            declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            limit = self.state.weakflow["max_body_bytes"]
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                status, payload = 413, {"detail": f"request body of {declared.decode()} bytes exceeds the limit of "
+                                                  f"{limit}", "request_id": request_id}
+            else:
+                body = bytearray()
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return  # the client left: nothing answered, nothing logged
+                    body += message.get("body", b"")
+                    if len(body) > limit:
+                        status, payload = 413, {"detail": f"request body exceeds the limit of {limit} bytes",
+                                                "request_id": request_id}
+                        break
+                    if not message.get("more_body", False):
+                        status, payload = await self.answer(bytes(body), request_id)
+                        break
+        except Exception as exc:  # noqa: BLE001 - a bad request never takes the server down
+            log.exception("predict failed (request %s)", request_id)
+            status, payload = 500, {"detail": f"internal error: {type(exc).__name__}", "request_id": request_id}
+        out = orjson.dumps(payload)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
+
+    async def answer(self, body: bytes, request_id: str) -> tuple[int, dict[str, Any]]:
+        """Validate, predict (micro-batched with the requests of this event-loop turn), queue the log rows."""
+        state = self.state.weakflow
+        served: ServedModel = state["holder"].current  # this request's version, whatever reloads meanwhile
+        try:
+            records = served.body.validate_json(body)["records"]
+        except ValidationError as exc:
+            return 422, {"detail": error_fields(exc), "request_id": request_id, "model_version": served.version}
+        with np.errstate(over="ignore"):  # an overflow becomes inf and is refused just below
+            x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
+        if not np.isfinite(x).all():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
+            bad = [{"field": f"records[{i}].{served.features[j]}", "type": "float32_range",
+                    "message": f"value {records[i][served.features[j]]!r} is outside the float32 range"}
+                   for i, j in zip(*np.nonzero(~np.isfinite(x)))]
+            return 422, {"detail": bad, "request_id": request_id, "model_version": served.version}
+        probs = (await state["batcher"](served, x)).astype(np.float64).round(6)  # what the client sees is logged
+        top = probs.argmax(axis=1)
+        classes = [served.classes[i] for i in top]
+        confidence = probs[np.arange(len(top)), top].tolist()
+        keys = [str(c) for c in served.classes]
+        payload = {"request_id": request_id, "model": served.name, "model_version": served.version,
+                   "predictions": [{"class": c, "confidence": p, "probabilities": dict(zip(keys, row))}
+                                   for c, p, row in zip(classes, confidence, probs.tolist())]}
+        state["log"].put(request_id, served.name, served.version, served.features, records, classes, confidence)
+        return 200, payload
+
+
 def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, max_batch: int = 1000,
-               poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db") -> FastAPI:
+               poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db") -> ModelServer:
     """The app; the model and the prediction log open in its lifespan (so tests run it in process)."""
 
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"max_body_bytes": max_body_bytes}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(1)  # many small requests: one thread each beats oversubscribed intra-op threads
         state["holder"] = ModelHolder(name, alias, max_batch, poll_seconds)
         state["log"] = PredictionLog(log_url)
+        state["batcher"] = MicroBatcher()
         state["holder"].start()
         state["started"] = time.time()
         try:
@@ -148,17 +222,18 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
             state["log"].close()
             log.warning("prediction log closed: %d rows written, %d failed", state["log"].written, state["log"].failed)
 
-    app = FastAPI(title="weakflow model server", lifespan=lifespan)
+    app = ModelServer(title="weakflow model server", lifespan=lifespan)
     app.state.weakflow = state
 
     @app.get("/health")
     def health() -> dict[str, Any]:
         holder: ModelHolder = state["holder"]
         stats = state["log"].stats()
+        batcher: MicroBatcher = state["batcher"]
         return {"status": "ok" if stats["writer_alive"] else "degraded: prediction log writer stopped",
                 "model": holder.name, "model_version": holder.current.version,
                 "uptime_s": round(time.time() - state["started"], 1), "last_poll_error": holder.last_poll_error,
-                "prediction_log": stats}
+                "prediction_log": stats, "forward_passes": batcher.batches, "rows_predicted": batcher.rows}
 
     @app.get("/model")
     def model_info() -> dict[str, Any]:
@@ -168,43 +243,11 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
                 "features": m.features, "classes": m.classes, "loaded_at": m.loaded_at, "reloads": holder.reloads,
                 "max_batch": max_batch, "max_body_bytes": max_body_bytes, "poll_seconds": poll_seconds}
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        request_id = uuid.uuid4().hex
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            return JSONResponse({"detail": f"request body of {declared} bytes exceeds the limit of {max_body_bytes}",
-                                 "request_id": request_id}, status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                return JSONResponse({"detail": f"request body exceeds the limit of {max_body_bytes} bytes",
-                                     "request_id": request_id}, status_code=413)
-        served: ServedModel = state["holder"].current  # this request's version, whatever reloads meanwhile
-        try:
-            records = served.body.validate_json(bytes(body))["records"]
-        except ValidationError as exc:
-            return JSONResponse({"detail": error_fields(exc), "request_id": request_id,
-                                 "model_version": served.version}, status_code=422)
-        with np.errstate(over="ignore"):  # an overflow becomes inf and is refused just below
-            x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
-        if not np.isfinite(x).all():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
-            bad = [{"field": f"records[{i}].{served.features[j]}", "type": "float32_range",
-                    "message": f"value {records[i][served.features[j]]!r} is outside the float32 range"}
-                   for i, j in zip(*np.nonzero(~np.isfinite(x)))]
-            return JSONResponse({"detail": bad, "request_id": request_id, "model_version": served.version},
-                                status_code=422)
-        probs = served.predict(x).astype(np.float64).round(6)  # what the client sees is what is logged
-        top = probs.argmax(axis=1)
-        classes = [served.classes[i] for i in top]
-        confidence = probs[np.arange(len(top)), top].tolist()
-        response = JSONResponse({  # rendered before logging: a row is logged only for an answer that exists
-            "request_id": request_id, "model": served.name, "model_version": served.version,
-            "predictions": [{"class": c, "confidence": p, "probabilities": dict(zip(map(str, served.classes), row))}
-                            for c, p, row in zip(classes, confidence, probs.tolist())],
-        })
-        state["log"].put(request_id, served.name, served.version, served.features, records, classes, confidence)
-        return response
+    @app.post(ModelServer.predict_path)
+    async def predict(request: Request) -> Response:
+        """``{"records": [{feature: number, ...}, ...]}`` -> class, confidence and probabilities per record.
+        (Served by :meth:`ModelServer.predict_asgi`; this declaration documents it in the OpenAPI schema.)"""
+        status, payload = await app.answer(await request.body(), uuid.uuid4().hex)
+        return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
     return app

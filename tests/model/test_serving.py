@@ -118,6 +118,15 @@ def test_server_in_process_answers_validates_and_logs(two_versions, tmp_path):
         assert set(p) == {"class", "confidence", "probabilities"}
         assert abs(sum(p["probabilities"].values()) - 1) < 1e-4 and p["confidence"] == max(p["probabilities"].values())
         answered += 5
+        # one record per request, sequential and then concurrent (micro-batched): the same answers
+        singles = [client.post("/predict", json={"records": [g]}).json()["predictions"][0] for g in good]
+        with ThreadPoolExecutor(5) as pool:
+            together = list(pool.map(lambda g: client.post("/predict", json={"records": [g]}).json()["predictions"][0],
+                                     good))
+        answered += 10
+        for a, b in zip(singles, together):
+            assert a["class"] == b["class"] and a["probabilities"] == pytest.approx(b["probabilities"], abs=2e-6)
+        assert [p["class"] for p in singles] == [p["class"] for p in body["predictions"]]
         missing = {k: v for k, v in good[0].items() if k != "px_3"}
         cases = {
             "records[0].px_3": {"records": [missing]},
@@ -140,6 +149,7 @@ def test_server_in_process_answers_validates_and_logs(two_versions, tmp_path):
         assert r.status_code == 413
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["prediction_log"]["writer_alive"]  # bad requests took nothing down
+        assert health["rows_predicted"] == answered  # a refused request never reached the model
         assert client.app.state.weakflow["log"].flush(10) and count_rows(log_url) == answered
         info = client.get("/model").json()
         assert info["version"] == "1" and len(info["features"]) == 64 and info["classes"] == list(range(10))
