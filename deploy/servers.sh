@@ -5,9 +5,12 @@
 #   bash deploy/servers.sh serve     # the model server (:8000) on the MLflow server's champion
 #   bash deploy/servers.sh schedule  # Prefect deployments: cron training, interval monitoring, retrain on drift
 #   bash deploy/servers.sh status    # what is running, with URLs
-#   bash deploy/servers.sh stop      # stop all three (the model server flushes its prediction log)
+#   bash deploy/servers.sh stop      # stop all three (the model server flushes its prediction log), and PostgreSQL
 # State lives in $WEAKFLOW_SERVERS_DIR (default weakflow-servers/): the MLflow store (SQLite + artifacts),
 # the Prefect database, the prediction log, logs and pid files. Ports: PREFECT_PORT, MLFLOW_PORT, SERVE_PORT.
+# WEAKFLOW_DB=postgres (default sqlite) at `start`: MLflow's backend store and the Prefect server's database
+# go to a local PostgreSQL that deploy/postgres.sh starts (data in $WEAKFLOW_PG_DIR, default
+# $WEAKFLOW_SERVERS_DIR/postgres; port PG_PORT, default 5433); artifacts stay in the folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${WEAKFLOW_VENV:-.venv}
@@ -15,6 +18,8 @@ DIR=$(mkdir -p "${WEAKFLOW_SERVERS_DIR:-weakflow-servers}" && cd "${WEAKFLOW_SER
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 SERVE_PORT=${SERVE_PORT:-8000}
+WEAKFLOW_DB=${WEAKFLOW_DB:-sqlite}
+export WEAKFLOW_PG_DIR=${WEAKFLOW_PG_DIR:-$DIR/postgres}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false
 export PREFECT_HOME="$DIR/prefect-home"
 export PREFECT_API_URL="http://127.0.0.1:$PREFECT_PORT/api"
@@ -60,9 +65,20 @@ cmd=${1:-status}
 shift || true
 case "$cmd" in
   start)
-    start_bg prefect "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-    start_bg mlflow "$VENV/bin/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-      --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$DIR/mlartifacts"
+    case "$WEAKFLOW_DB" in
+      sqlite)
+        mlflow_store="sqlite:///$DIR/mlflow.db"
+        prefect_db=() ;;  # Prefect's default: SQLite in $PREFECT_HOME
+      postgres)
+        bash deploy/postgres.sh start
+        mlflow_store=$(bash deploy/postgres.sh url mlflow)
+        prefect_db=("PREFECT_API_DATABASE_CONNECTION_URL=$(bash deploy/postgres.sh url prefect)") ;;
+      *) echo "WEAKFLOW_DB must be sqlite or postgres, not '$WEAKFLOW_DB'" >&2; exit 2 ;;
+    esac
+    # the database URLs go through the environment, so a password never shows in `ps`
+    start_bg prefect env "${prefect_db[@]}" "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    start_bg mlflow env MLFLOW_BACKEND_STORE_URI="$mlflow_store" \
+      "$VENV/bin/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 --artifacts-destination "$DIR/mlartifacts"
     wait_http "http://127.0.0.1:$PREFECT_PORT/api/health" prefect "$DIR/prefect.pid"
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" mlflow "$DIR/mlflow.pid"
     echo "runs against them: PREFECT_API_URL=$PREFECT_API_URL $VENV/bin/weakflow run --tracking-uri $MLFLOW_TRACKING_URI"
@@ -101,11 +117,13 @@ case "$cmd" in
         echo "$name not running"
       fi
     done
+    [ -f "$WEAKFLOW_PG_DIR/data/PG_VERSION" ] && bash deploy/postgres.sh status
     echo "Prefect UI http://127.0.0.1:$PREFECT_PORT  MLflow UI $MLFLOW_TRACKING_URI  model server http://127.0.0.1:$SERVE_PORT"
     ;;
   stop)
     stop_one schedule; stop_one serve; stop_one mlflow; stop_one prefect
+    bash deploy/postgres.sh stop  # a no-op unless a cluster runs in $WEAKFLOW_PG_DIR
     ;;
   *)
-    sed -n '2,10p' "$0"; exit 2 ;;
+    sed -n '2,13p' "$0"; exit 2 ;;
 esac

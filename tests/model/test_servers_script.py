@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_servers_script_runs_the_pieces_for_real(tmp_path):
     ports = {"PREFECT_PORT": free_port(), "MLFLOW_PORT": free_port(), "SERVE_PORT": free_port()}
     env = {**os.environ, "WEAKFLOW_SERVERS_DIR": str(tmp_path / "servers"), "WEAKFLOW_VENV": str(ROOT / ".venv"),
+           "WEAKFLOW_DB": "sqlite",  # the default store; tests/model/test_postgres_stack.py covers PostgreSQL
            **{k: str(v) for k, v in ports.items()}}
 
     def script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
