@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tasks.core.clid import ClidMu, ClidMuSettings, MetaWeightNet, clid_score, mean_clid
+from tasks.core.losses import cross_entropy
 from tasks.core.models import LogitEnsemble, ModelSpec, build_model
 from tasks.core.noise import corrupt_labels
 from tasks.core.training import TrainSettings, fit
@@ -62,10 +63,11 @@ def blobs(n=600, noise=0.4, seed=0):
     return x, y, corrupt_labels(y, 3, noise, "symmetric", seed)
 
 
-def test_weight_net_gets_gradients_only_from_the_meta_loss():
+@pytest.mark.parametrize("scope", ["full", "head"])
+def test_weight_net_gets_gradients_only_from_the_meta_loss(scope):
     x, _, noisy = blobs(64)
     model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
-    rule = ClidMu(torch.as_tensor(x[:32]), ClidMuSettings(meta_batch=16))
+    rule = ClidMu(torch.as_tensor(x[:32]), ClidMuSettings(meta_batch=16, virtual_scope=scope))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     meta_before = [p.detach().clone() for p in rule.weight_net.parameters()]
     seen: list[str] = []
@@ -101,7 +103,8 @@ class GuardedLabels(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
-def test_no_meta_label_is_ever_read(monkeypatch):
+@pytest.mark.parametrize("scope", ["full", "head"])
+def test_no_meta_label_is_ever_read(monkeypatch, scope):
     """Rows 0..299 train, rows 300..599 form the meta set. Their labels sit in the same guarded
     tensor the loop indexes; CLID-MU must only ever read labels at training-batch indices."""
     x, _, noisy = blobs(600)
@@ -113,18 +116,20 @@ def test_no_meta_label_is_ever_read(monkeypatch):
     GuardedLabels.reads = []
     meta = torch.as_tensor(x[300:])
     model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
-    fit(model, x[:300], noisy[:300], TrainSettings(epochs=2, batch_size=50), rule=ClidMu(meta, ClidMuSettings(meta_batch=50)))
+    fit(model, x[:300], noisy[:300], TrainSettings(epochs=2, batch_size=50), rule=ClidMu(meta, ClidMuSettings(meta_batch=50, virtual_scope=scope)))
     read = torch.cat(GuardedLabels.reads)
     assert len(read) >= 300 * 2  # every training row's label was read each epoch...
     assert int(read.max()) < 300  # ...and never one of the meta rows'
 
 
-def test_clid_mu_learns_to_down_weight_noisy_labels_and_ensembles_snapshots():
+@pytest.mark.parametrize("scope", ["full", "head"])
+def test_clid_mu_learns_to_down_weight_noisy_labels_and_ensembles_snapshots(scope):
     x, y, noisy = blobs(900, noise=0.4)
     meta = torch.as_tensor(x[600:])
     model = build_model(ModelSpec("mlp", 6, 3, hidden=(32,)))
     model.scale.fit(x)
-    rule = ClidMu(meta, ClidMuSettings(meta_batch=100, snapshots=3, meta_lr=1e-3))  # easy blobs: learn fast
+    # easy blobs: learn fast
+    rule = ClidMu(meta, ClidMuSettings(meta_batch=100, snapshots=3, meta_lr=1e-3, virtual_scope=scope))
     res = fit(model, x[:600], noisy[:600], TrainSettings(epochs=15, batch_size=64, lr=3e-3), rule=rule)
     from tasks.core.losses import cross_entropy
 
@@ -138,6 +143,64 @@ def test_clid_mu_learns_to_down_weight_noisy_labels_and_ensembles_snapshots():
     assert rule.selected_epochs == sorted(e for _, e, _ in rule.snapshots)
     clids = [h.extra["clid"] for h in res.history]
     assert sorted(clids)[:3] == pytest.approx(sorted(c for c, _, _ in rule.snapshots))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_head_only_virtual_step_moves_the_head_alone(kind):
+    """virtual_scope='head': the look-ahead differentiates the head only; the body's parameters, their
+    .grad and the BatchNorm statistics are untouched by the meta step, and the weight net still learns."""
+    torch.manual_seed(0)
+    spec = (ModelSpec("cnn", 64, 3, hidden=(8,), image_shape=(1, 8, 8)) if kind == "cnn"
+            else ModelSpec("mlp", 6, 3, hidden=(16,)))
+    x = torch.randn(48, spec.num_features)
+    y = torch.randint(0, 3, (48,))
+    model = build_model(spec).train()
+    rule = ClidMu(x[32:], ClidMuSettings(meta_batch=16, virtual_scope="head"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cost = cross_entropy(model(x[:32]), y[:32])  # the training forward (moves BatchNorm statistics itself)
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    fast_seen: dict[str, torch.Tensor] = {}
+    original = rule._head_lookahead
+
+    def spy(model_, virtual_loss, lr, buffers, meta_xb):
+        feats, logits = original(model_, virtual_loss, lr, buffers, meta_xb)
+        assert not feats.requires_grad  # no graph through the body on the meta batch
+        assert logits.requires_grad  # the meta loss reaches the weight net through the head's look-ahead
+        fast_seen["logits"] = logits.detach()
+        fast_seen["plain"] = model_.head(feats).detach()
+        return feats, logits
+
+    rule._head_lookahead = spy
+    rule._meta_update(model, optimizer, cost, torch.ones(32))
+    # the meta step changed nothing in the classifier: parameters, buffers (BatchNorm statistics), .grad
+    after = model.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.grad is None for p in model.parameters())
+    # the look-ahead did move the head (logits differ from the current head's) ...
+    assert not torch.allclose(fast_seen["logits"], fast_seen["plain"])
+    # ... and the weight net got a nonzero gradient from the meta loss and moved
+    assert all(p.grad is not None for p in rule.weight_net.parameters())
+    assert any(torch.count_nonzero(p.grad) > 0 for p in rule.weight_net.parameters())
+    assert rule.meta_steps == 1
+
+
+def test_head_only_virtual_step_matches_the_full_one_when_only_the_head_trains():
+    """With the body frozen (requires_grad False) the full look-ahead moves the head alone too, so both
+    scopes give the weight net the same meta gradient."""
+    x, _, noisy = blobs(64)
+    grads = {}
+    for scope in ("full", "head"):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
+        model.eval()  # no dropout / batch statistics: the two forwards see the same network
+        for p in model.body.parameters():
+            p.requires_grad_(False)
+        torch.manual_seed(1)
+        rule = ClidMu(torch.as_tensor(x[:32]), ClidMuSettings(meta_batch=16, virtual_scope=scope))
+        cost = cross_entropy(model(torch.as_tensor(x[32:])), torch.as_tensor(noisy[32:]))
+        rule._meta_update(model, torch.optim.SGD(model.parameters(), lr=0.1), cost, torch.ones(32))
+        grads[scope] = [p.grad.clone() for p in rule.weight_net.parameters()]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads["full"], grads["head"]))
 
 
 def test_meta_weight_net_shape_and_range():
