@@ -31,8 +31,8 @@ RESULTS = ROOT / "bench" / "results"
 ROW_GROUP = 262_144
 
 
-def make_pool(rows: int, path: Path, seed: int = 0) -> Path:
-    """Write ``rows`` jittered digits to ``path`` one row group at a time (bounded memory)."""
+def make_pool(rows: int, path: Path, seed: int = 0, row_group: int = ROW_GROUP) -> Path:
+    """Write ``rows`` jittered digits to ``path`` one row group of ``row_group`` rows at a time (bounded memory)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from sklearn.datasets import load_digits
@@ -44,8 +44,8 @@ def make_pool(rows: int, path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".partial")
     with pq.ParquetWriter(tmp, pa.schema([(n, pa.float32()) for n in names])) as writer:
-        for start in range(0, rows, ROW_GROUP):
-            n = min(ROW_GROUP, rows - start)
+        for start in range(0, rows, row_group):
+            n = min(row_group, rows - start)
             block = x[rng.integers(0, len(x), n)] + rng.normal(0, 0.5, (n, 64)).astype(np.float32)
             np.clip(block, 0, 16, out=block)
             writer.write_table(pa.Table.from_arrays([pa.array(block[:, i]) for i in range(64)], names=names))

@@ -361,10 +361,10 @@ def _run(cfg) -> int:
 
     api_ready = _prestart_prefect_api()
     _warm_imports()
-    from flows.pipeline import training_pipeline  # torch, MLflow, sklearn: ~3 s, while the API starts
+    from flows.pipeline import run_training  # torch, MLflow, sklearn: ~3 s, while the API starts
 
     api_ready()
-    result = training_pipeline(cfg)
+    result = run_training(cfg)  # on the task runner parallel.runner names
     _drain_prefect()
     table = Table(title="weakflow run summary", show_lines=False)
     table.add_column("stage", style="bold")

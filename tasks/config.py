@@ -87,6 +87,9 @@ class ClidMuConfig(_Section):
     virtual_lr: float | None = Field(0.05, gt=0.0)
     meta_batch: int = Field(100, ge=2)
     meta_interval: int = Field(1, ge=1, description="meta update every k-th step")
+    virtual_scope: Literal["full", "head"] = Field(
+        "head", description="parameters the virtual (look-ahead) step moves: only the classifier head (the meta step "
+                            "then costs about one forward pass; ~2x a CE epoch) or every one (~5x)")
     meta_set_size: int = Field(1000, ge=2, description="unlabeled rows whose features form the meta set")
     snapshots: int = Field(3, ge=1, description="ensemble the k epochs with the lowest CLID")
 
@@ -205,6 +208,63 @@ class MonitoringConfig(_Section):
     evidently_workspace: Path | None = Field(None, description="default: <workspace>/evidently")
 
 
+Severity = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class ReportConfig(_Section):
+    """The evaluate stage's review report (tasks/report.py): challenger vs champion with bootstrap
+    intervals, the corruption suite, and the label-noise view; ``evaluation/report.html`` and ``.md``."""
+
+    enabled: bool = Field(True, description="build the report (off: only the evaluate stage's plain metrics)")
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="paired resamples of the test rows")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="of the bootstrap intervals")
+    robustness: bool = Field(True, description="run the corruption suite on the test split")
+    corruptions: list[Literal["gaussian_noise", "feature_dropout", "scaling", "brightness_contrast", "occlusion"]] | None = Field(
+        None, description="default: every corruption that applies (the image ones only with an image shape)")
+    severities: list[Severity] = Field(default_factory=lambda: [0.25, 0.5, 1.0], min_length=1,
+                                       description="corruption severities, each in (0, 1]; 1 = the strongest level")
+    top_k: int = Field(20, ge=0, le=1000, description="suspected mislabelled weak rows listed in the report")
+    seed: int | None = Field(None, ge=0, description="bootstrap and corruption seed; default: the run's seed")
+
+
+class ParallelConfig(_Section):
+    """Where the parallel parts run (sharded pseudo-labelling of large pools): Prefect's default task
+    runner in this process (``local``), or a Dask cluster through prefect-dask (``dask``). The flows are
+    the same either way; only the task runner they are given changes."""
+
+    runner: Literal["local", "dask"] = Field("local", description="local: Prefect's thread pool; dask: DaskTaskRunner")
+    address: str | None = Field(None, min_length=1, description="dask: the scheduler of a running cluster, "
+                                "e.g. tcp://10.0.0.5:8786 (its workers must import weakflow and see the pool "
+                                "and workspace paths)")
+    n_workers: int | None = Field(None, ge=1, description="dask without address: worker processes of a "
+                                  "LocalCluster started for the run")
+    threads_per_worker: int = Field(1, ge=1, description="dask LocalCluster: threads per worker (torch uses 1 "
+                                    "per task on a worker)")
+    shards: int | None = Field(None, ge=1, description="pseudo-labelling: candidate rows split into this many "
+                               "shards (contiguous Parquet row-group ranges; the in-memory rows first), each a "
+                               "task; 1 = the single-process stream. Default: 1 under local, 2 per worker thread "
+                               "under dask (8 with an address)")
+
+    @model_validator(mode="after")
+    def _where(self) -> ParallelConfig:
+        if self.runner == "dask" and self.address is None and self.n_workers is None:
+            raise ValueError("runner 'dask' needs address (a running scheduler, e.g. tcp://host:8786) or "
+                             "n_workers >= 1 (a local cluster of that many worker processes)")
+        if self.address is not None and self.n_workers is not None:
+            raise ValueError("give address (a running cluster) or n_workers (a new local cluster), not both")
+        if self.runner == "local" and (self.address is not None or self.n_workers is not None):
+            raise ValueError("address / n_workers only apply with runner 'dask'; set parallel.runner=dask")
+        return self
+
+    @property
+    def resolved_shards(self) -> int:
+        if self.shards is not None:
+            return self.shards
+        if self.runner == "local":
+            return 1
+        return 8 if self.address is not None else 2 * (self.n_workers or 1) * self.threads_per_worker
+
+
 class TrackingConfig(_Section):
     workspace: Path = Path("weakflow-workspace")
     tracking_uri: str | None = Field(None, description="default: sqlite:///<workspace>/mlflow.db")
@@ -236,6 +296,8 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    report: ReportConfig = ReportConfig()
+    parallel: ParallelConfig = ParallelConfig()
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -34,6 +35,9 @@ class Evaluation:
     final: ModelScores
     weak: ModelScores
     gold_only: ModelScores
+    run_id: str | None = None  # the evaluate stage run
+    tags: dict[str, str] = field(default_factory=dict)  # the weakflow.* tags set on that run
+    review: Any = None  # tasks.report.Review when report.enabled
 
     @property
     def lift_over_gold_only(self) -> float:
@@ -64,9 +68,15 @@ def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochSt
 
 
 def evaluate_models(data: PipelineData, weak: TrainedModel, final: TrainedModel, gold_only: TrainedModel,
-                    device: str = "auto") -> Evaluation:
+                    device: str = "auto", probs_out: dict[str, np.ndarray] | None = None) -> Evaluation:
+    """Score the three models on the test split; ``probs_out`` (if given) receives their probabilities
+    under the keys ``final``, ``weak``, ``gold_only``."""
     x, y = data.x(data.test), data.y(data.test)
-    return Evaluation(*(score(predict_proba(m.model, x, device=device), y, data.classes) for m in (final, weak, gold_only)))
+    probs = {name: predict_proba(m.model, x, device=device) for name, m in
+             (("final", final), ("weak", weak), ("gold_only", gold_only))}
+    if probs_out is not None:
+        probs_out.update(probs)
+    return Evaluation(*(score(p, y, data.classes) for p in probs.values()))
 
 
 def confusion_figure(evaluation: Evaluation, classes: list[int]):  # -> matplotlib Figure
@@ -93,13 +103,17 @@ def confusion_figure(evaluation: Evaluation, classes: list[int]):  # -> matplotl
 
 @task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
 def evaluate(data: PipelineData, weak: TrainedModel, final: TrainedModel, cfg: Config, parent_run_id: str,
-             experiment_id: str) -> Evaluation:
+             experiment_id: str, labels: Any = None, pseudo: Any = None) -> Evaluation:
+    """``labels`` (WeakLabels) and ``pseudo`` (PseudoLabels) feed the report's label-noise view."""
     import matplotlib.pyplot as plt
 
-    with tracking.stage_run("evaluate", parent_run_id, experiment_id):
+    from tasks import report
+
+    with tracking.stage_run("evaluate", parent_run_id, experiment_id) as run:
         with epoch_bar("gold_only baseline", cfg.full_train.epochs) as bar:
             gold_only = train_gold_only(data, cfg, on_epoch=bar)
-        evaluation = evaluate_models(data, weak, final, gold_only, cfg.device)
+        probs: dict[str, np.ndarray] = {}
+        evaluation = evaluate_models(data, weak, final, gold_only, cfg.device, probs)
         metrics = {}
         for name, s in (("test", evaluation.final), ("weak_model_test", evaluation.weak),
                         ("gold_only_test", evaluation.gold_only)):
@@ -116,6 +130,13 @@ def evaluate(data: PipelineData, weak: TrainedModel, final: TrainedModel, cfg: C
         fig = confusion_figure(evaluation, data.classes)
         mlflow.log_figure(fig, "evaluation/confusion_matrix.png")
         plt.close(fig)
+        evaluation.run_id = run.info.run_id
+        evaluation.tags = report.basic_tags(data, labels)
+        if cfg.report.enabled:  # challenger vs champion, robustness, label noise: evaluation/report.html
+            evaluation.review = review = report.review_run(data, cfg, final.model, probs, parent_run_id, run.info.run_id,
+                                                           labels, pseudo, getattr(final, "pseudo", None))
+            evaluation.tags = report.review_tags(review)
+        mlflow.set_tags(evaluation.tags)
         return evaluation
 
 

@@ -62,20 +62,33 @@ def check_pool_schema(path: Path, features: list[str], field: str = "data.unlabe
     return rows
 
 
+def row_group_rows(path: Path) -> list[int]:
+    """Rows in each row group of a Parquet file, in file order (footer only)."""
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
 def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str = "data.unlabeled_path",
-                   id_offset: int = 0) -> Chunks:
+                   id_offset: int = 0, row_groups: tuple[int, int] | None = None, first_row: int = 0) -> Chunks:
     """A pool file, ``chunk_rows`` at a time. Rows get the file's ``row_id`` column, else ``id_offset`` +
     their position (the caller passes one past the training rows' ids, so no id names two rows).
-    A NaN or infinite feature fails with the file, the rows and the column."""
+    A NaN or infinite feature fails with the file, the rows and the column.
+
+    ``row_groups``: read only row groups ``[first, stop)`` (a shard), whose first row is the file's row
+    ``first_row``; positions, ids and error messages stay those of the whole file."""
     path = Path(path)
     has_ids = ROW_ID in pq.read_schema(path).names
     columns = features + ([ROW_ID] if has_ids else [])
+    groups = None if row_groups is None else list(range(*row_groups))
 
     def gen() -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-        start = 0
+        start = first_row
+        if groups == []:
+            return
         # pre_buffer=False: pyarrow's default read-ahead buffers whole column chunks and grew the process
         # to 3.5 GiB on a 10M-row pool; without it memory stays at one row group (bench/pool.py)
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, columns=columns):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, row_groups=groups,
+                                                                          columns=columns):
             x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in features]).astype(np.float32)
             if not np.isfinite(x).all():
                 col = features[int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])]
@@ -166,3 +179,21 @@ class KeptWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def concat_parts(parts: list[Path], path: Path, schema: pa.Schema) -> int:
+    """Append the part files (each a :class:`KeptWriter` output with ``schema``), in order, into one
+    Parquet file, one row group at a time; returns its rows. An empty result is still a readable file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in parts:
+            pf = pq.ParquetFile(part, pre_buffer=False)
+            for i in range(pf.metadata.num_row_groups):
+                table = pf.read_row_group(i)
+                if table.num_rows:
+                    writer.write_table(table.cast(schema))
+                    rows += table.num_rows
+        if rows == 0:
+            writer.write_table(schema.empty_table())
+    return rows

@@ -23,11 +23,13 @@ from tasks import tracking
 from tasks.config import Config
 from tasks.core.calibration import fit_temperature, softmax_t
 from tasks.core.metrics import expected_calibration_error
+from tasks.core.models import ModelSpec
 from tasks.core.pseudo import HIST_BINS, DevSet, StreamResult, ThresholdPolicy, label_stream, per_class_precision
 from tasks.core.training import predict_logits
 from tasks.data import ROW_ID, PipelineData
 from tasks.modeling import TrainedModel
 from tasks.pool import KeptWriter, chain, frame_chunks, parquet_chunks
+from tasks.pseudo_shards import ShardModel, plan_sources, sharded_label
 
 SMALL_ENOUGH_TO_LOG = 200_000  # kept sets up to this size are logged to MLflow whole; larger ones as a sample
 
@@ -91,11 +93,15 @@ def calibrate(model: nn.Module, data: PipelineData, cfg: Config) -> Calibration:
 
 
 def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_dir: Path | None = None,
-                       round_: int = 0, held_out: bool = True) -> PseudoLabels:
+                       round_: int = 0, held_out: bool = True, spec: ModelSpec | None = None) -> PseudoLabels:
     """Label every candidate with ``model`` (calibrated) under the configured policy; write kept rows.
 
     ``held_out``: gold_train rows were not trained on by ``model`` (true for the weak model, false for
-    self-training students), so precision measured on them is an honest estimate."""
+    self-training students), so precision measured on them is an honest estimate.
+
+    With ``parallel.shards`` > 1 the candidates are labelled in shards, each a task on the flow's task
+    runner (tasks/pseudo_shards.py), with the same result; ``spec`` lets a worker rebuild the network
+    from its weights (without it the module itself is shipped)."""
     p = cfg.pseudo_label
     calibration = calibrate(model, data, cfg)
     t = calibration.temperature
@@ -104,10 +110,9 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_di
         return softmax_t(predict_logits(model, x, device=cfg.device), t)
 
     splits = ["unlabeled", "weak"] if p.include_weak_rows else ["unlabeled"]
-    parts = [frame_chunks(data.rows(*splits), data.features, p.chunk_rows)]
-    if data.spec.unlabeled_path is not None:
-        parts.append(parquet_chunks(data.spec.unlabeled_path, data.features, p.chunk_rows,
-                                    id_offset=int(data.train[ROW_ID].max()) + 1 if len(data.train) else 0))
+    candidates = data.rows(*splits)
+    pool = data.spec.unlabeled_path
+    id_offset = int(data.train[ROW_ID].max()) + 1 if len(data.train) else 0
     dev, holdout = data.rows("gold_dev"), data.rows("gold_train")
     dev_probs = score(data.x(dev))
     dev_set = DevSet(dev_probs.argmax(1), dev_probs.max(1), data.y(dev))
@@ -115,11 +120,20 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = KeptWriter(out_dir / f"pseudo-{uuid.uuid4().hex[:12]}-round{round_}.parquet", data.features,
                         data.classes, soft=cfg.full_train.strategy == "distill")
-    try:
-        stream = label_stream(chain(*parts), score, policy_of(cfg), len(data.classes), writer, dev=dev_set,
-                              workdir=out_dir, soft=writer.soft)
-    finally:
-        writer.close()
+    shards = cfg.parallel.resolved_shards
+    if shards > 1:  # the same two passes, one task per shard (on threads or Dask workers)
+        sources = plan_sources(candidates, data.features, p.chunk_rows, shards, pool, id_offset)
+        stream = sharded_label(sources, ShardModel.of(model, spec, t, cfg.device), policy_of(cfg), data.classes,
+                               writer, dev_set, out_dir)
+    else:
+        parts = [frame_chunks(candidates, data.features, p.chunk_rows)]
+        if pool is not None:
+            parts.append(parquet_chunks(pool, data.features, p.chunk_rows, id_offset=id_offset))
+        try:
+            stream = label_stream(chain(*parts), score, policy_of(cfg), len(data.classes), writer, dev=dev_set,
+                                  workdir=out_dir, soft=writer.soft)
+        finally:
+            writer.close()
     est, est_n = per_class_precision(dev_set.labels, dev_set.confidence, dev_set.true, stream.thresholds)
     hold_probs = score(data.x(holdout))
     hold_labels, hold_conf = hold_probs.argmax(1), hold_probs.max(1)
@@ -202,7 +216,9 @@ def confidence_histogram(pseudo: PseudoLabels):  # -> matplotlib Figure
 @task(name="pseudo_label", cache_policy=NO_CACHE, persist_result=False)
 def pseudo_label(data: PipelineData, weak: TrainedModel, cfg: Config, parent_run_id: str, experiment_id: str) -> PseudoLabels:
     with tracking.stage_run("pseudo_label", parent_run_id, experiment_id):
-        mlflow.log_params({f"pseudo_label.{k}": v for k, v in cfg.pseudo_label.model_dump().items()})
-        pseudo = make_pseudo_labels(data, weak.model, cfg, cfg.tracking.workspace / "pseudo" / parent_run_id)
+        mlflow.log_params({f"pseudo_label.{k}": v for k, v in cfg.pseudo_label.model_dump().items()}
+                          | {"parallel.runner": cfg.parallel.runner, "parallel.shards": cfg.parallel.resolved_shards})
+        pseudo = make_pseudo_labels(data, weak.model, cfg, cfg.tracking.workspace / "pseudo" / parent_run_id,
+                                    spec=weak.spec)
         log_pseudo_labels(pseudo, data)
         return pseudo

@@ -61,7 +61,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
         stage.method, lambda: new_model(data, stage, cfg.seed)[0], data.x(rows), y, settings(stage, cfg, loss=stage.method if stage.method in ("ce", "gce") else "ce"),
         meta_x=meta_features(data, c.meta_set_size, cfg.seed), x_dev=data.x(dev), y_dev=data.y(dev),
         clid=ClidMuSettings(tau=c.tau, meta_lr=c.meta_lr, virtual_lr=c.virtual_lr, meta_batch=c.meta_batch,
-                            meta_interval=c.meta_interval, snapshots=c.snapshots),
+                            meta_interval=c.meta_interval, virtual_scope=c.virtual_scope, snapshots=c.snapshots),
         cl=ConfidentLearningSettings(stage.confident_learning.folds, stage.confident_learning.filter_by),
         gold_check=gold_check, on_epoch=on_epoch,
     )

@@ -16,6 +16,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FAST = [
     "weak_train.epochs=10", "full_train.epochs=10", "gates.min_accuracy=0.5", "pseudo_label.threshold=0.6",
     "weak_train.cnn_width=32", "full_train.cnn_width=32", "weak_train.lr=0.01", "full_train.lr=0.01",
+    "report.bootstrap_samples=200", "report.severities=[0.5,1.0]",  # the report's cost in every test pipeline
 ]
 
 
