@@ -109,7 +109,7 @@ def self_training(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoc
 
     def relabel(i: int, model: FullModel) -> PseudoLabels:
         # the student trained on gold_train, so precision measured there would be in-sample: not reported
-        relabelled = make_pseudo_labels(data, model.model, cfg, out_dir, round_=i, held_out=False)
+        relabelled = make_pseudo_labels(data, model.model, cfg, out_dir, round_=i, held_out=False, spec=model.spec)
         # the same pseudo_near_test check and policy as the weak model's set: without it a row dropped as
         # near a test row would come back in the next round
         try:

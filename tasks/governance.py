@@ -151,8 +151,8 @@ def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple
     pairs = pd.concat([exact_pairs(test_x, kept_x).assign(distance=0.0), index.near_pairs(kept_x)], ignore_index=True)
     table = _pairs_with_rows(pairs, kept)
     table["source"] = kept["source"].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else []
-    drop = _apply("pseudo_near_test", g.pseudo_near_test, table, findings, failures,
-                  "pseudo-labelled row(s) equal or near a test row")
+    _apply("pseudo_near_test", g.pseudo_near_test, table, findings, failures,
+           "pseudo-labelled row(s) equal or near a test row")
     _stop_if_failed(findings, failures)
     if len(pairs) and g.pseudo_near_test == "drop":
         bad = np.zeros(len(kept), bool)

@@ -138,9 +138,9 @@ def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) 
     spec = resolve_data_spec(cfg)
     wx = window[served.features].to_numpy(np.float32)
     out = {}
-    for name, path, field in (("evaluation_contamination", spec.test_path, "data.test_path"),
-                              ("memorisation_exposure", spec.train_path, "data.train_path")):
-        ref = read_table(path, field)[served.features].to_numpy(np.float32)
+    for name, path, config_field in (("evaluation_contamination", spec.test_path, "data.test_path"),
+                                     ("memorisation_exposure", spec.train_path, "data.train_path")):
+        ref = read_table(path, config_field)[served.features].to_numpy(np.float32)
         pairs = pd.concat([exact_pairs(ref, wx).assign(distance=0.0),
                            NearDuplicateIndex(ref, cfg.governance.near_factor).near_pairs(wx)], ignore_index=True)
         idx = pairs["row_index"].to_numpy()

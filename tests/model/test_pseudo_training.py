@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.config import DemoData
 from tasks.core.training import predict_proba
 from tasks.data import ROW_ID
 from tasks.full_train import train_full

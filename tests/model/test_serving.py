@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
