@@ -24,7 +24,8 @@ from tasks.config import Config
 from tasks.core.calibration import fit_temperature, softmax_t
 from tasks.core.metrics import expected_calibration_error
 from tasks.core.models import ModelSpec
-from tasks.core.pseudo import HIST_BINS, DevSet, StreamResult, ThresholdPolicy, label_stream, per_class_precision
+from tasks.core.pseudo import HIST_BINS, DevSet, StreamResult, ThresholdPolicy, per_class_precision
+from tasks.core.pseudo_stream import label_stream
 from tasks.core.training import predict_logits
 from tasks.data import ROW_ID, PipelineData
 from tasks.modeling import TrainedModel

@@ -1,12 +1,12 @@
 """Sharded pseudo-labelling: the candidates split into shards, each scored and written by a Prefect task.
 
 A shard is a contiguous slice of the in-memory candidate rows or a contiguous range of the pool file's
-Parquet row groups (:func:`tasks.core.pseudo.plan_shards`). Pass 1 runs one task per shard that rebuilds
+Parquet row groups (:func:`tasks.core.pseudo_stream.plan_shards`). Pass 1 runs one task per shard that rebuilds
 the model from its spec and weights and returns each row's (class, confidence) and the shard's tally
 (5 bytes a row: 50 MB for 10 million rows); the thresholds, cap cut-offs and kept rows are then decided
 here over all shards in pool order, by the same code as the single-process stream; pass 2 runs one task
 per shard that re-reads its rows and writes its kept rows to a part file; the parts are appended in
-shard order into one file. So the output equals :func:`tasks.core.pseudo.label_stream`'s row for row.
+shard order into one file. So the output equals :func:`tasks.core.pseudo_stream.label_stream`'s row for row.
 
 The tasks go to the flow's task runner (``parallel.runner``: threads here, or Dask workers), or run one
 after another outside a flow. With Dask, workers read the pool and write the part files themselves, so
@@ -31,9 +31,9 @@ from torch import nn
 
 from tasks.core.calibration import softmax_t
 from tasks.core.models import ModelSpec, build_model
-from tasks.core.pseudo import (
-    DevSet, RowGroupRange, ShardKeep, ShardScores, StreamResult, ThresholdPolicy, emit_kept, plan_shards,
-    score_shard, select_shards, split_rows,
+from tasks.core.pseudo import DevSet, StreamResult, ThresholdPolicy
+from tasks.core.pseudo_stream import (
+    RowGroupRange, ShardKeep, ShardScores, emit_kept, plan_shards, score_shard, select_shards, split_rows,
 )
 from tasks.core.training import predict_logits
 from tasks.data import ROW_ID, SPLIT

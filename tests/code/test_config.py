@@ -80,7 +80,7 @@ def test_cli_help_shows_examples_and_config_errors_exit_2(capsys):
 def test_core_imports_neither_prefect_nor_mlflow_and_imports_have_no_side_effects(tmp_path):
     code = (
         "import sys, os\n"
-        "import tasks.core.models, tasks.core.training, tasks.core.losses, tasks.core.noise, tasks.core.pseudo, "
+        "import tasks.core.models, tasks.core.training, tasks.core.losses, tasks.core.noise, tasks.core.pseudo, tasks.core.pseudo_stream, "
         "tasks.core.metrics, tasks.core.device\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow', 'great_expectations', 'evidently')]\n"
         "assert not bad, bad\n"

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.pseudo import ThresholdPolicy, label_stream
+from tasks.core.pseudo import ThresholdPolicy
+from tasks.core.pseudo_stream import label_stream
 from tasks.data import ROW_ID, SPLIT, DataError
 from tasks.pool import SOURCE, KeptWriter, chain, frame_chunks, parquet_chunks
 

@@ -49,9 +49,9 @@ def test_ece_hand_computed():
 
 from tasks.core.calibration import fit_temperature, softmax_t  # noqa: E402
 from tasks.core.pseudo import (  # noqa: E402
-    DevSet, ThresholdPolicy, chunked, flexmatch_thresholds, label_stream, per_class_precision,
-    target_precision_thresholds,
+    DevSet, ThresholdPolicy, flexmatch_thresholds, per_class_precision, target_precision_thresholds,
 )
+from tasks.core.pseudo_stream import chunked, label_stream  # noqa: E402
 
 
 def run_stream(probs, policy, chunk_rows=1000, dev=None, soft=False):
@@ -179,7 +179,7 @@ def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
 
 # --- the two passes must see the same rows; the label scratch must hold every class ---------------------
 
-from tasks.core.pseudo import label_dtype  # noqa: E402
+from tasks.core.pseudo_stream import label_dtype  # noqa: E402
 
 
 def flaky_chunks(probs, first_rows, second_rows, chunk_rows=2):
