@@ -19,7 +19,7 @@ from tasks.full_train import full_train
 from tasks.governance import governance, pseudo_governance
 from tasks.pseudo_label import PseudoLabels, pseudo_label
 from tasks.register import Provenance, Registration, register
-from tasks.report import after_register, pipeline_note
+from tasks.report import pipeline_note
 from tasks.validate import validate
 from tasks.weak_labels import WeakLabels, weak_labels
 from tasks.weak_train import WeakModel, weak_train
@@ -59,8 +59,7 @@ def training_pipeline(cfg: Config) -> PipelineResult:
         evaluation = evaluate(data, weak, final, cfg, pid, experiment_id, labels, pseudo)
         provenance = Provenance(labels.stats.to_dict("records"), pseudo.kept_count, pseudo.holdout_precision,
                                 checks.summary() | pseudo_checks.summary(), checks.dropped | pseudo_checks.dropped)
-        registration = register(data, final, evaluation, cfg, pid, experiment_id, provenance)
-        review_tags = after_register(evaluation, registration)  # gate verdict into the report and tags
+        registration = register(data, final, evaluation, cfg, pid, experiment_id, provenance)  # + verdict in the report
 
         rounds = (f"; {len(final.rounds.rounds)} self-training round(s), {final.rounds.stop_reason}"
                   if final.rounds is not None else "")
@@ -71,7 +70,7 @@ def training_pipeline(cfg: Config) -> PipelineResult:
                             "gold_only_test_accuracy": evaluation.gold_only.accuracy})
         mlflow.set_tags({"model_version": registration.version, "model_alias": registration.alias,
                          "mlflow.note.content": "\n".join(f"- **{s}**: {f}" for s, f in stages)
-                         + pipeline_note(evaluation)} | review_tags)
+                         + pipeline_note(evaluation)} | registration.review_tags)
     return PipelineResult(mlflow.get_tracking_uri(), experiment_id, pid, stages, registration, evaluation)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -24,6 +24,7 @@ from tasks.core.training import predict_proba
 from tasks.data import PipelineData, dataset_digest
 from tasks.evaluate import Evaluation
 from tasks.modeling import TrainedModel
+from tasks.report import after_register
 
 _ROOT = Path(__file__).resolve().parents[1]
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
@@ -47,6 +48,8 @@ class Registration:
     alias: str
     decision: GateDecision
     champion_before: str | None
+    # for the pipeline run: the evaluate run's review tags, the gate verdict, where the report is
+    review_tags: dict[str, str] = field(default_factory=dict)
 
 
 def score_version(name: str, version: str, data: PipelineData) -> float:
@@ -225,4 +228,6 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
         tracking.log_json({"passed": decision.passed, "checked": decision.checked,
                            "failures": [{"gate": f.gate, "reason": f.reason} for f in decision.failures]},
                           "gates/decision.json")
-        return Registration(name, version, alias, decision, champ_version)
+        registration = Registration(name, version, alias, decision, champ_version)
+    registration.review_tags = after_register(evaluation, registration)  # the verdict into the review report
+    return registration

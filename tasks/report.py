@@ -12,7 +12,7 @@ JS) and to the same content as markdown, logged as ``evaluation/report.html`` an
 * the corruption suite on the test split for challenger and champion (tasks/core/robustness.py);
 * the label-noise view: each weak source's noise rate against gold, pseudo-label precision, and the
   weak rows the final model believes mislabelled (cleanlab), top-k here and all in a CSV;
-* after ``register``, the gate verdict (:func:`record_gate` re-renders the page with it).
+* once ``register``'s gate has decided, the verdict (:func:`record_gate` re-renders the page with it).
 """
 
 from __future__ import annotations
@@ -257,8 +257,9 @@ def basic_tags(data: PipelineData, labels: Any = None) -> dict[str, str]:
 
 
 def after_register(evaluation: Any, registration: Any) -> dict[str, str]:
-    """After ``register``: the gate verdict into the report and onto the evaluate run (``weakflow.gate``);
-    returns the tags for the pipeline run (the evaluate run's, the verdict, where the report is)."""
+    """Called by the register task once the gate decided: the verdict into the report and onto the evaluate
+    run (``weakflow.gate``); returns the tags for the pipeline run (the evaluate run's, the verdict, where
+    the report is)."""
     verdict = "passed" if registration.decision.passed else "failed"
     if evaluation.review is not None:
         record_gate(evaluation.review, verdict, registration.decision.reason, registration.version, registration.alias)

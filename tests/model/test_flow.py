@@ -134,6 +134,13 @@ def test_failed_gate_registers_challenger_and_keeps_champion(first_run):
     assert tags["gate_verdict"] == "failed"
     assert "below the minimum 1.0000" in tags["gate_reason"]
     assert tags["champion_before"] == "1"
+    # the verdict reaches the review: the pipeline run's tags, the evaluate run's tag and its report
+    parent = client.get_run(result.run_id).data.tags
+    assert parent["weakflow.gate"] == "failed" and parent["weakflow.vs_champion"] in {"better", "worse", "no clear difference"}
+    evaluate = client.get_run(parent["weakflow.evaluate_run"])
+    assert evaluate.data.tags["weakflow.stage"] == "evaluate" and evaluate.data.tags["weakflow.gate"] == "failed"
+    report = Path(client.download_artifacts(evaluate.info.run_id, "evaluation/report.md")).read_text()
+    assert "**failed**" in report and "below the minimum 1.0000" in report
 
 
 def corrupt(kind: str, spec, folder: Path) -> tuple[str, list[str]]:

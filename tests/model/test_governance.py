@@ -145,6 +145,9 @@ def test_a_failed_check_still_logs_every_finding_table(hand_data, local_mlflow):
     assert {"governance/summary.txt", "governance/summary.json", "governance/label_leakage_all.parquet"} <= paths
 
 
+SPEC = object()  # stands in for the round model's ModelSpec
+
+
 def _stub_training(monkeypatch, data: PipelineData, folder: Path) -> list[set]:
     """Replace the network and the relabelling in self-training: each round 'trains' instantly (the rows
     it trained on are recorded) and each relabelling returns a fresh planted set of 60 rows."""
@@ -154,9 +157,11 @@ def _stub_training(monkeypatch, data: PipelineData, folder: Path) -> list[set]:
 
     def augment(data_, pseudo, cfg, on_epoch=None):
         trained_on.append(set(pseudo.kept[ROW_ID]))
-        return ft.FullModel(None, None, [], -1, pseudo)
+        return ft.FullModel(None, SPEC, [], -1, pseudo)
 
-    def relabel(data_, model, cfg, out_dir=None, round_=0, held_out=True):
+    def relabel(data_, model, cfg, out_dir=None, round_=0, held_out=True, spec=None):
+        # the round's spec must reach the relabelling, so sharded workers rebuild the net from it
+        assert spec is SPEC, spec
         return planted_pseudo(data, folder, rows=60, round_=round_, seed=10 + round_)
 
     monkeypatch.setattr(ft, "augment", augment)
