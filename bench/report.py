@@ -39,7 +39,8 @@ def report_seconds(workspace: Path) -> list[float]:
 
 def stage_seconds(workspace: Path) -> list[float]:
     """Per pipeline run, oldest first: the evaluate and register stage runs' durations together (MLflow run
-    start to end), which hold all the report's work (the gate verdict is written into it after register).
+    start to end), which hold all the report's work (writing the gate verdict into the report runs inside
+    the register run).
     Far less noisy than process walls on a shared machine, since training does not enter it."""
     durations = [[(r.info.end_time - r.info.start_time) / 1000 for r in _runs(workspace, s)] for s in ("evaluate", "register")]
     return [e + r for e, r in zip(*durations, strict=True)]

@@ -229,5 +229,5 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
                            "failures": [{"gate": f.gate, "reason": f.reason} for f in decision.failures]},
                           "gates/decision.json")
         registration = Registration(name, version, alias, decision, champ_version)
-    registration.review_tags = after_register(evaluation, registration)  # the verdict into the review report
-    return registration
+        registration.review_tags = after_register(evaluation, registration)  # the verdict into the review report
+        return registration
