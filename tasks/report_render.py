@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.core.metrics import calibration_bins
 from tasks.data import ROW_ID, PipelineData
 from tasks.review import CHALLENGER, CHAMPION, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
+
+ECE_BINS = 15  # tasks.core.metrics.expected_calibration_error's default, so the diagram shows what ECE sums
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -35,19 +38,14 @@ def figures(review: Review, probs: dict[str, np.ndarray], y: np.ndarray, data: P
     import matplotlib.pyplot as plt
 
     out: list[Figure] = []
-    # reliability diagram: accuracy vs confidence per bin, one line per model
+    # reliability diagram: accuracy vs confidence in the bins ECE sums over, one line per model
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    np.linspace(0, 1, 11)
     ax.plot([0, 1], [0, 1], color="#999", linestyle=":", label="perfect calibration")
     for name, p in probs.items():
-        conf, correct = p.max(1), p.argmax(1) == y
-        b = np.minimum((conf * 10).astype(int), 9)
-        n = np.bincount(b, minlength=10)
-        keep = n > 0
-        acc = np.bincount(b, weights=correct, minlength=10)[keep] / n[keep]
-        mean_conf = np.bincount(b, weights=conf, minlength=10)[keep] / n[keep]
-        ax.plot(mean_conf, acc, marker="o", label=f"{LABELS[name]} (ECE {review.scores[name].ece:.3f})")
-    ax.set_xlabel("confidence (10 equal-width bins)")
+        count, acc, mean_conf = calibration_bins(p, y, ECE_BINS)
+        keep = count > 0
+        ax.plot(mean_conf[keep], acc[keep], marker="o", label=f"{LABELS[name]} (ECE {review.scores[name].ece:.3f})")
+    ax.set_xlabel(f"confidence ({ECE_BINS} equal-width bins)")
     ax.set_ylabel("accuracy in bin")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -199,7 +197,7 @@ def sections(review: Review) -> list[Section]:
     out.append(Section("headline", "Headline metrics", [
         ("p", f"On the frozen gold test split ({review.test_rows} rows). Each value: estimate "
               f"[{review.boot.level:.0%} percentile bootstrap interval, {review.boot.samples} resamples]. "
-              "ECE: expected calibration error (15 bins), lower is better."),
+              f"ECE: expected calibration error ({ECE_BINS} bins), lower is better."),
         ("table", headline),
         ("p", "Differences on paired resamples (every model scored on the same resampled rows), so the "
               "interval of a difference says whether a gain is real or resampling noise. For ECE a negative "

@@ -115,7 +115,6 @@ def corrupt(x: np.ndarray, kind: str, severity: float, seed: int = 0, image_shap
     return out.reshape(n, f)
 
 
-
 @dataclass
 class CorruptedBatch:
     """Every (corruption, severity) copy of a split stacked into one array, to score in one pass."""

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.core.metrics import expected_calibration_error
+from tasks.core.metrics import calibration_bins, expected_calibration_error
 from tasks.core.pseudo import precision_on, select_confident
 
 PROBS = np.array([
@@ -43,6 +43,13 @@ def test_ece_hand_computed():
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
     assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    # the bins a reliability diagram plots: only bins 6 and 9 hold rows
+    count, acc, conf = calibration_bins(probs, labels, n_bins=10)
+    assert count.tolist() == [0, 0, 0, 0, 0, 0, 2, 0, 0, 2]
+    assert acc[[6, 9]] == pytest.approx([1.0, 0.5]) and conf[[6, 9]] == pytest.approx([0.6, 0.9])
+    assert np.isnan(acc[0]) and np.isnan(conf[0])
+    with pytest.raises(ValueError, match="empty"):
+        expected_calibration_error(np.zeros((0, 2)), np.zeros(0))
 
 
 # --- threshold policies on hand-made tables ---------------------------------------------------------
