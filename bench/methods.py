@@ -25,8 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 
 from bench.common import ROOT, mean_std, write_section
 from tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
@@ -34,6 +33,7 @@ from tasks.core.methods import METHODS, train_weak_model
 from tasks.core.models import ModelSpec, build_model
 from tasks.core.noise import corrupt_labels
 from tasks.core.training import TrainSettings, fit, predict_proba
+from tasks.stage import stage_task
 
 NOISES = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pairflip", 0.4), ("instance", 0.4)]
 # CLID-MU beside its default: the other virtual-step scope ("full": the look-ahead moves every parameter;
@@ -116,16 +116,11 @@ def cell_result(cell: Cell, epochs: int, split: Split | None = None) -> tuple[fl
     return run_cell(split if split is not None else load(dataset, seed), kind, rate, method, seed, epochs, clid)
 
 
-@task(name="methods_cell", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("methods_cell", limited=False)
 def cell_task(cell: Cell, epochs: int) -> tuple[float, float, dict]:
-    import multiprocessing
+    from tasks.parallel import limit_worker_threads
 
-    from tasks.parallel import limit_worker_threads, on_dask_worker
-
-    limit_worker_threads()
-    if on_dask_worker() and multiprocessing.get_start_method(allow_none=True) != "fork":
-        # a Dask worker defaults to spawn; cleanlab's find_label_issues pool relies on fork's inherited globals
-        multiprocessing.set_start_method("fork", force=True)
+    limit_worker_threads()  # cleanlab runs in-process (tasks/core/label_issues.py): no pool, no start method
     return cell_result(cell, epochs)
 
 

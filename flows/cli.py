@@ -33,6 +33,12 @@ def _quiet_telemetry() -> None:
                        "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
         os.environ.setdefault(key, value)
+    import multiprocessing
+
+    # A library's process pool must never fork this process: Prefect's and MLflow's threads may hold a lock
+    # at that instant, and the child waits on it forever (tasks/core/label_issues.py). Spawn starts clean.
+    if multiprocessing.get_start_method(allow_none=True) is None:
+        multiprocessing.set_start_method("spawn")
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -149,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # RegistryError and friends: a clear one-line reason
+    except RuntimeError as exc:  # RegistryError, StageTimeout: a clear one-line reason
         from deploy.registry import RegistryError
+        from tasks.stage import StageTimeout
 
-        if not isinstance(exc, RegistryError):
+        if not isinstance(exc, (RegistryError, StageTimeout)):
             raise
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1

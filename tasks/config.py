@@ -265,6 +265,13 @@ class ParallelConfig(_Section):
         return 8 if self.address is not None else 2 * (self.n_workers or 1) * self.threads_per_worker
 
 
+class LimitsConfig(_Section):
+    """Bounds that turn a hang into a clear failure (tasks/stage.py)."""
+
+    stage_seconds: float = Field(7200.0, gt=0.0, description="a stage running longer fails the run with a message "
+                                 "naming it (a deadlock or a stuck store must not hold a scheduled retraining forever)")
+
+
 class TrackingConfig(_Section):
     workspace: Path = Path("weakflow-workspace")
     tracking_uri: str | None = Field(None, description="default: sqlite:///<workspace>/mlflow.db")
@@ -298,6 +305,7 @@ class Config(_Section):
     monitoring: MonitoringConfig = MonitoringConfig()
     report: ReportConfig = ReportConfig()
     parallel: ParallelConfig = ParallelConfig()
+    limits: LimitsConfig = LimitsConfig()
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 

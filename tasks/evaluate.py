@@ -8,10 +8,9 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.metrics import expected_calibration_error
@@ -101,7 +100,7 @@ def confusion_figure(evaluation: Evaluation, classes: list[int]):  # -> matplotl
     return fig
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("evaluate")
 def evaluate(data: PipelineData, weak: TrainedModel, final: TrainedModel, cfg: Config, parent_run_id: str,
              experiment_id: str, labels: Any = None, pseudo: Any = None) -> Evaluation:
     """``labels`` (WeakLabels) and ``pseudo`` (PseudoLabels) feed the report's label-noise view."""

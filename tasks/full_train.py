@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.selftrain import Round, SelfTrainResult, self_train
@@ -166,7 +165,7 @@ def log_round(rnd: Round[FullModel, PseudoLabels], data: PipelineData, parent_ru
             log_pseudo_labels(rnd.pseudo, data, prefix=f"relabelled_round_{rnd.index}")
 
 
-@task(name="full_train", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("full_train")
 def full_train(data: PipelineData, pseudo: PseudoLabels, cfg: Config, parent_run_id: str, experiment_id: str) -> FullModel:
     stage = cfg.full_train
     with tracking.stage_run("full_train", parent_run_id, experiment_id) as run:

@@ -18,10 +18,9 @@ from typing import Any, TypeVar
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData
@@ -204,14 +203,14 @@ def run_logged(check: Callable[..., tuple[T, Findings]], *args: Any, prefix: str
     return out, findings
 
 
-@task(name="governance", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("governance")
 def governance(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> tuple[PipelineData, Findings]:
     with tracking.stage_run("governance", parent_run_id, experiment_id):
         mlflow.log_params({f"governance.{k}": v for k, v in cfg.governance.model_dump().items()})
         return run_logged(check_training, data, cfg)
 
 
-@task(name="pseudo_governance", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("pseudo_governance")
 def pseudo_governance(data: PipelineData, pseudo: PseudoLabels, cfg: Config, parent_run_id: str,
                       experiment_id: str) -> tuple[PseudoLabels, Findings]:
     with tracking.stage_run("pseudo_governance", parent_run_id, experiment_id):

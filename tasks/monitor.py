@@ -18,11 +18,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from monitoring.alerts import CONTAMINATION_EVENT, DRIFT_EVENT, Alert, raise_once
 from monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 
@@ -177,29 +176,29 @@ def handle_contamination(cfg: Config, served: Served, window: pd.DataFrame, expe
     return counts
 
 
-@task(name="contamination_check", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("contamination_check")
 def contamination_task(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> dict[str, int]:
     return handle_contamination(cfg, served, window, experiment_id)
 
 
-@task(name="load_window", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("load_window")
 def load_window_task(cfg: Config, served: Served) -> pd.DataFrame:
     m = cfg.monitoring
     return load_window(log_url(cfg), served.features, rows=m.window_rows, hours=m.window_hours,
                        model_name=served.name, model_version=served.version, max_rows=m.max_rows, sample=m.sample_rows, seed=cfg.seed)
 
 
-@task(name="load_reference", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("load_reference")
 def load_served_task(cfg: Config) -> Served:
     return load_served(cfg)
 
 
-@task(name="drift_check", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("drift_check")
 def drift_check_task(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> Check:
     result, verdict = check_drift(cfg, served, window)
     return log_check(cfg, served, result, verdict, experiment_id)
 
 
-@task(name="alert", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("alert")
 def alert_task(cfg: Config, served: Served, check: Check) -> dict[str, str | int | None]:
     return raise_alert(cfg, served, check)

@@ -15,10 +15,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import nn
 
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.calibration import fit_temperature, softmax_t
@@ -214,7 +213,7 @@ def confidence_histogram(pseudo: PseudoLabels):  # -> matplotlib Figure
     return fig
 
 
-@task(name="pseudo_label", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("pseudo_label")
 def pseudo_label(data: PipelineData, weak: TrainedModel, cfg: Config, parent_run_id: str, experiment_id: str) -> PseudoLabels:
     with tracking.stage_run("pseudo_label", parent_run_id, experiment_id):
         mlflow.log_params({f"pseudo_label.{k}": v for k, v in cfg.pseudo_label.model_dump().items()}

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from torch import nn
 
+from tasks.stage import stage_task
 from tasks.core.calibration import softmax_t
 from tasks.core.models import ModelSpec, build_model
 from tasks.core.pseudo import DevSet, StreamResult, ThresholdPolicy
@@ -113,14 +112,14 @@ class ShardModel:
         return score
 
 
-@task(name="pseudo_label_shard_score", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("pseudo_label_shard_score", limited=False)
 def score_shard_task(source: ShardSource, model: ShardModel, num_classes: int, base_threshold: float) -> ShardScores:
     """Pass 1 of one shard: (class, confidence) per row and the shard's tally."""
     limit_worker_threads()
     return score_shard(source.chunks(), model.scorer(), num_classes, base_threshold)
 
 
-@task(name="pseudo_label_shard_write", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("pseudo_label_shard_write", limited=False)
 def write_shard_task(source: ShardSource, model: ShardModel, keep: ShardKeep, path: Path, classes: list[int],
                      soft: bool) -> int:
     """Pass 2 of one shard: its kept rows (features re-read, probabilities recomputed for soft output)

@@ -11,13 +11,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.models import infer_signature
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from deploy.gates import GateDecision, GateInput, decide
 from deploy.model import output_frame, save_weights
 from deploy.registry import CHALLENGER, CHAMPION, champion_version, move_champion
 from monitoring.reference import reference_sample
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.training import predict_proba
@@ -167,7 +166,7 @@ def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Pr
         weak_method=cfg.weak_train.method, strategy=cfg.full_train.strategy, test_rows=len(data.test)))
 
 
-@task(name="register", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("register")
 def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cfg: Config, parent_run_id: str,
              experiment_id: str, provenance: Provenance | None = None) -> Registration:
     name = cfg.tracking.model_name

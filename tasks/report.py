@@ -115,7 +115,7 @@ def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str)
     try:
         import warnings
 
-        from cleanlab.filter import find_label_issues
+        from tasks.core.label_issues import find_label_issues
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

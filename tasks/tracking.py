@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 
 from tasks.config import TrackingConfig
+from tasks.stage import record_stage_run
 
 
 def configure(cfg: TrackingConfig) -> str:
@@ -41,6 +42,7 @@ def stage_run(stage: str, parent_run_id: str, experiment_id: str) -> Iterator[ml
         run_name=stage, experiment_id=experiment_id, parent_run_id=parent_run_id, nested=True,
         tags={"weakflow.stage": stage},
     ) as run:
+        record_stage_run(run.info.run_id)  # closed as FAILED if the stage runs past its time limit
         yield run
 
 

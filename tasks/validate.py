@@ -7,10 +7,9 @@ import warnings
 from pathlib import Path
 
 import mlflow
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from data_checks.suite import DataValidationError, ValidationReport, run_suite
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config, DemoData, FilesData
 from tasks.data import DataError, PipelineData, assemble, class_set, materialize_demo, read_raw
@@ -38,7 +37,7 @@ def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[Pipeli
     return assemble(raw, classes), report
 
 
-@task(name="validate", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("validate")
 def validate(cfg: Config, parent_run_id: str, experiment_id: str) -> PipelineData:
     with tracking.stage_run("validate", parent_run_id, experiment_id), tempfile.TemporaryDirectory() as tmp:
         docs = Path(tmp) / "data_docs"

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
@@ -73,7 +72,7 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     )
 
 
-@task(name="weak_labels", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("weak_labels")
 def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> WeakLabels:
     with tracking.stage_run("weak_labels", parent_run_id, experiment_id):
         mlflow.log_params({f"weak_labels.{k}": v for k, v in cfg.weak_labels.model_dump().items()})

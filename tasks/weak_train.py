@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.clid import ClidMuSettings
@@ -70,7 +69,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
     return WeakModel(result.model, spec, result.history, result.best_epoch, fitted.figures)
 
 
-@task(name="weak_train", cache_policy=NO_CACHE, persist_result=False)
+@stage_task("weak_train")
 def weak_train(data: PipelineData, labels: WeakLabels, cfg: Config, parent_run_id: str, experiment_id: str) -> WeakModel:
     stage = cfg.weak_train
     with tracking.stage_run("weak_train", parent_run_id, experiment_id):

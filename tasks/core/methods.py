@@ -17,6 +17,7 @@ from torch import nn
 
 from tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
 from tasks.core.device import resolve_device
+from tasks.core.label_issues import find_label_issues
 from tasks.core.training import EpochStats, FitResult, TrainSettings, fit, predict_proba
 
 Method = Literal["ce", "gce", "confident_learning", "clid_mu"]
@@ -88,7 +89,6 @@ def clid_dev_correlation(history: list[EpochStats]) -> dict[str, float]:
 
 def _confident_learning(build, x, y, settings, meta, clid, cl, gold_check, on_epoch, dev) -> tuple[FitResult, dict]:
     """cleanlab on out-of-fold probabilities: drop the label issues, train with CE on the rest."""
-    from cleanlab.filter import find_label_issues
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y)
