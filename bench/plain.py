@@ -12,22 +12,44 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
+@dataclass
+class PlainRun:
+    """What one plain-function run of the pipeline gives: test accuracy of the model it ships and of
+    the candidates it trained, and seconds per stage."""
+
+    test_accuracy: float  # the model the pipeline ships (registers)
+    candidates: dict[str, float]  # test accuracy per candidate: gold_only, weak, final
+    shipped: str  # which candidate was shipped
+    times: dict[str, float] = field(default_factory=dict)
+
+
 def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
+    from tasks.config import load_config
+
+    return run_config(load_config(None, [f"tracking.workspace={workspace}", *overrides]), workspace).times
+
+
+def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
+    """The pipeline's stages on ``cfg`` (any data source) as plain functions, doing the same work as the flow
+    (validation with Data Docs, governance, the cross-fitted candidates, selection, evaluation, the gate
+    decision, the model file); the model file goes to ``workspace``."""
     from deploy.gates import GateInput, decide
     from deploy.model import save_weights
-    from tasks.config import load_config
-    from tasks.evaluate import evaluate_models, train_gold_only
+    from tasks.core.models import calibrated
+    from tasks.evaluate import evaluate_models
     from tasks.full_train import train_full
-    from tasks.governance import check_pseudo, check_training
-    from tasks.pseudo_label import make_pseudo_labels
+    from tasks.gold_only import train_gold_only
+    from tasks.governance import check_all_pseudo, check_training
+    from tasks.pseudo_label import label_all
+    from tasks.select import choose
     from tasks.validate import load_and_validate
     from tasks.weak_labels import make_weak_labels
     from tasks.weak_train import train_weak
 
-    cfg = load_config(None, [f"tracking.workspace={workspace}", *overrides])
     times: dict[str, float] = {}
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,25 +62,35 @@ def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
     labels = make_weak_labels(data, cfg)
     times["weak_labels"] = time.perf_counter() - t
     t = time.perf_counter()
-    weak = train_weak(data, labels, cfg)
-    times["weak_train"] = time.perf_counter() - t
+    candidates = {"gold_only": train_gold_only(data, cfg)}
+    times["gold_only"] = time.perf_counter() - t
+    missing = labels.missing()
+    if not missing:
+        t = time.perf_counter()
+        weak = train_weak(data, labels, cfg)
+        times["weak_train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        pseudo, _ = check_all_pseudo(data, label_all(data, weak, cfg, Path(workspace) / "pseudo"), cfg)
+        times["pseudo_label"] = time.perf_counter() - t
+        t = time.perf_counter()
+        candidates |= {"weak": weak, "final": train_full(data, labels, weak, pseudo, cfg)}
+        times["full_train"] = time.perf_counter() - t
     t = time.perf_counter()
-    pseudo = make_pseudo_labels(data, weak.model, cfg)
-    pseudo, _ = check_pseudo(data, pseudo, cfg)
-    times["pseudo_label"] = time.perf_counter() - t
+    selection = choose(candidates, data.y(data.rows("gold")), cfg.selection.ship, cfg.selection.bootstrap_samples,
+                       cfg.seed, missing)
+    evaluation = evaluate_models(data, candidates, selection.chosen, cfg.device, None, cfg.report.bootstrap_samples,
+                                 cfg.seed)
+    times["select_and_evaluate"] = time.perf_counter() - t
     t = time.perf_counter()
-    final = train_full(data, pseudo, cfg)
-    times["full_train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    gold_only = train_gold_only(data, cfg)
-    evaluation = evaluate_models(data, weak, final, gold_only, cfg.device)
-    times["evaluate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    decision = decide(GateInput(evaluation.final.accuracy, True), cfg.gates.min_accuracy)
-    save_weights(workspace / "model.pt", final.model.cpu(), final.spec, data.features, data.classes)
+    decision = decide(GateInput(evaluation.shipped.accuracy, True, vs_gold_only=evaluation.vs_gold_only),
+                      cfg.gates.min_accuracy)
+    network, spec = calibrated(selection.model.model, selection.model.spec, selection.model.temperature)
+    save_weights(Path(workspace) / "model.pt", network.cpu(), spec, data.features, data.classes)
     times["register"] = time.perf_counter() - t
-    print(f"test accuracy {evaluation.final.accuracy:.4f}, gates passed: {decision.passed}")
-    return times
+    print(f"test accuracy {evaluation.shipped.accuracy:.4f} ({selection.chosen}), gates passed: {decision.passed}")
+    tested = {"gold_only": evaluation.gold_only, "weak": evaluation.weak, "final": evaluation.final}
+    return PlainRun(evaluation.shipped.accuracy, {k: v.accuracy for k, v in tested.items() if v is not None},
+                    selection.chosen, times)
 
 
 def main() -> None:

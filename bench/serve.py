@@ -1,13 +1,29 @@
 """`weakflow serve` against `mlflow models serve --env-manager local` on the same registered model.
 
-Both servers run on loopback, one uvicorn worker each, one after the other in one run. The load is
-32 concurrent keep-alive HTTP/1.1 clients (a lean asyncio client in this process, so the generator
-costs little of the 2 cores), each sending one-record requests back to back for ``--seconds`` after a
-warm-up. Recorded: requests/s, p50/p99 latency, non-200 answers, and for weakflow the prediction-log
-rows after a SIGTERM versus records answered.
+Both servers run on loopback, one after the other in one run, with the same resources:
+
+- one uvicorn worker process each (weakflow: ``uvicorn.run`` in-process; MLflow: ``--workers 1``);
+- one torch intra-op thread each (``OMP_NUM_THREADS=1``/``MKL_NUM_THREADS=1`` for both processes;
+  weakflow also calls ``torch.set_num_threads(1)``); without it MLflow's server ran up to 6 concurrent
+  predictions (asyncio's default thread pool, min(32, cores + 4) threads) with 2 torch threads each on
+  2 cores;
+- no HTTP access log on either (weakflow: ``access_log=False``; MLflow: ``UVICORN_ACCESS_LOG=false``,
+  which its ``uvicorn`` command reads), log level warning on both.
+
+What differs is what each server is, and the output says so: weakflow validates each record against the
+model's schema, batches the requests of one event-loop turn into one forward pass on the event loop, and
+writes **every prediction to its SQLite prediction log** (one background thread: work MLflow's server does
+not do at all); MLflow's server parses ``dataframe_records`` into a pandas DataFrame and runs the pyfunc
+(the same ``WeakflowClassifier``) once per request in its thread pool, logging nothing per prediction.
+
+The load is 32 concurrent keep-alive HTTP/1.1 clients (a lean asyncio client in this process, so the
+generator costs little of the 2 cores), each sending one-record requests back to back for ``--seconds``
+after a warm-up. Recorded: requests/s, p50/p99 latency, non-200 answers, and for weakflow the
+prediction-log rows after a SIGTERM versus records answered.
 
     python -m bench.serve                 # trains a small demo model first if the workspace has none
     python -m bench.serve --seconds 5 --no-write
+    python -m bench.serve --workspace DIR --seconds 2 --warmup 1 --no-write   # a smoke run on DIR's champion
 """
 
 from __future__ import annotations
@@ -30,6 +46,29 @@ from bench.common import ROOT, publish
 
 WS = ROOT / "bench" / "results" / "serve-ws"
 NAME = "weakflow-classifier"
+
+
+# The same resources for both servers (see the module docstring): one torch intra-op thread each ...
+SAME_RESOURCES = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# ... and for MLflow's uvicorn (started by `mlflow models serve` as a command that reads UVICORN_* variables)
+# the logging weakflow's has: no access log line per request, warnings and up.
+MLFLOW_ONLY = {"MLFLOW_MODELS_WORKERS": "1", "UVICORN_ACCESS_LOG": "false", "UVICORN_LOG_LEVEL": "warning"}
+SIDES = {
+    "weakflow serve": "1 uvicorn worker process; 1 torch thread; no access log; each record validated against the "
+                      "model's feature schema; requests of one event-loop turn share one forward pass on the event "
+                      "loop; every answered record written to the SQLite prediction log by one background thread",
+    "mlflow models serve": "1 uvicorn worker process (--workers 1); 1 torch thread (OMP_NUM_THREADS=1); no access "
+                           "log (UVICORN_ACCESS_LOG=false); `dataframe_records` parsed into a pandas DataFrame and "
+                           "the same pyfunc (WeakflowClassifier) run once per request in asyncio's default thread "
+                           "pool (up to min(32, cores + 4) at once); no prediction log (it has none)",
+}
+
+
+def set_workspace(path: Path) -> None:
+    """Use ``path`` instead of :data:`WS` (its registry, demo data, logs)."""
+    global WS
+    WS = Path(path)
+    WS.mkdir(parents=True, exist_ok=True)
 
 
 def free_port() -> int:
@@ -122,14 +161,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--workspace", type=Path, default=WS,
+                        help=f"workspace with the model registry (default {WS}; a demo model is trained when it "
+                             "has no champion)")
     args = parser.parse_args()
+    set_workspace(args.workspace)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     version = ensure_model()
     record = sample_record()
     uri = f"sqlite:///{(WS / 'mlflow.db').resolve()}"
     bin_dir = Path(sys.executable).parent  # on PATH: mlflow models serve execs `uvicorn` by name
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **SAME_RESOURCES}
+    print("setup:\n" + "\n".join(f"  {name}: {what}" for name, what in SIDES.items()), flush=True)
     results = {}
     log_db = WS / "bench-predictions.db"
     log_db.unlink(missing_ok=True)
@@ -151,9 +195,11 @@ def main() -> None:
     logged = count_rows(f"sqlite:///{log_db}")
     port = free_port()
     theirs = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/{version}",
-                               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-                              # to a file: its access log filled an unread pipe in 20 s and stalled the server
-                              env=env, stdout=(WS / "mlflow-serve.log").open("w"), stderr=subprocess.STDOUT, text=True)
+                               "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "--workers", "1"],
+                              env={**env, **MLFLOW_ONLY},
+                              # to a file: an access log (if switched on) filled an unread pipe in 20 s and
+                              # stalled the server
+                              stdout=(WS / "mlflow-serve.log").open("w"), stderr=subprocess.STDOUT, text=True)
     try:
         wait_up(port, theirs, "/ping")
         results["mlflow models serve"] = load(port, "/invocations", {"dataframe_records": [record]}, args.clients,
@@ -176,8 +222,11 @@ def main() -> None:
               f"p99 ≤ 50 ms). Prediction-log rows after SIGTERM: {logged:,}; one-record requests weakflow "
               f"answered with 200 (warm-up included): {ours_r['answered_total']:,}"
               f"{' (equal: no row lost)' if logged == ours_r['answered_total'] else ' (**rows lost**)'}.",
-              f"Model: demo CNN `{NAME}` v{version}; both servers are one uvicorn worker; the load generator shares "
-              "the 2 cores."]
+              f"Model: `{NAME}` v{version} from `{WS.relative_to(ROOT) if WS.is_relative_to(ROOT) else WS}`; the "
+              "load generator shares the 2 cores.", "",
+              "What each side does (same resources: one uvicorn worker process, one torch intra-op thread, no "
+              "access log, log level warning):", ""]
+    lines += [f"- **{name}**: {what}" for name, what in SIDES.items()]
     body = "\n".join(lines)
     publish("serve", body, dry_run=args.no_write)
 

@@ -27,6 +27,9 @@ class GateInput:
     champion_accuracy: float | None = None  # the champion re-scored on the same split
     champion_error: str | None = None  # why the champion could not be re-scored, if it could not
     governance_passed: bool = True  # contamination/leakage checks (a version tagged governance=failed)
+    # candidate minus the gold-only model trained in the same run, on paired bootstrap resamples of the test
+    # split: (estimate, low, high); None when not measured (e.g. `weakflow promote` of an older version)
+    vs_gold_only: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -69,6 +72,19 @@ def gate_not_worse_than_champion(inputs: GateInput, max_regression: float) -> No
         )
 
 
+def gate_not_worse_than_gold_only(inputs: GateInput) -> None:
+    """Weak supervision must earn its place: refuse a model whose accuracy is below the gold-only model's by
+    more than resampling noise (the whole paired interval of the difference below 0)."""
+    if inputs.vs_gold_only is None:
+        return
+    estimate, low, high = inputs.vs_gold_only
+    if high < 0:
+        raise GateFailure(
+            "gold_only",
+            f"test accuracy is below the gold-only model of the same run by {-estimate:.4f} (paired bootstrap "
+            f"interval of the difference [{low:+.4f}, {high:+.4f}] lies below 0): weak labels made it worse")
+
+
 def decide(inputs: GateInput, min_accuracy: float, max_regression: float = 0.0) -> GateDecision:
     """Run every gate (not just up to the first failure) so the reviewer sees all reasons."""
     gates: list[tuple[str, Callable[[], None]]] = [
@@ -76,6 +92,7 @@ def decide(inputs: GateInput, min_accuracy: float, max_regression: float = 0.0) 
         ("governance", lambda: gate_governance(inputs)),
         ("min_accuracy", lambda: gate_min_accuracy(inputs, min_accuracy)),
         ("champion", lambda: gate_not_worse_than_champion(inputs, max_regression)),
+        ("gold_only", lambda: gate_not_worse_than_gold_only(inputs)),
     ]
     decision = GateDecision(passed=True)
     for name, gate in gates:

@@ -51,3 +51,18 @@ def output_frame(probs: np.ndarray, classes: list[int]) -> pd.DataFrame:
     for i, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, i]
     return out
+
+
+def registered_classes(name: str, version: str) -> list[int]:
+    """The class set of a registered version (what the server answers with), read from its weights file's
+    metadata on the current tracking URI: only the MLmodel file and the weights are downloaded, and the
+    network is not built."""
+    import tempfile
+
+    from mlflow.models import Model
+
+    uri = f"models:/{name}/{version}"
+    weights = Model.load(uri).flavors["python_function"]["artifacts"]["weights"]["path"]
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"{uri}/{weights}", dst_path=tmp)
+        return list(json.loads(torch.load(local, map_location="cpu", weights_only=True)["meta"])["classes"])

@@ -18,7 +18,7 @@ class CardInputs:
     pseudo_precision: float | None
     sources: list[dict]  # per weak source: source, coverage, accuracy (on gold)
     validation: str  # the validate stage's recorded result, in words
-    governance: dict[str, str]  # check -> "N found; action"
+    governance: dict[str, object]  # check -> its result (printed: "N found; action")
     dropped: dict[str, int]
     metrics: dict[str, float]  # test accuracy, macro-F1, ECE, gold-only, weak
     weak_method: str
@@ -27,6 +27,8 @@ class CardInputs:
     limits: list[str] = field(default_factory=list)
     pseudo_set: str = "the weak model's pseudo set"  # which set pseudo_kept/pseudo_precision describe
     governance_verdict: str = ""  # passed | warned
+    shipped: str = "final"  # which candidate this version is (gold_only | weak | final)
+    shipped_reason: str = ""  # why the pipeline shipped it (the select stage's words)
 
 
 def render(c: CardInputs) -> str:
@@ -38,6 +40,7 @@ def render(c: CardInputs) -> str:
     lines = [
         f"# Model card: {c.model_name} v{c.version} ({c.alias})", "",
         f"Gate decision: {c.gate_reason}.", "",
+        f"Which model: the {c.shipped} candidate" + (f" ({c.shipped_reason})" if c.shipped_reason else "") + ".", "",
         "## Training data and label provenance", "",
         "| label source | rows |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in c.provenance.items()],
@@ -56,7 +59,8 @@ def render(c: CardInputs) -> str:
         "| model | accuracy | macro-F1 | ECE |", "|---|---|---|---|",
         f"| this model | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | {m['ece']:.4f} |",
         f"| gold-only baseline | {m['gold_only_accuracy']:.4f} | {m['gold_only_macro_f1']:.4f} | |",
-        f"| weak model | {m['weak_accuracy']:.4f} | | |", "",
+        f"| weak model | {m['weak_accuracy']:.4f} | | |" if m["weak_accuracy"] == m["weak_accuracy"]
+        else "| weak model | not trained | | |", "",
         "## Intended use and limits", "",
         "- Intended: the classification task of its training data, on inputs with the same feature schema "
         "and distribution as the reference logged with this version (monitored for drift).",

@@ -77,6 +77,7 @@ class PredictionLog:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.written = 0
         self.failed = 0
+        self.last_error: str | None = None  # the latest write's failure; None once a write succeeds again
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -131,8 +132,10 @@ class PredictionLog:
                 with self.engine.begin() as conn:
                     conn.execute(PREDICTIONS.insert(), rows)
                 self.written += len(rows)
+                self.last_error = None
                 return
             except Exception as exc:  # noqa: BLE001 - any failure is counted, logged and retried
+                self.last_error = f"attempt {attempt + 1}/{self.retries}: {type(exc).__name__}: {str(exc)[:200]}"
                 log.warning("prediction log write failed (attempt %d/%d): %s", attempt + 1, self.retries, exc)
                 if attempt + 1 < self.retries:
                     time.sleep(min(self.backoff * 2 ** attempt, 10.0))
@@ -151,8 +154,9 @@ class PredictionLog:
         self.queue.put(barrier)
         return barrier.wait(timeout)
 
-    def stats(self) -> dict[str, int | bool]:
-        return {"written": self.written, "failed": self.failed, "queued": self.queue.qsize(), "writer_alive": self.alive}
+    def stats(self) -> dict[str, int | bool | str | None]:
+        return {"written": self.written, "failed": self.failed, "queued": self.queue.qsize(), "writer_alive": self.alive,
+                "last_error": self.last_error}
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer."""

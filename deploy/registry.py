@@ -41,6 +41,38 @@ def champion_version(client: MlflowClient, name: str) -> str | None:
         return None
 
 
+def alias_version(client: MlflowClient | None, name: str, alias: str, uri: str) -> str:
+    """The version behind ``alias``; otherwise :class:`RegistryError` in one line naming the model, the
+    alias, the tracking URI and what to run. A SQLite store that does not exist is reported as such, and
+    not created (with ``client`` None, the client for ``uri`` is made after that check: making one creates
+    the store)."""
+    if uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        database = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        if database not in ("", ":memory:") and not Path(database).exists():
+            raise RegistryError(f"no model {name!r} with the alias {alias!r}: there is no MLflow registry at {uri} "
+                                "(no such file); run `weakflow run` first, or point --workspace or --tracking-uri "
+                                "at the registry that has the model")
+    client = client or MlflowClient(uri)
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        failure = exc
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"cannot read model {name!r} (alias {alias!r}) from {uri}: "
+                                f"{str(failure).splitlines()[0] if str(failure) else type(failure).__name__}") from exc
+        raise RegistryError(f"no registered model {name!r} in {uri} (looked for its alias {alias!r}); run `weakflow "
+                            "run` first, or point --workspace or --tracking-uri at the registry that has it") from exc
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted((model.aliases or {}).items())) or "none"
+    raise RegistryError(f"model {name!r} in {uri} has no version with the alias {alias!r} (its aliases: {aliases}); "
+                        "run `weakflow run`, or `weakflow promote VERSION --reason TEXT` to make one champion, "
+                        "or set serve.alias") from failure
+
+
 def _version(client: MlflowClient, name: str, version: str):  # -> ModelVersion
     try:
         return client.get_model_version(name, str(version))

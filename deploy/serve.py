@@ -3,7 +3,10 @@
 - ``POST /predict`` ``{"records": [{feature: number, ...}, ...]}`` -> class, confidence and
   probabilities per record, the model version that answered and a request id. Every record is checked
   against the served model's feature schema (missing/extra fields, non-numbers, NaN/inf -> 422 naming
-  the field); bodies over ``serve.max_body_bytes`` -> 413; more than ``serve.max_batch`` records -> 422.
+  the field; at most the first 20 errors, with ``error_count``); bodies over ``serve.max_body_bytes`` -> 413;
+  more than ``serve.max_batch`` records -> 422; a content type other than ``application/json`` (a browser
+  form can post ``text/plain`` cross-site without a CORS preflight) -> 415; a body not complete within
+  ``serve.body_timeout_seconds`` -> 408 (an answer sent before the whole body was read closes the connection).
 - ``GET /health``, ``GET /model``.
 - Hot reload: a thread polls the registry every ``serve.poll_seconds``; when the alias moves, the new
   version is loaded next to the old one and swapped in with one reference assignment, so requests in
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -36,6 +40,7 @@ from deploy.prediction_log import PredictionLog
 from deploy.registry import CHAMPION
 
 log = logging.getLogger("weakflow.serve")
+MAX_ERRORS = 20  # a 422 lists at most this many field errors (and says how many there were)
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -119,10 +124,39 @@ class ModelHolder:
                 log.error("registry poll failed, still serving v%s: %s", self.current.version, self.last_poll_error)
 
 
-def error_fields(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as ``{"field": "records[3].px_5", "message": ..., "type": ...}``."""
+def is_json(content_type: bytes | None) -> bool:
+    """``application/json``, parameters (``; charset=utf-8``) and case aside."""
+    return content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+async def read_body(receive, body: bytearray, limit: int) -> bool | None:  # noqa: ANN001 - ASGI
+    """Read the request body into ``body``: True when complete, False past ``limit`` bytes, None when the
+    client disconnected."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
+def refused(errors: list[dict[str, Any]], total: int, request_id: str, version: str) -> tuple[int, dict[str, Any]]:
+    """A 422 listing at most :data:`MAX_ERRORS` field errors, with the total: 64,000 bad fields must not
+    make a 6 MB answer."""
+    payload: dict[str, Any] = {"detail": errors[:MAX_ERRORS], "error_count": total, "request_id": request_id,
+                               "model_version": version}
+    if total > MAX_ERRORS:
+        payload["note"] = f"showing the first {MAX_ERRORS} of {total} errors"
+    return 422, payload
+
+
+def error_fields(exc: ValidationError, limit: int | None = None) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"field": "records[3].px_5", "message": ..., "type": ...}`` (the first ``limit``)."""
     out = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False, include_input=False)[:limit]:
         field = ""
         for part in err["loc"]:
             field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
@@ -146,32 +180,47 @@ class ModelServer(FastAPI):
 
     async def predict_asgi(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
         request_id = uuid.uuid4().hex
+        state = self.state.weakflow
+        read_all = False  # a response sent before the whole body was read closes the connection
         try:
+            content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
             declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            limit = self.state.weakflow["max_body_bytes"]
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+            limit = state["max_body_bytes"]
+            if not is_json(content_type):  # a cross-site form (text/plain, no preflight) never reaches the model
+                got = repr(content_type.decode("latin-1")) if content_type is not None else "none"
+                status, payload = 415, {"detail": f"POST {self.predict_path} needs the header Content-Type: "
+                                                  f"application/json (got {got})", "request_id": request_id}
+            elif declared is not None and declared.isdigit() and int(declared) > limit:
                 status, payload = 413, {"detail": f"request body of {declared.decode()} bytes exceeds the limit of "
                                                   f"{limit}", "request_id": request_id}
             else:
                 body = bytearray()
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
+                timeout = state["body_timeout_s"]
+                try:
+                    async with asyncio.timeout(timeout):  # a stalled body must not hold the request forever
+                        complete = await read_body(receive, body, limit)
+                except TimeoutError:
+                    said = f" of the {declared.decode()} declared" if declared is not None else ""
+                    status, payload = 408, {"detail": f"request body not complete within {timeout:g} s "
+                                                      f"(serve.body_timeout_seconds): got {len(body)} bytes{said}",
+                                            "request_id": request_id}
+                else:
+                    if complete is None:
                         return  # the client left: nothing answered, nothing logged
-                    body += message.get("body", b"")
-                    if len(body) > limit:
+                    if not complete:
                         status, payload = 413, {"detail": f"request body exceeds the limit of {limit} bytes",
                                                 "request_id": request_id}
-                        break
-                    if not message.get("more_body", False):
+                    else:
+                        read_all = True
                         status, payload = await self.answer(bytes(body), request_id)
-                        break
         except Exception as exc:  # noqa: BLE001 - a bad request never takes the server down
             log.exception("predict failed (request %s)", request_id)
             status, payload = 500, {"detail": f"internal error: {type(exc).__name__}", "request_id": request_id}
         out = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]
+        if not read_all:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
     async def answer(self, body: bytes, request_id: str) -> tuple[int, dict[str, Any]]:
@@ -181,14 +230,15 @@ class ModelServer(FastAPI):
         try:
             records = served.body.validate_json(body)["records"]
         except ValidationError as exc:
-            return 422, {"detail": error_fields(exc), "request_id": request_id, "model_version": served.version}
+            return refused(error_fields(exc, MAX_ERRORS), exc.error_count(), request_id, served.version)
         with np.errstate(over="ignore"):  # an overflow becomes inf and is refused just below
             x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
         if not np.isfinite(x).all():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
+            rows, cols = np.nonzero(~np.isfinite(x))
             bad = [{"field": f"records[{i}].{served.features[j]}", "type": "float32_range",
                     "message": f"value {records[i][served.features[j]]!r} is outside the float32 range"}
-                   for i, j in zip(*np.nonzero(~np.isfinite(x)))]
-            return 422, {"detail": bad, "request_id": request_id, "model_version": served.version}
+                   for i, j in zip(rows[:MAX_ERRORS], cols[:MAX_ERRORS])]
+            return refused(bad, len(rows), request_id, served.version)
         probs = (await state["batcher"](served, x)).astype(np.float64).round(6)  # what the client sees is logged
         top = probs.argmax(axis=1)
         classes = [served.classes[i] for i in top]
@@ -202,10 +252,12 @@ class ModelServer(FastAPI):
 
 
 def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, max_batch: int = 1000,
-               poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db") -> ModelServer:
-    """The app; the model and the prediction log open in its lifespan (so tests run it in process)."""
+               poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db",
+               body_timeout_s: float = 30.0) -> ModelServer:
+    """The app; the model and the prediction log open in its lifespan (so tests run it in process).
+    ``body_timeout_s``: a ``/predict`` body not complete within this many seconds gets 408."""
 
-    state: dict[str, Any] = {"max_body_bytes": max_body_bytes}
+    state: dict[str, Any] = {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout_s}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -230,7 +282,9 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
         holder: ModelHolder = state["holder"]
         stats = state["log"].stats()
         batcher: MicroBatcher = state["batcher"]
-        return {"status": "ok" if stats["writer_alive"] else "degraded: prediction log writer stopped",
+        status = ("degraded: prediction log writer stopped" if not stats["writer_alive"] else
+                  f"degraded: prediction log writes failing ({stats['last_error']})" if stats["last_error"] else "ok")
+        return {"status": status,
                 "model": holder.name, "model_version": holder.current.version,
                 "uptime_s": round(time.time() - state["started"], 1), "last_poll_error": holder.last_poll_error,
                 "prediction_log": stats, "forward_passes": batcher.batches, "rows_predicted": batcher.rows}
@@ -241,7 +295,8 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
         m = holder.current
         return {"name": m.name, "alias": holder.alias, "version": m.version, "run_id": m.run_id,
                 "features": m.features, "classes": m.classes, "loaded_at": m.loaded_at, "reloads": holder.reloads,
-                "max_batch": max_batch, "max_body_bytes": max_body_bytes, "poll_seconds": poll_seconds}
+                "max_batch": max_batch, "max_body_bytes": max_body_bytes, "poll_seconds": poll_seconds,
+                "body_timeout_s": body_timeout_s}
 
     @app.post(ModelServer.predict_path)
     async def predict(request: Request) -> Response:

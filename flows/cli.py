@@ -105,10 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     traffic.add_argument("--feedback", action="store_true",
                          help="also record the rows' gold labels as delayed feedback (waits for the server's log)")
     _command(sub, "monitor", "run the monitoring flow once (drift check, alert on drift)",
-             ["weakflow monitor", "weakflow monitor --set monitoring.window_hours=24"])
+             ["weakflow monitor", "weakflow monitor --set monitoring.window_hours=24"],
+             "Checks the prediction log's window for the version behind serve.alias against the reference\n"
+             "logged with it, and alerts on drift. The last line is the verdict: 'DRIFT: ...', 'no drift: ...'\n"
+             "or 'not checked: N rows in the window, fewer than min_rows=M'.\n\n"
+             "exit status: 0 whenever the check ran, whatever its verdict: a window below monitoring.min_rows\n"
+             "is a quiet period, not a failure, and a cron job must not report it as one (the verdict is also\n"
+             "the monitoring run's `verdict` tag); 1 when it could not run (e.g. no registry, no such model or\n"
+             "no version with the alias: one line saying which and what to run); 2 for a config error.")
     _command(sub, "alerts", "list drift and contamination alerts", ["weakflow alerts"])
     feedback = _command(sub, "feedback", "record delayed gold labels for served predictions",
-                        ["weakflow feedback labels.csv   # columns request_id,row_index,label"])
+                        ["weakflow feedback labels.csv   # columns request_id,row_index,label"],
+                        "Checks the whole file before storing anything: every (request_id, row_index) must be\n"
+                        "a logged prediction and every label an integer class of the model version that answered\n"
+                        "that row (read from the registry). Any problem: one line naming the file, the column, the\n"
+                        "rows (data rows counted from 1, the header not counted) and the values; exit status 1,\n"
+                        "nothing stored. A row labelled twice keeps the last label.")
     feedback.add_argument("file", type=Path, help="CSV or Parquet with request_id, row_index, label")
     deploy = _command(
         sub, "deploy", "register the Prefect deployments and run them (until Ctrl-C)",
@@ -233,12 +245,15 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
         print(f"reports: {frame['report_uri'].iloc[0]} (latest)")
         return 0
     if args.command == "feedback":
-        from monitoring.alerts import record_feedback
-        from tasks.data import read_table
+        import mlflow
 
+        from monitoring.alerts import record_feedback
+        from monitoring.feedback import FeedbackError, read_feedback
+
+        mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the class set of the version behind each row
         try:
-            stored = record_feedback(log_url(cfg), read_table(args.file, "feedback file"))
-        except ValueError as exc:  # missing columns, unknown (request_id, row_index): one line, exit 1
+            stored = record_feedback(log_url(cfg), read_feedback(args.file))
+        except FeedbackError as exc:  # the whole file is checked first: one line, nothing stored, exit 1
             print(f"feedback: {args.file}: {exc}", file=sys.stderr)
             return 1
         print(f"stored {stored} feedback label(s) in {log_url(cfg)}")
@@ -248,11 +263,20 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
     if args.command == "monitor":
         import mlflow
 
-        from flows.monitor import monitoring_flow
+        from deploy.registry import alias_version
 
-        mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
+        uri = cfg.tracking.resolved_uri
+        mlflow.set_tracking_uri(uri)
+        # before the flow starts: no model or alias is one line, not a failed flow run's traceback
+        alias_version(None, cfg.tracking.model_name, cfg.serve.alias, uri)
+        from flows.monitor import alert_text, monitoring_flow
+
         result = monitoring_flow(cfg)
-        return 0 if result.check.verdict.checked else 1
+        # the verdict is the command's output; a window below monitoring.min_rows ("not checked") is an
+        # answer, not an error, so it exits 0 like drift and no drift (see `weakflow monitor --help`)
+        print(f"{cfg.tracking.model_name} v{result.model_version}: {result.check.verdict.text}"
+              + (f" | alert {alert_text(result.alert)}" if result.alert else ""))
+        return 0
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -285,6 +309,8 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
     for err in result.errors[:3]:
         print(f"  {err}")
     if args.feedback and result.feedback:
+        import mlflow
+
         from deploy.prediction_log import wait_logged
         from tasks.monitor import log_url
 
@@ -295,7 +321,14 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
             print(f"{len(missing)} answered row(s) not in the prediction log {log_url(cfg)} after 30 s, e.g. "
                   f"{missing[:3]}; is the server logging to this database (serve.prediction_log_url)?", file=sys.stderr)
             return 1
-        print(f"stored {record_feedback(log_url(cfg), feedback)} feedback labels")
+        from monitoring.feedback import FeedbackError
+
+        mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the class set of the version behind each row
+        try:
+            print(f"stored {record_feedback(log_url(cfg), feedback)} feedback labels")
+        except FeedbackError as exc:
+            print(f"simulate-traffic: feedback not stored: {exc}", file=sys.stderr)
+            return 1
     return 0 if not result.errors else 1
 
 
@@ -305,18 +338,16 @@ def _serve(args: argparse.Namespace, cfg) -> int:
     import mlflow
     import uvicorn
 
-    from deploy.registry import RegistryError
+    from deploy.registry import alias_version
     from deploy.serve import create_app
 
-    try:
-        mlflow_version = mlflow.MlflowClient().get_model_version_by_alias(cfg.tracking.model_name, cfg.serve.alias).version
-    except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(f"no version of {cfg.tracking.model_name!r} has the alias {cfg.serve.alias!r} in "
-                            f"{cfg.tracking.resolved_uri}; run `weakflow run` first") from exc
+    mlflow_version = alias_version(mlflow.MlflowClient(), cfg.tracking.model_name, cfg.serve.alias,
+                                   cfg.tracking.resolved_uri)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     s = cfg.serve
     app = create_app(cfg.tracking.model_name, s.alias, s.max_body_bytes, s.max_batch, s.poll_seconds,
-                     s.prediction_log_url or cfg.tracking.prediction_log_default)
+                     s.prediction_log_url or cfg.tracking.prediction_log_default,
+                     body_timeout_s=s.body_timeout_seconds)
     host, port = args.host or s.host, args.port or s.port
     print(f"serving {cfg.tracking.model_name}@{s.alias} (v{mlflow_version}) on http://{host}:{port} (POST /predict, GET /health, GET /model)",
           flush=True)

@@ -24,6 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from deploy.prediction_log import ALERTS, FEEDBACK, PREDICTIONS, make_engine
+from monitoring.feedback import ClassesOf
 
 log = logging.getLogger("weakflow.monitoring")
 DRIFT_EVENT = "weakflow.drift.detected"
@@ -200,28 +201,32 @@ def list_alerts(url: str, limit: int = 50) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[c.name for c in ALERTS.columns])
 
 
-def record_feedback(url: str, labels: pd.DataFrame) -> int:
-    """Store gold labels for served rows (columns request_id, row_index, label); unknown request ids
-    are refused with their ids. Returns how many rows were stored (re-sending a label replaces it)."""
-    need = {"request_id", "row_index", "label"}
-    if not need <= set(labels.columns):
-        raise ValueError(f"feedback needs columns {sorted(need)}; got {sorted(labels.columns)}")
-    labels = labels.drop_duplicates(["request_id", "row_index"], keep="last")  # the last label for a row wins
+def record_feedback(url: str, labels: pd.DataFrame, classes_of: ClassesOf | None = None) -> int:
+    """Store gold labels for served rows (columns request_id, row_index, label) after checking every row
+    (:func:`monitoring.feedback.check_feedback`: served keys, integer labels in the class set of the
+    version that answered each row, by default read from the registry on the current tracking URI); any
+    problem raises :class:`monitoring.feedback.FeedbackError` and stores nothing. Returns how many rows
+    were stored (a row labelled twice keeps the last label; re-sending a label replaces it)."""
+    from monitoring.feedback import check_feedback
+
+    if classes_of is None:
+        from deploy.model import registered_classes as classes_of
     engine = make_engine(url)
     try:
+        def served(ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+            with engine.connect() as conn:
+                return {(r, int(i)): (name, str(version)) for r, i, name, version in conn.execute(
+                    sa.select(PREDICTIONS.c.request_id, PREDICTIONS.c.row_index, PREDICTIONS.c.model_name,
+                              PREDICTIONS.c.model_version).where(PREDICTIONS.c.request_id.in_(ids)))}
+
+        latest = {(r, i): label for r, i, label in check_feedback(labels, served, classes_of)}  # the last wins
+        keys = list(latest)
         with engine.begin() as conn:
-            ids = list(labels["request_id"].astype(str).unique())
-            known = {(r, int(i)) for r, i in conn.execute(
-                sa.select(PREDICTIONS.c.request_id, PREDICTIONS.c.row_index).where(PREDICTIONS.c.request_id.in_(ids)))}
-            keys = list(zip(labels["request_id"].astype(str), labels["row_index"].astype(int)))
-            unknown = [k for k in keys if k not in known]
-            if unknown:
-                raise ValueError(f"no logged prediction for (request_id, row_index) {unknown[:5]}")
-            conn.execute(FEEDBACK.delete().where(FEEDBACK.c.request_id.in_(ids)).where(
+            conn.execute(FEEDBACK.delete().where(FEEDBACK.c.request_id.in_(sorted({r for r, _ in keys}))).where(
                 sa.tuple_(FEEDBACK.c.request_id, FEEDBACK.c.row_index).in_(keys)))
             now = datetime.now(timezone.utc)
-            conn.execute(FEEDBACK.insert(), [{"request_id": r, "row_index": i, "label": int(lab), "ts": now}
-                                             for (r, i), lab in zip(keys, labels["label"])])
+            conn.execute(FEEDBACK.insert(), [{"request_id": r, "row_index": i, "label": int(label), "ts": now}
+                                             for (r, i), label in latest.items()])
         return len(keys)
     finally:
         engine.dispose()

@@ -35,7 +35,6 @@ class DemoData(_Section):
     source: Literal["demo"] = "demo"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     gold_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of the non-test rows that keep gold labels")
-    dev_fraction: float = Field(1 / 3, gt=0.0, lt=1.0, description="share of the gold rows held out as the dev split")
     unlabeled_fraction: float = Field(0.3, ge=0.0, lt=1.0, description="share of the remaining rows with no label")
     noise: NoiseConfig = NoiseConfig()
     seed: int = 0
@@ -53,7 +52,6 @@ class FilesData(_Section):
     weak_label_columns: list[str] = Field(default_factory=list)
     abstain: int = -1
     classes: list[int] | None = Field(None, description="the class set; default: the test file's labels")
-    dev_fraction: float = Field(1 / 3, gt=0.0, lt=1.0)
     image_shape: tuple[int, int, int] | None = None
     unlabeled_path: Path | None = Field(
         None, description="an extra unlabeled pool (Parquet with the feature columns), streamed by row group")
@@ -68,6 +66,23 @@ class FilesData(_Section):
         return self
 
 
+class SelectionConfig(_Section):
+    """Honest choices with a small gold set (tasks/core/crossfit.py, tasks/select.py): every gold row judges
+    models that never trained on it, and the pipeline ships the candidate that is best on them."""
+
+    folds: int = Field(3, ge=2, le=20, description="gold folds: each of k fold models trains without one fold and "
+                       "is judged on it; a refit on all gold is the model shipped (k drops to the smallest "
+                       "class's gold rows when that is fewer)")
+    temperature_prior_sd: float = Field(0.5, gt=0.0, description="sd of the normal prior on log T when the "
+                                        "temperature is fitted on the out-of-fold gold logits: a few gold rows "
+                                        "cannot collapse it")
+    ship: Literal["best", "final", "weak", "gold_only"] = Field(
+        "best", description="best: the candidate (gold-only, weak, final) with the highest cross-fitted gold "
+                            "accuracy (ties: lower log-loss, then the simpler model); or always that one")
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="paired resamples of the gold rows for "
+                                   "the uncertainty of the candidates' differences")
+
+
 class ValidationConfig(_Section):
     min_gold_per_class: int = Field(2, ge=1, description="gold rows each class needs (train + dev)")
 
@@ -76,7 +91,12 @@ class WeakLabelsConfig(_Section):
     """How weak label columns and labelling functions become one training label per row."""
 
     labeling_functions: list[str] = Field(default_factory=list, description="'module:function' callables")
-    aggregation: Literal["majority", "dawid_skene"] = "majority"
+    aggregation: Literal["gold_anchored", "majority", "dawid_skene"] = Field(
+        "gold_anchored", description="gold_anchored: each source's confusion matrix (and informative abstaining) "
+                                     "measured on the gold rows it voted on, Dawid-Skene EM only for sources gold "
+                                     "never saw; majority vote; or Dawid-Skene EM on every row")
+    confusion_strength: float = Field(2.0, gt=0.0, description="gold_anchored: pseudo-rows per class pulling a "
+                                      "source's confusion row toward its pooled gold accuracy")
     tie_break: Literal["random", "lowest", "abstain"] = "random"
     soft_labels: bool = Field(False, description="train on vote shares / Dawid-Skene posteriors")
 
@@ -106,29 +126,37 @@ class TrainStageConfig(_Section):
     cnn_width: int = Field(64, ge=4, description="channels of the CNN's last conv layer")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     epochs: int = Field(60, ge=1)
-    batch_size: int = Field(64, ge=2)
+    batch_size: int = Field(128, ge=2, description="rows per step (the gold-only model uses at most 32: its set is small)")
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     gce_q: float = Field(0.7, gt=0.0, le=1.0)
 
 
 class WeakTrainConfig(TrainStageConfig):
-    method: Literal["ce", "gce", "confident_learning", "clid_mu"] = "gce"
+    method: Literal["anchored", "glc", "ce", "gce", "confident_learning", "clid_mu"] = Field(
+        "anchored", description="anchored: every weak row learnt through its votes' likelihood under each source's "
+                                "gold-measured confusion matrix (a robust forward-corrected loss; gold rows plain); "
+                                "glc: gold loss correction (Hendrycks et al. 2018); ce / gce / confident_learning / "
+                                "clid_mu on the aggregated weak labels. Every method also trains on the gold rows")
     clid_mu: ClidMuConfig = ClidMuConfig()
     confident_learning: ConfidentLearningConfig = ConfidentLearningConfig()
+    clid_monitor: bool = Field(False, description="also log the label-free CLID per epoch (on unlabeled rows) and its "
+                               "rank correlation with the out-of-fold gold accuracy, for methods other than "
+                               "clid_mu (which always measures it); costs about 10% of an epoch")
 
 
 class PseudoLabelConfig(_Section):
     """Which calibrated weak-model predictions become labels (see tasks/core/pseudo.py)."""
 
-    calibrate: bool = Field(True, description="temperature-scale the weak model on the gold dev split first")
-    # target_precision: best or tied-best at 40% noise and the highest pseudo-label precision (bench.pseudo)
+    calibrate: bool = Field(True, description="divide the weak model's logits by the temperature fitted on its "
+                            "out-of-fold gold logits before thresholding")
     policy: Literal["fixed", "per_class", "target_precision"] = "target_precision"
-    threshold: float = Field(0.9, ge=0.0, le=1.0,
-                             description="fixed: the threshold; per_class: the base; target_precision: the fallback")
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="fixed: the threshold; per_class: the base")
     floor: float = Field(0.5, ge=0.0, le=1.0, description="per_class / target_precision never go below this")
-    target_precision: float = Field(0.95, gt=0.0, le=1.0, description="target_precision: p per class on gold dev")
-    min_support: int = Field(3, ge=1, description="target_precision: dev rows a threshold must keep to count")
+    target_precision: float = Field(0.9, gt=0.0, le=1.0, description="target_precision: the 95% Wilson lower bound "
+                                    "of precision on held-out gold predictions a threshold must reach (per class "
+                                    "where its rows can show it, else pooled; else nothing is kept)")
+    min_support: int = Field(10, ge=1, description="target_precision: held-out gold rows a threshold must keep")
     max_per_class: int | None = Field(None, ge=0, description="keep at most this many rows per class (balance)")
     include_weak_rows: bool = Field(True, description="also relabel the weakly labelled rows")
     chunk_rows: int = Field(65_536, ge=1, description="rows scored at a time; bounds memory on large pools")
@@ -141,8 +169,13 @@ class SelfTrainConfig(_Section):
 
 
 class FullTrainConfig(TrainStageConfig):
-    loss: LossName = "ce"
+    epochs: int = Field(20, ge=1, description="from the weak model (init: weak) a short refinement; give a fresh "
+                        "network (init: fresh) about 60")
+    loss: LossName = Field("gce", description="of the evidence loss (tasks/core/methods.py): gce bounds what a wrong "
+                           "vote or pseudo label can do; ce")
     strategy: Literal["augment", "pretrain_finetune", "self_train", "distill"] = "augment"
+    init: Literal["weak", "fresh"] = Field("weak", description="augment / self_train: each final model starts from "
+                                           "its fold's weak model (refines it) or from a fresh network")
     pseudo_weight: Literal["confidence", "uniform"] = "confidence"
     finetune_epochs: int = Field(40, ge=1)
     self_train: SelfTrainConfig = SelfTrainConfig()
@@ -162,6 +195,9 @@ class GovernanceConfig(_Section):
     near_factor: float = Field(0.25, gt=0.0, description="near = within this x the median test-row NN distance")
     label_leakage: Literal["fail", "warn"] = Field("fail", description="a single feature that predicts the label")
     leakage_accuracy: float = Field(0.98, gt=0.0, le=1.0, description="leak = one-feature CV accuracy at least this")
+    leakage_lower_bound: float = Field(0.9, gt=0.0, le=1.0, description="...and enough gold rows to show it: the "
+                                       "Wilson lower bound of that accuracy (95%, Bonferroni over the features) at "
+                                       "least this (a small gold set makes some honest feature perfect by chance)")
     pseudo_near_test: Policy = Field("drop", description="pseudo-labelled rows that duplicate test rows")
     # alert by default: evaluation data in production traffic is a finding a person must see (once per
     # monitoring.alert_cooldown_minutes); the demo's simulate-traffic replays test rows and shows it
@@ -180,6 +216,8 @@ class ServeConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    body_timeout_seconds: float = Field(30.0, gt=0.0, description="a /predict body not complete within this many "
+                                        "seconds gets 408 (a client that stalls holds no worker)")
     alias: str = Field("champion", min_length=1, description="registry alias whose version is served")
     max_body_bytes: int = Field(1 << 20, ge=64, description="larger request bodies get 413")
     max_batch: int = Field(1000, ge=1, description="more records per request get 422")
@@ -294,6 +332,7 @@ class TrackingConfig(_Section):
 class Config(_Section):
     data: Annotated[DemoData | FilesData, Field(discriminator="source")] = DemoData()
     validation: ValidationConfig = ValidationConfig()
+    selection: SelectionConfig = SelectionConfig()
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()
     weak_train: WeakTrainConfig = WeakTrainConfig()
     pseudo_label: PseudoLabelConfig = PseudoLabelConfig()

@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import DemoData, FilesData
+from tasks.core.folds import GoldFolds, gold_folds
 from tasks.core.noise import corrupt_labels
 
 PROVENANCE = "provenance"  # gold | weak | unlabeled
-SPLIT = "split"  # gold_train | gold_dev | weak | unlabeled
+SPLIT = "split"  # gold | weak | unlabeled
+FOLD = "fold"  # gold rows: their cross-fitting fold (0..k-1); other rows: -1
 ROW_ID = "row_id"
 DEMO_WEAK_COLUMN = "weak_label"
 
@@ -36,12 +38,25 @@ class RawTables:
 
 @dataclass
 class PipelineData:
-    """Validated data, with every training row's provenance and split."""
+    """Validated data, with every training row's provenance, split and (gold rows) cross-fitting fold.
 
-    train: pd.DataFrame  # features, label (Int64, <NA> when not gold), weak columns, provenance, split
+    ``fold`` makes a view for one fold model (:meth:`fold_view`, sharing the frames): its ``gold_train``
+    rows are the gold rows outside that fold and its ``gold_dev`` rows that fold's, on which it is judged.
+    Without a fold (the refit on all gold), ``gold_train`` is every gold row and ``gold_dev`` is empty."""
+
+    train: pd.DataFrame  # features, label (Int64, <NA> when not gold), weak columns, provenance, split, fold
     test: pd.DataFrame
     spec: FilesData
     classes: list[int]
+    fold: int | None = None
+
+    def fold_view(self, fold: int | None) -> PipelineData:
+        return PipelineData(self.train, self.test, self.spec, self.classes, fold)
+
+    @property
+    def folds(self) -> int:
+        """How many gold folds the rows were cut into."""
+        return int(self.train[FOLD].max()) + 1 if len(self.train) else 0
 
     @property
     def features(self) -> list[str]:
@@ -60,7 +75,23 @@ class PipelineData:
         return frame[self.label].map(index).to_numpy(dtype=np.int64)
 
     def rows(self, *splits: str) -> pd.DataFrame:
-        return self.train[self.train[SPLIT].isin(splits)]
+        """Rows of the named splits: ``gold`` (all gold), ``gold_train`` / ``gold_dev`` (this view's gold
+        rows to train on / to be judged on), ``weak``, ``unlabeled``."""
+        split = self.train[SPLIT]
+        mask = split.isin([s for s in splits if s in ("gold", "weak", "unlabeled")])
+        gold = split == "gold"
+        if "gold_train" in splits:
+            mask |= gold & (self.train[FOLD] != self.fold) if self.fold is not None else gold
+        if "gold_dev" in splits and self.fold is not None:
+            mask |= gold & (self.train[FOLD] == self.fold)
+        return self.train[mask]
+
+    def gold_folds(self, frame: pd.DataFrame) -> GoldFolds:
+        """Where ``frame``'s gold rows are (positions), their class index and fold: what cross-fitting needs
+        to keep each fold model off its own gold rows."""
+        gold = (frame[SPLIT] == "gold").to_numpy()
+        rows = np.flatnonzero(gold)
+        return GoldFolds(rows, self.y(frame.iloc[rows]), frame[FOLD].to_numpy()[rows].astype(np.int64))
 
     def provenance_counts(self) -> dict[str, int]:
         counts = self.train[PROVENANCE].value_counts()
@@ -96,8 +127,8 @@ def class_set(raw: RawTables) -> list[int]:
     return sorted(int(v) for v in values if float(v).is_integer())
 
 
-def assemble(raw: RawTables, classes: list[int]) -> PipelineData:
-    """Attach provenance and the gold train/dev split to validated raw tables."""
+def assemble(raw: RawTables, classes: list[int], folds: int = 3) -> PipelineData:
+    """Attach provenance, split and the gold rows' cross-fitting folds to validated raw tables."""
     spec = raw.spec
     train = raw.train.copy()
     train[spec.label_column] = pd.to_numeric(train[spec.label_column]).astype("Int64")
@@ -105,25 +136,16 @@ def assemble(raw: RawTables, classes: list[int]) -> PipelineData:
     has_weak = (weak != spec.abstain).any(axis=1) if weak is not None else pd.Series(False, index=train.index)
     gold = train[spec.label_column].notna()
     train[PROVENANCE] = np.where(gold, "gold", np.where(has_weak, "weak", "unlabeled"))
-    train[SPLIT] = np.where(gold, "gold_train", np.where(has_weak, "weak", "unlabeled"))
-    dev_index = _stratified_holdout(train.loc[gold, spec.label_column], spec.dev_fraction, spec.seed)
-    train.loc[dev_index, SPLIT] = "gold_dev"
+    train[SPLIT] = train[PROVENANCE]
+    train[FOLD] = -1
+    if gold.any():
+        index = {c: i for i, c in enumerate(classes)}
+        train.loc[gold, FOLD] = gold_folds(train.loc[gold, spec.label_column].map(index).to_numpy(), folds, spec.seed)
     if ROW_ID not in train.columns:
         train[ROW_ID] = np.arange(len(train))
     test = raw.test.copy()
     test[spec.label_column] = pd.to_numeric(test[spec.label_column]).astype("Int64")
     return PipelineData(train=train.reset_index(drop=True), test=test.reset_index(drop=True), spec=spec, classes=classes)
-
-
-def _stratified_holdout(labels: pd.Series, fraction: float, seed: int) -> pd.Index:
-    """Per class, hold out round(n * fraction) rows, at least one when n >= 2 and never all of them."""
-    rng = np.random.default_rng(seed)
-    picked: list = []
-    for _, group in labels.groupby(labels):
-        n = len(group)
-        k = min(n - 1, max(1 if n >= 2 else 0, round(n * fraction)))
-        picked.extend(rng.choice(group.index.to_numpy(), size=k, replace=False).tolist())
-    return pd.Index(picked)
 
 
 def hash_rows(x: np.ndarray, decimals: int = 6) -> np.ndarray:
@@ -168,7 +190,6 @@ def materialize_demo(cfg: DemoData, root: Path) -> FilesData:
         weak_label_columns=[DEMO_WEAK_COLUMN],
         abstain=-1,
         classes=list(range(10)),
-        dev_fraction=cfg.dev_fraction,
         image_shape=(1, 8, 8) if cfg.image else None,
         seed=cfg.seed,
     )

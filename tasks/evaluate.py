@@ -1,8 +1,10 @@
-"""Stage 5, evaluate: the final model, the weak model and a gold-only baseline on the gold test split."""
+"""Stage evaluate: the shipped model and every candidate on the frozen gold test split, and the review.
+
+Nothing here chooses anything: the select stage decided on the gold rows; the test split only reports.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,14 +12,14 @@ import mlflow
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
+from tasks.core.calibration import softmax_t
 from tasks.core.metrics import expected_calibration_error
-from tasks.core.training import EpochStats, fit, predict_proba
+from tasks.core.training import predict_logits
 from tasks.data import PipelineData
-from tasks.modeling import TrainedModel, new_model, settings
-from tasks.progress import epoch_bar
+from tasks.modeling import TrainedModel
+from tasks.stage import stage_task
 
 
 @dataclass
@@ -31,16 +33,20 @@ class ModelScores:
 
 @dataclass
 class Evaluation:
-    final: ModelScores
-    weak: ModelScores
+    shipped: ModelScores  # the model the select stage chose (what register logs)
     gold_only: ModelScores
+    weak: ModelScores | None  # None: no weak model could be trained (no weak vote anywhere)
+    final: ModelScores | None
+    shipped_name: str = "final"
+    # shipped minus gold-only test accuracy on paired bootstrap resamples: (estimate, low, high) (the gate's)
+    vs_gold_only: tuple[float, float, float] | None = None
     run_id: str | None = None  # the evaluate stage run
     tags: dict[str, str] = field(default_factory=dict)  # the weakflow.* tags set on that run
     review: Any = None  # tasks.report.Review when report.enabled
 
     @property
     def lift_over_gold_only(self) -> float:
-        return self.final.accuracy - self.gold_only.accuracy
+        return self.shipped.accuracy - self.gold_only.accuracy
 
 
 def score(probs: np.ndarray, y: np.ndarray, classes: list[int]) -> ModelScores:
@@ -56,36 +62,39 @@ def score(probs: np.ndarray, y: np.ndarray, classes: list[int]) -> ModelScores:
     )
 
 
-def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
-    """The baseline weak supervision must beat: the same network trained on the gold split alone."""
-    gold, dev = data.rows("gold_train"), data.rows("gold_dev")
-    model, spec = new_model(data, cfg.full_train, cfg.seed)
-    stage = cfg.full_train.model_copy(update={"loss": "ce", "batch_size": min(cfg.full_train.batch_size, 32)})
-    result = fit(model, data.x(gold), data.y(gold), settings(stage, cfg), x_dev=data.x(dev), y_dev=data.y(dev),
-                 on_epoch=on_epoch)
-    return TrainedModel(result.model, spec, result.history, result.best_epoch)
+def test_probs(data: PipelineData, model: TrainedModel, device: str = "auto") -> np.ndarray:
+    """A candidate's calibrated probabilities on the test split."""
+    return softmax_t(predict_logits(model.model, data.x(data.test), device=device), model.temperature)
 
 
-def evaluate_models(data: PipelineData, weak: TrainedModel, final: TrainedModel, gold_only: TrainedModel,
-                    device: str = "auto", probs_out: dict[str, np.ndarray] | None = None) -> Evaluation:
-    """Score the three models on the test split; ``probs_out`` (if given) receives their probabilities
-    under the keys ``final``, ``weak``, ``gold_only``."""
-    x, y = data.x(data.test), data.y(data.test)
-    probs = {name: predict_proba(m.model, x, device=device) for name, m in
-             (("final", final), ("weak", weak), ("gold_only", gold_only))}
+def evaluate_models(data: PipelineData, candidates: dict[str, TrainedModel], shipped: str, device: str = "auto",
+                    probs_out: dict[str, np.ndarray] | None = None, samples: int = 1000, seed: int = 0) -> Evaluation:
+    """Score every candidate on the test split, and the shipped model's difference from the gold-only model
+    on ``samples`` paired bootstrap resamples; ``probs_out`` (if given) receives their probabilities."""
+    from tasks.core.bootstrap import paired_bootstrap
+
+    y = data.y(data.test)
+    probs = {name: test_probs(data, m, device) for name, m in candidates.items()}
     if probs_out is not None:
         probs_out.update(probs)
-    return Evaluation(*(score(p, y, data.classes) for p in probs.values()))
+    scores = {name: score(p, y, data.classes) for name, p in probs.items()}
+    pair = {"shipped": probs[shipped], "gold_only": probs["gold_only"]}
+    d = paired_bootstrap(y, pair, [("shipped", "gold_only")], samples=samples, seed=seed).delta("shipped", "gold_only",
+                                                                                               "accuracy")
+    assert d is not None
+    return Evaluation(scores[shipped], scores["gold_only"], scores.get("weak"), scores.get("final"), shipped,
+                      (d.interval.estimate, d.interval.low, d.interval.high))
 
 
-def confusion_figure(evaluation: Evaluation, classes: list[int]):  # -> matplotlib Figure
+def confusion_figure(evaluation: Evaluation, classes: list):  # -> matplotlib Figure
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    for ax, (title, s) in zip(axes, (("final model", evaluation.final), ("gold-only baseline", evaluation.gold_only))):
+    shipped = f"shipped ({evaluation.shipped_name})"
+    for ax, (title, s) in zip(axes, ((shipped, evaluation.shipped), ("gold-only model", evaluation.gold_only))):
         ax.imshow(s.confusion, cmap="Blues")
         ax.set_title(f"{title}: accuracy {s.accuracy:.3f}")
         ax.set_xlabel("predicted")
@@ -100,41 +109,54 @@ def confusion_figure(evaluation: Evaluation, classes: list[int]):  # -> matplotl
     return fig
 
 
+def evaluation_metrics(evaluation: Evaluation, classes: list) -> dict[str, float]:
+    """``test_*`` for the shipped model, ``<candidate>_test_*`` for every candidate, the lift over gold-only."""
+    metrics: dict[str, float] = {}
+    named = (("test", evaluation.shipped), ("gold_only_test", evaluation.gold_only),
+             ("weak_model_test", evaluation.weak), ("final_model_test", evaluation.final))
+    for name, s in named:
+        if s is not None:
+            metrics |= {f"{name}_accuracy": s.accuracy, f"{name}_macro_f1": s.macro_f1, f"{name}_ece": s.ece}
+    metrics["lift_over_gold_only"] = evaluation.lift_over_gold_only
+    if evaluation.vs_gold_only is not None:
+        metrics |= {"lift_over_gold_only_ci_low": evaluation.vs_gold_only[1],
+                    "lift_over_gold_only_ci_high": evaluation.vs_gold_only[2]}
+    for cls in classes:
+        metrics[f"test_recall_class_{cls}"] = evaluation.shipped.report[str(cls)]["recall"]
+    return metrics
+
+
 @stage_task("evaluate")
-def evaluate(data: PipelineData, weak: TrainedModel, final: TrainedModel, cfg: Config, parent_run_id: str,
+def evaluate(data: PipelineData, candidates: dict[str, TrainedModel], selection: Any, cfg: Config, parent_run_id: str,
              experiment_id: str, labels: Any = None, pseudo: Any = None) -> Evaluation:
-    """``labels`` (WeakLabels) and ``pseudo`` (PseudoLabels) feed the report's label-noise view."""
+    """``selection`` (tasks.select.Selection) names the shipped candidate; ``labels`` (WeakLabels) and
+    ``pseudo`` (the pseudo set the final refit trained on) feed the report's label-noise view."""
     import matplotlib.pyplot as plt
 
     from tasks import report
 
     with tracking.stage_run("evaluate", parent_run_id, experiment_id) as run:
-        with epoch_bar("gold_only baseline", cfg.full_train.epochs) as bar:
-            gold_only = train_gold_only(data, cfg, on_epoch=bar)
         probs: dict[str, np.ndarray] = {}
-        evaluation = evaluate_models(data, weak, final, gold_only, cfg.device, probs)
-        metrics = {}
-        for name, s in (("test", evaluation.final), ("weak_model_test", evaluation.weak),
-                        ("gold_only_test", evaluation.gold_only)):
-            metrics |= {f"{name}_accuracy": s.accuracy, f"{name}_macro_f1": s.macro_f1, f"{name}_ece": s.ece}
-        metrics["lift_over_gold_only"] = evaluation.lift_over_gold_only
-        for cls in data.classes:
-            metrics[f"test_recall_class_{cls}"] = evaluation.final.report[str(cls)]["recall"]
-        mlflow.log_metrics(metrics)
-        tracking.log_json({"final": evaluation.final.report, "weak_model": evaluation.weak.report,
-                           "gold_only": evaluation.gold_only.report}, "evaluation/classification_report.json")
+        evaluation = evaluate_models(data, candidates, selection.chosen, cfg.device, probs,
+                                     cfg.report.bootstrap_samples, cfg.seed)
+        mlflow.log_metrics(evaluation_metrics(evaluation, data.classes))
+        tracking.log_json({name: s.report for name, s in (("shipped", evaluation.shipped), ("gold_only", evaluation.gold_only),
+                                                          ("weak_model", evaluation.weak), ("final", evaluation.final))
+                           if s is not None}, "evaluation/classification_report.json")
         rows = [{"model": n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
-                for n, s in (("final", evaluation.final), ("weak_model", evaluation.weak), ("gold_only", evaluation.gold_only))]
+                for n, s in (("gold_only", evaluation.gold_only), ("weak_model", evaluation.weak),
+                             ("final", evaluation.final)) if s is not None]
         mlflow.log_table(rows_to_columns(rows), "evaluation/side_by_side.json")
         fig = confusion_figure(evaluation, data.classes)
         mlflow.log_figure(fig, "evaluation/confusion_matrix.png")
         plt.close(fig)
         evaluation.run_id = run.info.run_id
-        evaluation.tags = report.basic_tags(data, labels)
+        evaluation.tags = report.basic_tags(data, labels) | selection.tags
         if cfg.report.enabled:  # challenger vs champion, robustness, label noise: evaluation/report.html
-            evaluation.review = review = report.review_run(data, cfg, final.model, probs, parent_run_id, run.info.run_id,
-                                                           labels, pseudo, getattr(final, "pseudo", None))
-            evaluation.tags = report.review_tags(review)
+            evaluation.review = review = report.review_run(data, cfg, selection.model, probs, parent_run_id,
+                                                           run.info.run_id, labels, pseudo, selection,
+                                                           candidates["gold_only"])
+            evaluation.tags = report.review_tags(review) | selection.tags
         mlflow.set_tags(evaluation.tags)
         return evaluation
 

@@ -1,190 +1,266 @@
-"""Stage 5, full training: a fresh network on gold + pseudo labels, by one of four strategies.
+"""Stage full_train: a fresh network on gold + weak + pseudo labels, cross-fitted, by one of four strategies.
 
-- ``augment``: one run on gold + pseudo rows, pseudo rows weighted by their calibrated confidence;
-- ``pretrain_finetune``: pseudo rows first, then gold only at a tenth of the learning rate;
-- ``self_train``: rounds of augment -> relabel the pool with the new model -> expand, until the pseudo
-  set stops growing or gold-dev accuracy falls (tasks/core/selftrain.py); each round a nested MLflow run;
-  every relabelled set goes through the same pseudo_near_test check and policy as the weak model's;
+Each fold model trains on the gold rows outside its fold, on the weak rows through their votes' evidence
+(measured without that fold's gold rows), and on the pseudo set its own fold's weak model kept; the refit
+on all gold and the refit's pseudo set. Where a weak row was kept as a pseudo label, the pseudo label
+(the weak model's calibrated, confident belief) replaces its votes. The loss is tasks.core.methods.
+EvidenceLoss (``full_train.loss``: gce bounds what a wrong vote or pseudo label can do).
+
+- ``augment``: one fit on all of that, pseudo rows weighted by their calibrated confidence;
+- ``pretrain_finetune``: pseudo (and weak) rows first, then gold only at a tenth of the learning rate;
+- ``self_train``: rounds of augment -> relabel the candidates with the new models -> expand, until the
+  pseudo set stops growing or the out-of-fold gold accuracy falls (tasks/core/selftrain.py); each round
+  a nested MLflow run; every relabelled set goes through the same pseudo_near_test check and policy;
 - ``distill``: gold one-hot + the kept rows' full calibrated probability vectors as soft targets.
 
-Every strategy keeps the best gold-dev epoch of its (last) fit.
+Every strategy stops at the epoch best on the out-of-fold gold predictions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.selftrain import Round, SelfTrainResult, self_train
-from tasks.core.training import EpochStats, fit
+from tasks.core.training import EpochStats
 from tasks.data import ROW_ID, SPLIT, PipelineData
-from tasks.governance import Findings, GovernanceError, check_pseudo, log_findings
-from tasks.modeling import TrainedModel, new_model, settings
+from tasks.gold_only import log_candidate
+from tasks.governance import Findings, GovernanceError, check_all_pseudo, log_findings
+from tasks.core.methods import NEVER, EvidenceLoss, as_evidence, log_one_hot
+from tasks.modeling import TrainedModel, crossfit, gold_first, settings
+from tasks.pool import SOURCE
 from tasks.progress import epoch_bar
-from tasks.pseudo_label import PseudoLabels, log_pseudo_labels, make_pseudo_labels
+from tasks.pseudo_label import CrossPseudo, PseudoLabels, label_all, log_pseudo_labels
+from tasks.stage import stage_task
+from tasks.weak_labels import WeakLabels
+from tasks.weak_train import WeakModel
 
 OnEpoch = Callable[[EpochStats], None] | None
+FOLDS_AND_REFIT = "folds and refit"
 
 
 @dataclass
 class FullModel(TrainedModel):
-    pseudo: PseudoLabels | None = None  # the pseudo set the returned model trained on
+    pseudo: PseudoLabels | None = None  # the refit's pseudo set (what the shipped model trained on)
     rounds: SelfTrainResult | None = None  # self_train only
-    # self_train only: the pseudo_near_test check on the set this model relabelled (logged in its round's run)
+    # self_train only: the pseudo_near_test check on the sets this model relabelled (logged in its round's run)
     relabel_findings: Findings | None = None
+    train_rows: dict[str, int] | None = None  # rows the refit trained on, by origin
+    provenance: pd.DataFrame | None = None  # those rows: row_id, label, label_source
 
 
-def _pseudo_part(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    kept = pseudo.kept
-    x = kept[data.features].to_numpy(dtype=np.float32)
-    y = np.searchsorted(np.asarray(data.classes), kept["pseudo_label"].to_numpy())
-    w = kept["confidence"].to_numpy(np.float32) if cfg.full_train.pseudo_weight == "confidence" else np.ones(len(kept))
-    return x, y, w
+@dataclass
+class FinalTable:
+    """The rows every final trainer draws from (gold first, then weak rows, then pseudo rows any set kept),
+    and per trainer its evidence targets and weights (0 = not in that trainer's set)."""
+
+    frame: pd.DataFrame
+    targets: dict[int | None, np.ndarray]
+    weights: dict[int | None, np.ndarray]
+    counts: dict[str, int]  # the refit's rows by origin
+    provenance: pd.DataFrame  # the refit's rows: row_id, label (its most likely class), label_source
 
 
-def _dev(data: PipelineData) -> dict[str, np.ndarray]:
-    dev = data.rows("gold_dev")
-    return {"x_dev": data.x(dev), "y_dev": data.y(dev)}
+def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+                soft_pseudo: bool = False) -> FinalTable:
+    """Gold rows (their label); the weak rows the weak model trained on (their votes' evidence, measured
+    without the trainer's own gold fold); every row any pseudo set kept (its pseudo label, or with
+    ``soft_pseudo`` its calibrated probabilities, weighted by confidence per ``full_train.pseudo_weight``).
+    Where a trainer's pseudo set kept a weak row, the pseudo label replaces its votes there."""
+    classes = np.asarray(data.classes)
+    num_classes = len(classes)
+    gold = data.rows("gold")
+    trainers: list[int | None] = [*range(len(pseudo.folds)), None]
+    sets = {t: pseudo.of(t).kept for t in trainers}
+    union = pd.concat(sets.values(), ignore_index=True).drop_duplicates([SOURCE, ROW_ID], ignore_index=True)
+    weak_ids = weak.row_ids if weak.row_ids is not None else np.zeros(0, np.int64)
+    weak_frame = data.train.set_index(ROW_ID).loc[weak_ids].reset_index()
+    position = pd.Series(np.arange(len(labels.row_ids)), index=labels.row_ids).loc[weak_ids].to_numpy()
+    frame = pd.concat([gold, weak_frame, union[[*data.features, ROW_ID, SPLIT]].assign(fold=-1)], ignore_index=True)
+    n_gold, n_weak = len(gold), len(weak_frame)
+    union_index = pd.MultiIndex.from_frame(union[[SOURCE, ROW_ID]])
+    targets: dict[int | None, np.ndarray] = {}
+    weights: dict[int | None, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for t in trainers:
+        y = np.full((len(frame), num_classes), NEVER, dtype=np.float32)
+        w = np.zeros(len(frame), dtype=np.float32)
+        y[:n_gold], w[:n_gold] = log_one_hot(data.y(gold), num_classes), 1.0
+        kept = sets[t]
+        own = ~np.isin(weak_ids, kept.loc[kept[SOURCE] == "train", ROW_ID].to_numpy())
+        evidence = as_evidence(labels.evidence(t, num_classes)[position])
+        y[n_gold:n_gold + n_weak][own] = evidence[own]
+        w[n_gold:n_gold + n_weak][own] = 1.0
+        at = union_index.get_indexer(pd.MultiIndex.from_frame(kept[[SOURCE, ROW_ID]])) + n_gold + n_weak
+        if soft_pseudo:
+            y[at] = np.log(np.clip(kept[[f"soft_{c}" for c in classes]].to_numpy(np.float32), 1e-4, None))
+        else:
+            y[at] = log_one_hot(np.searchsorted(classes, kept["pseudo_label"].to_numpy()), num_classes)
+        w[at] = kept["confidence"].to_numpy(np.float32) if cfg.full_train.pseudo_weight == "confidence" else 1.0
+        targets[t], weights[t] = y, w
+        if t is None:
+            counts = {"gold": n_gold, "weak": int(own.sum()), "pseudo": len(kept)}
+            used = w > 0
+            source = np.array(["gold"] * n_gold + ["weak:votes"] * n_weak
+                              + [f"pseudo:round{pseudo.refit.round}:{s}" for s in union[SPLIT]], dtype=object)
+            provenance = pd.DataFrame({ROW_ID: frame[ROW_ID].to_numpy()[used], "label": classes[y[used].argmax(1)],
+                                       "label_source": source[used]})
+    return FinalTable(frame, targets, weights, counts, provenance)
 
 
-def augment(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoch: OnEpoch = None) -> FullModel:
-    gold = data.rows("gold_train")
-    xp, yp, wp = _pseudo_part(data, pseudo, cfg)
-    model, spec = new_model(data, cfg.full_train, cfg.seed)
-    result = fit(model, np.concatenate([data.x(gold), xp]), np.concatenate([data.y(gold), yp]),
-                 settings(cfg.full_train, cfg), weights=np.concatenate([np.ones(len(gold)), wp]),
-                 on_epoch=on_epoch, **_dev(data))
-    return FullModel(result.model, spec, result.history, result.best_epoch, pseudo)
-
-
-def pretrain_finetune(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoch: OnEpoch = None) -> FullModel:
+def _fit(data: PipelineData, table: FinalTable, cfg: Config, on_epoch: OnEpoch, weights=None, **kwargs) -> TrainedModel:
     stage = cfg.full_train
-    xp, yp, wp = _pseudo_part(data, pseudo, cfg)
-    if len(xp) == 0:
-        raise ValueError("full_train: pretrain_finetune needs pseudo labels, but none cleared the threshold")
-    gold = data.rows("gold_train")
-    model, spec = new_model(data, stage, cfg.seed)
-    pre = fit(model, xp, yp, settings(stage, cfg), weights=wp, on_epoch=on_epoch, **_dev(data))
-    fine = fit(pre.model, data.x(gold), data.y(gold), settings(stage, cfg, epochs=stage.finetune_epochs, lr=stage.lr / 10),
-               on_epoch=on_epoch, **_dev(data))
-    history = pre.history + [EpochStats(h.epoch + len(pre.history), h.train_loss, h.dev_accuracy, h.dev_loss)
-                             for h in fine.history]
-    return FullModel(fine.model, spec, history, fine.best_epoch + len(pre.history), pseudo)
+    return crossfit(data, table.frame, lambda t: table.targets[t], stage, cfg,
+                    weights=weights or (lambda t: table.weights[t]), on_epoch=on_epoch,
+                    rule=lambda _t: EvidenceLoss(stage.loss, stage.gce_q), **kwargs)
 
 
-def distill(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoch: OnEpoch = None) -> FullModel:
-    kept = pseudo.kept
-    soft_cols = [f"soft_{c}" for c in data.classes]
-    if not set(soft_cols) <= set(kept.columns):
+def _full(trained: TrainedModel, pseudo: CrossPseudo, table: FinalTable) -> FullModel:
+    return FullModel(trained.model, trained.spec, trained.history, trained.best_epoch, trained.folds,
+                     trained.oof_logits, trained.temperature, pseudo.refit, train_rows=table.counts,
+                     provenance=table.provenance)
+
+
+def warm_start(weak: WeakModel, cfg: Config):  # -> Callable[[int | None], nn.Module] | None
+    """``full_train.init: weak``: each final trainer starts from a copy of its own fold's weak model (the
+    refit from the weak refit), so the final stage refines rather than relearns."""
+    import copy
+
+    if cfg.full_train.init != "weak" or weak.spec.ensemble > 1:
+        return None
+    start = {**dict(enumerate(weak.folds)), None: weak.model}
+    return lambda t: copy.deepcopy(start[t]).train()
+
+
+def augment(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+            on_epoch: OnEpoch = None) -> FullModel:
+    table = final_table(data, labels, weak, pseudo, cfg)
+    start = warm_start(weak, cfg)
+    return _full(_fit(data, table, cfg, on_epoch, build=start, spec=weak.spec if start else None), pseudo, table)
+
+
+def distill(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+            on_epoch: OnEpoch = None) -> FullModel:
+    soft = [f"soft_{c}" for c in data.classes]
+    if not set(soft) <= set(pseudo.refit.kept.columns):
         raise ValueError("full_train: distill needs the pseudo set's soft labels; it was written without them "
                          "(make_pseudo_labels writes them when full_train.strategy is distill)")
-    gold = data.rows("gold_train")
-    xp, _, wp = _pseudo_part(data, pseudo, cfg)
-    targets = np.concatenate([np.eye(len(data.classes), dtype=np.float32)[data.y(gold)],
-                              kept[soft_cols].to_numpy(np.float32)])
-    model, spec = new_model(data, cfg.full_train, cfg.seed)
-    result = fit(model, np.concatenate([data.x(gold), xp]), targets, settings(cfg.full_train, cfg),
-                 weights=np.concatenate([np.ones(len(gold)), wp]), on_epoch=on_epoch, **_dev(data))
-    return FullModel(result.model, spec, result.history, result.best_epoch, pseudo)
+    table = final_table(data, labels, weak, pseudo, cfg, soft_pseudo=True)
+    return _full(_fit(data, table, cfg, on_epoch), pseudo, table)
 
 
-def self_training(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoch: OnEpoch = None,
-                  on_round: Callable[[Round[FullModel, PseudoLabels]], None] | None = None) -> FullModel:
+def pretrain_finetune(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+                      on_epoch: OnEpoch = None) -> FullModel:
+    stage = cfg.full_train
+    if pseudo.refit.kept_count == 0:
+        raise ValueError("full_train: pretrain_finetune needs pseudo labels, but none was kept")
+    table = final_table(data, labels, weak, pseudo, cfg)
+    n_gold = len(data.rows("gold"))
+
+    def without_gold(t: int | None) -> np.ndarray:
+        w = table.weights[t].copy()
+        w[:n_gold] = 0.0
+        return w
+
+    pre = _fit(data, table, cfg, on_epoch, weights=without_gold)
+    pretrained = {**dict(enumerate(pre.folds)), None: pre.model}
+    gold = gold_first(data)
+    fine = crossfit(data, gold, data.y(gold), stage, cfg, on_epoch=on_epoch,
+                    train=settings(stage, cfg, epochs=stage.finetune_epochs, lr=stage.lr / 10),
+                    build=lambda t: pretrained[t].train(), spec=pre.spec)
+    history = pre.history + [replace(h, epoch=h.epoch + len(pre.history)) for h in fine.history]
+    return FullModel(fine.model, fine.spec, history, fine.best_epoch + len(pre.history), fine.folds, fine.oof_logits,
+                     fine.temperature, pseudo.refit, train_rows=table.counts, provenance=table.provenance)
+
+
+def self_training(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+                  on_epoch: OnEpoch = None,
+                  on_round: Callable[[Round[FullModel, CrossPseudo]], None] | None = None) -> FullModel:
     rules = cfg.full_train.self_train
-    out_dir = pseudo.path.parent
+    out_dir = pseudo.refit.path.parent.parent
 
-    def train_round(i: int, current: PseudoLabels) -> tuple[FullModel, float]:
-        model = augment(data, current, cfg, on_epoch)
+    def train_round(i: int, current: CrossPseudo) -> tuple[FullModel, float]:
+        model = augment(data, labels, weak, current, cfg, on_epoch)
         return model, model.best_dev_accuracy or 0.0
 
     failed: dict[int, GovernanceError] = {}
 
-    def relabel(i: int, model: FullModel) -> PseudoLabels:
-        # the student trained on gold_train, so precision measured there would be in-sample: not reported
-        relabelled = make_pseudo_labels(data, model.model, cfg, out_dir, round_=i, held_out=False, spec=model.spec)
-        # the same pseudo_near_test check and policy as the weak model's set: without it a row dropped as
+    def relabel(i: int, model: FullModel) -> CrossPseudo:
+        # every student relabels for its own fold (the refit for the refit), judged on its out-of-fold gold
+        relabelled = label_all(data, model_as_labeller(model), cfg, out_dir / f"round{i}", round_=i)
+        # the same pseudo_near_test check and policy as the weak models' sets: without it a row dropped as
         # near a test row would come back in the next round
         try:
-            relabelled, model.relabel_findings = check_pseudo(data, relabelled, cfg)
+            relabelled, model.relabel_findings = check_all_pseudo(data, relabelled, cfg)
         except GovernanceError as exc:  # raised once the round is logged, findings included (notify)
             model.relabel_findings, failed[i] = exc.findings, exc
         return relabelled
 
-    def notify(rnd: Round[FullModel, PseudoLabels]) -> None:
+    def notify(rnd: Round[FullModel, CrossPseudo]) -> None:
         if on_round is not None:
             on_round(rnd)
         if rnd.index in failed:  # policy fail: stop before any round trains on the contaminated set
             raise failed[rnd.index]
 
-    result = self_train(pseudo, lambda p: p.kept_count, train_round, relabel, rules.max_rounds, rules.min_growth,
+    result = self_train(pseudo, lambda p: p.refit.kept_count, train_round, relabel, rules.max_rounds, rules.min_growth,
                         rules.dev_tolerance, notify)
     chosen = result.model
     chosen.rounds = result
     return chosen
 
 
-def training_provenance(data: PipelineData, trained: FullModel) -> pd.DataFrame:
-    """Every row the final model trained on: gold rows, and pseudo rows with their round and origin."""
-    gold = data.rows("gold_train")
-    parts = [pd.DataFrame({ROW_ID: gold[ROW_ID].to_numpy(), "label": gold[data.label].astype(int).to_numpy(),
-                           "label_source": "gold"})]
-    if trained.pseudo is not None and trained.pseudo.kept_count:
-        kept = trained.pseudo.kept
-        parts.append(pd.DataFrame({ROW_ID: kept[ROW_ID].to_numpy(), "label": kept["pseudo_label"].to_numpy(),
-                                   "label_source": [f"pseudo:round{trained.pseudo.round}:{s}" for s in kept[SPLIT]]}))
-    return pd.concat(parts, ignore_index=True)
+def model_as_labeller(model: FullModel) -> TrainedModel:
+    return TrainedModel(model.model, model.spec, model.history, model.best_epoch, model.folds, model.oof_logits,
+                        model.temperature)
 
 
 STRATEGIES = {"augment": augment, "pretrain_finetune": pretrain_finetune, "distill": distill}
 
 
-def train_full(data: PipelineData, pseudo: PseudoLabels, cfg: Config, on_epoch: OnEpoch = None,
-               on_round: Callable[[Round], None] | None = None) -> FullModel:
+def train_full(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+               on_epoch: OnEpoch = None, on_round: Callable[[Round], None] | None = None) -> FullModel:
     if cfg.full_train.strategy == "self_train":
-        return self_training(data, pseudo, cfg, on_epoch, on_round)
-    return STRATEGIES[cfg.full_train.strategy](data, pseudo, cfg, on_epoch)
+        return self_training(data, labels, weak, pseudo, cfg, on_epoch, on_round)
+    return STRATEGIES[cfg.full_train.strategy](data, labels, weak, pseudo, cfg, on_epoch)
 
 
-def log_round(rnd: Round[FullModel, PseudoLabels], data: PipelineData, parent_run_id: str, experiment_id: str) -> None:
-    """One nested run per self-training round: its training curve, the set its model relabelled (after
+def log_round(rnd: Round[FullModel, CrossPseudo], data: PipelineData, parent_run_id: str, experiment_id: str) -> None:
+    """One nested run per self-training round: its training curve, the set its refit relabelled (after
     the pseudo_near_test policy) and that check's findings."""
     with tracking.stage_run(f"self_train_round_{rnd.index}", parent_run_id, experiment_id):
         tracking.log_history(rnd.model.history)
-        mlflow.log_metrics({"round": rnd.index, "dev_accuracy": rnd.dev_accuracy, "trained_on_pseudo": rnd.trained_on,
+        mlflow.log_metrics({"round": rnd.index, "oof_gold_accuracy": rnd.dev_accuracy,
+                            "trained_on_pseudo": rnd.trained_on,
                             **({"relabelled": rnd.relabelled} if rnd.relabelled is not None else {})})
         if rnd.model.relabel_findings is not None:
             log_findings(rnd.model.relabel_findings)
         if rnd.pseudo is not None:
-            log_pseudo_labels(rnd.pseudo, data, prefix=f"relabelled_round_{rnd.index}")
+            log_pseudo_labels(rnd.pseudo.refit, data, prefix=f"relabelled_round_{rnd.index}")
 
 
 @stage_task("full_train")
-def full_train(data: PipelineData, pseudo: PseudoLabels, cfg: Config, parent_run_id: str, experiment_id: str) -> FullModel:
+def full_train(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
+               parent_run_id: str, experiment_id: str) -> FullModel:
     stage = cfg.full_train
     with tracking.stage_run("full_train", parent_run_id, experiment_id) as run:
-        mlflow.log_params({f"full_train.{k}": v for k, v in stage.model_dump().items() if k != "self_train"})
-        if stage.strategy == "self_train":
-            mlflow.log_params({f"full_train.self_train.{k}": v for k, v in stage.self_train.model_dump().items()})
+        tracking.log_section(stage, "full_train")
         per_fit = stage.epochs + (stage.finetune_epochs if stage.strategy == "pretrain_finetune" else 0)
         total = per_fit * (stage.self_train.max_rounds if stage.strategy == "self_train" else 1)
-        with epoch_bar("full_train", total) as bar:
-            trained = train_full(data, pseudo, cfg, on_epoch=bar,
+        with epoch_bar(f"full_train ({stage.strategy}, cross-fitted)", total) as bar:
+            trained = train_full(data, labels, weak, pseudo, cfg, on_epoch=bar,
                                  on_round=lambda r: log_round(r, data, run.info.run_id, experiment_id))
-        tracking.log_history(trained.history)
-        tracking.log_provenance(training_provenance(data, trained), "full_training_set")
-        metrics = {"best_epoch": trained.best_epoch, "best_dev_accuracy": trained.best_dev_accuracy or 0.0,
-                   "train_rows_gold": len(data.rows("gold_train")),
-                   "train_rows_pseudo": trained.pseudo.kept_count if trained.pseudo else 0}
+        log_candidate(trained, data)
+        if trained.provenance is not None:
+            tracking.log_provenance(trained.provenance, "full_training_set")
+        metrics = {f"train_rows_{k}": v for k, v in (trained.train_rows or {}).items()}
         if trained.rounds is not None:
             metrics |= {"rounds": len(trained.rounds.rounds), "chosen_round": trained.rounds.chosen + 1}
             mlflow.set_tag("self_train.stop_reason", trained.rounds.stop_reason)
         mlflow.log_metrics(metrics)
-        mlflow.log_dict(trained.spec.to_dict(), "model_spec.json")
         return trained

@@ -24,7 +24,7 @@ from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData
-from tasks.pseudo_label import PseudoLabels
+from tasks.pseudo_label import CrossPseudo, PseudoLabels
 
 T = TypeVar("T")
 
@@ -40,6 +40,18 @@ class GovernanceError(DataError):
         self.findings = findings
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome: how many findings and what its policy did ("none", "warned", "dropped N row(s)",
+    "failed", ...)."""
+
+    found: int
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.found} found; {self.action}"
+
+
 @dataclass
 class Findings:
     """Every check's finding table, what its policy did, and the rows dropped per provenance."""
@@ -52,8 +64,8 @@ class Findings:
         t = self.tables.get(check)
         return 0 if t is None else int(len(t))
 
-    def summary(self) -> dict[str, str]:
-        return {check: f"{self.count(check)} found; {self.actions.get(check, 'none')}" for check in self.tables
+    def summary(self) -> dict[str, CheckResult]:
+        return {check: CheckResult(self.count(check), self.actions.get(check, "none")) for check in self.tables
                 if not check.endswith("_all")}
 
 
@@ -113,8 +125,9 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
     drop |= _apply("near_duplicates", g.near_duplicates, near, findings, failures,
                    f"training row(s) within {index.threshold:.3g} of a test row ({g.near_factor:g} x median "
                    f"test NN distance {index.median_nn:.3g})")
-    gold = data.rows("gold_train", "gold_dev")
-    leak = label_leakage(data.x(gold), data.y(gold), data.features, g.leakage_accuracy, seed=cfg.seed)
+    gold = data.rows("gold")
+    leak = label_leakage(data.x(gold), data.y(gold), data.features, g.leakage_accuracy, seed=cfg.seed,
+                         lower_bound=g.leakage_lower_bound)
     leaking = leak[leak["leaks"]]
     findings.tables["label_leakage"] = leaking.reset_index(drop=True)
     findings.tables["label_leakage_all"] = leak
@@ -131,16 +144,17 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
         gone = train[train[ROW_ID].isin(drop)]
         findings.dropped = {k: int(v) for k, v in gone[PROVENANCE].value_counts().items()}
         data = PipelineData(train=train[~train[ROW_ID].isin(drop)].reset_index(drop=True), test=data.test,
-                            spec=data.spec, classes=data.classes)
+                            spec=data.spec, classes=data.classes)  # gold rows keep their folds
     return data, findings
 
 
 def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple[PseudoLabels, Findings]:
     """Pseudo labels placed on rows that equal or are near test rows, under ``governance.pseudo_near_test``.
 
-    A plain function, run on the weak model's set (``pseudo_governance``) and on every set a
+    A plain function, run on every weak model's set (``pseudo_governance``) and on every set a
     self-training student relabels (tasks/full_train.py), so no round brings a dropped row back.
-    Under ``drop`` the kept file, the cached rows and the per-class counts are rewritten in place."""
+    Under ``drop`` a new set without those rows is returned (written beside the old file); the set passed
+    in is left as it was."""
     g = cfg.governance
     findings, failures = Findings(), []
     kept = pseudo.kept
@@ -158,12 +172,22 @@ def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple
         bad[pairs["row_index"].to_numpy()] = True
         findings.dropped = {"pseudo": int(bad.sum())}
         findings.actions["pseudo_near_test"] = f"dropped {int(bad.sum())} row(s)"  # rows, not distinct ids
-        pseudo._kept = kept[~bad].reset_index(drop=True)
-        pseudo._kept.to_parquet(pseudo.path, index=False)
-        classes = np.asarray(data.classes)
-        pseudo.stream.kept = np.array([(pseudo._kept["pseudo_label"] == c).sum() for c in classes])
-        pseudo.per_class["kept"] = pseudo.stream.kept  # the logged per-class table must agree
+        pseudo = pseudo.without(bad, data.classes, pseudo.path.with_name(pseudo.path.stem + "-governed.parquet"))
     return pseudo, findings
+
+
+def check_all_pseudo(data: PipelineData, pseudo: CrossPseudo, cfg: Config) -> tuple[CrossPseudo, Findings]:
+    """:func:`check_pseudo` on the refit's set and on every fold model's; the findings are the refit's, with
+    the rows dropped from the fold sets counted apart (``pseudo_fold<k>``)."""
+    folds = []
+    dropped: dict[str, int] = {}
+    for f, fold_set in enumerate(pseudo.folds):
+        checked, found = check_pseudo(data, fold_set, cfg)
+        folds.append(checked)
+        dropped |= {f"pseudo_fold{f}": n for n in found.dropped.values()}
+    refit, findings = check_pseudo(data, pseudo.refit, cfg)
+    findings.dropped |= dropped
+    return CrossPseudo(refit, folds), findings
 
 
 def verdict(findings: Findings) -> str:
@@ -211,7 +235,7 @@ def governance(data: PipelineData, cfg: Config, parent_run_id: str, experiment_i
 
 
 @stage_task("pseudo_governance")
-def pseudo_governance(data: PipelineData, pseudo: PseudoLabels, cfg: Config, parent_run_id: str,
-                      experiment_id: str) -> tuple[PseudoLabels, Findings]:
+def pseudo_governance(data: PipelineData, pseudo: CrossPseudo, cfg: Config, parent_run_id: str,
+                      experiment_id: str) -> tuple[CrossPseudo, Findings]:
     with tracking.stage_run("pseudo_governance", parent_run_id, experiment_id):
-        return run_logged(check_pseudo, data, pseudo, cfg)
+        return run_logged(check_all_pseudo, data, pseudo, cfg)

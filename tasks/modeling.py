@@ -1,31 +1,52 @@
-"""Glue between the typed config and the torch core: which network, which training settings."""
+"""Glue between the typed config and the torch core: which network, which training settings, and one
+cross-fitted training of a candidate model (the refit on all gold plus the fold models that judge it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from tasks.config import Config, TrainStageConfig
+from tasks.core.calibration import fit_temperature, softmax_t
+from tasks.core.crossfit import PerFold, fit_folds
 from tasks.core.losses import LossName
 from tasks.core.models import ModelSpec, build_model
-from tasks.core.training import EpochStats, TrainSettings
+from tasks.core.training import EpochStats, TrainSettings, UpdateRule
 from tasks.data import PipelineData
 
 
 @dataclass
 class TrainedModel:
-    """A trained network with what is needed to rebuild it and to review its training."""
+    """A trained network with what is needed to rebuild it, to judge it honestly and to review its training.
+
+    ``model`` is the refit on every gold row (what ships), returning raw logits; ``folds`` are the k fold
+    models, ``oof_logits`` each gold row's logits from the fold model that never trained on it (in the
+    order of ``data.rows("gold")``), and ``temperature`` the calibration fitted on them."""
 
     model: nn.Module
     spec: ModelSpec
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int = -1
+    folds: list[nn.Module] = field(default_factory=list)
+    oof_logits: np.ndarray | None = None
+    temperature: float = 1.0
 
     @property
     def best_dev_accuracy(self) -> float | None:
+        """Cross-fitted gold accuracy at the chosen epoch (every gold row judged out of fold)."""
         return self.history[self.best_epoch].dev_accuracy if self.history else None
+
+    @property
+    def oof_probs(self) -> np.ndarray:
+        """Calibrated out-of-fold probabilities of the gold rows."""
+        if self.oof_logits is None:
+            raise ValueError("this model was not cross-fitted: it has no out-of-fold predictions")
+        return softmax_t(self.oof_logits, self.temperature)
 
 
 def model_spec(data: PipelineData, stage: TrainStageConfig) -> ModelSpec:
@@ -33,7 +54,7 @@ def model_spec(data: PipelineData, stage: TrainStageConfig) -> ModelSpec:
     kind = stage.model if stage.model != "auto" else ("cnn" if image_shape else "mlp")
     hidden = (stage.cnn_width,) if kind == "cnn" else tuple(stage.hidden)
     return ModelSpec(kind=kind, num_features=len(data.features), num_classes=len(data.classes), hidden=hidden,
-                     dropout=stage.dropout, image_shape=image_shape)
+                     dropout=stage.dropout, image_shape=image_shape, pool=kind == "cnn")
 
 
 def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[nn.Module, ModelSpec]:
@@ -48,7 +69,44 @@ def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[n
 
 
 def settings(stage: TrainStageConfig, cfg: Config, *, epochs: int | None = None, lr: float | None = None,
-             loss: LossName = "ce") -> TrainSettings:
-    return TrainSettings(epochs=epochs or stage.epochs, batch_size=stage.batch_size, lr=lr or stage.lr,
+             loss: LossName = "ce", batch_size: int | None = None) -> TrainSettings:
+    return TrainSettings(epochs=epochs or stage.epochs, batch_size=batch_size or stage.batch_size, lr=lr or stage.lr,
                          weight_decay=stage.weight_decay, loss=getattr(stage, "loss", loss), gce_q=stage.gce_q,
                          seed=cfg.seed, device=cfg.device)
+
+
+def gold_first(data: PipelineData, *others: pd.DataFrame) -> pd.DataFrame:
+    """The training table of a cross-fitted model: every gold row first (in ``data.rows("gold")`` order, so
+    out-of-fold predictions line up across models), then ``others``."""
+    return pd.concat([data.rows("gold"), *others])
+
+
+def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+
+def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndarray,
+             stage: TrainStageConfig, cfg: Config, *, weights: PerFold | np.ndarray | None = None,
+             train: TrainSettings | None = None, rule: Callable[[int | None], UpdateRule | None] | None = None,
+             build: Callable[[int | None], nn.Module] | None = None, spec: ModelSpec | None = None,
+             monitor: Callable[[nn.Module], dict[str, float]] | None = None,
+             on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
+    """Cross-fit one candidate on ``table`` (gold rows first, see :func:`gold_first`): k fold models and the
+    refit in lockstep, stopped at the epoch best on the out-of-fold gold predictions, then a temperature
+    fitted on those predictions under ``selection.temperature_prior_sd``. ``build(fold)`` overrides the
+    fresh network each trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
+    gold = data.gold_folds(table)
+    if not np.array_equal(gold.rows, np.arange(len(gold.rows))):
+        raise ValueError("crossfit needs the gold rows first in the training table (use gold_first)")
+    spec = spec or model_spec(data, stage)
+
+    def fresh(_fold: int | None) -> nn.Module:
+        return new_model(data, stage, cfg.seed)[0]
+
+    fitted = fit_folds(build or fresh, data.x(table), targets, gold, train or settings(stage, cfg), weights=weights,
+                       rule=rule, monitor=monitor, on_epoch=on_epoch)
+    temperature = (fit_temperature(fitted.oof_logits, gold.y, prior_sd=cfg.selection.temperature_prior_sd)
+                   if len(gold.y) else 1.0)
+    assert fitted.refit is not None
+    return TrainedModel(fitted.refit, spec, fitted.history, fitted.best_epoch, fitted.folds, fitted.oof_logits,
+                        temperature)

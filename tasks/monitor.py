@@ -50,9 +50,12 @@ def log_url(cfg: Config) -> str:
 
 def load_served(cfg: Config) -> Served:
     """The version behind the serving alias and the drift reference logged with it at registration."""
+    from deploy.registry import alias_version
+
     client = mlflow.MlflowClient()
     name = cfg.tracking.model_name
-    mv = client.get_model_version_by_alias(name, cfg.serve.alias)
+    # no model or alias: RegistryError, one line naming model, alias, URI and what to run
+    mv = client.get_model_version(name, alias_version(client, name, cfg.serve.alias, mlflow.get_tracking_uri()))
     with tempfile.TemporaryDirectory() as tmp:  # one download per check: never left behind
         reference = pd.read_parquet(client.download_artifacts(mv.run_id, "reference/reference.parquet", tmp))
     features = [c for c in reference.columns if c not in ("provenance", "prediction", "confidence")]

@@ -1,9 +1,12 @@
-"""Stage 4, pseudo-labelling: the weak model's calibrated, confident predictions become labels.
+"""Stage pseudo_label: the weak model's calibrated, confident predictions become labels, once per model.
 
-Temperature scaling is fitted on the gold dev split, then the configured threshold policy picks one
-threshold per class, the candidates (unlabeled rows, weak rows, and any ``data.unlabeled_path`` pool)
-are streamed in chunks and the kept rows written to Parquet as they come. Precision is estimated on
-gold dev and measured on gold_train rows, which the weak model never trained on.
+Every weak model labels the candidates (unlabeled rows, weak rows, and any ``data.unlabeled_path`` pool):
+each fold model for the fold model of the final stage, the refit for the final refit, so a fold's final
+model never learns its own held-out gold rows through a pseudo label. The temperature is the one fitted on
+the weak model's out-of-fold gold logits. ``target_precision`` thresholds come from held-out gold
+predictions (for fold f, those of the other folds) and respect the Wilson lower bound of precision; a fold
+set's precision is then measured on fold f's own gold rows, which neither its model nor its thresholds
+saw; the refit's measured precision is those folds' pooled (a cross-fitted estimate, with its interval).
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
-from tasks.core.calibration import fit_temperature, softmax_t
+from tasks.core.calibration import softmax_t
 from tasks.core.metrics import expected_calibration_error
 from tasks.core.models import ModelSpec
 from tasks.core.pseudo import HIST_BINS, DevSet, StreamResult, ThresholdPolicy, per_class_precision
 from tasks.core.pseudo_stream import label_stream
 from tasks.core.training import predict_logits
-from tasks.data import ROW_ID, PipelineData
+from tasks.core.trusted import wilson_interval
+from tasks.data import FOLD, ROW_ID, PipelineData
 from tasks.modeling import TrainedModel
 from tasks.pool import KeptWriter, chain, frame_chunks, parquet_chunks
 from tasks.pseudo_shards import ShardModel, plan_sources, sharded_label
+from tasks.stage import stage_task
 
 SMALL_ENOUGH_TO_LOG = 200_000  # kept sets up to this size are logged to MLflow whole; larger ones as a sample
 
@@ -37,8 +41,19 @@ SMALL_ENOUGH_TO_LOG = 200_000  # kept sets up to this size are logged to MLflow 
 @dataclass
 class Calibration:
     temperature: float
-    ece: dict[str, float]  # {dev,holdout}_{before,after}
-    nll: dict[str, float]  # the same for negative log-likelihood, which T minimises on dev
+    ece: dict[str, float]  # oof_{before,after}: on the out-of-fold gold predictions
+    nll: dict[str, float]  # the same for negative log-likelihood, which T minimises (with its prior)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """What one labelling model is judged on: its temperature, the held-out gold predictions that set the
+    target_precision thresholds (``dev``) and the gold predictions its kept labels' precision is measured on
+    (``holdout``: gold rows neither the model nor ``dev`` used; None when there are none)."""
+
+    temperature: float
+    dev: DevSet | None
+    holdout: DevSet | None
 
 
 @dataclass
@@ -48,9 +63,12 @@ class PseudoLabels:
     stream: StreamResult
     calibration: Calibration
     per_class: pd.DataFrame
-    holdout_precision: float | None  # on gold rows the labelling model never trained on (None: none kept/in-sample)
+    holdout_precision: float | None  # measured on held-out gold (None: nothing kept there, or no held-out gold)
     holdout_coverage: float | None
     round: int = 0
+    holdout_right: int = 0  # the counts behind holdout_precision and holdout_coverage
+    holdout_kept: int = 0
+    holdout_rows: int = 0
     _kept: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -62,11 +80,41 @@ class PseudoLabels:
         return int(self.stream.kept.sum())
 
     @property
+    def precision_interval(self) -> tuple[float, float] | None:
+        """95% Wilson interval of :attr:`holdout_precision`."""
+        if not self.holdout_kept:
+            return None
+        low, high = wilson_interval(self.holdout_right, self.holdout_kept)
+        return float(low), float(high)
+
+    @property
     def kept(self) -> pd.DataFrame:
         """The kept rows (read once from :attr:`path`; large pools should read it in batches instead)."""
         if self._kept is None:
             self._kept = pd.read_parquet(self.path)
         return self._kept
+
+    def without(self, drop: np.ndarray, classes: list, path: Path) -> PseudoLabels:
+        """A new set without the rows marked in ``drop`` (positions in :attr:`kept`), written to ``path``;
+        counts and the per-class table follow. This set is left as it was."""
+        from dataclasses import replace
+
+        kept = self.kept[~np.asarray(drop, bool)].reset_index(drop=True)
+        kept.to_parquet(path, index=False)
+        counts = np.array([(kept["pseudo_label"] == c).sum() for c in classes])
+        per_class = self.per_class.assign(kept=counts)
+        return replace(self, path=path, stream=replace(self.stream, kept=counts), per_class=per_class, _kept=kept)
+
+
+@dataclass
+class CrossPseudo:
+    """The refit's pseudo set (the final refit trains on it) and each fold model's (its fold's final model)."""
+
+    refit: PseudoLabels
+    folds: list[PseudoLabels]
+
+    def of(self, fold: int | None) -> PseudoLabels:
+        return self.refit if fold is None else self.folds[fold]
 
 
 def policy_of(cfg: Config) -> ThresholdPolicy:
@@ -74,37 +122,43 @@ def policy_of(cfg: Config) -> ThresholdPolicy:
     return ThresholdPolicy(p.policy, p.threshold, p.floor, p.target_precision, p.min_support, p.max_per_class)
 
 
-def calibrate(model: nn.Module, data: PipelineData, cfg: Config) -> Calibration:
-    """Temperature on gold dev; ECE before/after on dev (fitted on) and on gold_train (held out)."""
-    dev, holdout = data.rows("gold_dev"), data.rows("gold_train")
-    dev_logits = predict_logits(model, data.x(dev), device=cfg.device)
-    temperature = fit_temperature(dev_logits, data.y(dev)) if cfg.pseudo_label.calibrate and len(dev) else 1.0
-    ece: dict[str, float] = {}
-    nll: dict[str, float] = {}
-    for name, frame, logits in (("dev", dev, dev_logits),
-                                ("holdout", holdout, predict_logits(model, data.x(holdout), device=cfg.device))):
-        if len(frame):
-            y = data.y(frame)
-            for when, t in (("before", 1.0), ("after", temperature)):
-                probs = softmax_t(logits, t)
-                ece[f"{name}_{when}"] = expected_calibration_error(probs, y)
-                nll[f"{name}_{when}"] = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
+def judges(data: PipelineData, trained: TrainedModel, calibrate: bool = True) -> tuple[Judge, list[Judge]]:
+    """The refit's judge and each fold model's, from ``trained``'s out-of-fold gold predictions."""
+    temperature = trained.temperature if calibrate else 1.0
+    probs = softmax_t(trained.oof_logits, temperature)
+    labels, conf, true = probs.argmax(1), probs.max(1), data.y(data.rows("gold"))
+    fold = data.rows("gold")[FOLD].to_numpy()
+
+    def dev(mask: np.ndarray) -> DevSet:
+        return DevSet(labels[mask], conf[mask], true[mask])
+
+    everyone = np.ones(len(fold), bool)
+    return (Judge(temperature, dev(everyone), None),
+            [Judge(temperature, dev(fold != f), dev(fold == f)) for f in range(len(trained.folds))])
+
+
+def calibration_of(data: PipelineData, trained: TrainedModel, calibrate: bool = True) -> Calibration:
+    """ECE and NLL of the out-of-fold gold predictions before and after the temperature."""
+    y = data.y(data.rows("gold"))
+    temperature = trained.temperature if calibrate else 1.0
+    ece, nll = {}, {}
+    for when, t in (("before", 1.0), ("after", temperature)):
+        probs = softmax_t(trained.oof_logits, t)
+        ece[f"oof_{when}"] = expected_calibration_error(probs, y)
+        nll[f"oof_{when}"] = float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
     return Calibration(temperature, ece, nll)
 
 
-def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_dir: Path | None = None,
-                       round_: int = 0, held_out: bool = True, spec: ModelSpec | None = None) -> PseudoLabels:
-    """Label every candidate with ``model`` (calibrated) under the configured policy; write kept rows.
-
-    ``held_out``: gold_train rows were not trained on by ``model`` (true for the weak model, false for
-    self-training students), so precision measured on them is an honest estimate.
+def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, judge: Judge, calibration: Calibration,
+                       out_dir: Path | None = None, round_: int = 0, spec: ModelSpec | None = None) -> PseudoLabels:
+    """Label every candidate with ``model`` (logits / ``judge.temperature``) under the configured policy;
+    write the kept rows; measure their precision on ``judge.holdout``.
 
     With ``parallel.shards`` > 1 the candidates are labelled in shards, each a task on the flow's task
     runner (tasks/pseudo_shards.py), with the same result; ``spec`` lets a worker rebuild the network
     from its weights (without it the module itself is shipped)."""
     p = cfg.pseudo_label
-    calibration = calibrate(model, data, cfg)
-    t = calibration.temperature
+    t = judge.temperature
 
     def score(x: np.ndarray) -> np.ndarray:
         return softmax_t(predict_logits(model, x, device=cfg.device), t)
@@ -113,9 +167,6 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_di
     candidates = data.rows(*splits)
     pool = data.spec.unlabeled_path
     id_offset = int(data.train[ROW_ID].max()) + 1 if len(data.train) else 0
-    dev, holdout = data.rows("gold_dev"), data.rows("gold_train")
-    dev_probs = score(data.x(dev))
-    dev_set = DevSet(dev_probs.argmax(1), dev_probs.max(1), data.y(dev))
     out_dir = Path(out_dir) if out_dir is not None else cfg.tracking.workspace / "pseudo"
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = KeptWriter(out_dir / f"pseudo-{uuid.uuid4().hex[:12]}-round{round_}.parquet", data.features,
@@ -124,31 +175,65 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, out_di
     if shards > 1:  # the same two passes, one task per shard (on threads or Dask workers)
         sources = plan_sources(candidates, data.features, p.chunk_rows, shards, pool, id_offset)
         stream = sharded_label(sources, ShardModel.of(model, spec, t, cfg.device), policy_of(cfg), data.classes,
-                               writer, dev_set, out_dir)
+                               writer, judge.dev, out_dir)
     else:
         parts = [frame_chunks(candidates, data.features, p.chunk_rows)]
         if pool is not None:
             parts.append(parquet_chunks(pool, data.features, p.chunk_rows, id_offset=id_offset))
         try:
-            stream = label_stream(chain(*parts), score, policy_of(cfg), len(data.classes), writer, dev=dev_set,
+            stream = label_stream(chain(*parts), score, policy_of(cfg), len(data.classes), writer, dev=judge.dev,
                                   workdir=out_dir, soft=writer.soft)
         finally:
             writer.close()
-    est, est_n = per_class_precision(dev_set.labels, dev_set.confidence, dev_set.true, stream.thresholds)
-    hold_probs = score(data.x(holdout))
-    hold_labels, hold_conf = hold_probs.argmax(1), hold_probs.max(1)
-    meas, meas_n = per_class_precision(hold_labels, hold_conf, data.y(holdout), stream.thresholds)
-    per_class = pd.DataFrame({
-        "class": data.classes, "candidates": stream.candidates, "kept": stream.kept,
-        "threshold": stream.thresholds.astype(float), "fell_back_to_base": stream.fell_back,
-        "estimated_precision_dev": est, "dev_rows": est_n,
-        "measured_precision_holdout": meas if held_out else np.nan, "holdout_rows": meas_n if held_out else 0,
-        "cap_cutoff": np.where(np.isfinite(stream.cap_cutoff), stream.cap_cutoff, np.nan),
-    })
-    kept_holdout = int(meas_n.sum())
-    precision = float(np.nansum(meas * meas_n) / kept_holdout) if held_out and kept_holdout else None
-    coverage = kept_holdout / len(holdout) if held_out and len(holdout) else None
-    return PseudoLabels(writer.path, policy_of(cfg), stream, calibration, per_class, precision, coverage, round_)
+    table = {"class": data.classes, "candidates": stream.candidates, "kept": stream.kept,
+             "threshold": np.minimum(stream.thresholds.astype(float), 1.0), "uncertified": stream.uncertified}
+    right = kept = 0
+    for name, judged in (("estimated_precision", judge.dev), ("measured_precision", judge.holdout)):
+        if judged is None:
+            continue
+        prec, n = per_class_precision(judged.labels, judged.confidence, judged.true, stream.thresholds)
+        hits = np.nan_to_num(prec * n).round().astype(int)
+        low, high = wilson_interval(hits, n)
+        table |= {name: prec, f"{name}_low": low, f"{name}_high": high, f"{name}_rows": n}
+        if name == "measured_precision":
+            right, kept = int(hits.sum()), int(n.sum())
+    judged = len(judge.holdout.labels) if judge.holdout is not None else 0
+    return PseudoLabels(writer.path, policy_of(cfg), stream, calibration, pd.DataFrame(table),
+                        right / kept if kept else None, kept / judged if judged else None, round_, right, kept, judged)
+
+
+def pooled(refit: PseudoLabels, folds: list[PseudoLabels]) -> PseudoLabels:
+    """The refit's set with its precision measured as the folds' pooled: each fold set judged on its own
+    fold's gold rows (the refit itself has no held-out gold)."""
+    from dataclasses import replace
+
+    right, kept = sum(f.holdout_right for f in folds), sum(f.holdout_kept for f in folds)
+    judged = sum(f.holdout_rows for f in folds)
+    per_class = refit.per_class.copy()
+    if folds and "measured_precision_rows" in folds[0].per_class:
+        n = sum(f.per_class["measured_precision_rows"].to_numpy() for f in folds)
+        hits = sum(np.nan_to_num(f.per_class["measured_precision"].to_numpy() * f.per_class["measured_precision_rows"]
+                                 .to_numpy()).round() for f in folds)
+        low, high = wilson_interval(hits, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class["measured_precision"] = np.where(n > 0, hits / np.maximum(n, 1), np.nan)
+        per_class["measured_precision_low"], per_class["measured_precision_high"] = low, high
+        per_class["measured_precision_rows"] = n
+    return replace(refit, per_class=per_class, holdout_precision=right / kept if kept else None,
+                   holdout_coverage=kept / judged if judged else None, holdout_right=right, holdout_kept=kept,
+                   holdout_rows=judged)
+
+
+def label_all(data: PipelineData, weak: TrainedModel, cfg: Config, out_dir: Path, round_: int = 0) -> CrossPseudo:
+    """Every weak model's pseudo set: the refit's (precision pooled from the folds') and each fold model's."""
+    calibrate = cfg.pseudo_label.calibrate
+    calibration = calibration_of(data, weak, calibrate)
+    refit_judge, fold_judges = judges(data, weak, calibrate)
+    folds = [make_pseudo_labels(data.fold_view(f), model, cfg, judge, calibration, out_dir / f"fold{f}", round_,
+                                weak.spec)
+             for f, (model, judge) in enumerate(zip(weak.folds, fold_judges))]
+    refit = make_pseudo_labels(data, weak.model, cfg, refit_judge, calibration, out_dir / "refit", round_, weak.spec)
+    return CrossPseudo(pooled(refit, folds), folds)
 
 
 def pseudo_metrics(pseudo: PseudoLabels, data: PipelineData) -> dict[str, float]:
@@ -160,6 +245,8 @@ def pseudo_metrics(pseudo: PseudoLabels, data: PipelineData) -> dict[str, float]
                            **{f"nll_{k}": v for k, v in pseudo.calibration.nll.items()}}
     if pseudo.holdout_precision is not None:
         m["holdout_precision"] = pseudo.holdout_precision
+        low, high = pseudo.precision_interval or (np.nan, np.nan)
+        m |= {"holdout_precision_low": low, "holdout_precision_high": high}
     if pseudo.holdout_coverage is not None:
         m["holdout_coverage"] = pseudo.holdout_coverage
     if pseudo.kept_count <= SMALL_ENOUGH_TO_LOG:
@@ -214,11 +301,11 @@ def confidence_histogram(pseudo: PseudoLabels):  # -> matplotlib Figure
 
 
 @stage_task("pseudo_label")
-def pseudo_label(data: PipelineData, weak: TrainedModel, cfg: Config, parent_run_id: str, experiment_id: str) -> PseudoLabels:
+def pseudo_label(data: PipelineData, weak: TrainedModel, cfg: Config, parent_run_id: str, experiment_id: str) -> CrossPseudo:
     with tracking.stage_run("pseudo_label", parent_run_id, experiment_id):
-        mlflow.log_params({f"pseudo_label.{k}": v for k, v in cfg.pseudo_label.model_dump().items()}
-                          | {"parallel.runner": cfg.parallel.runner, "parallel.shards": cfg.parallel.resolved_shards})
-        pseudo = make_pseudo_labels(data, weak.model, cfg, cfg.tracking.workspace / "pseudo" / parent_run_id,
-                                    spec=weak.spec)
-        log_pseudo_labels(pseudo, data)
+        tracking.log_section(cfg.pseudo_label, "pseudo_label")
+        mlflow.log_params({"parallel.runner": cfg.parallel.runner, "parallel.shards": cfg.parallel.resolved_shards})
+        pseudo = label_all(data, weak, cfg, cfg.tracking.workspace / "pseudo" / parent_run_id)
+        log_pseudo_labels(pseudo.refit, data)
+        mlflow.log_metrics({f"fold{f}_kept": p.kept_count for f, p in enumerate(pseudo.folds)})
         return pseudo

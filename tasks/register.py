@@ -1,12 +1,16 @@
-"""Stage 6, register: log the model, register a version, move ``champion`` only through the gates."""
+"""Stage register: log the shipped model, register a version, decide the gates, write the model card.
+
+The alias is not moved here: the publish stage moves it as the run's very last step, so a failure in
+anything before it (tags, card, report, summary) leaves the champion where it was."""
 
 from __future__ import annotations
 
 import getpass
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -14,14 +18,17 @@ from mlflow.models import infer_signature
 
 from deploy.gates import GateDecision, GateInput, decide
 from deploy.model import output_frame, save_weights
-from deploy.registry import CHALLENGER, CHAMPION, champion_version, move_champion
+from deploy.registry import CHALLENGER, CHAMPION, champion_version
 from monitoring.reference import reference_sample
 from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
+from tasks.core.models import calibrated
 from tasks.core.training import predict_proba
 from tasks.data import PipelineData, dataset_digest
 from tasks.evaluate import Evaluation
+from tasks.governance import CheckResult, Findings
+from tasks.select import Selection
 from tasks.modeling import TrainedModel
 from tasks.report import after_register
 
@@ -40,11 +47,11 @@ def model_requirements() -> list[str]:
             f"mlflow=={mlflow.__version__}"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Registration:
     model_name: str
     version: str
-    alias: str
+    alias: str  # the alias the gates give it (champion or challenger); publish moves it
     decision: GateDecision
     champion_before: str | None
     # for the pipeline run: the evaluate run's review tags, the gate verdict, where the report is
@@ -77,15 +84,15 @@ class Provenance:
     sources: list[dict]  # weak_labels' per-source table as records
     pseudo_kept: int
     pseudo_precision: float | None
-    governance: dict[str, str]  # check -> "N found; action"
+    governance: dict[str, CheckResult]  # check -> findings and what its policy did
     dropped: dict[str, int]
 
 
-def governance_verdict(summary: dict[str, str]) -> str:
+def governance_verdict(summary: dict[str, CheckResult]) -> str:
     """``warned`` if any "N found; action" entry was only warned about, else ``passed``. Never ``failed``
     here: a ``fail`` finding raises in its stage, before anything is registered; a version tagged
     ``governance=failed`` (by hand) is refused by ``weakflow promote`` (deploy/registry.py)."""
-    return "warned" if any(v.endswith("; warned") for v in summary.values()) else "passed"
+    return "warned" if any(v.action == "warned" for v in summary.values()) else "passed"
 
 
 @dataclass
@@ -121,20 +128,20 @@ def validation_result(client: mlflow.MlflowClient, experiment_id: str, parent_ru
 
 
 def trained_pseudo(final: TrainedModel | None, prov: Provenance) -> tuple[int, float | None, str]:
-    """(kept rows, held-out precision, which set) of the pseudo set the final model trained on: a later
-    self-training round's set when it used one, else the weak model's set."""
+    """(kept rows, held-out precision, which set) of the pseudo set the shipped model trained on: a later
+    self-training round's set when it used one, else the weak model's set; none for a gold-only or weak model."""
     pseudo = getattr(final, "pseudo", None)
     if pseudo is None:
-        return prov.pseudo_kept, prov.pseudo_precision, "the weak model's pseudo set"
+        return 0, None, "none (the shipped model trained on no pseudo label)"
     which = ("the weak model's pseudo set" if pseudo.round == 0
              else f"the set relabelled by self-training round {pseudo.round}'s student")
     return pseudo.kept_count, pseudo.holdout_precision, which
 
 
-def round_governance(final: TrainedModel | None) -> tuple[dict[str, str], dict[str, int]]:
+def round_governance(final: TrainedModel | None) -> tuple[dict[str, CheckResult], dict[str, int]]:
     """pseudo_near_test findings and drops on each self-training round's relabelled set."""
     rounds = getattr(final, "rounds", None)
-    summary: dict[str, str] = {}
+    summary: dict[str, CheckResult] = {}
     dropped: dict[str, int] = {}
     for rnd in rounds.rounds if rounds is not None else []:
         findings = getattr(rnd.model, "relabel_findings", None)
@@ -146,7 +153,8 @@ def round_governance(final: TrainedModel | None) -> tuple[dict[str, str], dict[s
 
 
 def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Provenance, version: str, alias: str,
-               gate_reason: str, validation: ValidationResult | None = None, final: TrainedModel | None = None) -> str:
+               gate_reason: str, validation: ValidationResult | None = None, final: TrainedModel | None = None,
+               shipped_reason: str = "") -> str:
     from deploy.model_card import CardInputs, render
 
     e = evaluation
@@ -160,15 +168,34 @@ def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Pr
         validation=validation.text if validation is not None else "not recorded",
         governance=governance, governance_verdict=governance_verdict(governance),
         dropped=prov.dropped | round_drops,
-        metrics={"accuracy": e.final.accuracy, "macro_f1": e.final.macro_f1, "ece": e.final.ece,
+        metrics={"accuracy": e.shipped.accuracy, "macro_f1": e.shipped.macro_f1, "ece": e.shipped.ece,
                  "gold_only_accuracy": e.gold_only.accuracy, "gold_only_macro_f1": e.gold_only.macro_f1,
-                 "weak_accuracy": e.weak.accuracy},
-        weak_method=cfg.weak_train.method, strategy=cfg.full_train.strategy, test_rows=len(data.test)))
+                 "weak_accuracy": e.weak.accuracy if e.weak is not None else float("nan")},
+        weak_method=cfg.weak_train.method, strategy=cfg.full_train.strategy, test_rows=len(data.test),
+        shipped=e.shipped_name, shipped_reason=shipped_reason))
+
+
+def provenance_of(labels: Any, shipped: TrainedModel, checks: Findings | None,
+                  pseudo_checks: Findings | None) -> Provenance:
+    """What the model card needs from the stages before: the sources' table, the shipped model's pseudo set,
+    every check's result and the rows dropped."""
+    pseudo = getattr(shipped, "pseudo", None)
+    found = [f for f in (checks, pseudo_checks) if f is not None]
+    governance = {k: v for f in found for k, v in f.summary().items()}
+    dropped = {k: v for f in found for k, v in f.dropped.items()}
+    sources = labels.stats.to_dict("records") if labels is not None and not labels.stats.empty else []
+    return Provenance(sources, pseudo.kept_count if pseudo else 0, pseudo.holdout_precision if pseudo else None,
+                      governance, dropped)
 
 
 @stage_task("register")
-def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cfg: Config, parent_run_id: str,
-             experiment_id: str, provenance: Provenance | None = None) -> Registration:
+def register(data: PipelineData, selection: Selection, evaluation: Evaluation, cfg: Config, parent_run_id: str,
+             experiment_id: str, labels: Any = None, checks: Findings | None = None,
+             pseudo_checks: Findings | None = None) -> Registration:
+    """Log the shipped model (its temperature inside it, so every consumer gets calibrated confidences),
+    register a version, decide the gates and tag the version with the verdict: everything but the alias."""
+    shipped, shipped_reason = selection.model, selection.reason
+    provenance = provenance_of(labels, shipped, checks, pseudo_checks)
     name = cfg.tracking.model_name
     client = mlflow.MlflowClient()
     with tracking.stage_run("register", parent_run_id, experiment_id):
@@ -177,35 +204,34 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
         # governance_passed keeps its default: a `fail` finding raised in its stage, before registration.
         # The gate matters for `weakflow promote`, which refuses a version tagged governance=failed.
         decision = decide(
-            GateInput(evaluation.final.accuracy, validation_passed=validation.passed, champion_version=champ_version,
-                      champion_accuracy=champ_acc, champion_error=champ_error),
+            GateInput(evaluation.shipped.accuracy, validation_passed=validation.passed, champion_version=champ_version,
+                      champion_accuracy=champ_acc, champion_error=champ_error, vs_gold_only=evaluation.vs_gold_only),
             cfg.gates.min_accuracy, cfg.gates.max_regression,
         )
+        network, spec = calibrated(shipped.model, shipped.spec, shipped.temperature)
+        network = network.cpu().eval()
         example = data.train[data.features].head(5).astype(np.float64)  # training rows: no test data in artifacts
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*integer column.*")
-            signature = infer_signature(example, output_frame(predict_proba(final.model, example.to_numpy()), data.classes))
+            signature = infer_signature(example, output_frame(predict_proba(network, example.to_numpy()), data.classes))
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "model.pt"
-            save_weights(weights, final.model.cpu(), final.spec, data.features, data.classes)
+            save_weights(weights, network, spec, data.features, data.classes)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*integer column.*")  # our int output never has NaN
                 info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
                                                artifacts={"weights": str(weights)}, signature=signature,
                                                input_example=example, pip_requirements=model_requirements(),
                                                code_paths=[str(p) for p in MODEL_CODE])
-        tracking.log_frame(reference_sample(data, final.model, seed=cfg.seed, device=cfg.device), "reference", "reference")
+        tracking.log_frame(reference_sample(data, network, seed=cfg.seed, device=cfg.device), "reference", "reference")
         version = str(mlflow.register_model(info.model_uri, name).version)
         alias = CHAMPION if decision.passed else CHALLENGER
-        if decision.passed:  # recorded in the champion history, so `weakflow rollback` can undo it
-            move_champion(client, name, version, "registered", f"pipeline run {parent_run_id}: {decision.reason}")
-        else:
-            client.set_registered_model_alias(name, alias, version)
         tags = {
             "gate_verdict": "passed" if decision.passed else "failed",
             "gate_reason": decision.reason,
-            "test_accuracy": f"{evaluation.final.accuracy:.4f}",
+            "test_accuracy": f"{evaluation.shipped.accuracy:.4f}",
             "gold_only_accuracy": f"{evaluation.gold_only.accuracy:.4f}",
+            "shipped": evaluation.shipped_name,
             "champion_before": champ_version or "none",
             "champion_before_accuracy_same_split": f"{champ_acc:.4f}" if champ_acc is not None else "n/a",
             "test_set_digest": dataset_digest(data.test),
@@ -214,11 +240,12 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
             "validation": "passed" if validation.passed else "failed",
         }
         if provenance is not None:  # passed or warned (a failed check never gets here)
-            tags["governance"] = governance_verdict(provenance.governance | round_governance(final)[0])
+            tags["governance"] = governance_verdict(provenance.governance | round_governance(shipped)[0])
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         if provenance is not None:  # the card: an artifact of the run and the version's description
-            card = model_card(data, evaluation, cfg, provenance, version, alias, decision.reason, validation, final)
+            card = model_card(data, evaluation, cfg, provenance, version, alias, decision.reason, validation, shipped,
+                              shipped_reason)
             mlflow.log_text(card, "model_card.md")
             client.update_model_version(name, version, description=card)
         mlflow.set_tags({"gate_verdict": tags["gate_verdict"], "model_version": version, "model_alias": alias})
@@ -228,5 +255,5 @@ def register(data: PipelineData, final: TrainedModel, evaluation: Evaluation, cf
                            "failures": [{"gate": f.gate, "reason": f.reason} for f in decision.failures]},
                           "gates/decision.json")
         registration = Registration(name, version, alias, decision, champ_version)
-        registration.review_tags = after_register(evaluation, registration)  # the verdict into the review report
-        return registration
+        # the verdict into the review report
+        return replace(registration, review_tags=after_register(evaluation, registration))

@@ -36,7 +36,7 @@ from tasks.core.training import predict_proba
 from tasks.data import ROW_ID, PipelineData, dataset_digest
 from tasks.evaluate import score
 from tasks.report_render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
-from tasks.review import CHALLENGER, CHAMPION, GOLD_ONLY, LABELS, WEAK, Champion, Review
+from tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
 
 HTML_FILE, MD_FILE = "evaluation/report.html", "evaluation/report.md"
 
@@ -101,17 +101,19 @@ def source_noise(stats: pd.DataFrame | None) -> tuple[pd.DataFrame, float | None
 
 
 def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str) -> tuple[pd.DataFrame, str, int]:
-    """Weak training rows whose weak label the final model disputes, most suspicious first.
+    """Weak training rows whose weak label ``model`` disputes, most suspicious first.
 
-    The final model never trained on the weak labels themselves (only on gold and pseudo labels), so its
-    probabilities on these rows are out-of-sample with respect to them. cleanlab's confident-learning
-    filter picks the rows, ranked by self-confidence (the probability of the given label)."""
+    ``model`` is the calibrated gold-only model: it never saw a weak row or a weak label, so its
+    probabilities on these rows are out-of-sample, as cleanlab's confident-learning filter needs (a model
+    trained on targets made from these labels would side with them). The filter picks the rows, ranked by
+    self-confidence (the probability of the given label)."""
     if labels is None or len(labels.row_ids) == 0:
         return pd.DataFrame(), "no weak rows", 0
     rows = data.train.set_index(ROW_ID).loc[labels.row_ids]
     probs = predict_proba(model, data.x(rows), device=device)
     given = np.asarray(labels.hard)
-    method = "cleanlab find_label_issues (prune_by_noise_rate), ranked by self-confidence"
+    method = ("cleanlab find_label_issues (prune_by_noise_rate) on the gold-only model's calibrated probabilities "
+              "(it never saw a weak row), ranked by self-confidence")
     try:
         import warnings
 
@@ -142,24 +144,28 @@ def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str)
 
 def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: dict[str, np.ndarray],
                  champion: Champion, parent_run_id: str, labels: Any = None, pseudo: Any = None,
-                 final_pseudo: Any = None) -> Review:
+                 selection: Any = None, issue_model: nn.Module | None = None) -> Review:
     """Every number and figure of the report (no MLflow writes).
 
-    ``final``: the challenger network; ``test_probs``: the evaluate stage's test-split probabilities of
-    ``final``, ``weak`` and ``gold_only``; ``labels``/``pseudo``: the weak_labels and pseudo_label results
-    (``final_pseudo``: the set the final model trained on, when self-training replaced it)."""
+    ``final``: the challenger network (the shipped model, calibrated); ``test_probs``: the evaluate stage's
+    test-split probabilities per candidate (``gold_only``, ``weak``, ``final``); ``labels``/``pseudo``: the
+    weak_labels result and the pseudo set the final refit trained on; ``selection``: the select stage's
+    choice (tasks.select.Selection; None: the final model is the challenger); ``issue_model``: the network
+    whose probabilities judge the weak labels (the calibrated gold-only model; default ``final``)."""
     rc = cfg.report
     seed = cfg.seed if rc.seed is None else rc.seed
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     x, y = data.x(data.test), data.y(data.test)
+    shipped = selection.chosen if selection is not None else "final"
     models = {CHALLENGER: final} | ({CHAMPION: champion.model} if champion.model is not None else {})
-    probs = {CHALLENGER: test_probs["final"]}
+    probs = {CHALLENGER: test_probs[shipped]}
     if champion.model is not None:
         probs[CHAMPION] = predict_proba(champion.model, x, device=cfg.device)
-    probs |= {GOLD_ONLY: test_probs["gold_only"], WEAK: test_probs["weak"]}
+    probs |= {name: test_probs[key] for name, key in ((GOLD_ONLY, "gold_only"), (WEAK, "weak"), (FINAL, "final"))
+              if key in test_probs and key != shipped}  # the shipped candidate is the challenger
     scores = {k: score(p, y, data.classes) for k, p in probs.items()}
-    pairs = [(CHALLENGER, b) for b in (CHAMPION, GOLD_ONLY, WEAK) if b in probs]
+    pairs = [(CHALLENGER, b) for b in (CHAMPION, GOLD_ONLY, WEAK, FINAL) if b in probs]
     boot = paired_bootstrap(y, probs, pairs, samples=rc.bootstrap_samples, level=rc.confidence_level, seed=seed)
     seconds["scores_and_bootstrap"] = time.perf_counter() - t
 
@@ -179,27 +185,31 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
 
     t = time.perf_counter()
     sources, noise = source_noise(getattr(labels, "stats", None))
-    trained_on = final_pseudo or pseudo
+    trained_on = pseudo
     pseudo_info: dict[str, Any] = {}
     per_class = pd.DataFrame()
     if trained_on is not None:
         pseudo_info = {"kept": trained_on.kept_count, "candidates": trained_on.candidates,
                        "holdout_precision": trained_on.holdout_precision,
+                       "holdout_interval": trained_on.precision_interval,
                        "holdout_coverage": trained_on.holdout_coverage,
                        "temperature": trained_on.calibration.temperature, "policy": trained_on.policy.kind,
                        "round": trained_on.round}
-        per_class = trained_on.per_class[[c for c in ("class", "candidates", "kept", "threshold",
-                                                      "estimated_precision_dev", "measured_precision_holdout")
-                                          if c in trained_on.per_class]]
-    issues, method, weak_rows = label_issues(data, labels, final, cfg.device)
+        per_class = trained_on.per_class[[c for c in trained_on.per_class.columns if not c.endswith("_rows")]]
+    issues, method, weak_rows = label_issues(data, labels, issue_model or final, cfg.device)
     basis = "gold"
     if noise is None and weak_rows:  # no source labelled a gold row: the model-based estimate instead
         noise, basis = len(issues) / weak_rows, "model"
     seconds["label_noise"] = time.perf_counter() - t
 
+    from tasks.weak_labels import source_noise_records
+
     review = Review(cfg.tracking.model_name, parent_run_id, list(data.classes), len(y), data_version(data),
                     dataset_digest(data.test), champion, scores, boot, robust, note, sources, noise, pseudo_info,
-                    per_class, issues, method, weak_rows, rc.top_k, seconds=seconds, noise_basis=basis)
+                    per_class, issues, method, weak_rows, rc.top_k, seconds=seconds, noise_basis=basis,
+                    shipped=shipped, selection_reason=selection.reason if selection is not None else "",
+                    selection=selection.table if selection is not None else pd.DataFrame(),
+                    source_noise=source_noise_records(getattr(labels, "sources", []), list(data.classes)))
     t = time.perf_counter()
     review.figures = figures(review, probs, y, data)
     seconds["figures"] = time.perf_counter() - t
@@ -337,15 +347,19 @@ def log_test_input(data: PipelineData) -> None:
                                                  targets=data.label), context="evaluation")
 
 
-def review_run(data: PipelineData, cfg: Config, final: nn.Module, test_probs: dict[str, np.ndarray],
+def review_run(data: PipelineData, cfg: Config, shipped: Any, test_probs: dict[str, np.ndarray],
                parent_run_id: str, run_id: str, labels: Any = None, pseudo: Any = None,
-               final_pseudo: Any = None) -> Review:
+               selection: Any = None, gold_only: Any = None) -> Review:
     """Load the champion, build the review, log it into the active (evaluate) run; ``report_seconds``
-    is what it all cost."""
+    is what it all cost. ``shipped`` / ``gold_only``: those candidates (tasks.modeling.TrainedModel)."""
+    from tasks.core.models import calibrated
+
     start = time.perf_counter()
     champion = load_champion(cfg.tracking.model_name, data)
     loaded = time.perf_counter() - start
-    review = build_review(data, cfg, final, test_probs, champion, parent_run_id, labels, pseudo, final_pseudo)
+    network = calibrated(shipped.model, shipped.spec, shipped.temperature)[0]
+    judge = calibrated(gold_only.model, gold_only.spec, gold_only.temperature)[0] if gold_only is not None else None
+    review = build_review(data, cfg, network, test_probs, champion, parent_run_id, labels, pseudo, selection, judge)
     review.seconds = {"champion_load": loaded, **review.seconds}
     review.run_id = run_id
     t = time.perf_counter()

@@ -14,7 +14,7 @@ import pandas as pd
 
 from tasks.core.metrics import calibration_bins
 from tasks.data import ROW_ID, PipelineData
-from tasks.review import CHALLENGER, CHAMPION, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
+from tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
 
 ECE_BINS = 15  # tasks.core.metrics.expected_calibration_error's default, so the diagram shows what ECE sums
 
@@ -168,8 +168,46 @@ def verdict_text(review: Review) -> str:
             head += (" The two score identically on every resample: they make the same predictions (e.g. the same "
                      "data, config and seed retrained).")
     g = review.boot.delta(CHALLENGER, GOLD_ONLY, "accuracy")
-    base = (f" Against the gold-only baseline: accuracy difference {_signed(g.interval)}." if g is not None else "")
+    base = (f" Against the gold-only model of this run: accuracy difference {_signed(g.interval)}."
+            if g is not None and review.shipped != "gold_only" else "")
     return head + base
+
+
+def selection_blocks(review: Review) -> list[tuple[str, Any]]:
+    """Which candidate shipped and why, from the gold rows only (each judged out of fold)."""
+    if review.selection.empty:
+        return [("p", "No selection was recorded: the final model is the challenger.")]
+    table = review.selection.rename(columns={
+        "oof_accuracy": "cross-fitted gold accuracy", "oof_accuracy_low": "low", "oof_accuracy_high": "high",
+        "oof_log_loss": "log-loss", "chosen_minus_this": "shipped - this", "chosen_minus_this_low": "diff low",
+        "chosen_minus_this_high": "diff high"})
+    return [("p", f"**{review.selection_reason}**."),
+            ("p", "Each candidate was trained as k fold models and a refit on all gold; every gold row was "
+                  "predicted by the fold model that never trained on it, so these accuracies are honest "
+                  "estimates on every gold row; intervals are 95% paired bootstrap intervals over the gold rows. "
+                  "The test split below played no part in the choice."),
+            ("table", table.round(4))]
+
+
+def source_blocks(review: Review) -> list[tuple[str, Any]]:
+    """Each source's confusion matrix measured on gold, with its 95% interval, where gold measured it."""
+    blocks: list[tuple[str, Any]] = []
+    for src in review.source_noise[:12]:
+        classes = src["classes"]
+        cells = [[f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(*row)]
+                 for row in zip(src["confusion"], src["confusion_low"], src["confusion_high"])]
+        frame = pd.DataFrame(cells, columns=[f"vote {c}" for c in classes])
+        frame.insert(0, "true class", [str(c) for c in classes])
+        frame.insert(1, "gold rows", [int(sum(r)) for r in src["counts"]])
+        acc = (f"accuracy on its {src['gold_votes']} gold votes {src['accuracy']:.3f} [{src['accuracy_low']:.3f}, "
+               f"{src['accuracy_high']:.3f}] (Wilson)" if src["basis"] == "gold"
+               else "never voted on a gold row: estimated by Dawid-Skene EM on the other rows")
+        abstain = ("; abstaining depends on the class (p = {:.3g}): P(abstain | class) {}".format(
+            src["abstain_p_value"], ", ".join(f"{c}: {a:.2f}" for c, a in zip(classes, src["abstain"])))
+            if src["abstain"] is not None else "")
+        blocks += [("p", f"`{src['source']}`: {acc}{abstain}. P(vote | true class), smoothed toward its pooled "
+                         "accuracy, with 95% intervals:"), ("table", frame)]
+    return blocks
 
 
 def gate_text(review: Review) -> str:
@@ -182,8 +220,9 @@ def gate_text(review: Review) -> str:
 
 def sections(review: Review) -> list[Section]:
     s = review.scores
-    names = [n for n in (CHALLENGER, CHAMPION, GOLD_ONLY, WEAK) if n in s]
+    names = [n for n in (CHALLENGER, CHAMPION, GOLD_ONLY, WEAK, FINAL) if n in s]
     out = [Section("summary", "Summary", [("p", verdict_text(review))]),
+           Section("selection", "Which model shipped", selection_blocks(review)),
            Section("gate", "Promotion gate", [("p", gate_text(review))])]
 
     headline = pd.DataFrame([{"model": LABELS[n], "accuracy": ci_text(review.boot.intervals[n]["accuracy"]),
@@ -248,17 +287,23 @@ def sections(review: Review) -> list[Section]:
               + (" (no source labelled a gold row: the share of weak rows believed mislabelled, below)"
                  if review.noise_basis == "model" else " (pooled over the sources, weighted by their gold rows)")
               + "."),
-        ("table", review.sources.round(4))]
+        ("table", review.sources.round(4)), *source_blocks(review)]
     if review.pseudo:
         p = review.pseudo
-        noise += [("p", f"Pseudo labels the final model trained on ({p['policy']} thresholds, temperature "
+        interval = p.get("holdout_interval")
+        noise += [("p", f"Pseudo labels the shipped model trained on ({p['policy']} thresholds, temperature "
                         f"{p['temperature']:.2f}" + (f", self-training round {p['round']}" if p["round"] else "")
                         + f"): kept {p['kept']} of {p['candidates']} candidates; precision on held-out gold rows "
-                        f"{_f(p['holdout_precision'])} (coverage {_f(p['holdout_coverage'])}).")]
+                        f"{_f(p['holdout_precision'])}"
+                        + (f" [{interval[0]:.4f}, {interval[1]:.4f}] (95% Wilson)" if interval else "")
+                        + f" (coverage {_f(p['holdout_coverage'])}). Each fold's set is judged on its own fold's gold "
+                          "rows, which neither its labelling model nor its thresholds saw; estimated = on the other "
+                          "folds' gold rows, with which the thresholds were chosen (the Wilson lower bound must "
+                          "reach the target).")]
         if len(review.pseudo_per_class):
             noise.append(("table", review.pseudo_per_class.round(4)))
     rate = review.label_issue_rate
-    noise.append(("p", f"Weak training rows the final model believes mislabelled: {len(review.issues)} of "
+    noise.append(("p", f"Weak training rows believed mislabelled: {len(review.issues)} of "
                        f"{review.weak_rows}" + (f" ({rate:.1%})" if rate is not None else "")
                        + f"; method: {review.issues_method}. The {min(review.top_k, len(review.issues))} most "
                        "suspicious are listed; all of them are in evaluation/label_issues.csv (by row_id), to fix "

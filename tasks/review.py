@@ -12,9 +12,9 @@ from torch import nn
 from tasks.core.bootstrap import BootstrapResult
 from tasks.evaluate import ModelScores
 
-CHALLENGER, CHAMPION, GOLD_ONLY, WEAK = "challenger", "champion", "gold_only", "weak_model"
-LABELS = {CHALLENGER: "challenger (this run)", CHAMPION: "champion", GOLD_ONLY: "gold-only baseline",
-          WEAK: "weak model"}
+CHALLENGER, CHAMPION, GOLD_ONLY, WEAK, FINAL = "challenger", "champion", "gold_only", "weak_model", "final_model"
+LABELS = {CHALLENGER: "challenger (this run's shipped model)", CHAMPION: "champion", GOLD_ONLY: "gold-only model",
+          WEAK: "weak model", FINAL: "final (pseudo-labelled) model"}
 NO_CHAMPION = "No champion yet: this is the first model of"  # the report's wording, also checked by tests
 
 
@@ -60,6 +60,10 @@ class Review:
     gate: dict[str, str] | None = None  # after register: verdict, reason, version, alias
     thumbnails: list[bytes] = field(default_factory=list)  # PNG per top-k suspected row (image data)
     noise_basis: str = "gold"  # gold: sources' noise on gold rows; model: share of weak rows flagged
+    shipped: str = "final"  # which candidate the select stage shipped (the challenger)
+    selection_reason: str = ""
+    selection: pd.DataFrame = field(default_factory=pd.DataFrame)  # candidates on cross-fitted gold
+    source_noise: list[dict] = field(default_factory=list)  # gold_anchored: per source, confusion with intervals
 
     @property
     def has_champion(self) -> bool:

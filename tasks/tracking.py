@@ -46,6 +46,31 @@ def stage_run(stage: str, parent_run_id: str, experiment_id: str) -> Iterator[ml
         yield run
 
 
+def flatten(section: Any, prefix: str) -> dict[str, Any]:
+    """A config section (pydantic model or dict) as ``prefix.key.sub`` -> value, nested sections included."""
+    raw = section.model_dump(mode="json") if hasattr(section, "model_dump") else dict(section)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}.{key}")
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+def log_section(section: Any, prefix: str) -> None:
+    """Log one config section as MLflow params (the one way every stage records its settings)."""
+    mlflow.log_params(flatten(section, prefix))
+
+
+def log_headline_params(cfg: Any) -> None:
+    """The settings a reviewer filters pipeline runs by (the whole config is the run's config.yaml)."""
+    mlflow.log_params({"data.source": cfg.data.source, "seed": cfg.seed, "weak_train.method": cfg.weak_train.method,
+                       "weak_labels.aggregation": cfg.weak_labels.aggregation,
+                       "pseudo_label.policy": cfg.pseudo_label.policy, "full_train.strategy": cfg.full_train.strategy,
+                       "selection.folds": cfg.selection.folds, "selection.ship": cfg.selection.ship})
+
+
 def log_json(obj: Any, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
 

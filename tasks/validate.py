@@ -34,7 +34,7 @@ def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[Pipeli
                        test_copies=cfg.governance.exact_duplicates == "fail")
     if not report.success:
         raise DataValidationError(report)
-    return assemble(raw, classes), report
+    return assemble(raw, classes, cfg.selection.folds), report
 
 
 @stage_task("validate")

@@ -1,8 +1,12 @@
-"""Stage 2, weak_labels: weak label columns + labelling functions -> one training label per row.
+"""Stage weak_labels: weak label columns + labelling functions -> evidence about each row's class.
 
-Every source is measured (coverage, overlap, conflict, accuracy on gold rows it labelled), then the
-votes are aggregated by majority vote or Dawid-Skene EM. Only non-gold rows with at least one vote
-become weak training rows; gold rows only serve to measure the sources.
+Every source is measured (coverage, overlap, conflict, accuracy on the gold rows it labelled, with its
+interval). The default aggregation, ``gold_anchored``, turns each source's gold-measured confusion matrix
+(tasks/core/trusted.py) into the log-likelihood of every row's votes under each class: the weak training
+stage multiplies it with the gold-only model's p(class | x). For honest cross-fitting the same evidence is
+also computed once per gold fold from the gold rows outside that fold. ``majority`` and ``dawid_skene``
+ignore gold and give one label (or vote shares) per row. Only non-gold rows with at least one vote become
+weak training rows.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
-from tasks.data import PROVENANCE, ROW_ID, PipelineData
+from tasks.core.trusted import SourceNoise, anchor
+from tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData
 from tasks.labeling import apply_labeling_functions, votes_matrix
 
 
@@ -30,6 +35,28 @@ class WeakLabels:
     figures: dict[str, float] = field(default_factory=dict)
     confusion: dict[str, list] = field(default_factory=dict)  # Dawid-Skene per-source confusion matrices
     label_source: np.ndarray | None = None  # per row: "weak:<the sources whose vote is the row's label>"
+    # gold_anchored: each source measured on every gold row, and the rows' vote log-likelihood (rows, C)
+    # from those estimates (refit) and, per gold fold, from the gold rows outside it
+    sources: list[SourceNoise] = field(default_factory=list)
+    log_likelihood: np.ndarray | None = None
+    fold_log_likelihood: list[np.ndarray] = field(default_factory=list)
+
+    def evidence(self, fold: int | None, num_classes: int) -> np.ndarray:
+        """(weak rows, C) what their votes say about each class, as a log-likelihood a model of ``fold`` may
+        use (None: the refit on all gold): gold_anchored measures it without that fold's gold rows; the
+        other aggregations ignore gold and give the log of their vote shares (or one label)."""
+        if self.log_likelihood is not None:
+            return self.log_likelihood if fold is None else self.fold_log_likelihood[fold]
+        shares = self.soft if self.soft is not None else np.eye(num_classes)[self.hard]
+        return np.log(np.clip(shares, 1e-4, None))
+
+    def missing(self) -> dict[str, str]:
+        """The candidates weak labels cannot make, and why: empty when there are weak rows to learn from."""
+        if len(self.row_ids):
+            return {}
+        why = ("no weak label column and no labelling function is configured" if self.stats.empty else
+               "no row outside the gold set carries a weak vote (every source abstains there)")
+        return {"weak": why, "final": why}
 
 
 def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
@@ -39,8 +66,9 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
         lf_votes = apply_labeling_functions(data.train[data.features], wl.labeling_functions, data.classes, spec.abstain)
         frame = pd.concat([frame, lf_votes], axis=1)
     sources = list(frame.columns)
-    if not sources:
-        raise ValueError("weak_labels: no weak label columns and no labelling functions configured")
+    if not sources:  # nothing to aggregate: the gold-only model is the one candidate (WeakLabels.missing)
+        empty = np.zeros(0, dtype=np.int64)
+        return WeakLabels(empty, empty, None, pd.DataFrame(), {"weak_training_rows": 0.0})
     votes = votes_matrix(frame, sources, data.classes, spec.abstain)
     is_gold = (data.train[PROVENANCE] == "gold").to_numpy()
     gold = np.full(len(votes), -1)
@@ -49,7 +77,19 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     num_classes = len(data.classes)
     figures: dict[str, float] = {}
     confusion: dict[str, list] = {}
-    if wl.aggregation == "dawid_skene":  # all rows' votes (gold rows' too) inform the source confusions
+    anchored: dict = {}
+    if wl.aggregation == "gold_anchored":
+        anchored = _gold_anchored(data, votes, gold, sources, wl.confusion_strength)
+        post = anchored["all"].posterior[~is_gold]
+        voted = (votes[~is_gold] >= 0).any(axis=1)
+        hard = np.where(voted, post.argmax(axis=1), -1)
+        soft = post
+        figures |= {"em_iterations": float(anchored["all"].iterations),
+                    "sources_measured_on_gold": float(sum(src.basis == "gold" for src in anchored["all"].sources))}
+        for src in anchored["all"].sources:
+            confusion[src.name] = src.confusion.round(4).tolist()
+        stats = stats.merge(_noise_table(anchored["all"].sources), on="source", how="left")
+    elif wl.aggregation == "dawid_skene":  # all rows' votes (gold rows' too) inform the source confusions
         ds = dawid_skene(votes, num_classes)
         hard, soft = ds.labels[~is_gold], ds.posterior[~is_gold]
         figures |= {"ds_iterations": ds.iterations, "ds_converged": float(ds.converged)}
@@ -64,12 +104,34 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     agree = votes[~is_gold][keep] == hard[keep][:, None]
     label_source = np.array(["weak:" + ",".join(s for s, a in zip(sources, row) if a) if row.any() else "weak:aggregate"
                              for row in agree], dtype=object)
+    weak_ll = {k: a.log_likelihood[~is_gold][keep] for k, a in anchored.items()}
     return WeakLabels(
         row_ids=data.train.loc[~is_gold, ROW_ID].to_numpy()[keep],
         hard=hard[keep],
         soft=soft[keep] if wl.soft_labels else None,
         stats=stats, figures=figures, confusion=confusion, label_source=label_source,
+        sources=anchored["all"].sources if anchored else [],
+        log_likelihood=weak_ll.get("all"),
+        fold_log_likelihood=[weak_ll[f] for f in range(data.folds)] if anchored else [],
     )
+
+
+def _gold_anchored(data: PipelineData, votes: np.ndarray, gold: np.ndarray, names: list[str], strength: float) -> dict:
+    """The sources measured on all gold ("all") and, per fold f, on the gold rows outside fold f."""
+    num_classes = len(data.classes)
+    out = {"all": anchor(votes, gold, names, num_classes, strength)}
+    folds = data.train[FOLD].to_numpy()
+    for f in range(data.folds):
+        out[f] = anchor(votes, np.where(folds == f, -1, gold), names, num_classes, strength)
+    return out
+
+
+def _noise_table(sources: list[SourceNoise]) -> pd.DataFrame:
+    """Per source: how its noise was estimated, its gold accuracy interval, whether abstaining is evidence."""
+    return pd.DataFrame([{
+        "source": s.name, "noise_basis": s.basis, "accuracy_low": s.accuracy_low, "accuracy_high": s.accuracy_high,
+        "abstain_informative": s.abstain is not None, "abstain_p_value": s.abstain_p_value,
+    } for s in sources])
 
 
 @stage_task("weak_labels")
@@ -83,14 +145,30 @@ def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str, experiment_
             mlflow.log_metrics({f"{name}_coverage": row["coverage"], f"{name}_conflict": row["conflict"]})
             if row.get("accuracy") is not None and not pd.isna(row.get("accuracy")):
                 mlflow.log_metric(f"{name}_gold_accuracy", row["accuracy"])
+        if labels.missing():
+            mlflow.set_tag("weak_labels.missing", labels.missing()["weak"])
+            return labels
         mlflow.log_table(labels.stats, "weak_labels/sources.json")
         tracking.log_frame(labels.stats, "weak_labels", "sources")
-        if labels.confusion:
+        if labels.sources:  # gold_anchored: counts, smoothed confusion and its interval, per source
+            tracking.log_json(source_noise_records(labels.sources, data.classes), "weak_labels/source_noise.json")
+        elif labels.confusion:
             tracking.log_json(labels.confusion, "weak_labels/dawid_skene_confusion.json")
         classes = np.asarray(data.classes)
         tracking.log_provenance(pd.DataFrame({ROW_ID: labels.row_ids, "label": classes[labels.hard],
                                               "label_source": labels.label_source}), "weak_training_set")
         return labels
+
+
+def source_noise_records(sources: list[SourceNoise], classes: list) -> list[dict]:
+    """Each source's noise estimate as plain JSON: gold counts, smoothed P(vote | true) with its 95% interval,
+    accuracy with its Wilson interval, and P(abstain | true) where abstaining depends on the class."""
+    return [{"source": s.name, "basis": s.basis, "gold_votes": s.gold_votes, "classes": list(classes),
+             "counts": s.counts.astype(int).tolist(), "confusion": s.confusion.round(4).tolist(),
+             "confusion_low": s.confusion_low.round(4).tolist(), "confusion_high": s.confusion_high.round(4).tolist(),
+             "accuracy": s.accuracy, "accuracy_low": s.accuracy_low, "accuracy_high": s.accuracy_high,
+             "abstain": s.abstain.round(4).tolist() if s.abstain is not None else None,
+             "abstain_p_value": s.abstain_p_value} for s in sources]
 
 
 def _metric_name(source: str) -> str:

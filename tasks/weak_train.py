@@ -1,35 +1,57 @@
-"""Stage 3, weak training: learn from the aggregated weak labels with the configured method.
+"""Stage weak_train: learn from the gold rows and the weak labels together, cross-fitted over the gold.
 
-Methods (``weak_train.method``): ``ce`` (baseline), ``gce`` (bounded loss), ``confident_learning``
-(cleanlab removes likely-wrong labels first) and ``clid_mu`` (meta-learned sample weights with CLID on
-unlabeled rows as the meta loss; no clean labels). The gold dev split picks the epoch for ce, gce and
-confident_learning; for clid_mu it is only reported: CLID picks the snapshots.
+Every method trains on the gold rows (their labels, trusted) and the weak rows, as k fold models and a
+refit on all gold (tasks/core/crossfit.py); the out-of-fold gold predictions choose the epoch and judge
+the result. Methods (``weak_train.method``):
+
+- ``anchored`` (default): each weak row is learnt through its votes' likelihood under every source's
+  gold-measured confusion matrix (weak_labels, gold_anchored): the loss is the (bounded, GCE-form) negative
+  log of sum_y p(y | x) P(votes | y), so structured noise is undone rather than learnt, while symmetric
+  noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss);
+- ``glc``: Gold Loss Correction: a model trained on the weak labels alone gives, on the gold rows, the
+  corruption matrix C[true, weak]; the network then learns weak rows through softmax(z) @ C;
+- ``ce`` / ``gce``: the aggregated weak labels with cross-entropy or its bounded variant;
+- ``confident_learning``: cleanlab drops the weak rows it believes mislabelled (decided without gold);
+- ``clid_mu``: meta-learned sample weights with CLID on unlabeled rows as the meta loss (no clean label
+  enters the weighting; CLID, not gold, picks each model's snapshots).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlflow
 import numpy as np
+import pandas as pd
+import torch
 
-from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
-from tasks.core.clid import ClidMuSettings
-from tasks.core.methods import ConfidentLearningSettings, train_weak_model
-from tasks.core.models import replace_ensemble
-from tasks.core.training import EpochStats
+from tasks.core.calibration import softmax_t
+from tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
+from tasks.core.methods import (
+    ConfidentLearningSettings, EvidenceLoss, ForwardCorrected, as_evidence, clid_dev_correlation,
+    confident_learning_keep, glc_corruption, glc_targets, log_one_hot,
+)
+from tasks.core.training import EpochStats, UpdateRule, fit, predict_logits
 from tasks.data import PROVENANCE, ROW_ID, PipelineData
-from tasks.modeling import TrainedModel, model_spec, new_model, settings
+from tasks.gold_only import log_candidate
+from tasks.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
 from tasks.progress import epoch_bar
+from tasks.stage import stage_task
 from tasks.weak_labels import WeakLabels
+
+
+class NoWeakRows(ValueError):
+    """No non-gold row carries a usable weak vote: there is nothing for weak supervision to add."""
 
 
 @dataclass
 class WeakModel(TrainedModel):
     figures: dict[str, float] = field(default_factory=dict)
+    rows: int = 0  # weak rows trained on (after confident learning's removals)
+    row_ids: np.ndarray | None = None  # the weak rows (ids) the model trained on
 
 
 def meta_features(data: PipelineData, size: int, seed: int) -> np.ndarray:
@@ -40,33 +62,87 @@ def meta_features(data: PipelineData, size: int, seed: int) -> np.ndarray:
     return data.x(rows)
 
 
+def weak_frame(data: PipelineData, labels: WeakLabels) -> pd.DataFrame:
+    """The weak training rows, in the order of ``labels.row_ids``."""
+    return data.train.set_index(ROW_ID).loc[labels.row_ids].reset_index()
+
+
 def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
                on_epoch: Callable[[EpochStats], None] | None = None) -> WeakModel:
     stage = cfg.weak_train
     if len(labels.row_ids) == 0:
-        raise ValueError("weak_train: no weakly labelled rows (every weak vote abstains)")
-    rows = data.train.set_index(ROW_ID).loc[labels.row_ids]
-    y = labels.soft if labels.soft is not None else labels.hard
-    dev = data.rows("gold_dev")
-    gold = data.rows("gold_train", "gold_dev")
-    gold_check = None
-    if len(data.spec.weak_label_columns) == 1:  # one annotator: its label on gold rows checks confident learning
-        col = data.spec.weak_label_columns[0]
-        labelled = gold[gold[col] != data.spec.abstain]
-        classes = np.asarray(data.classes)
-        gold_check = (data.x(labelled), np.searchsorted(classes, labelled[col].to_numpy()), data.y(labelled))
-    c = stage.clid_mu
-    fitted = train_weak_model(
-        stage.method, lambda: new_model(data, stage, cfg.seed)[0], data.x(rows), y, settings(stage, cfg, loss=stage.method if stage.method in ("ce", "gce") else "ce"),
-        meta_x=meta_features(data, c.meta_set_size, cfg.seed), x_dev=data.x(dev), y_dev=data.y(dev),
-        clid=ClidMuSettings(tau=c.tau, meta_lr=c.meta_lr, virtual_lr=c.virtual_lr, meta_batch=c.meta_batch,
-                            meta_interval=c.meta_interval, virtual_scope=c.virtual_scope, snapshots=c.snapshots),
-        cl=ConfidentLearningSettings(stage.confident_learning.folds, stage.confident_learning.filter_by),
-        gold_check=gold_check, on_epoch=on_epoch,
-    )
-    result = fitted.result
-    spec = replace_ensemble(model_spec(data, stage), result.model)
-    return WeakModel(result.model, spec, result.history, result.best_epoch, fitted.figures)
+        raise NoWeakRows("no row outside the gold set carries a weak vote (every weak column abstains or is "
+                         "empty there, and no labelling function fires)")
+    weak = weak_frame(data, labels)
+    x_weak = data.x(weak)
+    num_classes = len(data.classes)
+    gold_y = data.y(data.rows("gold"))
+    weak_y = labels.soft if labels.soft is not None else labels.hard
+    figures: dict[str, float] = {}
+    rule: Callable[[int | None], UpdateRule | None] | None = None
+    monitor = None
+    train = settings(stage, cfg, loss=stage.method if stage.method == "gce" else "ce")
+    targets: Callable[[int | None], np.ndarray] | np.ndarray
+    if stage.method == "anchored":
+        def targets(fold: int | None) -> np.ndarray:
+            return np.concatenate([log_one_hot(gold_y, num_classes),
+                                   as_evidence(labels.evidence(fold, num_classes))])
+
+        def rule(fold: int | None) -> UpdateRule:
+            return EvidenceLoss("gce", stage.gce_q)
+    elif stage.method == "glc":
+        noisy = fit(new_model(data, stage, cfg.seed)[0], x_weak, labels.hard, replace(train, loss="ce")).model
+        noisy_on_gold = softmax_t(predict_logits(noisy, data.x(data.rows("gold")), device=cfg.device), 1.0)
+        folds = data.rows("gold")["fold"].to_numpy()
+
+        def rule(fold: int | None) -> UpdateRule:
+            seen = folds != fold if fold is not None else np.ones(len(folds), bool)
+            return ForwardCorrected(glc_corruption(noisy_on_gold[seen], gold_y[seen], num_classes))
+
+        targets = glc_targets(gold_y, labels.hard, num_classes)
+    else:
+        if stage.method == "confident_learning":
+            keep, figures = confident_learning_keep(lambda: new_model(data, stage, cfg.seed)[0], x_weak, labels.hard,
+                                                    train, _cl_settings(cfg), _gold_check(data))
+            weak, x_weak, weak_y = weak[keep], x_weak[keep], np.asarray(weak_y)[keep]
+        gold_part = one_hot(gold_y, num_classes) if np.ndim(weak_y) == 2 else gold_y
+        targets = np.concatenate([gold_part, weak_y])
+        meta = torch.as_tensor(meta_features(data, stage.clid_mu.meta_set_size, cfg.seed))
+        c = stage.clid_mu
+        if stage.method == "clid_mu":
+            def rule(fold: int | None) -> UpdateRule:
+                return ClidMu(meta, ClidMuSettings(tau=c.tau, meta_lr=c.meta_lr, virtual_lr=c.virtual_lr,
+                                                   meta_batch=c.meta_batch, meta_interval=c.meta_interval,
+                                                   virtual_scope=c.virtual_scope, snapshots=c.snapshots,
+                                                   seed=cfg.seed + (0 if fold is None else 1000 * (fold + 1))))
+        elif stage.clid_monitor:
+            monitor = ClidMonitor(meta, c.meta_batch, c.tau)
+    table = gold_first(data, weak)
+    trained = crossfit(data, table, targets, stage, cfg, train=train, rule=rule, monitor=monitor, on_epoch=on_epoch)
+    figures |= clid_dev_correlation(trained.history) | {"weak_rows": float(len(weak))}
+    return WeakModel(trained.model, _spec_of(trained), trained.history, trained.best_epoch, trained.folds,
+                     trained.oof_logits, trained.temperature, figures, len(weak), weak[ROW_ID].to_numpy())
+
+
+def _spec_of(trained: TrainedModel):  # -> ModelSpec
+    from tasks.core.models import replace_ensemble
+
+    return replace_ensemble(trained.spec, trained.model)
+
+
+def _cl_settings(cfg: Config) -> ConfidentLearningSettings:
+    cl = cfg.weak_train.confident_learning
+    return ConfidentLearningSettings(cl.folds, cl.filter_by)
+
+
+def _gold_check(data: PipelineData) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """One annotator: its label on gold rows checks confident learning's removals."""
+    if len(data.spec.weak_label_columns) != 1:
+        return None
+    col = data.spec.weak_label_columns[0]
+    gold = data.rows("gold")
+    labelled = gold[gold[col] != data.spec.abstain]
+    return data.x(labelled), np.searchsorted(np.asarray(data.classes), labelled[col].to_numpy()), data.y(labelled)
 
 
 @stage_task("weak_train")
@@ -74,16 +150,9 @@ def weak_train(data: PipelineData, labels: WeakLabels, cfg: Config, parent_run_i
     stage = cfg.weak_train
     with tracking.stage_run("weak_train", parent_run_id, experiment_id):
         mlflow.set_tag("method", stage.method)
-        mlflow.log_params({f"weak_train.{k}": v for k, v in stage.model_dump().items() if not isinstance(v, dict)})
-        if stage.method == "clid_mu":
-            mlflow.log_params({f"weak_train.clid_mu.{k}": v for k, v in stage.clid_mu.model_dump().items()})
-        if stage.method == "confident_learning":
-            mlflow.log_params({f"weak_train.confident_learning.{k}": v for k, v in stage.confident_learning.model_dump().items()})
-        total = stage.epochs  # confident learning: the progress bar follows its final training
-        with epoch_bar(f"weak_train ({stage.method})", total) as bar:
+        tracking.log_section(stage, "weak_train")
+        with epoch_bar(f"weak_train ({stage.method}, cross-fitted)", stage.epochs) as bar:
             trained = train_weak(data, labels, cfg, on_epoch=bar)
-        tracking.log_history(trained.history)
-        mlflow.log_metrics(trained.figures | {"best_epoch": trained.best_epoch,
-                                              "best_dev_accuracy": trained.best_dev_accuracy or 0.0})
-        mlflow.log_dict(trained.spec.to_dict(), "model_spec.json")
+        log_candidate(trained, data)
+        mlflow.log_metrics(trained.figures)
         return trained

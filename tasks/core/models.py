@@ -24,6 +24,8 @@ class ModelSpec:
     dropout: float = 0.2
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for the CNN
     ensemble: int = 1  # > 1: a LogitEnsemble of that many snapshots
+    pool: bool = False  # CNN: 2x2 max-pool between the conv blocks (new models; specs saved before it lack it)
+    temperature: float = 1.0  # logits are divided by it (calibration fitted after training; 1 while training)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +58,8 @@ class Standardize(nn.Module):
 
 
 class MLP(nn.Module):
+    temperature = 1.0  # set on a trained network by calibrate(); a plain attribute, so state dicts are unchanged
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.scale = Standardize(spec.num_features)
@@ -73,11 +77,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         f = self.features(x)
-        return (f, self.head(f)) if return_features else self.head(f)
+        return (f, self.head(f)) if return_features else _tempered(self.head(f), self.temperature)
 
 
 class SmallCNN(nn.Module):
     """Two conv blocks and a linear head; input is flat features reshaped to ``image_shape``."""
+
+    temperature = 1.0
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -89,43 +95,66 @@ class SmallCNN(nn.Module):
         self.image_shape = (c, h, w)
         self.scale = Standardize(spec.num_features)
         width = spec.hidden[0] if spec.hidden else 64
+        # pooling before the wider block: a quarter of its work, and no less accurate on small images
+        # (digits: 98.6-100% vs 98.1-99.7% on 3 splits, 1.6x faster per epoch; docs/benchmarks.md)
+        pool = [nn.MaxPool2d(2)] if spec.pool and min(h, w) >= 4 else []
         self.body = nn.Sequential(
-            nn.Conv2d(c, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2), nn.ReLU(),
+            nn.Conv2d(c, width // 2, 3, padding=1), nn.BatchNorm2d(width // 2), nn.ReLU(), *pool,
             nn.Conv2d(width // 2, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(spec.dropout),
         )
         self.head = nn.Linear(width * 4, spec.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.scale(x).view(-1, *self.image_shape)
-        if x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # channels_last on CPU too: oneDNN's convolutions run it 10-30% faster on these small images
+        x = self.scale(x).view(-1, *self.image_shape).contiguous(memory_format=torch.channels_last)
         return self.body(x)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         f = self.features(x)
-        return (f, self.head(f)) if return_features else self.head(f)
+        return (f, self.head(f)) if return_features else _tempered(self.head(f), self.temperature)
 
 
 class LogitEnsemble(nn.Module):
     """Mean logits of several snapshots of one network (CLID snapshot ensembling)."""
+
+    temperature = 1.0
 
     def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+        return _tempered(torch.stack([m(x) for m in self.members]).mean(dim=0), self.temperature)
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def calibrated(model: nn.Module, spec: ModelSpec, temperature: float) -> tuple[nn.Module, ModelSpec]:
+    """A copy of a trained network whose logits are divided by ``temperature``, and its spec (so the saved
+    model answers with calibrated confidences wherever it is loaded)."""
+    import copy
+
+    out = copy.deepcopy(model)
+    out.temperature = float(temperature)
+    return out, replace(spec, temperature=float(temperature))
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     if spec.ensemble > 1:
-        return LogitEnsemble([build_model(replace(spec, ensemble=1)) for _ in range(spec.ensemble)])
-    if spec.kind == "mlp":
-        return MLP(spec)
-    if spec.kind == "cnn":
-        return SmallCNN(spec)
-    raise ValueError(f"unknown model kind {spec.kind!r}; expected 'mlp' or 'cnn'")
+        model: nn.Module = LogitEnsemble([build_model(replace(spec, ensemble=1, temperature=1.0))
+                                          for _ in range(spec.ensemble)])
+    elif spec.kind == "mlp":
+        model = MLP(spec)
+    elif spec.kind == "cnn":
+        model = SmallCNN(spec)
+    else:
+        raise ValueError(f"unknown model kind {spec.kind!r}; expected 'mlp' or 'cnn'")
+    if spec.temperature != 1.0:
+        model.temperature = spec.temperature
+    return model
 
 
 def replace_ensemble(spec: ModelSpec, model: nn.Module) -> ModelSpec:

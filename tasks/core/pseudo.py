@@ -7,9 +7,10 @@ Three threshold policies, all giving one threshold per class:
   threshold less often than the best-learnt class gets a lower threshold,
   ``tau_c = t * beta_c / (2 - beta_c)`` with ``beta_c = n_c / max n``, never below ``floor``; so hard or
   rare classes are not starved.
-- ``target_precision``: per class, the lowest threshold whose estimated precision on the gold dev split
-  reaches ``p`` (counting at least ``min_support`` dev rows); a class where no threshold qualifies falls
-  back to the base threshold.
+- ``target_precision``: the lowest threshold at which the *lower bound* of the 95% Wilson interval of
+  precision on held-out gold predictions reaches ``p`` (counting at least ``min_support`` rows): per
+  class where that class's own rows can show it, else pooled over every class; where not even the pooled
+  rows can, no row is kept (``uncertified``): a point estimate on a handful of rows proves nothing.
 
 An optional ``max_per_class`` keeps only each class's most confident rows (ties broken by row order).
 This module holds the decisions (thresholds, the cap's cut-off and ties, which rows are kept);
@@ -31,7 +32,7 @@ HIST_BINS = 40
 @dataclass(frozen=True)
 class ThresholdPolicy:
     kind: PolicyName = "fixed"
-    threshold: float = 0.9  # fixed: the threshold; per_class: the base; target_precision: the fallback
+    threshold: float = 0.9  # fixed: the threshold; per_class: the base
     floor: float = 0.5  # per_class and target_precision never go below this
     target_precision: float = 0.95
     min_support: int = 3
@@ -105,27 +106,39 @@ def flexmatch_thresholds(policy: ThresholdPolicy, counts_at_base: np.ndarray) ->
     return np.maximum(policy.floor, policy.threshold * beta / (2.0 - beta))
 
 
+NOTHING = np.float32(np.nextafter(np.float32(1.0), np.float32(2.0)))  # above every confidence: keeps no row
+
+
+def lowest_certified(confidence: np.ndarray, right: np.ndarray, target: float, floor: float, min_support: int
+                     ) -> float | None:
+    """The lowest confidence t >= ``floor`` such that the rows at or above t number at least
+    ``min_support`` and the Wilson lower bound of their share right reaches ``target``; None if none."""
+    from tasks.core.trusted import wilson_interval
+
+    order = np.argsort(-np.asarray(confidence), kind="stable")
+    conf, ok = np.asarray(confidence)[order], np.asarray(right)[order]
+    n = np.arange(1, len(conf) + 1)
+    low, _ = wilson_interval(np.cumsum(ok), n)
+    last_of_tie = np.append(conf[1:] != conf[:-1], True)  # a threshold keeps every row of a tie
+    good = last_of_tie & (conf >= floor) & (n >= min_support) & (low >= target)
+    return float(conf[np.flatnonzero(good)[-1]]) if good.any() else None
+
+
 def target_precision_thresholds(policy: ThresholdPolicy, dev_labels: np.ndarray, dev_confidence: np.ndarray,
                                 dev_true: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, the lowest dev confidence t >= floor such that dev rows predicted as that class with
-    confidence >= t are at least ``target_precision`` right and number at least ``min_support``.
-    Returns (thresholds, fell_back) where ``fell_back`` marks classes that got the base threshold."""
-    thresholds = np.full(num_classes, policy.threshold, dtype=np.float64)
-    fell_back = np.ones(num_classes, dtype=bool)
+    """Per class the lowest certified threshold (see the module docstring): the class's own rows first,
+    else the pooled one. Returns (thresholds, uncertified); an uncertified class keeps no row."""
+    right = np.asarray(dev_labels) == np.asarray(dev_true)
+    pooled = lowest_certified(dev_confidence, right, policy.target_precision, policy.floor, policy.min_support)
+    thresholds = np.full(num_classes, NOTHING if pooled is None else pooled, dtype=np.float64)
+    uncertified = np.full(num_classes, pooled is None)
     for c in range(num_classes):
-        mine = dev_labels == c
-        conf = dev_confidence[mine]
-        right = (np.asarray(dev_true)[mine] == c)
-        order = np.argsort(-conf, kind="stable")
-        conf, right = conf[order], right[order]
-        prec = np.cumsum(right) / np.arange(1, len(right) + 1)
-        for i in range(len(conf) - 1, -1, -1):  # lowest candidate first
-            if conf[i] < policy.floor or (i + 1 < len(conf) and conf[i + 1] == conf[i]):
-                continue  # below the floor, or not the last of a tie (a threshold keeps all ties)
-            if i + 1 >= policy.min_support and prec[i] >= policy.target_precision:
-                thresholds[c], fell_back[c] = float(conf[i]), False
-                break
-    return thresholds, fell_back
+        mine = np.asarray(dev_labels) == c
+        own = lowest_certified(np.asarray(dev_confidence)[mine], right[mine], policy.target_precision, policy.floor,
+                               policy.min_support)
+        if own is not None:
+            thresholds[c], uncertified[c] = own, False
+    return thresholds, uncertified
 
 
 @dataclass
@@ -143,7 +156,7 @@ class StreamResult:
     candidates: np.ndarray  # rows predicted as each class
     kept: np.ndarray  # rows kept per class
     cap_cutoff: np.ndarray  # (C,) confidence of the last row a cap let through (NaN: no cap bound)
-    fell_back: np.ndarray  # (C,) bool: target_precision could not be met on dev
+    uncertified: np.ndarray  # (C,) bool: target_precision: no threshold's lower bound reached the target (none kept)
     histogram: np.ndarray  # (HIST_BINS,) confidence counts over every row
     rows: int = 0
 
@@ -180,17 +193,17 @@ class Tally:
 def decide_thresholds(policy: ThresholdPolicy, at_base: np.ndarray, num_classes: int, dev: DevSet | None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """The policy's threshold per class (float32, the confidences' precision: 0.9 keeps 0.9) and which
-    classes fell back to the base threshold, from pass 1's ``at_base`` counts over every row."""
-    fell_back = np.zeros(num_classes, dtype=bool)
+    classes are uncertified (target_precision), from pass 1's ``at_base`` counts over every row."""
+    uncertified = np.zeros(num_classes, dtype=bool)
     if policy.kind == "fixed":
         thresholds = np.full(num_classes, policy.threshold)
     elif policy.kind == "per_class":
         thresholds = flexmatch_thresholds(policy, at_base)
     else:
         if dev is None:
-            raise ValueError("target_precision needs the gold dev split's predictions")
-        thresholds, fell_back = target_precision_thresholds(policy, dev.labels, dev.confidence, dev.true, num_classes)
-    return thresholds.astype(np.float32), fell_back
+            raise ValueError("target_precision needs held-out gold predictions to estimate precision on")
+        thresholds, uncertified = target_precision_thresholds(policy, dev.labels, dev.confidence, dev.true, num_classes)
+    return thresholds.astype(np.float32), uncertified
 
 
 def keep_mask(labels: np.ndarray, conf: np.ndarray, thresholds: np.ndarray, cutoff: np.ndarray,

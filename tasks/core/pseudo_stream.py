@@ -61,7 +61,7 @@ def label_stream(
             scratch.append(labels, conf)
             tally.add(labels, conf, policy.threshold)
         labels_all, conf_all = scratch.open()
-        thresholds, fell_back = decide_thresholds(policy, tally.at_base, num_classes, dev)
+        thresholds, uncertified = decide_thresholds(policy, tally.at_base, num_classes, dev)
         cutoff, ties_allowed = cap_cutoffs(labels_all, conf_all, thresholds, policy.max_per_class, num_classes)
         kept = np.zeros(num_classes, dtype=np.int64)
         start = 0
@@ -78,7 +78,7 @@ def label_stream(
         del labels_all, conf_all
         if start != scratch.rows:
             raise ValueError(_pass_mismatch(scratch.rows, str(start)))
-        return StreamResult(thresholds, tally.counts, kept, cutoff, fell_back, tally.histogram, rows=start)
+        return StreamResult(thresholds, tally.counts, kept, cutoff, uncertified, tally.histogram, rows=start)
 
 
 # --- the same two passes, split into shards (contiguous row ranges) scored in parallel ------------------
@@ -173,7 +173,7 @@ def select_shards(shards: list[ShardScores], policy: ThresholdPolicy, num_classe
     tally = Tally.empty(num_classes)
     for s in shards:
         tally = tally + s.tally
-    thresholds, fell_back = decide_thresholds(policy, tally.at_base, num_classes, dev)
+    thresholds, uncertified = decide_thresholds(policy, tally.at_base, num_classes, dev)
     dtype = label_dtype(num_classes)
     labels_all = np.concatenate([np.zeros(0, dtype), *(s.labels for s in shards)])
     conf_all = np.concatenate([np.zeros(0, np.float32), *(s.confidence for s in shards)])
@@ -188,7 +188,7 @@ def select_shards(shards: list[ShardScores], policy: ThresholdPolicy, num_classe
         kept += np.bincount(labels, minlength=num_classes)
         keeps.append(ShardKeep(positions, labels, s.confidence[positions], s.rows))
     rows = sum(s.rows for s in shards)
-    return StreamResult(thresholds, tally.counts, kept, cutoff, fell_back, tally.histogram, rows=rows), keeps
+    return StreamResult(thresholds, tally.counts, kept, cutoff, uncertified, tally.histogram, rows=rows), keeps
 
 
 def emit_kept(chunks: Callable[[], Iterable[tuple[np.ndarray, Any]]], keep: ShardKeep, num_classes: int, emit: Emit,

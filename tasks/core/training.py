@@ -90,6 +90,68 @@ class FitResult:
         return self.history[self.best_epoch].dev_accuracy if self.history else None
 
 
+class Trainer:
+    """One network's training state: its data on the device, optimizer, schedule and batch order.
+
+    :func:`fit` drives one trainer; :func:`tasks.core.crossfit.fit_folds` drives several in lockstep, so
+    every fold model (and the refit on all gold) can be stopped at the epoch chosen on all gold rows.
+    ``x`` may be a tensor already on the device (shared by trainers of the same rows); ``rows`` restricts
+    this trainer to some of them (a fold model never even indexes its held-out gold rows).
+    """
+
+    def __init__(self, model: nn.Module, x: np.ndarray | torch.Tensor, targets: np.ndarray, settings: TrainSettings,
+                 weights: np.ndarray | None = None, rule: UpdateRule | None = None,
+                 monitor: Callable[[nn.Module], dict[str, float]] | None = None,
+                 rows: np.ndarray | None = None) -> None:
+        if len(x) != len(targets):
+            raise ValueError(f"{len(x)} feature rows but {len(targets)} targets")
+        if len(x) == 0 or (rows is not None and len(rows) == 0):
+            raise ValueError("cannot train on an empty set")
+        self.settings, self.monitor = settings, monitor
+        self.rule = rule or WeightedLoss(settings.loss, settings.gce_q)
+        self.device = device = resolve_device(settings.device)
+        torch.manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.model = model.to(device)
+        self.x = x if isinstance(x, torch.Tensor) else to_device(np.asarray(x, dtype=np.float32), device)
+        soft = np.asarray(targets).ndim == 2
+        self.y = to_device(np.asarray(targets, dtype=np.float32 if soft else np.int64), device)
+        self.w = to_device(np.ones(len(targets), dtype=np.float32) if weights is None else np.asarray(weights, np.float32),
+                           device)
+        self.subset = None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(device)
+        self.rows = n = len(targets) if rows is None else len(rows)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        steps_per_epoch = max(1, -(-n // settings.batch_size))
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15)
+
+    def epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
+        """One pass over the rows in a fresh random order; (mean train loss, the rule's and monitor's extras)."""
+        model, device, bs = self.model, self.device, self.settings.batch_size
+        model.train()
+        order = torch.randperm(self.rows, generator=self.generator).to(device)
+        if self.subset is not None:
+            order = self.subset[order]
+        total = torch.zeros((), device=device)
+        seen = 0
+        for start in range(0, self.rows, bs):
+            idx = order[start : start + bs]
+            if len(idx) < 2 and self.rows >= 2:  # BatchNorm needs two rows; fold a lone tail row away
+                continue
+            loss = self.rule.step(model, self.optimizer, self.x[idx], self.y[idx], self.w[idx])
+            self.scheduler.step()
+            total += loss * len(idx)
+            seen += len(idx)
+        extra = self.rule.end_epoch(model, epoch) | (self.monitor(model) if self.monitor else {})
+        return float(total) / max(seen, 1), extra
+
+
+def dev_scores(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean negative log-likelihood) of ``logits`` on labels ``y``."""
+    probs = F.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=1).numpy()
+    return float((probs.argmax(1) == y).mean()), float(-np.log(probs[np.arange(len(y)), y] + 1e-7).mean())
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -109,65 +171,35 @@ def fit(
     a dev split, the last epoch. ``monitor`` adds label-free per-epoch numbers (e.g. CLID). Data lives
     on the device as whole tensors: indexing a resident tensor beats a DataLoader for small rows.
     """
-    if len(x) == 0:
-        raise ValueError("cannot train on an empty set")
-    if len(x) != len(targets):
-        raise ValueError(f"{len(x)} feature rows but {len(targets)} targets")
-    rule = rule or WeightedLoss(settings.loss, settings.gce_q)
-    device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
-    model.to(device)
-    xt = _to_device(np.asarray(x, dtype=np.float32), device)
-    soft = np.asarray(targets).ndim == 2
-    yt = _to_device(np.asarray(targets, dtype=np.float32 if soft else np.int64), device)
-    wt = _to_device(np.ones(len(x), dtype=np.float32) if weights is None else np.asarray(weights, np.float32), device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = max(1, -(-len(x) // settings.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15
-    )
-    result = FitResult(model=model)
+    trainer = Trainer(model, x, targets, settings, weights, rule, monitor)
+    result = FitResult(model=trainer.model)
     best_key: tuple[float, float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    has_dev = x_dev is not None and y_dev is not None and len(x_dev) > 0
     for epoch in range(settings.epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=generator).to(device)
-        total = torch.zeros((), device=device)
-        seen = 0
-        for start in range(0, len(x), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            if len(idx) < 2 and len(x) >= 2:  # BatchNorm needs two rows; fold a lone tail row away
-                continue
-            loss = rule.step(model, optimizer, xt[idx], yt[idx], wt[idx])
-            scheduler.step()
-            total += loss * len(idx)
-            seen += len(idx)
-        extra = rule.end_epoch(model, epoch) | (monitor(model) if monitor else {})
+        train_loss, extra = trainer.epoch(epoch)
         dev_acc = dev_loss = None
-        if x_dev is not None and y_dev is not None and len(x_dev) > 0:
-            probs = predict_proba(model, x_dev, device=device)
-            dev_acc = float((probs.argmax(1) == y_dev).mean())
-            dev_loss = float(-np.log(probs[np.arange(len(y_dev)), y_dev] + 1e-7).mean())
-        stats = EpochStats(epoch, float(total) / max(seen, 1), dev_acc, dev_loss, extra)
+        if has_dev:
+            dev_acc, dev_loss = dev_scores(predict_logits(trainer.model, x_dev, device=trainer.device), y_dev)
+        stats = EpochStats(epoch, train_loss, dev_acc, dev_loss, extra)
         result.history.append(stats)
         key = (dev_acc, -dev_loss, float(epoch)) if dev_acc is not None and dev_loss is not None else (0.0, 0.0, float(epoch))
         if best_key is None or key >= best_key:
             best_key, result.best_epoch = key, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(trainer.model.state_dict())
         if on_epoch is not None:
             on_epoch(stats)
-    selected = rule.select(model, result.history)
+    selected = trainer.rule.select(trainer.model, result.history)
     if selected is not None:
         result.model = selected
     else:
         assert best_state is not None
-        model.load_state_dict(best_state)
+        trainer.model.load_state_dict(best_state)
     result.model.eval()
     return result
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)

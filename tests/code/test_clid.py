@@ -110,8 +110,8 @@ def test_no_meta_label_is_ever_read(monkeypatch, scope):
     x, _, noisy = blobs(600)
     import tasks.core.training as training
 
-    real = training._to_device
-    monkeypatch.setattr(training, "_to_device",
+    real = training.to_device
+    monkeypatch.setattr(training, "to_device",
                         lambda a, d: real(a, d).as_subclass(GuardedLabels) if a.dtype == np.int64 else real(a, d))
     GuardedLabels.reads = []
     meta = torch.as_tensor(x[300:])

@@ -11,7 +11,8 @@ from tasks.config import Config, ConfigError, FilesData, load_config
 def test_defaults_are_the_demo():
     cfg = load_config()
     assert cfg.data.source == "demo" and cfg.data.noise.rate == 0.4 and cfg.data.gold_fraction == 0.1
-    assert cfg.weak_train.method == "gce" and cfg.weak_labels.aggregation == "majority"
+    assert cfg.weak_train.method == "anchored" and cfg.weak_labels.aggregation == "gold_anchored"
+    assert cfg.selection.folds == 3 and cfg.selection.ship == "best"
 
 
 def test_overrides_are_typed_and_nested():

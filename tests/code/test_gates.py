@@ -6,7 +6,7 @@ from deploy.gates import GateFailure, GateInput, decide, enforce, gate_min_accur
 def test_first_model_passes_on_minimum_alone():
     d = decide(GateInput(accuracy=0.95, validation_passed=True), min_accuracy=0.9)
     assert d.passed and d.reason == "all gates passed"
-    assert d.checked == ["validation", "governance", "min_accuracy", "champion"]
+    assert d.checked == ["validation", "governance", "min_accuracy", "champion", "gold_only"]
 
 
 def test_below_minimum_fails_with_numbers():
@@ -34,6 +34,15 @@ def test_all_failures_reported_and_enforce_raises_first():
     with pytest.raises(GateFailure) as exc:
         enforce(d)
     assert exc.value.gate == "validation"
+
+
+def test_worse_than_gold_only_beyond_noise_is_refused():
+    worse = decide(GateInput(0.90, True, vs_gold_only=(-0.05, -0.08, -0.02)), 0.5)
+    assert [f.gate for f in worse.failures] == ["gold_only"]
+    assert "below the gold-only model of the same run by 0.0500" in worse.reason
+    # an interval that reaches 0 may be resampling noise; a gain passes; not measured: nothing to decide
+    for delta in ((-0.03, -0.07, 0.01), (0.04, 0.01, 0.07), None):
+        assert decide(GateInput(0.90, True, vs_gold_only=delta), 0.5).passed
 
 
 def test_failed_governance_blocks_promotion():

@@ -95,37 +95,63 @@ def test_per_class_lowers_the_threshold_of_a_starved_class_down_to_the_floor():
     assert keep_fixed.sum() == 2 and fixed.kept[1:].sum() == 0  # the fixed policy starves classes 1 and 2
 
 
-DEV_CONF = np.array([0.99, 0.9, 0.8, 0.7, 0.6])
-DEV_TRUE = np.array([0, 0, 1, 0, 0])  # third most confident is wrong
+# For n rows all right, the 95% Wilson lower bound is n / (n + 1.96^2): it first reaches 0.9 at n = 35
+# (35 / 38.84 = 0.901; 34 / 37.84 = 0.8985). 39 right of 40 has a lower bound of 0.871.
+CONF40 = np.linspace(0.99, 0.60, 40)  # most confident first
+RIGHT40 = np.ones(40, bool)
+RIGHT40[35] = False  # the 36th most confident row is wrong: 39 of 40 right (97.5%) at the lowest threshold
 
 
-@pytest.mark.parametrize(("p", "floor", "expected", "fell_back"), [
-    (0.8, 0.5, 0.6, False),    # prefix precisions 1, 1, .67, .75, .8: all five rows reach 0.8
-    (0.75, 0.5, 0.6, False),   # lowest qualifying, not the first found
-    (0.9, 0.5, 0.9, True),     # only the top two reach 0.9 but min_support is 3: base threshold
-    (0.8, 0.65, 0.9, True),    # 0.6 is below the floor and 0.7 only reaches 0.75
-])
-def test_target_precision_picks_the_lowest_threshold_that_reaches_p(p, floor, expected, fell_back):
-    policy = ThresholdPolicy("target_precision", threshold=0.9, target_precision=p, floor=floor, min_support=3)
-    thr, fb = target_precision_thresholds(policy, np.zeros(5, int), DEV_CONF, DEV_TRUE, num_classes=2)
-    assert thr[0] == pytest.approx(expected) and fb[0] == fell_back
-    assert thr[1] == 0.9 and fb[1]  # no dev row predicted class 1: the base threshold
+def test_target_precision_needs_the_lower_bound_not_the_point_estimate():
+    policy = ThresholdPolicy("target_precision", target_precision=0.9, floor=0.5, min_support=10)
+    thr, uncertified = target_precision_thresholds(policy, np.zeros(40, int), CONF40, np.where(RIGHT40, 0, 1), 2)
+    # the point estimate is >= 0.9 at every threshold; the lower bound only down to the 35th row
+    assert thr[0] == pytest.approx(CONF40[34]) and not uncertified[0]
+    # class 1 has no rows of its own: it takes the pooled threshold (here the same rows)
+    assert thr[1] == pytest.approx(CONF40[34]) and not uncertified[1]
+
+
+def test_target_precision_pools_classes_whose_own_rows_cannot_show_it():
+    labels = np.arange(40) % 2  # 20 rows each: even 20 / 20 right is only 0.839 per class
+    true = np.where(RIGHT40, labels, 1 - labels)
+    policy = ThresholdPolicy("target_precision", target_precision=0.9, floor=0.5, min_support=10)
+    thr, uncertified = target_precision_thresholds(policy, labels, CONF40, true, 2)
+    assert thr.tolist() == pytest.approx([CONF40[34]] * 2) and not uncertified.any()
+
+
+def test_target_precision_keeps_nothing_when_no_threshold_is_certified():
+    policy = ThresholdPolicy("target_precision", target_precision=0.9, floor=0.5, min_support=3)
+    thr, uncertified = target_precision_thresholds(policy, np.zeros(10, int), CONF40[:10], np.zeros(10, int), 2)
+    assert uncertified.all() and (thr > 1.0).all()  # 10 / 13.84 = 0.72: a perfect handful proves nothing
+    _, kept, _ = run_stream(np.array([[0.99, 0.01]]), policy, dev=DevSet(np.zeros(10, int), CONF40[:10],
+                                                                          np.zeros(10, int)))
+    assert not kept.any()
+
+
+def test_the_floor_can_leave_nothing_certified():
+    floored = ThresholdPolicy("target_precision", target_precision=0.9, floor=0.7, min_support=10)
+    thr, uncertified = target_precision_thresholds(floored, np.zeros(40, int), CONF40, np.where(RIGHT40, 0, 1), 1)
+    # at or above 0.7 only the top 30 rows remain (30 / 33.84 = 0.887): below the target
+    assert uncertified[0] and thr[0] > 1.0
 
 
 def test_target_precision_keeps_tied_confidences_together():
-    policy = ThresholdPolicy("target_precision", target_precision=1.0, floor=0.0, min_support=1)
-    # two rows tie at 0.8, one of them wrong: a threshold of 0.8 keeps both, so it is not 100% precise
-    thr, _ = target_precision_thresholds(policy, np.zeros(3, int), np.array([0.9, 0.8, 0.8]), np.array([0, 0, 1]), 1)
+    policy = ThresholdPolicy("target_precision", target_precision=0.9, floor=0.0, min_support=1)
+    conf = np.concatenate([np.linspace(0.99, 0.9, 40), [0.8, 0.8]])
+    true = np.zeros(42, int)
+    true[41] = 1
+    # 0.8 would keep both tied rows, one of them wrong; 40/40 = 0.912 qualifies at 0.9
+    thr, _ = target_precision_thresholds(policy, np.zeros(42, int), conf, true, 1)
     assert thr[0] == pytest.approx(0.9)
 
 
-def test_target_precision_in_the_stream_uses_the_dev_set():
-    dev = DevSet(np.zeros(5, int), DEV_CONF, DEV_TRUE)
-    probs = np.array([[0.65, 0.35], [0.55, 0.45], [0.3, 0.7]])
-    res, keep, _ = run_stream(probs, ThresholdPolicy("target_precision", threshold=0.9, target_precision=0.8), dev=dev)
-    assert res.thresholds == pytest.approx([0.6, 0.9]) and res.fell_back.tolist() == [False, True]
-    assert keep.tolist() == [True, False, False]
-    with pytest.raises(ValueError, match="dev"):
+def test_target_precision_in_the_stream_uses_the_held_out_gold():
+    dev = DevSet(np.zeros(40, int), CONF40, np.where(RIGHT40, 0, 1))
+    probs = np.array([[0.75, 0.25], [0.62, 0.38], [0.3, 0.7]])
+    res, keep, _ = run_stream(probs, ThresholdPolicy("target_precision", target_precision=0.9, min_support=10), dev=dev)
+    assert res.thresholds == pytest.approx([CONF40[34], CONF40[34]]) and not res.uncertified.any()
+    assert keep.tolist() == [True, False, True]  # 0.62 is below the 35th dev confidence (0.6500)
+    with pytest.raises(ValueError, match="held-out gold"):
         run_stream(probs, ThresholdPolicy("target_precision"))
 
 
@@ -182,6 +208,15 @@ def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
     assert (softmax_t(overconfident, t).argmax(1) == overconfident.argmax(1)).all()  # classes unchanged
     with pytest.raises(ValueError, match="empty"):
         fit_temperature(np.zeros((0, 3)), np.zeros(0))
+
+
+def test_a_few_right_rows_cannot_collapse_the_temperature():
+    """Six rows, all predicted right: the likelihood alone wants T -> 0 (every probability to 1); the prior
+    on log T keeps T near 1, and a few thousand rows still move it where they point (the test above)."""
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.5, 0.0], [0.0, 0.0, 1.0]] * 2)
+    labels = np.array([0, 1, 2] * 2)
+    assert fit_temperature(logits, labels, prior_sd=None) < 0.1  # collapses towards 0
+    assert 0.3 < fit_temperature(logits, labels) < 1.0  # the default prior: sharper, not collapsed
 
 
 # --- the two passes must see the same rows; the label scratch must hold every class ---------------------

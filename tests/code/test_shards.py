@@ -68,7 +68,7 @@ def test_shards_decide_what_one_stream_decides(policy, cuts):
     scores = [score_shard(chunked(s, 16), lambda x: x, 4, policy.threshold) for s in shards]
     res, keeps = select_shards(scores, policy, 4, dev)
     assert np.array_equal(res.thresholds, one.thresholds) and res.thresholds.dtype == np.float32
-    for name in ("candidates", "kept", "fell_back", "histogram"):
+    for name in ("candidates", "kept", "uncertified", "histogram"):
         assert np.array_equal(getattr(res, name), getattr(one, name)), name
     assert np.array_equal(res.cap_cutoff, one.cap_cutoff) and res.rows == one.rows == 300
 

@@ -18,20 +18,20 @@ TEST = pd.DataFrame({"a": [10.0, 11.0], "y": [0, 1]})
 
 def weak_labels(*overrides: str):
     spec = FilesData(train_path="t.csv", test_path="s.csv", feature_columns=["a"], label_column="y",
-                     weak_label_columns=["w1", "w2"], dev_fraction=0.5)
+                     weak_label_columns=["w1", "w2"])
     data = assemble(RawTables(TRAIN.copy(), TEST.copy(), spec), [0, 1])
     return make_weak_labels(data, load_config(None, list(overrides)))
 
 
 def test_majority_counts_non_gold_ties_and_abstains_and_drops_abstained_tie():
-    wl = weak_labels("weak_labels.tie_break=abstain")
+    wl = weak_labels("weak_labels.aggregation=majority", "weak_labels.tie_break=abstain")
     assert wl.figures["ties"] == 1 and wl.figures["all_abstain"] == 1  # gold rows 1 and 3 tie too: not counted
     assert wl.row_ids.tolist() == [4, 6] and wl.hard.tolist() == [1, 0]
     assert wl.figures["weak_training_rows"] == 2
 
 
 def test_lowest_tie_break_keeps_the_tied_row_and_soft_labels_are_vote_shares():
-    wl = weak_labels("weak_labels.tie_break=lowest", "weak_labels.soft_labels=true")
+    wl = weak_labels("weak_labels.aggregation=majority", "weak_labels.tie_break=lowest", "weak_labels.soft_labels=true")
     assert wl.row_ids.tolist() == [4, 5, 6] and wl.hard.tolist() == [1, 0, 0]
     assert wl.soft.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
 

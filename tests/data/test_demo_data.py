@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import DemoData, NoiseConfig
-from tasks.data import PROVENANCE, ROW_ID, SPLIT, assemble, class_set, feature_hashes, materialize_demo, read_raw
+from tasks.data import FOLD, PROVENANCE, ROW_ID, SPLIT, assemble, class_set, feature_hashes, materialize_demo, read_raw
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,15 @@ def test_splits_sizes_and_provenance(demo):
     assert counts["unlabeled"] == pytest.approx(0.3 * (n_rest - counts["gold"]), abs=1)
     assert sum(counts.values()) == n_rest
     assert set(raw.train[PROVENANCE]) == {"gold", "weak", "unlabeled"}  # stored in the Parquet itself
-    # dev is carved from gold, stratified: every class has gold rows on both sides
+    # the gold rows are cut into 3 stratified cross-fitting folds: every class in every fold
     gold = data.train[data.train[PROVENANCE] == "gold"]
-    assert set(gold[SPLIT]) == {"gold_train", "gold_dev"}
-    assert gold.groupby(SPLIT)["label"].nunique().min() == 10
+    assert set(gold[SPLIT]) == {"gold"} and sorted(gold[FOLD].unique()) == [0, 1, 2]
+    assert gold.groupby(FOLD)["label"].nunique().min() == 10
+    assert (data.train.loc[data.train[PROVENANCE] != "gold", FOLD] == -1).all()
+    # a fold's view trains on the other folds' gold rows and is judged on its own
+    view = data.fold_view(1)
+    assert set(view.rows("gold_dev")[FOLD]) == {1} and set(view.rows("gold_train")[FOLD]) == {0, 2}
+    assert len(data.rows("gold_train")) == len(gold) and data.rows("gold_dev").empty  # the refit: all gold
     # only gold rows carry a gold label; the annotator labelled weak and gold rows
     assert data.train.loc[data.train[PROVENANCE] != "gold", "label"].isna().all()
     assert (data.train.loc[data.train[PROVENANCE] == "unlabeled", "weak_label"] == -1).all()
@@ -69,9 +74,11 @@ def test_files_derive_provenance_from_labels(tmp_path):
     train.to_csv(tmp_path / "train.csv", index=False)
     test.to_csv(tmp_path / "test.csv", index=False)
     spec = FilesData(train_path=tmp_path / "train.csv", test_path=tmp_path / "test.csv", feature_columns=["a", "b"],
-                     label_column="y", weak_label_columns=["w1", "w2"], dev_fraction=0.5)
+                     label_column="y", weak_label_columns=["w1", "w2"])
     raw = read_raw(spec)
     assert class_set(raw) == [0, 1]
-    data = assemble(raw, class_set(raw))
+    data = assemble(raw, class_set(raw), folds=3)
     assert data.train[PROVENANCE].tolist() == ["gold", "gold", "weak", "unlabeled", "gold", "gold"]
-    assert sorted(data.train[SPLIT].value_counts().items()) == [("gold_dev", 2), ("gold_train", 2), ("unlabeled", 1), ("weak", 1)]
+    assert sorted(data.train[SPLIT].value_counts().items()) == [("gold", 4), ("unlabeled", 1), ("weak", 1)]
+    # two gold rows per class: at most two folds, each with one row of each class
+    assert data.folds == 2 and sorted(data.train[FOLD].tolist()) == [-1, -1, 0, 0, 1, 1]

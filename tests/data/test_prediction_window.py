@@ -15,6 +15,13 @@ from monitoring.drift import load_window, sample_bound
 FEATURES = ["a", "b", "c"]
 
 
+def classes_of(name: str, version: str) -> list[int]:
+    """The class set of the log's model "m" v1 (no registry here; tests/model/test_feedback.py checks
+    feedback against registered versions)."""
+    assert (name, version) == ("m", "1")
+    return list(range(10))
+
+
 @pytest.fixture(scope="module")
 def log(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('log') / 'p.db'}"
@@ -32,7 +39,8 @@ def log(tmp_path_factory):
 
 def test_last_rows_in_order_with_feedback(log):
     url, x = log
-    record_feedback(url, pd.DataFrame({"request_id": ["req299", "req299"], "row_index": [0, 99], "label": [2, 1]}))
+    record_feedback(url, pd.DataFrame({"request_id": ["req299", "req299"], "row_index": [0, 99], "label": [2, 1]}),
+                    classes_of)
     w = load_window(url, FEATURES, rows=1000)
     assert len(w) == 1000
     assert np.allclose(w[FEATURES].to_numpy(), x[-1000:])
@@ -40,9 +48,10 @@ def test_last_rows_in_order_with_feedback(log):
     assert len(load_window(url, FEATURES, rows=None, hours=1.0)) == 30_000
     assert len(load_window(url, FEATURES, rows=10, model_name="other")) == 0
     with pytest.raises(ValueError, match="no logged prediction"):
-        record_feedback(url, pd.DataFrame({"request_id": ["nope"], "row_index": [0], "label": [1]}))
+        record_feedback(url, pd.DataFrame({"request_id": ["nope"], "row_index": [0], "label": [1]}), classes_of)
     # the same row twice in one file, and again later: the last label wins, one row each
-    assert record_feedback(url, pd.DataFrame({"request_id": ["req299"] * 2, "row_index": [0, 0], "label": [5, 7]})) == 1
+    twice = pd.DataFrame({"request_id": ["req299"] * 2, "row_index": [0, 0], "label": [5, 7]})
+    assert record_feedback(url, twice, classes_of) == 1
     assert load_window(url, FEATURES, rows=100)["label"].iloc[0] == 7
 
 

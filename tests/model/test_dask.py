@@ -15,7 +15,7 @@ import pytest
 
 from tasks.config import Config, ParallelConfig, parse_config
 from tasks.data import ROW_ID
-from tasks.pseudo_label import PseudoLabels, make_pseudo_labels
+from tasks.pseudo_label import PseudoLabels, calibration_of, judges, make_pseudo_labels
 from tasks.validate import load_and_validate
 from tasks.weak_labels import make_weak_labels
 from tasks.weak_train import train_weak
@@ -49,6 +49,12 @@ def setup(tmp_path_factory):
     return base, data, weak
 
 
+def label(data, weak, cfg: Config, out: Path) -> PseudoLabels:
+    """The refit weak model's pseudo set (judged on every gold row's out-of-fold prediction)."""
+    return make_pseudo_labels(data, weak.model, cfg, judges(data, weak)[0], calibration_of(data, weak), out,
+                              spec=weak.spec)
+
+
 def config(base: dict, parallel: dict | None = None, **pseudo) -> Config:
     raw = {**base, "pseudo_label": {**base["pseudo_label"], **pseudo}}
     return parse_config({**raw, "parallel": parallel} if parallel else raw)
@@ -67,14 +73,13 @@ def assert_same(a: PseudoLabels, b: PseudoLabels) -> None:
     pd.testing.assert_frame_equal(a.per_class, b.per_class)
 
 
-@pytest.mark.parametrize("pseudo", [{"policy": "target_precision"},
+@pytest.mark.parametrize("pseudo", [{"policy": "target_precision", "target_precision": 0.8},
                                     {"policy": "per_class", "threshold": 0.95, "max_per_class": 3_000}])
 def test_shards_without_dask_equal_the_single_stream(setup, pseudo, tmp_path):
     """Outside a flow the shard tasks run one after another here: the runner=local fallback."""
     base, data, weak = setup
-    one = make_pseudo_labels(data, weak.model, config(base, **pseudo), tmp_path / "one", spec=weak.spec)
-    sharded = make_pseudo_labels(data, weak.model, config(base, {"shards": 5}, **pseudo), tmp_path / "five",
-                                 spec=weak.spec)
+    one = label(data, weak, config(base, **pseudo), tmp_path / "one")
+    sharded = label(data, weak, config(base, {"shards": 5}, **pseudo), tmp_path / "five")
     assert_same(sharded, one)
     assert not list((tmp_path / "five").glob("shards-*"))  # part files are cleaned up
 
@@ -111,14 +116,14 @@ def test_sharded_pseudo_labelling_on_a_local_dask_cluster_equals_single_process(
                                                          "shards": 8}})
 
     @flow(name="dask-pseudo-label-test")
-    def label(out: Path) -> PseudoLabels:
-        return make_pseudo_labels(data, weak.model, cfg, out, spec=weak.spec)
+    def label_on_dask(out: Path) -> PseudoLabels:
+        return label(data, weak, cfg, out)
 
-    on_dask = with_runner(label, cfg.parallel)
+    on_dask = with_runner(label_on_dask, cfg.parallel)
     assert type(on_dask.task_runner).__name__ == "DaskTaskRunner"
     dask = on_dask(tmp_path / "dask")
     assert ran_on_workers(cluster, "score_shard_task") == ran_on_workers(cluster, "write_shard_task") == 8
-    single = make_pseudo_labels(data, weak.model, parse_config({**base, **distill}), tmp_path / "single", spec=weak.spec)
+    single = label(data, weak, parse_config({**base, **distill}), tmp_path / "single")
     assert single.stream.rows == dask.stream.rows
     assert_same(dask, single)
     a, b = pd.read_parquet(dask.path), pd.read_parquet(single.path)

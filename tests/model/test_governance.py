@@ -1,9 +1,10 @@
 """Governance on planted data.
 
-Plain-function tests (fast, hand-made data): pseudo labels on rows equal or near test rows are found with
-the planted count and handled by each policy, also on every self-training round's relabelled set; a
-failed check still logs its finding tables. Pipeline tests (slow): 2 test rows copied into the weak
-split, 3 near copies in the unlabeled split, and a feature that copies the label."""
+Plain-function tests (hand-made data): pseudo labels on rows equal or near test rows are found with the
+planted count and handled by each policy, also on every self-training round's relabelled sets (a tiny
+real network relabels real rows among which the copies are planted); a failed check still logs its
+finding tables. Pipeline tests: 2 test rows copied into the weak split, 3 near copies in the unlabeled
+split, and a feature that copies the label."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sklearn.datasets import load_digits
 
 from tasks.config import Config, DemoData, FilesData, load_config
 from tasks.core.pseudo import HIST_BINS, StreamResult, ThresholdPolicy
-from tasks.data import PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
+from tasks.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
 from tasks.governance import GovernanceError, check_pseudo, check_training, run_logged
 from tasks.pseudo_label import Calibration, PseudoLabels
 from tests.conftest import fast_config
@@ -31,16 +32,21 @@ NEAR_TEST_ROWS = [10, 55, 90, 120]  # test rows copied with a small jitter
 
 @pytest.fixture(scope="module")
 def hand_data() -> PipelineData:
-    """200 digits test rows; 600 training rows: 200 gold (train/dev), 200 weak, 200 unlabeled."""
+    """200 digits test rows; 600 training rows: 200 gold (3 folds), 200 weak, 200 unlabeled, of which the
+    first 7 are copies of test rows (3 exact, 4 within jitter sd 0.05 on a 0-16 pixel scale)."""
     x, y = load_digits(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(y))
     test = pd.DataFrame(x[order[:200]], columns=FEATURES).assign(label=pd.array(y[order[:200]], dtype="Int64"))
     idx = order[200:800]
     train = pd.DataFrame(x[idx], columns=FEATURES)
+    copies = np.concatenate([x[order[EXACT_TEST_ROWS]], x[order[NEAR_TEST_ROWS]]
+                             + np.random.default_rng(1).normal(0, 0.05, (4, 64))])
+    train.iloc[400:407, :64] = copies
     train["label"] = pd.array([*y[idx[:200]], *[pd.NA] * 400], dtype="Int64")
     train["weak_label"] = np.where((np.arange(600) >= 200) & (np.arange(600) < 400), y[idx], -1)
     train[PROVENANCE] = np.repeat(["gold", "weak", "unlabeled"], 200)
-    train[SPLIT] = np.repeat(["gold_train", "gold_dev", "weak", "unlabeled"], [140, 60, 200, 200])
+    train[SPLIT] = train[PROVENANCE]
+    train[FOLD] = np.where(np.arange(600) < 200, np.arange(600) % 3, -1)
     train[ROW_ID] = np.arange(600)
     spec = FilesData(train_path=Path("unused-train.parquet"), test_path=Path("unused-test.parquet"),
                      feature_columns=FEATURES, weak_label_columns=["weak_label"], classes=list(range(10)))
@@ -51,7 +57,7 @@ def planted_pseudo(data: PipelineData, folder: Path, rows: int = 40, round_: int
     """``rows`` unlabeled rows as a kept pseudo set, the first 3 replaced by exact copies of test rows and
     the next 4 by near copies (jitter sd 0.05 on a 0-16 pixel scale)."""
     rng = np.random.default_rng(seed)
-    kept = data.rows("unlabeled").head(rows)[[ROW_ID, SPLIT, *FEATURES]].reset_index(drop=True)
+    kept = data.rows("unlabeled").iloc[7:].head(rows)[[ROW_ID, SPLIT, *FEATURES]].reset_index(drop=True)
     kept.insert(2, "source", "train")
     test_x = data.x(data.test)
     if rows >= 7:
@@ -65,7 +71,7 @@ def planted_pseudo(data: PipelineData, folder: Path, rows: int = 40, round_: int
     kept.to_parquet(path, index=False)
     counts = np.bincount(kept["pseudo_label"], minlength=10)
     stream = StreamResult(thresholds=np.full(10, 0.9), candidates=counts.copy(), kept=counts.copy(),
-                          cap_cutoff=np.full(10, np.nan), fell_back=np.zeros(10, bool),
+                          cap_cutoff=np.full(10, np.nan), uncertified=np.zeros(10, bool),
                           histogram=np.zeros(HIST_BINS, np.int64), rows=len(kept))
     per_class = pd.DataFrame({"class": data.classes, "kept": counts})
     return PseudoLabels(path, ThresholdPolicy(), stream, Calibration(1.0, {}, {}), per_class, None, None, round_)
@@ -129,7 +135,9 @@ def local_mlflow(_mlflow_store, request):
 
 def test_a_failed_check_still_logs_every_finding_table(hand_data, local_mlflow):
     client, exp = local_mlflow
-    data = PipelineData(train=hand_data.train.copy(), test=hand_data.test, spec=hand_data.spec, classes=hand_data.classes)
+    planted = hand_data.rows("unlabeled").head(7).index  # this test plants its own copies
+    data = PipelineData(train=hand_data.train.drop(index=planted), test=hand_data.test, spec=hand_data.spec,
+                        classes=hand_data.classes)
     near = data.train.index[data.train[SPLIT] == "unlabeled"][:3]
     rng = np.random.default_rng(5)
     data.train.loc[near, FEATURES] = data.x(data.test)[[7, 8, 9]] + rng.normal(0, 0.05, (3, 64))
@@ -145,58 +153,77 @@ def test_a_failed_check_still_logs_every_finding_table(hand_data, local_mlflow):
     assert {"governance/summary.txt", "governance/summary.json", "governance/label_leakage_all.parquet"} <= paths
 
 
-SPEC = object()  # stands in for the round model's ModelSpec
+@pytest.fixture(scope="module")
+def real_weak(hand_data, tmp_path_factory):
+    """A tiny real cross-fitted weak model on the hand-made rows, and its pseudo sets with every candidate
+    kept (threshold 0), the planted test copies included; then the same sets after pseudo_near_test=drop."""
+    from tasks.governance import check_all_pseudo
+    from tasks.pseudo_label import label_all
+    from tasks.weak_labels import make_weak_labels
+    from tasks.weak_train import train_weak
+
+    cfg = self_train_config(tmp_path_factory.mktemp("ws"), "drop")
+    labels = make_weak_labels(hand_data, cfg)
+    weak = train_weak(hand_data, labels, cfg)
+    raw = label_all(hand_data, weak, cfg, tmp_path_factory.mktemp("pseudo"))
+    clean, findings = check_all_pseudo(hand_data, raw, cfg)
+    return labels, weak, raw, clean, findings
 
 
-def _stub_training(monkeypatch, data: PipelineData, folder: Path) -> list[set]:
-    """Replace the network and the relabelling in self-training: each round 'trains' instantly (the rows
-    it trained on are recorded) and each relabelling returns a fresh planted set of 60 rows."""
-    import tasks.full_train as ft
-
-    trained_on: list[set] = []
-
-    def augment(data_, pseudo, cfg, on_epoch=None):
-        trained_on.append(set(pseudo.kept[ROW_ID]))
-        return ft.FullModel(None, SPEC, [], -1, pseudo)
-
-    def relabel(data_, model, cfg, out_dir=None, round_=0, held_out=True, spec=None):
-        # the round's spec must reach the relabelling, so sharded workers rebuild the net from it
-        assert spec is SPEC, spec
-        return planted_pseudo(data, folder, rows=60, round_=round_, seed=10 + round_)
-
-    monkeypatch.setattr(ft, "augment", augment)
-    monkeypatch.setattr(ft, "make_pseudo_labels", relabel)
-    return trained_on
+def self_train_config(workspace: Path, policy_: str, *more: str) -> Config:
+    return load_config(None, [f"tracking.workspace={workspace}", "weak_train.model=mlp", "weak_train.hidden=[32]",
+                              "full_train.model=mlp", "full_train.hidden=[32]", "weak_train.epochs=3",
+                              "full_train.epochs=2", "pseudo_label.policy=fixed", "pseudo_label.threshold=0.0",
+                              "full_train.strategy=self_train", f"governance.pseudo_near_test={policy_}", *more])
 
 
-def test_every_self_training_round_passes_its_relabelled_set_through_pseudo_near_test(hand_data, tmp_path, monkeypatch):
+def test_the_pseudo_sets_of_every_weak_model_are_checked(hand_data, real_weak):
+    _, _, raw, clean, findings = real_weak
+    planted_ids = set(hand_data.rows("unlabeled").head(7)[ROW_ID])
+    for before, after in zip((raw.refit, *raw.folds), (clean.refit, *clean.folds)):
+        assert planted_ids <= set(before.kept[ROW_ID])  # threshold 0 keeps every candidate
+        assert not planted_ids & set(after.kept[ROW_ID]) and after.kept_count == before.kept_count - 7
+        assert len(pd.read_parquet(before.path)) == before.kept_count  # the unchecked set is left as it was
+    assert findings.count("pseudo_near_test") == 7
+    assert findings.dropped == {"pseudo": 7, "pseudo_fold0": 7, "pseudo_fold1": 7, "pseudo_fold2": 7}
+
+
+def test_every_self_training_round_passes_its_relabelled_sets_through_pseudo_near_test(hand_data, real_weak,
+                                                                                      tmp_path):
     from tasks.full_train import self_training
 
-    trained_on = _stub_training(monkeypatch, hand_data, tmp_path)
-    initial = planted_pseudo(hand_data, tmp_path, rows=6, seed=3)  # clean, small: the relabelled set grows
-    cfg = policy("full_train.strategy=self_train", "full_train.self_train.max_rounds=2",
-                 "governance.pseudo_near_test=drop")
+    labels, weak, _, clean, _ = real_weak
+    cfg = self_train_config(tmp_path, "drop", "full_train.self_train.max_rounds=2",
+                            "full_train.self_train.min_growth=0", "full_train.self_train.dev_tolerance=1")
     seen = []
-    final = self_training(hand_data, initial, cfg, on_round=seen.append)
+    final = self_training(hand_data, labels, weak, clean, cfg, on_round=seen.append)
     planted_ids = set(hand_data.rows("unlabeled").head(7)[ROW_ID])
-    assert len(trained_on) == 2 and not trained_on[1] & planted_ids and len(trained_on[1]) == 53
-    assert seen[0].model.relabel_findings.count("pseudo_near_test") == 7
-    assert seen[0].model.relabel_findings.dropped == {"pseudo": 7} and seen[0].relabelled == 53
-    assert final.pseudo.round == 1 and final.pseudo.kept_count == 53
+    # round 1's students relabelled every candidate, the planted copies too: the check found and dropped them
+    found = seen[0].model.relabel_findings
+    assert found.count("pseudo_near_test") == 7
+    assert found.dropped == {"pseudo": 7, "pseudo_fold0": 7, "pseudo_fold1": 7, "pseudo_fold2": 7}
+    assert len(seen) == 2 and final.pseudo.round == 1
+    trained = final.provenance
+    assert not planted_ids & set(trained.loc[trained["label_source"].str.startswith("pseudo"), ROW_ID])
+    assert final.pseudo.kept_count == seen[0].relabelled == 200 - 7 + 200  # unlabeled + weak rows, copies gone
 
 
-def test_a_failed_round_check_is_logged_in_the_round_run_and_stops_training(hand_data, tmp_path, monkeypatch,
+def test_a_failed_round_check_is_logged_in_the_round_run_and_stops_training(hand_data, real_weak, tmp_path,
                                                                              local_mlflow):
     from tasks.full_train import log_round, self_training
 
     client, exp = local_mlflow
-    trained_on = _stub_training(monkeypatch, hand_data, tmp_path)
-    initial = planted_pseudo(hand_data, tmp_path, rows=6, seed=3)
-    cfg = policy("full_train.strategy=self_train", "full_train.self_train.max_rounds=3",
-                 "governance.pseudo_near_test=fail")
+    labels, weak, _, clean, _ = real_weak
+    cfg = self_train_config(tmp_path, "fail", "full_train.self_train.max_rounds=3")
+    seen = []
+
+    def on_round(rnd):
+        seen.append(rnd)
+        log_round(rnd, hand_data, parent.info.run_id, exp)
+
     with mlflow.start_run(experiment_id=exp) as parent, pytest.raises(GovernanceError, match="pseudo_near_test: 7"):
-        self_training(hand_data, initial, cfg, on_round=lambda r: log_round(r, hand_data, parent.info.run_id, exp))
-    assert len(trained_on) == 1  # never trained on the contaminated set
+        self_training(hand_data, labels, weak, clean, cfg, on_round=on_round)
+    assert len(seen) == 1  # round 2 never trained on the contaminated sets
     (rnd,) = client.search_runs([exp], "tags.`weakflow.stage` = 'self_train_round_1'")
     assert rnd.data.tags["governance"] == "failed" and rnd.data.metrics["pseudo_near_test_found"] == 7
     table = pd.read_parquet(client.download_artifacts(rnd.info.run_id, "governance/pseudo_near_test.parquet"))
@@ -212,7 +239,7 @@ def test_the_model_card_describes_the_set_the_final_model_trained_on_and_the_rec
 
     from tasks.core.selftrain import Round, SelfTrainResult
     from tasks.full_train import FullModel
-    from tasks.governance import Findings
+    from tasks.governance import CheckResult, Findings
     from tasks.register import Provenance, model_card, validation_result
 
     client, exp = local_mlflow
@@ -225,14 +252,14 @@ def test_the_model_card_describes_the_set_the_final_model_trained_on_and_the_rec
     round1_set = planted_pseudo(hand_data, tmp_path, rows=57, round_=1)
     checked = Findings({"pseudo_near_test": pd.DataFrame({ROW_ID: [1, 2]})}, {"pseudo_near_test": "dropped 2 row(s)"},
                        {"pseudo": 2})
-    final = FullModel(None, None, [], -1, round1_set)  # round 2 trained on round 1's relabelled set
+    final = FullModel(None, None, pseudo=round1_set)  # round 2 trained on round 1's relabelled set
     final.rounds = SelfTrainResult([Round(1, FullModel(None, None, relabel_findings=checked), 0.9, 40, 59),
                                     Round(2, final, 0.91, 57)], chosen=1)
     score = SimpleNamespace(accuracy=0.9321, macro_f1=0.9288, ece=0.0417)
-    evaluation = SimpleNamespace(final=score, gold_only=SimpleNamespace(accuracy=0.8811, macro_f1=0.8765),
-                                 weak=SimpleNamespace(accuracy=0.8502))
+    evaluation = SimpleNamespace(shipped=score, gold_only=SimpleNamespace(accuracy=0.8811, macro_f1=0.8765),
+                                 weak=SimpleNamespace(accuracy=0.8502), shipped_name="final")
     prov = Provenance([{"source": "weak_label", "coverage": 0.61, "accuracy": 0.83}], 40, 0.912,
-                      {"pseudo_near_test": "0 found; none"}, {})
+                      {"pseudo_near_test": CheckResult(0, "none")}, {})
     card = model_card(hand_data, evaluation, cfg, prov, "3", "challenger", "all gates passed", validation, final)
     assert f"| pseudo-labelled ({cfg.pseudo_label.policy}; the set relabelled by self-training round 1's student) | 57 |" in card
     assert "(the set relabelled by self-training round 1's student): n/a (not measured" in card
@@ -280,7 +307,7 @@ def test_drop_and_warn_policies_record_counts_and_the_model_card(prefect_harness
 
     data = planted(materialize_demo(DemoData(), demo_root), tmp_path / "data")
     cfg = fast_config(tmp_path / "ws", *data, "governance.exact_duplicates=drop", "governance.near_duplicates=drop",
-                      "governance.label_leakage=warn")
+                      "governance.label_leakage=warn", "selection.ship=final")  # the card of the pseudo-labelled model
     result = training_pipeline(cfg)
     client, runs = stage_runs(cfg)
     gov = runs["governance"].data
@@ -297,7 +324,7 @@ def test_drop_and_warn_policies_record_counts_and_the_model_card(prefect_harness
     assert "label_leakage | 1 found; warned" in card and "Verdict: warned." in card
     # the card's numbers are this run's numbers
     e, weak = result.evaluation, runs["weak_labels"].data.metrics
-    assert f"| this model | {e.final.accuracy:.4f} | {e.final.macro_f1:.4f} |" in card
+    assert f"| this model | {e.shipped.accuracy:.4f} | {e.shipped.macro_f1:.4f} |" in card
     assert f"| gold-only baseline | {e.gold_only.accuracy:.4f} | {e.gold_only.macro_f1:.4f} |" in card
     assert f"| weak_label | {weak['source_weak_label_coverage']:.2f} | {1 - weak['source_weak_label_gold_accuracy']:.2f} |" in card
     pseudo_rows = int(runs["full_train"].data.metrics["train_rows_pseudo"])

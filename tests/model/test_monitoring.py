@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -17,7 +18,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from monitoring import alerts as alerts_mod
 from monitoring.alerts import DRIFT_EVENT, Alert, list_alerts, post_webhook, raise_once, record_feedback
 from monitoring.drift import DriftResult, DriftRule, decide, drift_report
 from monitoring.traffic import send, shifted_rows
@@ -66,35 +66,44 @@ def test_webhook_never_raises():
     assert post_webhook("http://127.0.0.1:9/hook", {"a": object()}, retries=3).startswith("failed: TypeError")
 
 
-def test_alert_row_once_per_detection_and_cool_down(tmp_path, monkeypatch):
+def test_alert_row_once_per_detection_and_cool_down(prefect_harness, tmp_path):
     """The row is written even when the event cannot be emitted and the webhook URL is broken; a second
     detection for the same version within the cool-down raises nothing; another version, or after the
-    cool-down, alerts again; cool-down 0 never suppresses."""
+    cool-down, alerts again; cool-down 0 never suppresses.
+
+    The first event fails in Prefect's real emitter: its payload (a drifted-column list of a very wide
+    table) is over the server's event size limit, so ``emit_event`` raises ``EventTooLarge``. The later
+    ones are emitted to the test harness's API and read back from it."""
+    from prefect.settings import get_current_settings
+
     url = f"sqlite:///{tmp_path / 'log.db'}"
-    emitted = []
-
-    def emit(name, model, version, payload):
-        if not emitted:
-            emitted.append(None)
-            raise RuntimeError("no events for you")
-        emitted.append(payload["alert_id"])
-        return f"event-{payload['alert_id']}"
-
-    monkeypatch.setattr(alerts_mod, "emit_event_for", emit)
-    alert = Alert("drift", "m", "1", 0.5, ["px_1"], True, "uri", "DRIFT: test")
+    name = f"cooldown-{uuid.uuid4().hex[:8]}"  # its own resources: no other test's events in the read-back
+    since = datetime.now(timezone.utc)
+    limit = get_current_settings().server.events.maximum_size_bytes
+    wide = {"drifted_columns": [f"feature_{i:09d}" for i in range(limit // 12)]}  # over the limit as JSON
+    alert = Alert("drift", name, "1", 0.5, ["px_1"], True, "uri", "DRIFT: test")
     t0 = datetime.now(timezone.utc)
-    first = raise_once(url, DRIFT_EVENT, alert, {"x": 1}, "http://[::1/hook", cooldown_minutes=60, now=t0)
+    first = raise_once(url, DRIFT_EVENT, alert, wide, "http://[::1/hook", cooldown_minutes=60, now=t0)
     assert first.alert_id == 1 and first.event_id is None and first.webhook.startswith("failed: InvalidURL")
+    assert first.text == f"alert 1, event not emitted, webhook {first.webhook}"
     row = list_alerts(url).iloc[0]
-    assert row["webhook"] == first.webhook and "[event not emitted: RuntimeError: no events for you]" in row["message"]
+    assert row["webhook"] == first.webhook and "[event not emitted: EventTooLarge: " in row["message"]
+    assert row["message"].startswith("DRIFT: test [event not emitted: ")
     again = raise_once(url, DRIFT_EVENT, alert, {"x": 1}, cooldown_minutes=60, now=t0 + timedelta(minutes=30))
     assert again.alert_id is None and again.text.startswith("suppressed: alerted at ") and "cool-down 60 min" in again.text
     other = raise_once(url, DRIFT_EVENT, Alert(**{**alert.__dict__, "model_version": "2"}), {"x": 1},
                        cooldown_minutes=60, now=t0 + timedelta(minutes=30))
     later = raise_once(url, DRIFT_EVENT, alert, {"x": 1}, cooldown_minutes=60, now=t0 + timedelta(minutes=61))
     off = raise_once(url, DRIFT_EVENT, alert, {"x": 1}, cooldown_minutes=0, now=t0 + timedelta(minutes=62))
-    assert (other.alert_id, later.alert_id, off.alert_id) == (2, 3, 4) and emitted == [None, 2, 3, 4]
-    assert len(list_alerts(url)) == 4 and later.event_id == "event-3"
+    assert (other.alert_id, later.alert_id, off.alert_id) == (2, 3, 4)
+    assert len(list_alerts(url)) == 4 and all(r.event_id for r in (other, later, off))
+    assert not any("event not emitted" in m for m in list_alerts(url)["message"].iloc[:3])  # rows 4, 3, 2
+    # what reached Prefect: one event per raised alert except the first, none for the suppressed detection
+    v1 = drift_events(f"weakflow.model.{name}.v1", since)
+    v2 = drift_events(f"weakflow.model.{name}.v2", since)
+    assert sorted(str(e.id) for e in v1) == sorted([later.event_id, off.event_id])
+    assert sorted(e.payload["alert_id"] for e in v1) == [3, 4]
+    assert [str(e.id) for e in v2] == [other.event_id] and v2[0].payload["alert_id"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +205,7 @@ def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, web
     traffic = serve_traffic(cfg, log_url, shifted_rows(test, spec.feature_columns, "label", shift, 360, seed=1), spec)
     assert traffic.answered == 18 and not traffic.errors
     if shift == "none":  # delayed gold labels for half the rows: quality joins the report
+        mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the labels are checked against v1's classes there
         record_feedback(log_url, pd.DataFrame(traffic.feedback[:180]))
         # and the newest rows are a previous version's, shifted: the v1 window must leave them out
         write_old_version_rows(log_url, cfg.tracking.model_name,

@@ -17,7 +17,8 @@ from tasks.config import DemoData
 from tasks.core.training import fit, predict_proba
 from tasks.data import assemble, class_set, materialize_demo, read_raw
 from tasks.modeling import new_model, settings
-from tasks.pseudo_label import make_pseudo_labels
+from tasks.core.pseudo import DevSet
+from tasks.pseudo_label import Calibration, Judge, make_pseudo_labels
 from tasks.register import MODEL_ENTRY
 from tasks.report import (
     HTML_FILE,
@@ -38,10 +39,10 @@ SECTIONS = ["summary", "gate", "headline", "per-class", "calibration", "confusio
 @pytest.fixture(scope="module")
 def setup(demo_root, tmp_path_factory):
     ws = tmp_path_factory.mktemp("report-ws")
-    cfg = fast_config(ws, "report.top_k=5",
+    cfg = fast_config(ws, "report.top_k=5", "pseudo_label.policy=fixed",
                       "full_train.model=mlp", "full_train.hidden=[64]")  # a small MLP trains 4x faster than the CNN
     raw = read_raw(materialize_demo(DemoData(), demo_root))
-    data = assemble(raw, class_set(raw))
+    data = assemble(raw, class_set(raw)).fold_view(0)  # train on folds 1-2 of the gold rows, judge on fold 0
     gold, dev = data.rows("gold_train"), data.rows("gold_dev")
 
     def train(epochs: int):
@@ -54,7 +55,9 @@ def setup(demo_root, tmp_path_factory):
     x = data.x(data.test)
     probs = {"final": predict_proba(good, x), "weak": predict_proba(poor, x), "gold_only": predict_proba(good, x)}
     labels = make_weak_labels(data, cfg)
-    pseudo = make_pseudo_labels(data, good, cfg, ws / "pseudo")
+    held = predict_proba(good, data.x(dev))
+    judge = Judge(1.0, DevSet(held.argmax(1), held.max(1), data.y(dev)), DevSet(held.argmax(1), held.max(1), data.y(dev)))
+    pseudo = make_pseudo_labels(data, good, cfg, judge, Calibration(1.0, {}, {}), ws / "pseudo")
     return cfg, data, good, poor, spec, probs, labels, pseudo
 
 
@@ -74,7 +77,7 @@ def test_report_without_champion_says_so_and_shows_the_rest(setup):
         assert f'<section id="{section}">' in page
     assert NO_CHAMPION in page and NO_CHAMPION in md
     assert review.vs_champion == "no champion" and "champion accuracy" not in page
-    assert "gold-only baseline" in page and "weak model" in page
+    assert "gold-only model" in page and "weak model" in page
     assert page.count('<table class="confusion">') == 3  # challenger, gold-only, weak side by side
     assert "Pending: the register stage" in page
     # robustness: challenger only, every corruption that applies to 8x8 images, at both severities

@@ -37,6 +37,43 @@ def two_versions(prefect_harness, tmp_path_factory):
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def registry_restored(two_versions):
+    """Every test starts from the registry the fixture made and leaves it so: the champion alias, the
+    challenger alias, the model's champion_history and every version's tags are put back afterwards, so
+    promotions, rollbacks and hot reloads in one test cannot decide another's outcome (any order works)."""
+    cfg = two_versions
+    mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the in-process server loads from the global URI
+    client, name = MlflowClient(cfg.tracking.resolved_uri), cfg.tracking.model_name
+
+    def snapshot() -> tuple[dict, dict, dict]:
+        model = client.get_registered_model(name)
+        return (dict(model.aliases), dict(model.tags),
+                {mv.version: dict(mv.tags) for mv in client.search_model_versions(f"name = '{name}'")})
+
+    aliases, model_tags, version_tags = snapshot()
+    yield
+    now_aliases, now_model_tags, now_version_tags = snapshot()
+    for alias in set(now_aliases) - set(aliases):
+        client.delete_registered_model_alias(name, alias)
+    for alias, version in aliases.items():
+        if now_aliases.get(alias) != version:
+            client.set_registered_model_alias(name, alias, version)
+    for key in set(now_model_tags) - set(model_tags):
+        client.delete_registered_model_tag(name, key)
+    for key, value in model_tags.items():
+        if now_model_tags.get(key) != value:
+            client.set_registered_model_tag(name, key, value)
+    for version, tags in version_tags.items():
+        now = now_version_tags.get(version, {})
+        for key in set(now) - set(tags):
+            client.delete_model_version_tag(name, version, key)
+        for key, value in tags.items():
+            if now.get(key) != value:
+                client.set_model_version_tag(name, version, key, value)
+    assert snapshot() == (aliases, model_tags, version_tags)
+
+
 def cli(cfg, command: str, *rest: str) -> int:
     """The real console entry point, on the fixture's workspace and FAST settings (``rest`` wins)."""
     return main([command, "--workspace", str(cfg.tracking.workspace), *sum((["--set", o] for o in FAST), []), *rest])
@@ -67,23 +104,20 @@ def test_promote_refused_by_the_gates_leaves_the_champion(two_versions, capsys):
 def test_promote_then_rollback_records_who_when_why(two_versions, capsys):
     cfg = two_versions
     client, name = MlflowClient(cfg.tracking.resolved_uri), cfg.tracking.model_name
-    try:
-        assert cli(cfg, "promote", "2", "--reason", "reviewed: same accuracy, newer data") == 0
-        assert "v2 is champion (was v1)" in capsys.readouterr().out
-        tags = client.get_model_version(name, "2").tags
-        assert tags["promoted_reason"] == "reviewed: same accuracy, newer data"
-        assert tags["previous_champion"] == "1" and tags["promoted_by"] and tags["promoted_at"]
-        assert registry.champion_version(client, name) == "2"
-        assert "challenger" not in client.get_registered_model(name).aliases  # v2 was the challenger
-        assert cli(cfg, "rollback", "--reason", "canary errors") == 0
-        assert registry.champion_version(client, name) == "1"
-        v1 = client.get_model_version(name, "1").tags
-        assert v1["rolled_back_reason"] == "canary errors" and v1["rolled_back_from"] == "2"
-        assert v1["previous_champion"] == "none"  # its own history is kept, not overwritten by the step back
-        assert cli(cfg, "rollback") == 1  # v1 was the first champion
-        assert "no previous one" in capsys.readouterr().err
-    finally:
-        client.set_registered_model_alias(name, "champion", "1")
+    assert cli(cfg, "promote", "2", "--reason", "reviewed: same accuracy, newer data") == 0
+    assert "v2 is champion (was v1)" in capsys.readouterr().out
+    tags = client.get_model_version(name, "2").tags
+    assert tags["promoted_reason"] == "reviewed: same accuracy, newer data"
+    assert tags["previous_champion"] == "1" and tags["promoted_by"] and tags["promoted_at"]
+    assert registry.champion_version(client, name) == "2"
+    assert "challenger" not in client.get_registered_model(name).aliases  # v2 was the challenger
+    assert cli(cfg, "rollback", "--reason", "canary errors") == 0
+    assert registry.champion_version(client, name) == "1"
+    v1 = client.get_model_version(name, "1").tags
+    assert v1["rolled_back_reason"] == "canary errors" and v1["rolled_back_from"] == "2"
+    assert v1["previous_champion"] == "none"  # its own history is kept, not overwritten by the step back
+    assert cli(cfg, "rollback") == 1  # v1 was the first champion
+    assert "no previous one" in capsys.readouterr().err
 
 
 # --- the server -------------------------------------------------------------------------------------
@@ -220,7 +254,6 @@ def test_server_subprocess_hot_reload_under_traffic_and_flush_on_sigterm(two_ver
 
         window = load_window(f"sqlite:///{log_db}", [f"px_{i}" for i in range(64)], rows=40)
         assert window["label"].notna().sum() == 40  # the feedback joined the served rows
-    finally:
-        client.set_registered_model_alias(name, "champion", "1")
+    finally:  # the alias and history it moved are put back by registry_restored
         if proc.poll() is None:
             proc.kill()

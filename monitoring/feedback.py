@@ -1,0 +1,177 @@
+"""Delayed gold labels for served rows (``weakflow feedback FILE``): read and check the whole file before
+anything is stored.
+
+A file is refused, with one line naming the column, the rows and the bad values, when a column is
+missing, it has no rows, a ``request_id`` is empty, a ``row_index`` is not a non-negative integer, a
+(request_id, row_index) was never served, or a label is empty, not an integer, or not a class of the
+model version that answered that row. Rows are **data rows counted from 1** (row 1 is the first row
+after the header; in a CSV without blank lines, row N is on line N + 1).
+
+The class set comes from the model version each row's log entry names (``model_name``,
+``model_version``), read from that version's registered artifact, rather than from whatever version is
+champion now: the label has to fit the model that made the prediction, which after a hot reload or a
+rollback need not be the current champion (and a retrained champion may have another class set).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ("request_id", "row_index", "label")
+SHOWN = 10  # problems listed in the message; the rest are counted
+ROWS_NOTE = "rows are data rows counted from 1, the header not counted"
+_INT = re.compile(r"[+-]?\d+(\.0*)?")
+
+ClassesOf = Callable[[str, str], Sequence[Any]]  # (model name, version) -> that version's classes
+
+
+class FeedbackError(ValueError):
+    """A feedback file that cannot be stored; one line, and nothing was stored."""
+
+
+def read_feedback(path: Path) -> pd.DataFrame:
+    """The file as written: a CSV is read as text (no "2.5" turned into 2.5 or a request id into a number),
+    a Parquet file keeps its types. Any failure is a :class:`FeedbackError`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise FeedbackError(f"has suffix {suffix!r}; expected .csv, .parquet or .pq")
+    if not path.is_file():
+        raise FeedbackError("does not exist or is not a file")
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_parquet(path)
+    except pd.errors.EmptyDataError as exc:
+        raise FeedbackError(f"is empty; expected a header {','.join(COLUMNS)} and one row per label") from exc
+    except Exception as exc:  # the CSV parser and pyarrow raise many types; all mean "unreadable"
+        raise FeedbackError(f"cannot be read as {suffix.lstrip('.')}: {type(exc).__name__}: {exc}") from exc
+
+
+def _show(value: Any) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or \
+        (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is one (3, 3.0, "3", " 3 ", "3.0"); None otherwise (2.5, "cat", True)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if math.isfinite(value) and float(value).is_integer() else None
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(float(value.strip())) if "." in value else int(value.strip())
+    return None
+
+
+def describe_classes(classes: Sequence[Any]) -> str:
+    ints = all(isinstance(c, (int, np.integer)) for c in classes)
+    if ints and len(classes) > 3 and list(classes) == list(range(int(classes[0]), int(classes[0]) + len(classes))):
+        return f"{classes[0]}-{classes[-1]}"
+    return ", ".join(str(c) for c in classes)
+
+
+def check_label(value: Any, classes: Sequence[Any] | None, model: str = "") -> tuple[Any, str | None]:
+    """The one place a label is judged: ``(label, None)`` when ``value`` is a label of ``classes`` (the
+    class set of the version that answered the row; ``None``: the format only), else ``(None, why)``.
+    Labels are integers today; named (string) classes would be matched here, by name, when a model's
+    ``classes`` hold strings."""
+    if _is_empty(value):
+        return None, "empty; expected an integer class label"
+    label = _integer(value)
+    if label is None:
+        return None, f"{_show(value)} is not an integer class label"
+    if classes is not None and label not in {int(c) for c in classes}:
+        return None, f"{label} is not a class of {model} (its classes: {describe_classes(classes)})"
+    return label, None
+
+
+@dataclass
+class Problem:
+    column: str
+    row: int | None  # data row from 1; None: the whole file
+    text: str
+
+    def __str__(self) -> str:
+        where = f"column {self.column!r}" if self.row is None else f"column {self.column!r} row {self.row}"
+        return f"{where}: {self.text}"
+
+
+def refuse(problems: list[Problem]) -> FeedbackError:
+    shown = "; ".join(str(p) for p in problems[:SHOWN])
+    more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+    noun = "problem" if len(problems) == 1 else "problems"
+    return FeedbackError(f"{len(problems)} {noun}, nothing stored ({ROWS_NOTE}): {shown}{more}")
+
+
+def check_feedback(labels: pd.DataFrame, served: Callable[[list[str]], dict[tuple[str, int], tuple[str, str]]],
+                   classes_of: ClassesOf) -> list[tuple[str, int, Any]]:
+    """Every row checked (see the module docstring) before anything is stored: the ``(request_id,
+    row_index, label)`` rows to store, or :class:`FeedbackError` listing what is wrong.
+
+    ``served(request_ids)`` maps each logged ``(request_id, row_index)`` of those requests to the
+    ``(model_name, model_version)`` that answered it; ``classes_of(name, version)`` is that version's
+    class set."""
+    missing = [c for c in COLUMNS if c not in labels.columns]
+    if missing:
+        raise FeedbackError(f"missing column(s) {', '.join(map(repr, missing))}: expected the columns "
+                            f"{','.join(COLUMNS)}; got {','.join(map(str, labels.columns)) or 'none'}")
+    if labels.empty:
+        raise FeedbackError(f"no rows: only a header; expected one row per label ({','.join(COLUMNS)}); "
+                            "nothing stored")
+    problems: list[Problem] = []
+    keys: list[tuple[str, int] | None] = []
+    for row, (rid, idx) in enumerate(zip(labels["request_id"], labels["row_index"]), start=1):
+        rid_ok = not _is_empty(rid)
+        if not rid_ok:
+            problems.append(Problem("request_id", row, "empty"))
+        index = None if _is_empty(idx) else _integer(idx)
+        if index is None or index < 0:
+            problems.append(Problem("row_index", row, f"{'empty' if _is_empty(idx) else _show(idx)}; expected an "
+                                                      "integer >= 0 (the record's position in its request)"))
+        keys.append((str(rid).strip(), index) if rid_ok and index is not None and index >= 0 else None)
+    answered = served(sorted({k[0] for k in keys if k is not None}))
+    unknown = [(row, k) for row, k in enumerate(keys, start=1) if k is not None and k not in answered]
+    for row, (rid, index) in unknown:
+        problems.append(Problem("request_id,row_index", row, f"no logged prediction for ({rid!r}, {index})"))
+    class_sets: dict[tuple[str, str], Sequence[Any] | None] = {}
+    for model in sorted({answered[k] for k in keys if k in answered}):
+        try:
+            class_sets[model] = classes_of(*model)
+        except Exception as exc:  # noqa: BLE001 - a deleted version or an unreachable registry: refuse, say why
+            class_sets[model] = None
+            rows = [row for row, k in enumerate(keys, start=1) if answered.get(k) == model]
+            problems.append(Problem("label", None, f"cannot read the class set of {model[0]} v{model[1]} (which "
+                                                   f"answered rows {_rows(rows)}): {type(exc).__name__}: "
+                                                   f"{str(exc).splitlines()[0] if str(exc) else ''}"))
+    out = []
+    for row, (key, value) in enumerate(zip(keys, labels["label"]), start=1):
+        model = answered.get(key) if key is not None else None
+        label, why = check_label(value, class_sets.get(model) if model else None,
+                                 f"{model[0]} v{model[1]}" if model else "")
+        if why:
+            problems.append(Problem("label", row, why))
+        elif key is not None:
+            out.append((key[0], key[1], label))
+    if problems:
+        problems.sort(key=lambda p: (p.row or 0))
+        raise refuse(problems)
+    return out
+
+
+def _rows(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")

@@ -1,0 +1,110 @@
+"""Stage select: which model ships, decided on the gold rows and never on the test split.
+
+The candidates (the gold-only model, the weak model and the final, pseudo-labelled model) are each judged
+on every gold row by a fold model that never trained on it. The one with the highest out-of-fold accuracy
+ships (ties: the lower out-of-fold log-loss, then the simpler model), unless ``selection.ship`` names
+one. Paired bootstrap intervals over the gold rows say how sure that choice is, and the reason, in
+words, goes to the run summary, the pipeline run's tags and the review report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from tasks import tracking
+from tasks.config import Config
+from tasks.core.bootstrap import BootstrapResult, paired_bootstrap
+from tasks.data import PipelineData
+from tasks.modeling import TrainedModel
+from tasks.stage import stage_task
+
+ORDER = ("gold_only", "weak", "final")  # simplest first: a tie ships the simpler model
+LABELS = {"gold_only": "gold-only model", "weak": "weak model", "final": "final (pseudo-labelled) model"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The shipped candidate, why, and every candidate's cross-fitted gold figures."""
+
+    chosen: str
+    reason: str
+    table: pd.DataFrame  # candidate, oof_accuracy (+ interval), oof_log_loss, delta vs chosen (+ interval)
+    boot: BootstrapResult | None
+    model: TrainedModel
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"weakflow.shipped": self.chosen, "weakflow.shipped_reason": self.reason[:5000]}
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
+
+
+def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = "best", samples: int = 1000,
+           seed: int = 0, missing: dict[str, str] | None = None) -> Selection:
+    """Pick the candidate to ship from their calibrated out-of-fold gold probabilities. ``missing``: the
+    candidates that could not be trained, with why (e.g. no weak vote anywhere)."""
+    missing = missing or {}
+    names = [n for n in ORDER if n in candidates]
+    if not names:
+        raise ValueError("select: no candidate model to choose from")
+    probs = {n: candidates[n].oof_probs for n in names}
+    acc = {n: float((p.argmax(1) == y_gold).mean()) for n, p in probs.items()}
+    nll = {n: log_loss(p, y_gold) for n, p in probs.items()}
+    best = max(names, key=lambda n: (acc[n], -nll[n], -ORDER.index(n)))
+    chosen = best if ship == "best" else ship
+    if chosen not in candidates:
+        raise ValueError(f"select: selection.ship = {ship} but that candidate was not trained: {missing.get(ship, '')}")
+    boot = paired_bootstrap(y_gold, probs, [(chosen, n) for n in names if n != chosen], samples=samples, seed=seed)
+    rows = []
+    for n in names:
+        iv = boot.intervals[n]["accuracy"]
+        d = boot.delta(chosen, n, "accuracy")
+        rows.append({"candidate": n, "oof_accuracy": acc[n], "oof_accuracy_low": iv.low, "oof_accuracy_high": iv.high,
+                     "oof_log_loss": nll[n], "chosen_minus_this": d.interval.estimate if d else 0.0,
+                     "chosen_minus_this_low": d.interval.low if d else 0.0,
+                     "chosen_minus_this_high": d.interval.high if d else 0.0})
+    table = pd.DataFrame(rows)
+    return Selection(chosen, reason_text(chosen, ship, acc, nll, boot, missing), table, boot, candidates[chosen])
+
+
+def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, float], boot: BootstrapResult,
+                missing: dict[str, str]) -> str:
+    """One paragraph: what shipped, on which evidence, and how sure."""
+    others = ", ".join(f"{LABELS[n]} {acc[n]:.3f}" for n in acc if n != chosen)
+    figures = f"cross-fitted gold accuracy {acc[chosen]:.3f}" + (f" vs {others}" if others else "")
+    gaps = []
+    for n in acc:
+        d = boot.delta(chosen, n, "accuracy")
+        if d is not None:
+            iv = d.interval
+            gaps.append(f"{chosen} - {n} {iv.estimate:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]")
+    sure = f" (paired 95% intervals: {'; '.join(gaps)})" if gaps else ""
+    absent = "".join(f"; no {LABELS[n]}: {why}" for n, why in missing.items())
+    if ship != "best":
+        return f"selection.ship = {ship}: shipped the {LABELS[chosen]}; {figures}{sure}{absent}"
+    if chosen == "gold_only":
+        lead = "weak labels did not help on this data: shipped the gold-only model"
+    elif len(acc) > 1 and acc[chosen] == max(v for n, v in acc.items() if n != chosen):
+        lead = f"shipped the {LABELS[chosen]} (tied on accuracy, lower log-loss {nll[chosen]:.3f})"
+    else:
+        lead = f"shipped the {LABELS[chosen]}, the best on the gold rows"
+    return f"{lead}; {figures}{sure}{absent}"
+
+
+@stage_task("select")
+def select(data: PipelineData, candidates: dict[str, TrainedModel], cfg: Config, parent_run_id: str,
+           experiment_id: str, missing: dict[str, str] | None = None) -> Selection:
+    with tracking.stage_run("select", parent_run_id, experiment_id):
+        tracking.log_section(cfg.selection, "selection")
+        selection = choose(candidates, data.y(data.rows("gold")), cfg.selection.ship, cfg.selection.bootstrap_samples,
+                           cfg.seed, missing)
+        tracking.log_frame(selection.table, "selection", "candidates")
+        mlflow.log_metrics({f"oof_accuracy_{r.candidate}": r.oof_accuracy for r in selection.table.itertuples()})
+        mlflow.set_tags(selection.tags | {"mlflow.note.content": selection.reason})
+        return selection
