@@ -67,7 +67,7 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     missing = labels.missing()
     if not missing:
         t = time.perf_counter()
-        weak = train_weak(data, labels, cfg)
+        weak = train_weak(data, labels, cfg, gold_only=candidates["gold_only"])
         times["weak_train"] = time.perf_counter() - t
         t = time.perf_counter()
         pseudo, _ = check_all_pseudo(data, label_all(data, weak, cfg, Path(workspace) / "pseudo"), cfg)

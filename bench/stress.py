@@ -91,7 +91,7 @@ def load_dataset(name: str) -> Dataset:
     x, y = loader(return_X_y=True)
     k = int(y.max()) + 1
     if name == "digits":
-        spec = ModelSpec("cnn", x.shape[1], k, hidden=(64,), image_shape=(1, 8, 8))
+        spec = ModelSpec("cnn", x.shape[1], k, hidden=(64,), image_shape=(1, 8, 8), pool=True)  # the pipeline's CNN
     else:
         spec = ModelSpec("mlp", x.shape[1], k, hidden=(256, 256))
     return Dataset(name, x.astype(np.float32), y.astype(np.int64), spec)
@@ -350,9 +350,9 @@ def new_net(cell: Cell) -> nn.Module:
 
 
 def train(cell: Cell, x: np.ndarray, targets: np.ndarray, epochs: int, loss: str = "ce", rule=None,
-          weights: np.ndarray | None = None) -> nn.Module:
+          weights: np.ndarray | None = None, batch_size: int = 64) -> nn.Module:
     """Fixed-epoch training with the project's loop, no dev split (last epoch, no early stopping)."""
-    settings = TrainSettings(epochs=epochs, seed=cell.seed, loss=loss)
+    settings = TrainSettings(epochs=epochs, seed=cell.seed, loss=loss, batch_size=batch_size)
     return fit(new_net(cell), x, targets, settings, weights=weights, rule=rule).model
 
 
@@ -375,7 +375,8 @@ def col_oracle(cell: Cell, epochs: int) -> float:
 
 
 def gold_model(cell: Cell, epochs: int) -> nn.Module:
-    return train(cell, cell.x[cell.gold], cell.y[cell.gold], epochs)
+    """Batches of 32 on the small gold set, as the pipeline's own gold-only model (more steps per epoch)."""
+    return train(cell, cell.x[cell.gold], cell.y[cell.gold], epochs, batch_size=32)
 
 
 def col_naive(cell: Cell, epochs: int, loss: str) -> float:

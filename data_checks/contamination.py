@@ -27,6 +27,48 @@ def exact_pairs(reference: np.ndarray, rows: np.ndarray, decimals: int = 6) -> p
     return pairs.sort_values(["reference_index", "row_index"]).reset_index(drop=True)
 
 
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """How often test rows equal a training row, against how often training rows repeat among themselves.
+
+    Discrete features repeat by nature (8 small-integer survey answers: a third of the rows have a twin);
+    copied records stand out against that (a few percent of repeats inside training, a quarter of the test
+    rows copied). ``natural``: the test rows' share is no more than twice the training rows' own, plus 1%."""
+
+    test_rows: int
+    test_in_train: int
+    train_rows: int
+    train_with_twin: int
+
+    @property
+    def test_share(self) -> float:
+        return self.test_in_train / self.test_rows if self.test_rows else 0.0
+
+    @property
+    def train_share(self) -> float:
+        return self.train_with_twin / self.train_rows if self.train_rows else 0.0
+
+    @property
+    def natural(self) -> bool:
+        return self.test_in_train > 0 and self.train_share > 0 and self.test_share <= 2 * self.train_share + 0.01
+
+    def text(self) -> str:
+        return (f"{self.test_in_train} of {self.test_rows} test rows ({self.test_share:.1%}) equal a training row, while "
+                f"{self.train_with_twin} of {self.train_rows} training rows ({self.train_share:.1%}) equal another "
+                "training row")
+
+
+def repeats(test_hashes: np.ndarray, train_hashes: np.ndarray) -> Repeats:
+    """:class:`Repeats` from the row hashes of the test and training tables."""
+    train_counts = pd.Series(train_hashes).value_counts()
+    test_in = int(pd.Series(test_hashes).isin(train_counts.index).sum())
+    twins = int(train_counts[train_counts > 1].sum())
+    return Repeats(len(test_hashes), test_in, len(train_hashes), twins)
+
+
 def median_distinct_nn(z: np.ndarray, exact_tol: float = 1e-6) -> float:
     """Median distance from each distinct row of ``z`` to its nearest *other distinct* row.
 

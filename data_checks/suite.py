@@ -48,10 +48,11 @@ class ValidationReport:
     failures: list[Failure] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)  # GX checkpoint result, JSON-ready
     docs_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what passed but a reviewer should know
 
     def summary(self) -> str:
         if self.success:
-            return f"all {self.evaluated} expectations passed"
+            return f"all {self.evaluated} expectations passed" + "".join(f"; note: {n}" for n in self.notes)
         lines = [f"{len(self.failures)} of {self.evaluated} expectations failed:"]
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
@@ -77,10 +78,14 @@ def _exp(cls: Any, expected: str, **kwargs: Any) -> Any:
 
 
 def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
-                 test_copies: bool = True) -> list[_Table]:
+                 test_copies: bool = True, repeated_rows: str = "auto", notes: list[str] | None = None) -> list[_Table]:
     """Decide which expectations apply to which table (needs GX's expectation classes). ``test_copies``:
     a test row copied into training fails validation (governance.exact_duplicates = fail); otherwise
-    the governance stage drops or reports those copies by its policy."""
+    the governance stage drops or reports those copies by its policy. ``repeated_rows = auto``: test rows
+    equal to training rows no more often than training rows repeat among themselves are natural (discrete
+    features), not copies; a note says so. Without a class set only the columns are checked, and one
+    failure says where the classes should come from (a label check against an empty set would fail every
+    row and blame the training file)."""
     import great_expectations.expectations as gxe
 
     spec = raw.spec
@@ -91,6 +96,13 @@ def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
         _Table("test", raw.test, _column_checks(gxe, raw.test, test_cols, spec.feature_columns)),
     ]
     train_e, test_e = tables[0].expectations, tables[1].expectations
+    test_e.append(_exp(gxe.ExpectTableRowCountToBeBetween, "at least 1 row", min_value=1))
+    if not classes:
+        tables.append(_Table("class_set", pd.DataFrame({"classes": [0]}), [_exp(
+            gxe.ExpectColumnValuesToBeBetween,
+            f"at least one class: integer labels in the test file's {spec.label_column!r} column, or data.classes",
+            column="classes", min_value=1)]))
+        return tables
     class_text = f"a class in {classes}"
     if spec.label_column in raw.train.columns:
         train_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, f"{class_text} or empty (no gold label)",
@@ -99,14 +111,17 @@ def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
         if col in raw.train.columns:
             train_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, f"{class_text} or the abstain value {spec.abstain}",
                                 column=col, value_set=[*classes, spec.abstain]))
-    test_e.append(_exp(gxe.ExpectTableRowCountToBeBetween, "at least 1 row", min_value=1))
     if spec.label_column in raw.test.columns:
         test_e.append(_exp(gxe.ExpectColumnValuesToNotBeNull, "a gold label on every test row", column=spec.label_column))
         test_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, class_text, column=spec.label_column, value_set=classes))
     if spec.label_column in raw.train.columns:
         tables.append(_gold_counts(gxe, raw, classes, min_gold_per_class))
     if test_copies and all(c in raw.train.columns and c in raw.test.columns for c in spec.feature_columns):
-        tables.append(_test_overlap(gxe, raw))
+        overlap = _test_overlap(gxe, raw, repeated_rows)
+        if overlap.expectations:
+            tables.append(overlap)
+        elif notes is not None:
+            notes.append(overlap.name)
     return tables
 
 
@@ -137,18 +152,27 @@ def _gold_counts(gxe: Any, raw: RawTables, classes: list[int], minimum: int) -> 
     return _Table("gold_per_class", frame, checks)
 
 
-def _test_overlap(gxe: Any, raw: RawTables) -> _Table:
+def _test_overlap(gxe: Any, raw: RawTables, repeated_rows: str = "auto") -> _Table:
+    """The expectation that no test row equals a training row; none (and the note as the table's name) when
+    ``repeated_rows = auto`` finds the repeats natural."""
+    from data_checks.contamination import repeats
+
     features = raw.spec.feature_columns
-    train_hashes = feature_hashes(raw.train, features).value_counts()
+    train_h = feature_hashes(raw.train, features)
     test_hashes = feature_hashes(raw.test, features)
-    frame = pd.DataFrame({"training_copies": test_hashes.map(train_hashes).fillna(0).astype(int).to_numpy()})
-    check = _exp(gxe.ExpectColumnValuesToBeBetween, "no test row whose features equal a training row's",
-                 column="training_copies", max_value=0)
+    rates = repeats(test_hashes.to_numpy(), train_h.to_numpy())
+    if repeated_rows == "auto" and rates.natural:
+        return _Table(f"{rates.text()}: natural repeats of discrete features, not copies, so not counted as "
+                      "contamination (governance.repeated_rows: contamination counts every one)", raw.test, [])
+    frame = pd.DataFrame({"training_copies": test_hashes.map(train_h.value_counts()).fillna(0).astype(int).to_numpy()})
+    expected = "no test row whose features equal a training row's" + (
+        f" ({rates.text()}: more than training rows repeat among themselves, so copies)" if rates.train_share else "")
+    check = _exp(gxe.ExpectColumnValuesToBeBetween, expected, column="training_copies", max_value=0)
     return _Table("test_rows_in_training", frame, [check])
 
 
 def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_dir: Path | None = None,
-              test_copies: bool = True) -> ValidationReport:
+              test_copies: bool = True, repeated_rows: str = "auto") -> ValidationReport:
     """Run every check in one GX checkpoint; render Data Docs into ``docs_dir`` when given."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -170,7 +194,8 @@ def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_
     failures: list[Failure] = []
     evaluated = 0
     results: dict[str, Any] = {}
-    for table in build_tables(raw, classes, min_gold_per_class, test_copies):
+    notes: list[str] = []
+    for table in build_tables(raw, classes, min_gold_per_class, test_copies, repeated_rows, notes):
         # One checkpoint per table: GX takes the dataframe as a batch parameter of the whole run.
         batch = source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=table.name, expectations=table.expectations))
@@ -184,7 +209,8 @@ def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_
             evaluated += 1
             if not r.success:
                 failures.append(_describe(table, r))
-    return ValidationReport(success=not failures, evaluated=evaluated, failures=failures, result=results, docs_dir=docs_dir)
+    return ValidationReport(success=not failures, evaluated=evaluated, failures=failures, result=results,
+                            docs_dir=docs_dir, notes=notes)
 
 
 def _describe(table: _Table, r: Any) -> Failure:
@@ -204,7 +230,7 @@ def _describe(table: _Table, r: Any) -> Failure:
         label = {"gold_per_class": "class", "test_rows_in_training": "test row"}.get(table.name, "row")
         found = f"{res['unexpected_count']} bad value(s), e.g. {sample}"
         if where:
-            found += f" at {label} {where}"
+            found += f" at {label} {where}" + (" (data rows of the file, counted from 0)" if label != "class" else "")
     elif "observed_value" in res:
         found = f"{_plain(res['observed_value'])}"
     else:

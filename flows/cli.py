@@ -393,6 +393,30 @@ def _warm_imports() -> None:
     threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
 
 
+EXPECTED = ("DataError", "DataValidationError", "GovernanceError", "LabelingFunctionError", "ConfigError",
+            "RegistryError", "StageTimeout")  # errors the command reports itself, in one line
+
+
+def _quiet_expected_errors() -> None:
+    """Keep the terminal to the command's own one-line reason: Prefect logs a task's or flow's exception with
+    its traceback (twice, 76-129 lines) before the command could say what went wrong. Only the console
+    handlers are filtered; the run's logs in the Prefect API keep everything."""
+    import logging
+
+    class ExpectedErrors(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not record.name.startswith("prefect"):
+                return True
+            exc = record.exc_info[1] if record.exc_info else None
+            names = {type(exc).__name__} if exc is not None else set()
+            return not (names & set(EXPECTED) or any(f"{n}(" in record.getMessage() or f"{n}:" in record.getMessage()
+                                                     for n in EXPECTED))
+
+    for handler in logging.getLogger().handlers:
+        if "APILog" not in type(handler).__name__:
+            handler.addFilter(ExpectedErrors())
+
+
 def _run(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -401,6 +425,7 @@ def _run(cfg) -> int:
     _warm_imports()
     from flows.pipeline import run_training  # torch, MLflow, sklearn: ~3 s, while the API starts
 
+    _quiet_expected_errors()
     api_ready()
     result = run_training(cfg)  # on the task runner parallel.runner names
     _drain_prefect()

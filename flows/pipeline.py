@@ -56,7 +56,7 @@ def training_pipeline(cfg: Config) -> PipelineResult:
         candidates, missing = {"gold_only": baseline}, labels.missing()
         weak = pseudo = final = pseudo_checks = None
         if not missing:
-            weak = weak_train(data, labels, cfg, pid, experiment_id)
+            weak = weak_train(data, labels, baseline, cfg, pid, experiment_id)
             pseudo = pseudo_label(data, weak, cfg, pid, experiment_id)
             pseudo, pseudo_checks = pseudo_governance(data, pseudo, cfg, pid, experiment_id)
             final = full_train(data, labels, weak, pseudo, cfg, pid, experiment_id)

@@ -140,6 +140,10 @@ class WeakTrainConfig(TrainStageConfig):
                                 "clid_mu on the aggregated weak labels. Every method also trains on the gold rows")
     clid_mu: ClidMuConfig = ClidMuConfig()
     confident_learning: ConfidentLearningConfig = ConfidentLearningConfig()
+    anchored_prior: Literal["auto", "always", "never"] = Field(
+        "auto", description="anchored: add the gold-only model's calibrated p(class | x) to each weak row's vote "
+                            "evidence: auto = when the gold rows cannot pin down what the votes point to (vote rank "
+                            "stability under the confusion estimates' uncertainty below 0.9)")
     clid_monitor: bool = Field(False, description="also log the label-free CLID per epoch (on unlabeled rows) and its "
                                "rank correlation with the out-of-fold gold accuracy, for methods other than "
                                "clid_mu (which always measures it); costs about 10% of an epoch")
@@ -191,6 +195,10 @@ class GovernanceConfig(_Section):
     records how many, ``warn`` only records the finding."""
 
     exact_duplicates: Policy = Field("fail", description="test rows copied into any training source")
+    repeated_rows: Literal["auto", "contamination"] = Field(
+        "auto", description="auto: test rows equal to training rows are copies only when they are more common than "
+                            "training rows repeating among themselves (more than twice that share + 1%); discrete "
+                            "features (survey answers) repeat by nature; contamination: every such test row counts")
     near_duplicates: Policy = Field("drop", description="training rows within the near-duplicate distance of a test row")
     near_factor: float = Field(0.25, gt=0.0, description="near = within this x the median test-row NN distance")
     label_leakage: Literal["fail", "warn"] = Field("fail", description="a single feature that predicts the label")
@@ -370,10 +378,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level, found {type(loaded).__name__}")
-        raw = loaded or {}
+        raw = relative_to(loaded or {}, path.absolute().parent)
     for item in overrides or []:
         _apply_override(raw, item)
     return parse_config(raw, source=str(path) if path else "defaults")
+
+
+FILE_KEYS = (("data", "train_path"), ("data", "test_path"), ("data", "unlabeled_path"), ("tracking", "workspace"),
+             ("monitoring", "evidently_workspace"))
+
+
+def relative_to(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Paths written in a config file are relative to that file's folder, as a reader of the file expects
+    (``--set`` paths stay relative to the current folder, like any command-line path)."""
+    out = dict(raw)
+    for section, key in FILE_KEYS:
+        part = out.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str) and not Path(part[key]).expanduser().is_absolute():
+            out[section] = {**part, key: str(folder / Path(part[key]).expanduser())}
+    return out
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:

@@ -99,18 +99,48 @@ class PipelineData:
 
 
 def read_table(path: Path, field: str) -> pd.DataFrame:
-    """Read a Parquet or CSV file; any failure names the config field and the file."""
-    path = Path(path)
+    """Read a Parquet or CSV file; any failure names the config field and the file (its absolute path)."""
+    path = Path(path).absolute()
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):
         raise DataError(f"{field}: {path} has suffix {suffix!r}; expected .parquet, .pq or .csv")
     if not path.is_file():
         raise DataError(f"{field}: {path} does not exist or is not a file")
+    check_unique_columns(header_names(path, suffix, field), path, field)
     try:
         frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pyarrow and the CSV parser raise many types; all mean "unreadable"
         raise DataError(f"{field}: cannot read {path} as {suffix.lstrip('.')}: {type(exc).__name__}: {exc}") from exc
     return frame
+
+
+def header_names(path: Path, suffix: str, field: str) -> list[str]:
+    """The column names as the file spells them (pandas would rename a CSV's second ``px_5`` to ``px_5.1``
+    and pyarrow fails on a Parquet file's with a long schema dump)."""
+    try:
+        if suffix == ".csv":
+            import csv
+
+            with open(path, newline="") as handle:
+                return next(csv.reader(handle), [])
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as exc:
+        raise DataError(f"{field}: cannot read {path} as {suffix.lstrip('.')}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def check_unique_columns(names: list[str], path: Path, field: str) -> None:
+    """A column name twice: which copy is meant cannot be known, so the file is refused."""
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        seen.setdefault(name, []).append(i)
+    dupes = {n: at for n, at in seen.items() if len(at) > 1}
+    if dupes:
+        listed = "; ".join(f"{n!r} at columns {', '.join(str(i + 1) for i in at)}" for n, at in list(dupes.items())[:5])
+        raise DataError(f"{field}: {path} has duplicate column names ({listed}; columns count from 1); "
+                        "every column name must be unique")
 
 
 def read_raw(spec: FilesData) -> RawTables:

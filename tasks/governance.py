@@ -19,11 +19,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage
+from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage, repeats
 from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
-from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData
+from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData, hash_rows
 from tasks.pseudo_label import CrossPseudo, PseudoLabels
 
 T = TypeVar("T")
@@ -118,10 +118,14 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
     test_x, train = data.x(data.test), data.train
     train_x = data.x(train)
     exact = _pairs_with_rows(exact_pairs(test_x, train_x), train)
+    rates = repeats(hash_rows(test_x), hash_rows(train_x))
+    natural = g.repeated_rows == "auto" and rates.natural
     index = NearDuplicateIndex(test_x, g.near_factor)
     near = _pairs_with_rows(index.near_pairs(train_x), train)
-    drop = _apply("exact_duplicates", g.exact_duplicates, exact, findings, failures,
+    drop = _apply("exact_duplicates", "warn" if natural else g.exact_duplicates, exact, findings, failures,
                   "training row(s) equal a test row")
+    if natural:  # recorded, not acted on: the rows repeat as often as training rows repeat among themselves
+        findings.actions["exact_duplicates"] = f"natural repeats: {rates.text()} (governance.repeated_rows)"
     drop |= _apply("near_duplicates", g.near_duplicates, near, findings, failures,
                    f"training row(s) within {index.threshold:.3g} of a test row ({g.near_factor:g} x median "
                    f"test NN distance {index.median_nn:.3g})")

@@ -1,9 +1,10 @@
 """Stage select: which model ships, decided on the gold rows and never on the test split.
 
 The candidates (the gold-only model, the weak model and the final, pseudo-labelled model) are each judged
-on every gold row by a fold model that never trained on it. The one with the highest out-of-fold accuracy
-ships (ties: the lower out-of-fold log-loss, then the simpler model), unless ``selection.ship`` names
-one. Paired bootstrap intervals over the gold rows say how sure that choice is, and the reason, in
+on every gold row by a fold model that never trained on it. Of those whose out-of-fold accuracy is within
+one gold row of the best (one row is never evidence), the one with the lowest out-of-fold log-loss ships
+(a proper score that uses every probability, so it ranks with less noise than right/wrong on a few rows;
+then the simpler model), unless ``selection.ship`` names one. Paired bootstrap intervals over the gold rows say how sure that choice is, and the reason, in
 words, goes to the run summary, the pipeline run's tags and the review report.
 """
 
@@ -56,7 +57,9 @@ def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = 
     probs = {n: candidates[n].oof_probs for n in names}
     acc = {n: float((p.argmax(1) == y_gold).mean()) for n, p in probs.items()}
     nll = {n: log_loss(p, y_gold) for n, p in probs.items()}
-    best = max(names, key=lambda n: (acc[n], -nll[n], -ORDER.index(n)))
+    top = max(acc.values())
+    contenders = [n for n in names if acc[n] >= top - 1.0 / len(y_gold) - 1e-12]
+    best = min(contenders, key=lambda n: (nll[n], ORDER.index(n)))
     chosen = best if ship == "best" else ship
     if chosen not in candidates:
         raise ValueError(f"select: selection.ship = {ship} but that candidate was not trained: {missing.get(ship, '')}")
@@ -70,11 +73,12 @@ def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = 
                      "chosen_minus_this_low": d.interval.low if d else 0.0,
                      "chosen_minus_this_high": d.interval.high if d else 0.0})
     table = pd.DataFrame(rows)
-    return Selection(chosen, reason_text(chosen, ship, acc, nll, boot, missing), table, boot, candidates[chosen])
+    return Selection(chosen, reason_text(chosen, ship, acc, nll, boot, missing, len(y_gold)), table, boot,
+                     candidates[chosen])
 
 
 def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, float], boot: BootstrapResult,
-                missing: dict[str, str]) -> str:
+                missing: dict[str, str], rows: int) -> str:
     """One paragraph: what shipped, on which evidence, and how sure."""
     others = ", ".join(f"{LABELS[n]} {acc[n]:.3f}" for n in acc if n != chosen)
     figures = f"cross-fitted gold accuracy {acc[chosen]:.3f}" + (f" vs {others}" if others else "")
@@ -88,10 +92,13 @@ def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, fl
     absent = "".join(f"; no {LABELS[n]}: {why}" for n, why in missing.items())
     if ship != "best":
         return f"selection.ship = {ship}: shipped the {LABELS[chosen]}; {figures}{sure}{absent}"
+    rivals = [n for n in acc if n != chosen]
+    close = [n for n in rivals if abs(acc[n] - acc[chosen]) <= 1.0 / rows + 1e-12]
     if chosen == "gold_only":
         lead = "weak labels did not help on this data: shipped the gold-only model"
-    elif len(acc) > 1 and acc[chosen] == max(v for n, v in acc.items() if n != chosen):
-        lead = f"shipped the {LABELS[chosen]} (tied on accuracy, lower log-loss {nll[chosen]:.3f})"
+    elif close:
+        lead = (f"shipped the {LABELS[chosen]} (within one gold row of the best accuracy; lowest log-loss "
+                f"{nll[chosen]:.3f} vs " + ", ".join(f"{n} {nll[n]:.3f}" for n in close) + ")")
     else:
         lead = f"shipped the {LABELS[chosen]}, the best on the gold rows"
     return f"{lead}; {figures}{sure}{absent}"

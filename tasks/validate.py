@@ -31,7 +31,8 @@ def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[Pipeli
     raw = read_raw(spec)
     classes = class_set(raw)
     report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir,
-                       test_copies=cfg.governance.exact_duplicates == "fail")
+                       test_copies=cfg.governance.exact_duplicates == "fail",
+                       repeated_rows=cfg.governance.repeated_rows)
     if not report.success:
         raise DataValidationError(report)
     return assemble(raw, classes, cfg.selection.folds), report

@@ -21,7 +21,7 @@ from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
 from tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
-from tasks.core.trusted import SourceNoise, anchor
+from tasks.core.trusted import SourceNoise, anchor, rank_stability
 from tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData
 from tasks.labeling import apply_labeling_functions, votes_matrix
 
@@ -40,6 +40,8 @@ class WeakLabels:
     sources: list[SourceNoise] = field(default_factory=list)
     log_likelihood: np.ndarray | None = None
     fold_log_likelihood: list[np.ndarray] = field(default_factory=list)
+    # gold_anchored: how surely the gold rows pin down what each vote points to (tasks/core/trusted.py)
+    stability: float | None = None
 
     def evidence(self, fold: int | None, num_classes: int) -> np.ndarray:
         """(weak rows, C) what their votes say about each class, as a log-likelihood a model of ``fold`` may
@@ -105,6 +107,10 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     label_source = np.array(["weak:" + ",".join(s for s, a in zip(sources, row) if a) if row.any() else "weak:aggregate"
                              for row in agree], dtype=object)
     weak_ll = {k: a.log_likelihood[~is_gold][keep] for k, a in anchored.items()}
+    if anchored:
+        stability = rank_stability(anchored["all"].sources, votes[~is_gold][keep], anchored["all"].prior,
+                                   wl.confusion_strength, seed=cfg.seed)
+        figures["vote_rank_stability"] = stability
     return WeakLabels(
         row_ids=data.train.loc[~is_gold, ROW_ID].to_numpy()[keep],
         hard=hard[keep],
@@ -113,6 +119,7 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
         sources=anchored["all"].sources if anchored else [],
         log_likelihood=weak_ll.get("all"),
         fold_log_likelihood=[weak_ll[f] for f in range(data.folds)] if anchored else [],
+        stability=figures.get("vote_rank_stability"),
     )
 
 

@@ -7,7 +7,10 @@ the result. Methods (``weak_train.method``):
 - ``anchored`` (default): each weak row is learnt through its votes' likelihood under every source's
   gold-measured confusion matrix (weak_labels, gold_anchored): the loss is the (bounded, GCE-form) negative
   log of sum_y p(y | x) P(votes | y), so structured noise is undone rather than learnt, while symmetric
-  noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss);
+  noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss). Where the
+  gold rows cannot pin down what a vote points to (two classes confused about evenly, few gold rows:
+  ``weak_train.anchored_prior: auto``), the gold-only model's calibrated p(y | x) joins the evidence, so
+  the gold labels decide between the confused classes;
 - ``glc``: Gold Loss Correction: a model trained on the weak labels alone gives, on the gold rows, the
   corruption matrix C[true, weak]; the network then learns weak rows through softmax(z) @ C;
 - ``ce`` / ``gce``: the aggregated weak labels with cross-entropy or its bounded variant;
@@ -67,8 +70,19 @@ def weak_frame(data: PipelineData, labels: WeakLabels) -> pd.DataFrame:
     return data.train.set_index(ROW_ID).loc[labels.row_ids].reset_index()
 
 
+STABLE = 0.9  # below this vote-rank stability the gold-only model's opinion joins the votes' evidence
+
+
+def uses_prior(labels: WeakLabels, setting: str) -> bool:
+    """``anchored_prior``: always, never, or (auto) when the gold rows cannot pin down what the votes point
+    to (:func:`tasks.core.trusted.rank_stability` below ``STABLE``)."""
+    if setting != "auto":
+        return setting == "always"
+    return labels.stability is not None and labels.stability < STABLE
+
+
 def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
-               on_epoch: Callable[[EpochStats], None] | None = None) -> WeakModel:
+               on_epoch: Callable[[EpochStats], None] | None = None, gold_only: TrainedModel | None = None) -> WeakModel:
     stage = cfg.weak_train
     if len(labels.row_ids) == 0:
         raise NoWeakRows("no row outside the gold set carries a weak vote (every weak column abstains or is "
@@ -84,9 +98,16 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
     train = settings(stage, cfg, loss=stage.method if stage.method == "gce" else "ce")
     targets: Callable[[int | None], np.ndarray] | np.ndarray
     if stage.method == "anchored":
+        with_prior = uses_prior(labels, stage.anchored_prior) and gold_only is not None
+        figures["anchored_prior"] = float(with_prior)
+
         def targets(fold: int | None) -> np.ndarray:
-            return np.concatenate([log_one_hot(gold_y, num_classes),
-                                   as_evidence(labels.evidence(fold, num_classes))])
+            evidence = labels.evidence(fold, num_classes)
+            if with_prior:  # the gold-only model (of the same fold) says which of the confused classes
+                model = gold_only.model if fold is None else gold_only.folds[fold]
+                prior = softmax_t(predict_logits(model, x_weak, device=cfg.device), gold_only.temperature)
+                evidence = evidence + np.log(np.clip(prior, 1e-6, None))
+            return np.concatenate([log_one_hot(gold_y, num_classes), as_evidence(evidence)])
 
         def rule(fold: int | None) -> UpdateRule:
             return EvidenceLoss("gce", stage.gce_q)
@@ -146,13 +167,14 @@ def _gold_check(data: PipelineData) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @stage_task("weak_train")
-def weak_train(data: PipelineData, labels: WeakLabels, cfg: Config, parent_run_id: str, experiment_id: str) -> WeakModel:
+def weak_train(data: PipelineData, labels: WeakLabels, gold_only: TrainedModel, cfg: Config, parent_run_id: str,
+               experiment_id: str) -> WeakModel:
     stage = cfg.weak_train
     with tracking.stage_run("weak_train", parent_run_id, experiment_id):
         mlflow.set_tag("method", stage.method)
         tracking.log_section(stage, "weak_train")
         with epoch_bar(f"weak_train ({stage.method}, cross-fitted)", stage.epochs) as bar:
-            trained = train_weak(data, labels, cfg, on_epoch=bar)
+            trained = train_weak(data, labels, cfg, on_epoch=bar, gold_only=gold_only)
         log_candidate(trained, data)
         mlflow.log_metrics(trained.figures)
         return trained

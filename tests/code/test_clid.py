@@ -91,35 +91,44 @@ def test_weight_net_gets_gradients_only_from_the_meta_loss(scope):
     assert all(p.grad is not None for p in model.parameters())  # the classifier learned from the actual loss
 
 
-class GuardedLabels(torch.Tensor):
-    """Targets that record every row index they are read at."""
-
-    reads: list[torch.Tensor] = []
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.__getitem__:
-            cls.reads.append(torch.as_tensor(args[1]).flatten().clone())
-        return super().__torch_function__(func, types, args, kwargs or {})
-
-
 @pytest.mark.parametrize("scope", ["full", "head"])
-def test_no_meta_label_is_ever_read(monkeypatch, scope):
-    """Rows 0..299 train, rows 300..599 form the meta set. Their labels sit in the same guarded
-    tensor the loop indexes; CLID-MU must only ever read labels at training-batch indices."""
-    x, _, noisy = blobs(600)
-    import tasks.core.training as training
+def test_clid_mu_output_does_not_depend_on_the_dev_labels(scope):
+    """CLID picks the snapshots and the meta-weights from unlabeled features only: with the dev labels
+    permuted the trained network is the same, to the bit (the dev split is only reported)."""
+    x, y, noisy = blobs(600)
+    meta = torch.as_tensor(x[300:500])
 
-    real = training.to_device
-    monkeypatch.setattr(training, "to_device",
-                        lambda a, d: real(a, d).as_subclass(GuardedLabels) if a.dtype == np.int64 else real(a, d))
-    GuardedLabels.reads = []
-    meta = torch.as_tensor(x[300:])
-    model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
-    fit(model, x[:300], noisy[:300], TrainSettings(epochs=2, batch_size=50), rule=ClidMu(meta, ClidMuSettings(meta_batch=50, virtual_scope=scope)))
-    read = torch.cat(GuardedLabels.reads)
-    assert len(read) >= 300 * 2  # every training row's label was read each epoch...
-    assert int(read.max()) < 300  # ...and never one of the meta rows'
+    def train(y_dev: np.ndarray):
+        torch.manual_seed(0)  # the same initial weights both times
+        model = build_model(ModelSpec("mlp", 6, 3, hidden=(16,)))
+        model.scale.fit(x)
+        rule = ClidMu(meta, ClidMuSettings(meta_batch=50, virtual_scope=scope, snapshots=2))
+        return fit(model, x[:300], noisy[:300], TrainSettings(epochs=4, batch_size=50), x_dev=x[500:], y_dev=y_dev,
+                   rule=rule)
+
+    true_dev = y[500:]
+    a, b = train(true_dev), train(np.random.default_rng(1).permutation(true_dev))
+    assert [h.dev_accuracy for h in a.history] != [h.dev_accuracy for h in b.history]  # the labels did differ
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_the_meta_set_holds_no_gold_row():
+    import pandas as pd
+
+    from tasks.config import FilesData
+    from tasks.data import FOLD, PipelineData
+    from tasks.weak_train import meta_features
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(300, 2)), columns=["a", "b"])
+    frame.loc[:99, "a"] = 1000.0 + np.arange(100)  # gold rows carry a marker no other row has
+    frame["provenance"] = ["gold"] * 100 + ["weak"] * 100 + ["unlabeled"] * 100
+    frame["split"], frame[FOLD], frame["row_id"] = frame["provenance"], -1, np.arange(300)
+    spec = FilesData(train_path="t.csv", test_path="s.csv", feature_columns=["a", "b"])
+    data = PipelineData(frame, frame.head(0), spec, [0, 1])
+    meta = meta_features(data, size=1000, seed=0)
+    assert len(meta) == 200 and (meta[:, 0] < 1000).all()  # every non-gold row, no gold row
 
 
 @pytest.mark.parametrize("scope", ["full", "head"])

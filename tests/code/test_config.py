@@ -63,8 +63,27 @@ def test_yaml_round_trip(tmp_path):
     cfg = load_config(None, ["pseudo_label.threshold=0.7"])
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
-    assert load_config(path) == cfg
-    assert isinstance(cfg, Config)
+    loaded = load_config(path)
+    assert isinstance(loaded, Config)
+    # every setting survives; the relative workspace now means "beside the file"
+    assert loaded.tracking.workspace == tmp_path / "weakflow-workspace"
+    assert loaded.model_copy(update={"tracking": cfg.tracking}) == cfg
+
+
+def test_paths_in_a_config_file_are_relative_to_that_file_and_errors_show_them_whole(tmp_path, monkeypatch):
+    from tasks.data import DataError, read_raw
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "my.yaml").write_text("data:\n  source: files\n  train_path: data/train.csv\n  test_path: /abs/test.csv\n"
+                                    "  feature_columns: [a]\n")
+    monkeypatch.chdir(tmp_path)  # not the file's folder
+    cfg = load_config(folder / "my.yaml", ["data.unlabeled_path=pool.parquet"])
+    assert cfg.data.train_path == folder / "data" / "train.csv"  # beside the file, not the current folder
+    assert str(cfg.data.test_path) == "/abs/test.csv"
+    assert cfg.data.unlabeled_path == Path("pool.parquet")  # --set paths: relative to the current folder
+    with pytest.raises(DataError, match=f"data.train_path: {folder / 'data' / 'train.csv'} does not exist"):
+        read_raw(cfg.data)
 
 
 def test_cli_help_shows_examples_and_config_errors_exit_2(capsys):

@@ -30,12 +30,22 @@ def test_confident_learning_removes_mostly_wrong_labels():
     assert "clid" in fitted.result.history[-1].extra
 
 
-def test_every_method_logs_clid_and_unknown_method_fails():
+def test_every_method_logs_clid_the_methods_differ_and_unknown_method_fails():
+    import torch
+
+    from tasks.core.training import predict_proba
+
     x, y, noisy = data(300)
+    probs = {}
     for method in ("ce", "gce", "clid_mu"):
+        torch.manual_seed(0)  # the same initial network for each method
         fitted = train_weak_model(method, build, x[:200], noisy[:200], TrainSettings(epochs=3, lr=3e-3),
                                   meta_x=x[200:], x_dev=x[200:], y_dev=y[200:])
         assert all("clid" in h.extra for h in fitted.result.history), method
+        probs[method] = predict_proba(fitted.result.model, x[200:])
+    # a method is not a label: each trains another network from the same start and data
+    for a, b in (("ce", "gce"), ("ce", "clid_mu"), ("gce", "clid_mu")):
+        assert np.abs(probs[a] - probs[b]).max() > 1e-3, (a, b)
     with pytest.raises(ValueError, match="unknown weak-training method 'mae'"):
         train_weak_model("mae", build, x, noisy, TrainSettings(epochs=1), meta_x=x)
 

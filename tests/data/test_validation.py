@@ -43,8 +43,9 @@ def test_nan_and_inf_features_are_located(spec):
     raw.train.loc[3, "px_5"] = np.nan
     raw.test.loc[4, "px_6"] = np.inf
     found = failures(raw)
-    assert "train.px_5: expected no missing (NaN) values; found 1 bad value(s), e.g. [nan] at row [3]" in found
-    assert "test.px_6: expected finite values (no inf); found 1 bad value(s), e.g. [inf] at row [4]" in found
+    rows = " (data rows of the file, counted from 0)"
+    assert "train.px_5: expected no missing (NaN) values; found 1 bad value(s), e.g. [nan] at row [3]" + rows in found
+    assert "test.px_6: expected finite values (no inf); found 1 bad value(s), e.g. [inf] at row [4]" + rows in found
 
 
 def test_label_outside_class_set(spec):
@@ -79,16 +80,80 @@ def test_test_rows_duplicated_in_training(spec):
     features = spec.feature_columns
     raw.train.loc[[0, 1], features] = raw.test.loc[[5, 9], features].to_numpy()
     assert failures(raw) == ["test_rows_in_training.training_copies: expected no test row whose features equal a "
-                             "training row's; found 2 bad value(s), e.g. [1, 1] at test row [5, 9]"]
+                             "training row's; found 2 bad value(s), e.g. [1, 1] at test row [5, 9] (data rows of the "
+                             "file, counted from 0)"]
 
 
 def test_empty_test_set_and_wrong_type(spec):
     raw = fresh(spec)
+    raw.spec = raw.spec.model_copy(update={"classes": None})  # the class set comes from the test file
     raw.test = raw.test.iloc[:0]
     raw.train["px_3"] = raw.train["px_3"].astype(str)
     found = failures(raw)
     assert "test: expected at least 1 row; found 0" in found
     assert "train.px_3: expected a numeric column; found dtype object" in found
+    # no class set can come from an empty test file: one failure says where it should come from, and no
+    # label check against an empty set blames every training row
+    assert [f for f in found if "class" in f] == [
+        "class_set.classes: expected at least one class: integer labels in the test file's 'label' column, or "
+        "data.classes; found 1 bad value(s), e.g. [0] at row [0] (data rows of the file, counted from 0)"]
+    assert not any(f.startswith("train.label") or f.startswith("gold_per_class") for f in found)
+
+
+def test_a_test_file_without_its_label_column_is_one_failure_and_a_missing_column(spec):
+    raw = fresh(spec)
+    raw.spec = raw.spec.model_copy(update={"classes": None})
+    raw.test = raw.test.drop(columns=["label"])
+    found = failures(raw)
+    assert "test.label: expected the column to exist; found no such column" in found
+    assert len(found) == 2 and found[1].startswith("class_set.classes: expected at least one class")
+
+
+def test_duplicate_column_names_are_refused_naming_the_file_and_column(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text("px_5,px_6,px_5,label\n0,1,2,0\n0,3,4,1\n")
+    with pytest.raises(DataError) as err:
+        read_table(csv, "data.train_path")
+    assert str(err.value) == (f"data.train_path: {csv} has duplicate column names ('px_5' at columns 1, 3; columns "
+                              "count from 1); every column name must be unique")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "test.parquet"
+    pq.write_table(pa.table([pa.array([1.0]), pa.array([0]), pa.array([1])], names=["a", "label", "label"]), parquet)
+    with pytest.raises(DataError) as err:
+        read_table(parquet, "data.test_path")
+    assert str(err.value).startswith(f"data.test_path: {parquet} has duplicate column names ('label' at columns 2, 3")
+    assert "\n" not in str(err.value)  # one line, no schema dump
+
+
+def test_natural_repeats_of_discrete_rows_are_not_copies_but_planted_copies_are(tmp_path):
+    """Eight survey answers on a 1-5 scale repeat by nature (a test row often equals some training row,
+    as training rows equal each other); copied rows of continuous features stand out."""
+    from tasks.config import FilesData
+
+    rng = np.random.default_rng(0)
+    answers = rng.integers(1, 4, size=(3000, 8)).astype(float)  # 3^8 = 6561 combinations: many repeats
+    cols = [f"q{i}" for i in range(8)]
+    train = pd.DataFrame(answers[:2400], columns=cols).assign(label=pd.array([0, 1] * 20 + [pd.NA] * 2360,
+                                                                              dtype="Int64"))
+    test = pd.DataFrame(answers[2400:], columns=cols).assign(label=rng.integers(0, 2, 600))
+    spec = FilesData(train_path=tmp_path / "t.parquet", test_path=tmp_path / "s.parquet", feature_columns=cols)
+    report = run_suite(RawTables(train, test, spec), [0, 1], 2)
+    assert report.success, report.summary()
+    assert len(report.notes) == 1 and "natural repeats of discrete features" in report.notes[0]
+    assert "governance.repeated_rows" in report.notes[0]
+    strict = run_suite(RawTables(train, test, spec), [0, 1], 2, repeated_rows="contamination")
+    assert [f.table for f in strict.failures] == ["test_rows_in_training"]
+    # continuous features: training rows never repeat, so 3 copied test rows are copies
+    cont = pd.DataFrame(rng.normal(size=(3000, 8)), columns=cols)
+    train_c = cont[:2400].assign(label=train["label"].to_numpy())
+    train_c.loc[[5, 6, 7], cols] = cont.loc[[2400, 2401, 2402], cols].to_numpy()
+    test_c = cont[2400:].reset_index(drop=True).assign(label=test["label"].to_numpy())
+    found = [str(f) for f in run_suite(RawTables(train_c, test_c, spec), [0, 1], 2).failures]
+    assert found == ["test_rows_in_training.training_copies: expected no test row whose features equal a training "
+                     "row's; found 3 bad value(s), e.g. [1, 1, 1] at test row [0, 1, 2] (data rows of the file, "
+                     "counted from 0)"]
 
 
 def test_unreadable_files_name_field_and_path(tmp_path):
@@ -118,4 +183,5 @@ def test_test_copies_are_found_whatever_the_dtype(spec):
     raw.train.loc[[3], features] = raw.test.loc[[7], features].to_numpy(dtype="float64")
     assert raw.test[features[0]].dtype == "float32"
     assert failures(raw) == ["test_rows_in_training.training_copies: expected no test row whose features equal a "
-                             "training row's; found 1 bad value(s), e.g. [1] at test row [7]"]
+                             "training row's; found 1 bad value(s), e.g. [1] at test row [7] (data rows of the file, "
+                             "counted from 0)"]

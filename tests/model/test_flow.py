@@ -163,6 +163,46 @@ def test_failed_gate_registers_challenger_and_keeps_champion(first_run):
     assert "**failed**" in report and "below the minimum 1.0000" in report
 
 
+def test_a_failure_after_register_moves_no_alias(first_run, monkeypatch):
+    """The alias is the run's last step: a later failure (here the run summary) leaves the champion where it
+    was and the new version without an alias."""
+    import tasks.publish
+
+    cfg, _ = first_run
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    before = str(client.get_model_version_by_alias(cfg.tracking.model_name, "champion").version)
+
+    def unreachable(*args, **kwargs):
+        raise RuntimeError("summary store unreachable")
+
+    monkeypatch.setattr(tasks.publish, "summary_lines", unreachable)
+    with pytest.raises(RuntimeError, match="summary store unreachable"):
+        run_pipeline(fast_config(cfg.tracking.workspace))  # its gates pass: it would become champion
+    versions = client.search_model_versions(f"name='{cfg.tracking.model_name}'")
+    newest = max(versions, key=lambda v: int(v.version))
+    assert int(newest.version) > int(before) and newest.tags["gate_verdict"] == "passed"
+    assert newest.aliases == []
+    assert str(client.get_model_version_by_alias(cfg.tracking.model_name, "champion").version) == before
+
+
+def test_no_weak_vote_anywhere_ships_the_gold_only_model_and_says_why(prefect_harness, tmp_path, demo_root):
+    spec = materialize_demo(DemoData(), demo_root)
+    _, overrides = corrupt("none", spec, tmp_path / "data")
+    train = pd.read_parquet(tmp_path / "data" / "train.parquet")
+    train.loc[train["label"].isna(), "weak_label"] = -1  # the annotator labelled only the gold rows
+    train.to_parquet(tmp_path / "data" / "train.parquet")
+    cfg = fast_config(tmp_path / "ws", *overrides, "data.image_shape=null")
+    result = run_pipeline(cfg)
+    assert result.evaluation.shipped_name == "gold_only" and result.registration.version == "1"
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    parent = client.get_run(result.run_id).data.tags
+    assert parent["weakflow.shipped"] == "gold_only"
+    assert "no row outside the gold set carries a weak vote" in parent["weakflow.shipped_reason"]
+    stages = children(client, result.experiment_id, result.run_id)
+    assert {"weak_train", "pseudo_label", "full_train"}.isdisjoint(stages)  # nothing to train them on
+    assert dict(result.stages)["select"].startswith("weak labels did not help on this data: shipped the gold-only")
+
+
 def corrupt(kind: str, spec, folder: Path) -> tuple[str, list[str]]:
     """Write a broken copy of the demo data; return (expected message, extra config overrides)."""
     train, test = pd.read_parquet(spec.train_path), pd.read_parquet(spec.test_path)

@@ -1,0 +1,48 @@
+"""Which candidate ships, on hand-made out-of-fold probabilities of 10 gold rows."""
+
+import numpy as np
+import pytest
+
+from tasks.modeling import TrainedModel
+from tasks.select import choose
+
+Y = np.array([0, 1] * 5)
+
+
+def candidate(right: int, confidence: float) -> TrainedModel:
+    """Out-of-fold logits right on the first ``right`` gold rows, wrong after, at ``confidence``."""
+    probs = np.full((10, 2), 1 - confidence)
+    pred = np.where(np.arange(10) < right, Y, 1 - Y)
+    probs[np.arange(10), pred] = confidence
+    return TrainedModel(None, None, oof_logits=np.log(probs).astype(np.float32), temperature=1.0)
+
+
+def test_a_clear_accuracy_lead_ships_whatever_the_log_loss():
+    chosen = choose({"gold_only": candidate(6, 0.6), "weak": candidate(9, 0.99), "final": candidate(7, 0.55)}, Y)
+    assert chosen.chosen == "weak" and chosen.reason.startswith("shipped the weak model, the best on the gold rows")
+    assert chosen.table.set_index("candidate").loc["weak", "oof_accuracy"] == 0.9
+
+
+def test_one_gold_row_is_no_evidence_the_log_loss_decides():
+    # final is one row ahead, but sure of its mistake; weak is better calibrated
+    chosen = choose({"gold_only": candidate(6, 0.6), "weak": candidate(8, 0.7), "final": candidate(9, 0.999)}, Y)
+    assert chosen.chosen == "weak"
+    assert "within one gold row of the best accuracy" in chosen.reason and "final" in chosen.reason
+
+
+def test_weak_labels_that_do_not_help_ship_the_gold_only_model():
+    chosen = choose({"gold_only": candidate(9, 0.8), "weak": candidate(6, 0.8), "final": candidate(7, 0.8)}, Y)
+    assert chosen.chosen == "gold_only"
+    assert chosen.reason.startswith("weak labels did not help on this data: shipped the gold-only model")
+    # the same evidence with equal candidates: the simpler model
+    tie = choose({"gold_only": candidate(8, 0.8), "weak": candidate(8, 0.8)}, Y)
+    assert tie.chosen == "gold_only"
+
+
+def test_a_forced_choice_and_missing_candidates_are_said():
+    only = choose({"gold_only": candidate(7, 0.8)}, Y, missing={"weak": "no weak vote", "final": "no weak vote"})
+    assert only.chosen == "gold_only" and "no weak model: no weak vote" in only.reason
+    forced = choose({"gold_only": candidate(9, 0.8), "final": candidate(6, 0.8)}, Y, ship="final")
+    assert forced.chosen == "final" and forced.reason.startswith("selection.ship = final")
+    with pytest.raises(ValueError, match="was not trained"):
+        choose({"gold_only": candidate(9, 0.8)}, Y, ship="weak", missing={"weak": "no weak vote"})
