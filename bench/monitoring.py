@@ -36,7 +36,7 @@ def detection(cfg, windows: int, quiet: int, size: int) -> dict[str, float]:
     from monitoring.drift import DriftRule, decide, drift_report, load_window
     from monitoring.traffic import send, shifted_rows
     from tasks.monitor import load_served
-    from tasks.validate import resolve_data_spec
+    from tasks.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path)
@@ -84,7 +84,7 @@ def timing(cfg, sizes: list[int]) -> list[dict]:
 
     from monitoring.drift import drift_report, load_window
     from tasks.monitor import load_served
-    from tasks.validate import resolve_data_spec
+    from tasks.data import resolve_data_spec
 
     served = load_served(cfg)
     model = mlflow.pyfunc.load_model(f"models:/{served.name}/{served.version}").unwrap_python_model().model.eval()

@@ -85,7 +85,7 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     decision = decide(GateInput(evaluation.shipped.accuracy, True, vs_gold_only=evaluation.vs_gold_only),
                       cfg.gates.min_accuracy)
     network, spec = calibrated(selection.model.model, selection.model.spec, selection.model.temperature)
-    save_weights(Path(workspace) / "model.pt", network.cpu(), spec, data.features, data.classes)
+    save_weights(Path(workspace) / "model.pt", network.cpu(), spec, data.schema, data.classes)
     times["register"] = time.perf_counter() - t
     print(f"test accuracy {evaluation.shipped.accuracy:.4f} ({selection.chosen}), gates passed: {decision.passed}")
     tested = {"gold_only": evaluation.gold_only, "weak": evaluation.weak, "final": evaluation.final}

@@ -66,7 +66,8 @@ def measure(pool: Path, overrides: list[str]) -> dict:
 
     from tasks.config import load_config, parse_config
     from tasks.pseudo_label import make_pseudo_labels
-    from tasks.validate import load_and_validate, resolve_data_spec
+    from tasks.data import resolve_data_spec
+    from tasks.validate import load_and_validate
     from tasks.weak_labels import make_weak_labels
     from tasks.weak_train import train_weak
 

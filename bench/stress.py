@@ -879,6 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pipeline config override for the weakflow column (repeatable)")
     parser.add_argument("--workers", type=int, default=2, help="cells in parallel on this many spawned processes (default 2)")
     parser.add_argument("--threads", type=int, help="torch threads per process (default 1: measured faster for these small networks)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the cells an earlier run with the same epochs, overrides and columns logged")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     args.seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 5)))
@@ -945,19 +947,59 @@ def execute(todo: list[tuple[str, str, float, int]], args: argparse.Namespace) -
         yield from (f.result() for f in as_completed([pool.submit(stress.run_one, *cell) for cell in todo]))
 
 
+def recorded(client, experiment_id: str, todo: list[tuple[str, str, float, int]], args: argparse.Namespace,
+             ) -> tuple[str | None, list[Outcome]]:
+    """The latest invocation that logged ``todo`` cells with the same epochs, overrides and columns, and its
+    outcomes (``--resume``): an interrupted matrix goes on where it stopped instead of starting over. Only
+    that one invocation counts, so runs of older code never mix in."""
+    wanted, found = set(todo), {}
+    overrides = " ".join(args.overrides) or "none"
+    runs = client.search_runs([experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+    usable = [r for r in runs if r.data.params.get("epochs") == str(args.epochs)
+              and r.data.params.get("overrides") == overrides and r.data.tags.get("stress_invocation")]
+    if not usable:
+        return None, []
+    invocation = max(r.data.tags["stress_invocation"] for r in usable)
+    for run in usable:
+        if run.data.tags["stress_invocation"] != invocation:
+            continue
+        p, m = run.data.params, run.data.metrics
+        key = (p.get("dataset"), p.get("kind"), float(p.get("gold_share", "nan")), int(p.get("seed", -1)))
+        if key not in wanted or key in found or not all(f"acc_{c}" in m for c in args.columns):
+            continue
+        out = Outcome(make_cell(load_dataset(key[0]), key[1], key[2], key[3]),
+                      accuracy={c: m[f"acc_{c}"] for c in args.columns},
+                      seconds={k[len("seconds_"):]: v for k, v in m.items() if k.startswith("seconds_")})
+        if "weakflow" in args.columns:
+            out.pipeline = PipelineResult(
+                m["acc_weakflow"], {k[len("weakflow_candidate_"):]: v for k, v in m.items()
+                                    if k.startswith("weakflow_candidate_")},
+                p.get("weakflow_shipped", "?"), {k[len("weakflow_stage_seconds_"):]: v for k, v in m.items()
+                                                 if k.startswith("weakflow_stage_seconds_")})
+        found[key] = out
+    return invocation, list(found.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     todo, skipped = plan(args)
     client, eid = mlflow_client("weakflow-stress-quick" if args.quick else "weakflow-stress")
+    resumed, done = recorded(client, eid, todo, args) if args.resume else (None, [])
+    if done:
+        kept = {(o.cell.dataset, o.cell.kind, o.cell.gold_share, o.cell.seed) for o in done}
+        print(f"--resume: {len(done)} cell x seed runs of `{resumed}` reused", flush=True)
+        full_todo, todo = todo, [cell for cell in todo if cell not in kept]
+    else:
+        full_todo = todo
     print(f"{len(todo)} cell x seed runs; columns {', '.join(args.columns)}; {args.epochs} epochs; "
           f"{args.workers} worker(s), torch threads {args.threads or torch.get_num_threads()}", flush=True)
-    outcomes, start = [], time.perf_counter()
-    invocation = time.strftime("%Y-%m-%dT%H:%M:%S") + " python -m bench.stress " + " ".join(sys.argv[1:])
+    outcomes, start = list(done), time.perf_counter()
+    invocation = resumed or time.strftime("%Y-%m-%dT%H:%M:%S") + " python -m bench.stress " + " ".join(sys.argv[1:])
     for out in execute(todo, args):
         log_outcome(client, eid, out, args.epochs, args.overrides, invocation)
         outcomes.append(out)
         print(progress_line(out, out.wall), flush=True)
-    order = {cell: i for i, cell in enumerate(todo)}
+    order = {cell: i for i, cell in enumerate(full_todo)}
     outcomes.sort(key=lambda o: order[(o.cell.dataset, o.cell.kind, o.cell.gold_share, o.cell.seed)])
     body = body_text(outcomes, skipped, args, time.perf_counter() - start)
     publish("stress", body, dry_run=args.no_write or args.quick)

@@ -213,4 +213,68 @@ def label_leakage(x: np.ndarray, y: np.ndarray, features: list[str], threshold: 
         low = float(wilson_interval(right, len(y), level)[0]) if len(y) else 0.0
         rows.append({"feature": name, "accuracy": acc, "accuracy_low": low, "majority_baseline": majority,
                      "leaks": bool(acc >= threshold and acc > majority + 1e-9 and low >= lower_bound)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["feature", "accuracy", "accuracy_low", "majority_baseline", "leaks"])
+
+
+# --- text -----------------------------------------------------------------------------------------
+
+TEXT_NEAR = 0.9  # cosine of character 3-5-gram vectors at or above which two texts are near copies
+
+
+def text_keys(frame: pd.DataFrame, numeric: list[str], text: list[str]) -> np.ndarray:
+    """A hash per row of its numbers (rounded) and its normalised text: rows equal up to case, punctuation
+    and spacing share a key."""
+    from tasks.data import feature_hashes
+
+    return feature_hashes(frame, numeric, text).to_numpy()
+
+
+def exact_text_pairs(reference: pd.DataFrame, rows: pd.DataFrame, numeric: list[str], text: list[str]) -> pd.DataFrame:
+    """(reference_index, row_index) of rows equal to a reference row once text is normalised."""
+    ref = pd.DataFrame({"reference_index": np.arange(len(reference)), "h": text_keys(reference, numeric, text)})
+    other = pd.DataFrame({"row_index": np.arange(len(rows)), "h": text_keys(rows, numeric, text)})
+    pairs = other.merge(ref, on="h")[["reference_index", "row_index"]]
+    return pairs.sort_values(["reference_index", "row_index"]).reset_index(drop=True)
+
+
+def _char_vectors(texts: pd.Series):  # -> L2-normalised sparse (rows, 2**20)
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from tasks.core.text import normalise
+
+    return HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=1 << 20, alternate_sign=False,
+                             norm="l2").transform(normalise(texts).to_numpy())
+
+
+def near_text_pairs(reference: pd.Series, rows: pd.Series, threshold: float = TEXT_NEAR,
+                    chunk: int = 20_000) -> pd.DataFrame:
+    """(reference_index, row_index, distance = 1 - cosine) of rows whose text is a near copy of a reference
+    text (cosine of character 3-5-gram vectors of the normalised text at least ``threshold``: a changed word
+    or a typo in a long message), exact copies left to the exact check."""
+    ref = _char_vectors(reference).T.tocsc()
+    ref_keys = pd.util.hash_pandas_object(_normalised(reference), index=False).to_numpy()
+    found: list[pd.DataFrame] = []
+    for start in range(0, len(rows), chunk):
+        part = rows.iloc[start : start + chunk]
+        sims = (_char_vectors(part) @ ref).tocoo()
+        keep = sims.data >= threshold
+        pairs = pd.DataFrame({"reference_index": sims.col[keep], "row_index": sims.row[keep] + start,
+                              "distance": 1.0 - sims.data[keep]})
+        keys = pd.util.hash_pandas_object(_normalised(part), index=False).to_numpy()
+        same = keys[pairs["row_index"].to_numpy() - start] == ref_keys[pairs["reference_index"].to_numpy()]
+        found.append(pairs[~same])
+    if not found:
+        return pd.DataFrame({"reference_index": [], "row_index": [], "distance": []})
+    out = pd.concat(found, ignore_index=True)
+    return out.sort_values(["reference_index", "row_index"]).reset_index(drop=True)
+
+
+def _normalised(texts: pd.Series) -> pd.Series:
+    from tasks.core.text import normalise
+
+    return normalise(texts).reset_index(drop=True)
+
+
+def joined_text(frame: pd.DataFrame, text: list[str]) -> pd.Series:
+    """A row's text columns as one string (what the near-copy check compares)."""
+    return frame[text].fillna("").astype(str).agg(" ".join, axis=1) if text else pd.Series([""] * len(frame))

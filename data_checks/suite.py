@@ -89,18 +89,21 @@ def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
     import great_expectations.expectations as gxe
 
     spec = raw.spec
-    train_cols = [*spec.feature_columns, spec.label_column, *spec.weak_label_columns]
-    test_cols = [*spec.feature_columns, spec.label_column]
+    train_cols = [*spec.input_columns, spec.label_column, *spec.weak_label_columns]
+    test_cols = [*spec.input_columns, spec.label_column]
     tables = [
-        _Table("train", raw.train, _column_checks(gxe, raw.train, train_cols, spec.feature_columns)),
-        _Table("test", raw.test, _column_checks(gxe, raw.test, test_cols, spec.feature_columns)),
+        _Table("train", raw.train, _column_checks(gxe, raw.train, train_cols, spec.feature_columns)
+               + _text_checks(gxe, raw.train, spec.text_columns, spec.text_max_chars)),
+        _Table("test", raw.test, _column_checks(gxe, raw.test, test_cols, spec.feature_columns)
+               + _text_checks(gxe, raw.test, spec.text_columns, spec.text_max_chars)),
     ]
     train_e, test_e = tables[0].expectations, tables[1].expectations
     test_e.append(_exp(gxe.ExpectTableRowCountToBeBetween, "at least 1 row", min_value=1))
     if not classes:
-        tables.append(_Table("class_set", pd.DataFrame({"classes": [0]}), [_exp(
-            gxe.ExpectColumnValuesToBeBetween,
-            f"at least one class: integer labels in the test file's {spec.label_column!r} column, or data.classes",
+        tables.append(_Table("class_set", pd.DataFrame({"classes": [0]}), [_exp(  # the count of classes found: 0
+            gxe.ExpectColumnMinToBeBetween,
+            f"at least one class: labels (integers or names) in the test file's {spec.label_column!r} column, "
+            "or data.classes",
             column="classes", min_value=1)]))
         return tables
     class_text = f"a class in {classes}"
@@ -116,7 +119,7 @@ def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
         test_e.append(_exp(gxe.ExpectColumnValuesToBeInSet, class_text, column=spec.label_column, value_set=classes))
     if spec.label_column in raw.train.columns:
         tables.append(_gold_counts(gxe, raw, classes, min_gold_per_class))
-    if test_copies and all(c in raw.train.columns and c in raw.test.columns for c in spec.feature_columns):
+    if test_copies and all(c in raw.train.columns and c in raw.test.columns for c in spec.input_columns):
         overlap = _test_overlap(gxe, raw, repeated_rows)
         if overlap.expectations:
             tables.append(overlap)
@@ -140,9 +143,39 @@ def _column_checks(gxe: Any, frame: pd.DataFrame, columns: list[str], features: 
     return checks
 
 
-def _gold_counts(gxe: Any, raw: RawTables, classes: list[int], minimum: int) -> _Table:
-    labels = pd.to_numeric(raw.train[raw.spec.label_column], errors="coerce").dropna()
-    counts = labels.value_counts()
+TEXT_DTYPES = ["object", "str", "string", "String", "large_string"]
+MAX_EMPTY_SHARE = 0.05  # text columns: at most this share of rows may be empty or missing
+
+
+def _text_checks(gxe: Any, frame: pd.DataFrame, columns: list[str], max_chars: int) -> list[Any]:
+    """Text columns: text (not numbers), at most 5% empty or missing, no row longer than ``max_chars``."""
+    checks: list[Any] = []
+    for c in columns:
+        if c not in frame.columns:
+            continue  # reported by ExpectColumnToExist
+        checks += [
+            _exp(gxe.ExpectColumnValuesToBeInTypeList, "a text column", column=c, type_list=TEXT_DTYPES),
+            _exp(gxe.ExpectColumnValuesToNotBeNull, f"text on at least {1 - MAX_EMPTY_SHARE:.0%} of the rows (no "
+                                                    "missing value)", column=c, mostly=1 - MAX_EMPTY_SHARE),
+        ]
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c]):
+            checks += [
+                _exp(gxe.ExpectColumnValueLengthsToBeBetween, f"at most {max_chars} characters (data.text_max_chars)",
+                     column=c, max_value=max_chars),
+                _exp(gxe.ExpectColumnValueLengthsToBeBetween, f"non-empty text on at least {1 - MAX_EMPTY_SHARE:.0%} "
+                                                              "of the rows", column=c, min_value=1,
+                     mostly=1 - MAX_EMPTY_SHARE),
+            ]
+    return checks
+
+
+def _gold_counts(gxe: Any, raw: RawTables, classes: list, minimum: int) -> _Table:
+    from tasks.data import class_values
+
+    labels = class_values(raw.train[raw.spec.label_column]).dropna()
+    if classes and isinstance(classes[0], str):
+        labels = labels.astype(str)
+    counts = dict(labels.value_counts().items())  # by label, never by position
     frame = pd.DataFrame({"class": classes, "gold_rows": [int(counts.get(c, 0)) for c in classes]}, index=classes)
     checks = [
         _exp(gxe.ExpectTableRowCountToBeBetween, "a non-empty class set", min_value=1),
@@ -157,9 +190,9 @@ def _test_overlap(gxe: Any, raw: RawTables, repeated_rows: str = "auto") -> _Tab
     ``repeated_rows = auto`` finds the repeats natural."""
     from data_checks.contamination import repeats
 
-    features = raw.spec.feature_columns
-    train_h = feature_hashes(raw.train, features)
-    test_hashes = feature_hashes(raw.test, features)
+    features, text = raw.spec.feature_columns, raw.spec.text_columns
+    train_h = feature_hashes(raw.train, features, text)
+    test_hashes = feature_hashes(raw.test, features, text)
     rates = repeats(test_hashes.to_numpy(), train_h.to_numpy())
     if repeated_rows == "auto" and rates.natural:
         return _Table(f"{rates.text()}: natural repeats of discrete features, not copies, so not counted as "

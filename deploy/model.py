@@ -1,11 +1,14 @@
-"""The registered model: an MLflow pyfunc that takes raw feature columns and returns class + probabilities.
+"""The registered model: an MLflow pyfunc that takes raw input columns (numbers and text) and returns
+class + probabilities.
 
-Weights and the network spec travel as one artifact; loading needs only torch and this package.
+Weights, the network spec, the input schema and the fitted text featurisation travel as one artifact;
+loading needs only torch, scikit-learn and this package.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,38 +18,67 @@ import pandas as pd
 import torch
 
 from tasks.core.models import ModelSpec, build_model
+from tasks.core.text import TextFeaturizer
 from tasks.core.training import predict_proba
+from tasks.data import InputSchema
 
 
-def save_weights(path: Path, model: torch.nn.Module, spec: ModelSpec, features: list[str], classes: list[int]) -> None:
-    torch.save({"state_dict": model.state_dict(), "meta": json.dumps(
-        {"spec": spec.to_dict(), "features": features, "classes": classes})}, path)
+def save_weights(path: Path, model: torch.nn.Module, spec: ModelSpec, schema: InputSchema, classes: list) -> None:
+    meta = {"spec": spec.to_dict(), "features": schema.numeric, "text": schema.text, "classes": classes,
+            "text_dims": schema.featurizer.dims if schema.featurizer is not None else 0}
+    blob: dict[str, Any] = {"state_dict": model.state_dict(), "meta": json.dumps(meta)}
+    if schema.featurizer is not None:
+        blob["text_state"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in schema.featurizer.state().items()}
+    torch.save(blob, path)
 
 
-def load_weights(path: str | Path) -> tuple[torch.nn.Module, list[str], list[int]]:
+@dataclass
+class Loaded:
+    """A saved network with what turns raw rows into its input: the input schema (and text featuriser)."""
+
+    model: torch.nn.Module
+    schema: InputSchema
+    classes: list
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.schema.inputs
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        return predict_proba(self.model, self.schema.x(frame), device="cpu")
+
+
+def load_weights(path: str | Path) -> Loaded:
+    """A saved model; weights written before text inputs existed (only ``features``) load as numeric-only."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = json.loads(blob["meta"])
     model = build_model(ModelSpec.from_dict(meta["spec"]))
     model.load_state_dict(blob["state_dict"])
     model.eval()
-    return model, meta["features"], meta["classes"]
+    text = list(meta.get("text", []))
+    featurizer = None
+    if text:
+        arrays = {k: v.numpy() for k, v in blob["text_state"].items()}
+        featurizer = TextFeaturizer.from_state(text, int(meta["text_dims"]), arrays)
+    return Loaded(model, InputSchema(list(meta["features"]), text, featurizer), list(meta["classes"]))
 
 
 class WeakflowClassifier(mlflow.pyfunc.PythonModel):
     """pyfunc output: ``prediction`` (class), ``confidence`` and one ``prob_<class>`` column per class."""
 
     def load_context(self, context: Any) -> None:
-        self.model, self.features, self.classes = load_weights(context.artifacts["weights"])
+        self.loaded = load_weights(context.artifacts["weights"])
+        self.model, self.classes = self.loaded.model, self.loaded.classes
+        self.features = self.loaded.inputs  # the raw columns a row must carry
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         missing = [c for c in self.features if c not in model_input.columns]
         if missing:
-            raise ValueError(f"input is missing feature columns {missing}")
-        probs = predict_proba(self.model, model_input[self.features].to_numpy(dtype=np.float32), device="cpu")
-        return output_frame(probs, self.classes)
+            raise ValueError(f"input is missing column(s) {missing}")
+        return output_frame(self.loaded.predict_proba(model_input), self.classes)
 
 
-def output_frame(probs: np.ndarray, classes: list[int]) -> pd.DataFrame:
+def output_frame(probs: np.ndarray, classes: list) -> pd.DataFrame:
     out = pd.DataFrame({"prediction": np.asarray(classes)[probs.argmax(axis=1)], "confidence": probs.max(axis=1)})
     for i, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, i]

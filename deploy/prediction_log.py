@@ -29,7 +29,7 @@ PREDICTIONS = sa.Table(
     sa.Column("model_name", sa.String(256), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False, index=True),
     sa.Column("features", sa.Text, nullable=False),  # JSON object: feature -> value
-    sa.Column("predicted_class", sa.Integer, nullable=False),
+    sa.Column("predicted_class", sa.String(256), nullable=False),  # a class value: an integer or a name
     sa.Column("confidence", sa.Float, nullable=False),
 )
 
@@ -37,7 +37,7 @@ FEEDBACK = sa.Table(  # delayed gold labels for served rows (`weakflow feedback`
     "feedback", METADATA,
     sa.Column("request_id", sa.String(64), primary_key=True),
     sa.Column("row_index", sa.Integer, primary_key=True),
-    sa.Column("label", sa.Integer, nullable=False),
+    sa.Column("label", sa.String(256), nullable=False),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
 )
 ALERTS = sa.Table(  # one row per drift detection (`weakflow alerts`)

@@ -29,19 +29,24 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from deploy.batching import MicroBatcher
 from deploy.prediction_log import PredictionLog
 from deploy.registry import CHAMPION
+from tasks.data import InputSchema
 
 log = logging.getLogger("weakflow.serve")
 MAX_ERRORS = 20  # a 422 lists at most this many field errors (and says how many there were)
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+LOGGED_TEXT_CHARS = 200  # text kept in the prediction log per field (the drift check reads the text features)
 
 
 @dataclass(frozen=True)
@@ -50,44 +55,68 @@ class ServedModel:
     version: str
     run_id: str
     model: torch.nn.Module
-    features: list[str]
-    classes: list[int]
+    features: list[str]  # the raw input fields a record carries (numbers, then text)
+    classes: list
     loaded_at: str
-    body: TypeAdapter  # validates a whole request body against this model's feature schema
+    body: TypeAdapter  # validates a whole request body against this model's input schema
+    schema: InputSchema | None = None  # None: numbers only (every model registered before text inputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return torch.softmax(self.model(torch.from_numpy(x)).float(), dim=1).numpy()
 
+    @property
+    def numeric(self) -> list[str]:
+        return self.schema.numeric if self.schema is not None else self.features
 
-def body_adapter(features: list[str], max_batch: int) -> TypeAdapter:
-    record = TypedDict("Record", {f: Number for f in features})  # type: ignore[misc]
+    def log_rows(self, records: list[dict], x: np.ndarray) -> tuple[list[str], list[dict]]:
+        """What the prediction log keeps per record: the numbers; for text, the first LOGGED_TEXT_CHARS
+        characters and the model's text features (what the drift check compares), so a row's size is
+        bounded whatever the client sends."""
+        if self.schema is None or not self.schema.text:
+            return self.features, records
+        names = self.schema.featurizer.names
+        start = len(self.schema.numeric)
+        rows = [{**r, **{t: r[t][:LOGGED_TEXT_CHARS] for t in self.schema.text},
+                 **dict(zip(names, map(float, row[start:])))} for r, row in zip(records, x)]
+        return [*self.features, *names], rows
+
+
+def body_adapter(features: list[str], max_batch: int, text: list[str] | None = None,
+                 max_text_chars: int = 5000) -> TypeAdapter:
+    Text = Annotated[str, StringConstraints(max_length=max_text_chars)]
+    fields = {f: (Text if f in (text or []) else Number) for f in features}
+    record = TypedDict("Record", fields)  # type: ignore[misc]
     record.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
     body = TypedDict("PredictRequest", {"records": Annotated[list[record], Field(min_length=1, max_length=max_batch)]})  # type: ignore[misc,valid-type]
     body.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
     return TypeAdapter(body)
 
 
-def load_version(name: str, version: str, max_batch: int) -> ServedModel:
+def load_version(name: str, version: str, max_batch: int, max_text_chars: int = 5000) -> ServedModel:
     import mlflow
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     inner = pyfunc.unwrap_python_model()
     mv = mlflow.MlflowClient().get_model_version(name, version)
     model = inner.model.eval()
+    schema = getattr(getattr(inner, "loaded", None), "schema", None)  # models saved before text inputs: none
+    text = schema.text if schema is not None else []
     return ServedModel(name, str(version), mv.run_id, model, list(inner.features), list(inner.classes),
-                       datetime.now(timezone.utc).isoformat(timespec="seconds"), body_adapter(inner.features, max_batch))
+                       datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       body_adapter(inner.features, max_batch, text, max_text_chars), schema)
 
 
 class ModelHolder:
     """The served model and the poller that swaps it when the alias moves."""
 
-    def __init__(self, name: str, alias: str, max_batch: int, poll_seconds: float) -> None:
+    def __init__(self, name: str, alias: str, max_batch: int, poll_seconds: float, max_text_chars: int = 5000) -> None:
         import mlflow
 
         self.name, self.alias, self.max_batch, self.poll_seconds = name, alias, max_batch, poll_seconds
+        self.max_text_chars = max_text_chars
         self.client = mlflow.MlflowClient()
-        self.current = load_version(name, self._alias_version(), max_batch)
+        self.current = load_version(name, self._alias_version(), max_batch, max_text_chars)
         self.reloads = 0
         self.last_poll_error: str | None = None
         self._stop = threading.Event()
@@ -108,7 +137,7 @@ class ModelHolder:
         version = self._alias_version()
         if version == self.current.version:
             return False
-        fresh = load_version(self.name, version, self.max_batch)
+        fresh = load_version(self.name, version, self.max_batch, self.max_text_chars)
         previous, self.current = self.current, fresh  # one assignment: requests see old or new, never half
         self.reloads += 1
         log.warning("model %s@%s moved: serving v%s (was v%s)", self.name, self.alias, fresh.version, previous.version)
@@ -231,14 +260,18 @@ class ModelServer(FastAPI):
             records = served.body.validate_json(body)["records"]
         except ValidationError as exc:
             return refused(error_fields(exc, MAX_ERRORS), exc.error_count(), request_id, served.version)
+        numeric = served.numeric
         with np.errstate(over="ignore"):  # an overflow becomes inf and is refused just below
-            x = np.array([[r[f] for f in served.features] for r in records], dtype=np.float32)
+            x = np.array([[r[f] for f in numeric] for r in records], dtype=np.float32).reshape(len(records), len(numeric))
         if not np.isfinite(x).all():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
             rows, cols = np.nonzero(~np.isfinite(x))
-            bad = [{"field": f"records[{i}].{served.features[j]}", "type": "float32_range",
-                    "message": f"value {records[i][served.features[j]]!r} is outside the float32 range"}
+            bad = [{"field": f"records[{i}].{numeric[j]}", "type": "float32_range",
+                    "message": f"value {records[i][numeric[j]]!r} is outside the float32 range"}
                    for i, j in zip(rows[:MAX_ERRORS], cols[:MAX_ERRORS])]
             return refused(bad, len(rows), request_id, served.version)
+        if served.schema is not None and served.schema.featurizer is not None:  # raw text -> its features
+            texts = pd.DataFrame({t: [r[t] for r in records] for t in served.schema.text})
+            x = np.hstack([x, served.schema.featurizer.transform(texts)])
         probs = (await state["batcher"](served, x)).astype(np.float64).round(6)  # what the client sees is logged
         top = probs.argmax(axis=1)
         classes = [served.classes[i] for i in top]
@@ -247,22 +280,24 @@ class ModelServer(FastAPI):
         payload = {"request_id": request_id, "model": served.name, "model_version": served.version,
                    "predictions": [{"class": c, "confidence": p, "probabilities": dict(zip(keys, row))}
                                    for c, p, row in zip(classes, confidence, probs.tolist())]}
-        state["log"].put(request_id, served.name, served.version, served.features, records, classes, confidence)
+        fields, rows = served.log_rows(records, x)
+        state["log"].put(request_id, served.name, served.version, fields, rows, classes, confidence)
         return 200, payload
 
 
 def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, max_batch: int = 1000,
                poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db",
-               body_timeout_s: float = 30.0) -> ModelServer:
+               body_timeout_s: float = 30.0, max_text_chars: int = 5000) -> ModelServer:
     """The app; the model and the prediction log open in its lifespan (so tests run it in process).
-    ``body_timeout_s``: a ``/predict`` body not complete within this many seconds gets 408."""
+    ``body_timeout_s``: a ``/predict`` body not complete within this many seconds gets 408; a text field
+    longer than ``max_text_chars`` gets 422."""
 
     state: dict[str, Any] = {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout_s}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(1)  # many small requests: one thread each beats oversubscribed intra-op threads
-        state["holder"] = ModelHolder(name, alias, max_batch, poll_seconds)
+        state["holder"] = ModelHolder(name, alias, max_batch, poll_seconds, max_text_chars)
         state["log"] = PredictionLog(log_url)
         state["batcher"] = MicroBatcher()
         state["holder"].start()
@@ -296,7 +331,8 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
         return {"name": m.name, "alias": holder.alias, "version": m.version, "run_id": m.run_id,
                 "features": m.features, "classes": m.classes, "loaded_at": m.loaded_at, "reloads": holder.reloads,
                 "max_batch": max_batch, "max_body_bytes": max_body_bytes, "poll_seconds": poll_seconds,
-                "body_timeout_s": body_timeout_s}
+                "body_timeout_s": body_timeout_s, "max_text_chars": max_text_chars,
+                "text_features": holder.current.schema.text if holder.current.schema is not None else []}
 
     @app.post(ModelServer.predict_path)
     async def predict(request: Request) -> Response:

@@ -14,6 +14,7 @@ examples:
   weakflow run --set data.noise.rate=0.6 --set weak_train.method=clid_mu
   weakflow run --tracking-uri http://127.0.0.1:5000
   weakflow validate --config my.yaml             # only the data checks, no training
+  weakflow lfs --config my.yaml                  # what each weak source / rule / labelling function does
   weakflow show-config --set pseudo_label.threshold=0.95
   weakflow models                                # registered versions, aliases, key metrics
   weakflow promote 3 --reason "reviewed in the MLflow UI"   # through the gates
@@ -57,6 +58,19 @@ def _command(sub, name: str, help: str, examples: list[str], description: str | 
     return p
 
 
+def _at_least(low: int):  # -> Callable[[str], int]
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weakflow", description="Train production models from weak labels, tracked in MLflow, orchestrated by Prefect.",
@@ -67,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
              "validate -> governance -> weak_labels -> weak_train -> pseudo_label -> pseudo_governance -> "
              "full_train -> evaluate -> register")
     _command(sub, "validate", "run only the data validation suite", ["weakflow validate --config my.yaml"])
+    lfs = _command(
+        sub, "lfs", "apply the weak sources to the training file and measure each",
+        ["weakflow lfs --config my.yaml", "weakflow lfs --rows 10000 --examples 5 --no-log",
+         "weakflow lfs --shards 4   # a big file: 4 processes"],
+        "Applies every weak label column, rule (weak_labels.rules) and labelling function\n"
+        "(weak_labels.labeling_functions) to the training file and prints, per source: the class(es) it votes,\n"
+        "coverage, overlap and conflict (shares of all rows), votes, its accuracy on the gold rows it voted on\n"
+        "with a 95% Wilson interval, and example rows where it fires and where it is wrong on gold (rows count\n"
+        "from 0, the header not counted). Nothing is validated beyond the columns it reads, nothing trained.\n"
+        "The table and examples are also logged as one run of the MLflow experiment weakflow-lfs.\n\n"
+        "exit status: 0; 1 for bad input (a missing column, a rule that cannot run, an unreadable file: one\n"
+        "line saying which); 2 for a config error.")
+    lfs.add_argument("--examples", type=_at_least(0), default=3, metavar="N",
+                     help="example rows per source where it fires, and as many where it is wrong (default 3)")
+    lfs.add_argument("--rows", type=_at_least(1), metavar="N", help="apply to the first N rows only")
+    lfs.add_argument("--shards", type=_at_least(1), default=1, metavar="K",
+                     help="apply in K row ranges, each in its own process (spawned), for big files (default 1)")
+    lfs.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
     _command(sub, "show-config", "print the effective config as YAML",
              ["weakflow show-config > my.yaml", "weakflow show-config --set data.noise.rate=0.2"])
     _command(sub, "models", "list registered versions, aliases and key metrics",
@@ -159,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "validate":
             return _validate(cfg)
+        if args.command == "lfs":
+            return _lfs(args, cfg)
         if args.command in ("models", "promote", "rollback", "serve"):
             return _registry_command(args, cfg)
         if args.command in ("simulate-traffic", "monitor", "alerts", "feedback", "deploy"):
@@ -189,6 +223,53 @@ def _validate(cfg) -> int:
 
     data, report = load_and_validate(cfg)
     print(f"validation passed: {report.summary()}; rows {data.provenance_counts()}, test {len(data.test)}")
+    return 0
+
+
+def _lfs(args: argparse.Namespace, cfg) -> int:
+    """``weakflow lfs``: the per-source table (rich), example rows, and one MLflow run unless --no-log."""
+    from rich import box
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tasks.data import DataError
+    from tasks.lfs import EXPERIMENT, log_run, run_lfs
+
+    try:
+        result = run_lfs(cfg, rows=args.rows, shards=args.shards, examples=args.examples)
+    except DataError as exc:  # LabelingFunctionError too: one line naming the source, column or file
+        print(f"lfs: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"{len(result.table)} source(s) applied to {result.rows} rows of {result.path} ({result.gold_rows} gold) "
+          f"in {result.seconds:.2f} s ({result.shards} process{'es' if result.shards > 1 else ''}); "
+          f"classes {result.classes}, abstain {result.abstain!r}")
+    table = Table(title="weakflow lfs: weak sources", box=box.SIMPLE_HEAD, caption_justify="left",
+                  caption="coverage, overlap, conflict: shares of all rows; accuracy: on the gold rows a source "
+                          "voted on (right/voted), with its 95% Wilson interval")
+    longest = max([len(s) for s in result.table["source"]] + [6])
+    table.add_column("source", overflow="fold", min_width=min(longest, 32))
+    for name in ("votes for", "coverage", "overlap", "conflict", "votes", "gold", "accuracy [95% CI]"):
+        table.add_column(name, justify="left" if name == "votes for" else "right", no_wrap=True)
+    for row in result.table.to_dict("records"):
+        accuracy = (f"{row['accuracy']:.3f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]"
+                    if row["gold_rows"] else "n/a")
+        table.add_row(escape(row["source"]), escape(row["polarity"] or "-"), f"{row['coverage']:.3f}",
+                      f"{row['overlap']:.3f}", f"{row['conflict']:.3f}", str(row["votes"]),
+                      f"{row['gold_correct']}/{row['gold_rows']}", accuracy)
+    console = Console()
+    # not a terminal (a pipe, a log file): no width to fit, so do not squeeze the table into 80 columns
+    (console if console.is_terminal else Console(width=200)).print(table)
+    if len(result.examples):  # plain print: rich would wrap the rows and read brackets in them as markup
+        print("examples (rows count from 0, the header not counted):")
+        for source, group in result.examples.groupby("source", sort=False):
+            print(f"  {source}")
+            for ex in group.to_dict("records"):
+                said = f"votes {ex['vote']}" + (f", gold {ex['gold']}" if ex["gold"] else "")
+                print(f"    {ex['kind']:5}  row {ex['row']}: {said}: {ex['text']}")
+    if not args.no_log:
+        run_id, uri = log_run(cfg, result, {"rows": args.rows, "shards": args.shards, "examples": args.examples})
+        print(f"logged to MLflow: experiment {EXPERIMENT}, run {run_id} ({uri})")
     return 0
 
 
@@ -296,7 +377,7 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
 
     from monitoring.alerts import record_feedback
     from monitoring.traffic import send, shifted_rows
-    from tasks.validate import resolve_data_spec
+    from tasks.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path) if spec.test_path.suffix != ".csv" else pd.read_csv(spec.test_path)
@@ -347,7 +428,7 @@ def _serve(args: argparse.Namespace, cfg) -> int:
     s = cfg.serve
     app = create_app(cfg.tracking.model_name, s.alias, s.max_body_bytes, s.max_batch, s.poll_seconds,
                      s.prediction_log_url or cfg.tracking.prediction_log_default,
-                     body_timeout_s=s.body_timeout_seconds)
+                     body_timeout_s=s.body_timeout_seconds, max_text_chars=s.max_text_chars)
     host, port = args.host or s.host, args.port or s.port
     print(f"serving {cfg.tracking.model_name}@{s.alias} (v{mlflow_version}) on http://{host}:{port} (POST /predict, GET /health, GET /model)",
           flush=True)

@@ -51,7 +51,7 @@ def training_pipeline(cfg: Config) -> PipelineResult:
 
         data = validate(cfg, pid, experiment_id)
         data, checks = governance(data, cfg, pid, experiment_id)
-        labels = weak_labels(data, cfg, pid, experiment_id)
+        data, labels = weak_labels(data, cfg, pid, experiment_id)
         baseline = gold_only(data, cfg, pid, experiment_id)
         candidates, missing = {"gold_only": baseline}, labels.missing()
         weak = pseudo = final = pseudo_checks = None

@@ -225,7 +225,7 @@ def record_feedback(url: str, labels: pd.DataFrame, classes_of: ClassesOf | None
             conn.execute(FEEDBACK.delete().where(FEEDBACK.c.request_id.in_(sorted({r for r, _ in keys}))).where(
                 sa.tuple_(FEEDBACK.c.request_id, FEEDBACK.c.row_index).in_(keys)))
             now = datetime.now(timezone.utc)
-            conn.execute(FEEDBACK.insert(), [{"request_id": r, "row_index": i, "label": int(label), "ts": now}
+            conn.execute(FEEDBACK.insert(), [{"request_id": r, "row_index": i, "label": str(label), "ts": now}
                                              for (r, i), label in latest.items()])
         return len(keys)
     finally:

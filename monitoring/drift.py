@@ -74,9 +74,12 @@ def load_window(url: str, features: list[str], rows: int | None = 500, hours: fl
     if missing:
         raise ValueError(f"prediction log rows lack feature(s) {missing[:5]}: were they served by another model?")
     out = feats[features].astype(np.float64)
-    out[PREDICTION] = raw["predicted_class"].astype(int)
+    for column in feats.columns.difference(features):  # logged text (first characters): kept for the copy checks
+        if feats[column].dtype == object:
+            out[column] = feats[column]
+    out[PREDICTION] = raw["predicted_class"].astype(str)  # class values compare as text: 3 and "3", "spam"
     out["confidence"] = raw["confidence"].astype(float)
-    out[LABEL] = pd.to_numeric(raw["label"], errors="coerce")
+    out[LABEL] = raw["label"].where(raw["label"].notna(), None).map(lambda v: None if v is None else str(v))
     for col in ("request_id", "row_index", "ts", "model_version"):
         out[col] = raw[col]
     return out
@@ -167,7 +170,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
     ref = reference[usable + [PREDICTION]].copy()
     cur = current[usable + [PREDICTION]].copy()
     for frame in (ref, cur):
-        frame[PREDICTION] = frame[PREDICTION].astype(int).astype(str)
+        frame[PREDICTION] = frame[PREDICTION].astype(str)
     labelled = current[LABEL].notna() if LABEL in current else pd.Series(False, index=current.index)
     metrics: list = [DataDriftPreset(columns=[*usable, PREDICTION], num_method=NUM_METHOD, cat_method=CAT_METHOD)]
     definition = DataDefinition(numerical_columns=usable, categorical_columns=[PREDICTION])
@@ -189,7 +192,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
     pred_p = tests[PREDICTION][1] if PREDICTION in tests else None
     quality: dict[str, float] = {}
     if int(labelled.sum()) >= min_labelled:
-        y, p = current.loc[labelled, LABEL].astype(int), current.loc[labelled, PREDICTION].astype(int)
+        y, p = current.loc[labelled, LABEL].astype(str), current.loc[labelled, PREDICTION].astype(str)
         quality = {"labelled_rows": float(labelled.sum()), "accuracy": float((y == p).mean())}
         lab = current.loc[labelled, usable + [PREDICTION, LABEL]].copy()
         lab[PREDICTION], lab[LABEL] = p.astype(str), y.astype(str)

@@ -88,10 +88,14 @@ def describe_classes(classes: Sequence[Any]) -> str:
 def check_label(value: Any, classes: Sequence[Any] | None, model: str = "") -> tuple[Any, str | None]:
     """The one place a label is judged: ``(label, None)`` when ``value`` is a label of ``classes`` (the
     class set of the version that answered the row; ``None``: the format only), else ``(None, why)``.
-    Labels are integers today; named (string) classes would be matched here, by name, when a model's
-    ``classes`` hold strings."""
+    A model with named classes ("spam", "ham") takes the names, matched exactly after trimming spaces."""
     if _is_empty(value):
-        return None, "empty; expected an integer class label"
+        return None, "empty; expected a class label"
+    if classes is not None and any(isinstance(c, str) for c in classes):
+        name = str(value).strip()
+        if name not in set(map(str, classes)):
+            return None, f"{_show(value)} is not a class of {model} (its classes: {describe_classes(classes)})"
+        return name, None
     label = _integer(value)
     if label is None:
         return None, f"{_show(value)} is not an integer class label"

@@ -41,29 +41,43 @@ class DemoData(_Section):
     image: bool = Field(True, description="treat the 64 features as an 8x8 image (small CNN)")
 
 
+ClassValue = int | str
+
+
 class FilesData(_Section):
     """The user's own Parquet or CSV files (see the README's data contract)."""
 
     source: Literal["files"] = "files"
     train_path: Path
     test_path: Path
-    feature_columns: list[str] = Field(min_length=1)
+    feature_columns: list[str] = Field(default_factory=list, description="numeric feature columns")
+    text_columns: list[str] = Field(default_factory=list, description="raw text columns, featurised inside the "
+                                    "model (hashed word and character n-grams, TF-IDF, LSA)")
     label_column: str = "label"
     weak_label_columns: list[str] = Field(default_factory=list)
-    abstain: int = -1
-    classes: list[int] | None = Field(None, description="the class set; default: the test file's labels")
+    abstain: ClassValue = Field(-1, description="the weak-column value that means 'no vote' (an empty cell too)")
+    classes: list[int] | list[str] | None = Field(None, description="the class set (integers or names); default: "
+                                                  "the test file's labels")
     image_shape: tuple[int, int, int] | None = None
+    text_max_chars: int = Field(5000, ge=1, description="longest text a row may carry (validation and serving)")
     unlabeled_path: Path | None = Field(
-        None, description="an extra unlabeled pool (Parquet with the feature columns), streamed by row group")
+        None, description="an extra unlabeled pool (Parquet with the input columns), streamed by row group")
     seed: int = 0
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> FilesData:
-        named = [*self.feature_columns, self.label_column, *self.weak_label_columns]
+        if not self.feature_columns and not self.text_columns:
+            raise ValueError("give feature_columns (numbers), text_columns (raw text), or both")
+        named = [*self.feature_columns, *self.text_columns, self.label_column, *self.weak_label_columns]
         dupes = sorted({c for c in named if named.count(c) > 1})
         if dupes:
-            raise ValueError(f"columns used twice across feature/label/weak columns: {dupes}")
+            raise ValueError(f"columns used twice across feature/text/label/weak columns: {dupes}")
         return self
+
+    @property
+    def input_columns(self) -> list[str]:
+        """What a row must carry for the model: numeric features, then text."""
+        return [*self.feature_columns, *self.text_columns]
 
 
 class SelectionConfig(_Section):
@@ -83,13 +97,61 @@ class SelectionConfig(_Section):
                                    "the uncertainty of the candidates' differences")
 
 
+class DemoTextData(_Section):
+    """The SMS Spam Collection shipped with weakflow (5,574 real messages, 747 spam; CC BY 4.0, see
+    tasks/demo_data/README.md): a frozen test split (copies of a message kept on one side), a small gold set,
+    and keyword/regex rules (weak_labels.rules, or the demo's own when none are given) labelling the rest."""
+
+    source: Literal["demo_text"] = "demo_text"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    gold_fraction: float = Field(0.05, gt=0.0, lt=1.0, description="share of the non-test messages that keep gold labels")
+    seed: int = 0
+
+
 class ValidationConfig(_Section):
     min_gold_per_class: int = Field(2, ge=1, description="gold rows each class needs (train + dev)")
 
 
-class WeakLabelsConfig(_Section):
-    """How weak label columns and labelling functions become one training label per row."""
+class RuleConfig(_Section):
+    """A labelling function written as data: a named rule votes ``label`` on the rows it fires on, else abstains.
 
+    ``keywords``: any of ``keywords`` as a whole word or phrase in text ``column`` (case-insensitive);
+    ``regex``: ``pattern`` found in text ``column`` (case-insensitive unless ``case_sensitive``);
+    ``threshold``: numeric ``column`` above ``above`` and/or below ``below``."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["keywords", "regex", "threshold"]
+    column: str = Field(min_length=1)
+    label: ClassValue
+    keywords: list[str] = Field(default_factory=list)
+    pattern: str | None = None
+    case_sensitive: bool = False
+    above: float | None = None
+    below: float | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> RuleConfig:
+        if self.kind == "keywords" and not self.keywords:
+            raise ValueError(f"rule {self.name!r}: kind keywords needs a non-empty keywords list")
+        if self.kind == "regex":
+            import re
+
+            if not self.pattern:
+                raise ValueError(f"rule {self.name!r}: kind regex needs a pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"rule {self.name!r}: pattern {self.pattern!r} is not a regular expression: {exc}") from exc
+        if self.kind == "threshold" and self.above is None and self.below is None:
+            raise ValueError(f"rule {self.name!r}: kind threshold needs above, below or both")
+        return self
+
+
+class WeakLabelsConfig(_Section):
+    """How weak label columns, rules and labelling functions become evidence about each row's class."""
+
+    rules: list[RuleConfig] = Field(default_factory=list, description="labelling functions written as data "
+                                    "(keywords, regex, threshold); see `weakflow lfs`")
     labeling_functions: list[str] = Field(default_factory=list, description="'module:function' callables")
     aggregation: Literal["gold_anchored", "majority", "dawid_skene"] = Field(
         "gold_anchored", description="gold_anchored: each source's confusion matrix (and informative abstaining) "
@@ -229,6 +291,7 @@ class ServeConfig(_Section):
     alias: str = Field("champion", min_length=1, description="registry alias whose version is served")
     max_body_bytes: int = Field(1 << 20, ge=64, description="larger request bodies get 413")
     max_batch: int = Field(1000, ge=1, description="more records per request get 422")
+    max_text_chars: int = Field(5000, ge=1, description="a text field longer than this gets 422 (text models)")
     poll_seconds: float = Field(10.0, ge=0.0, description="registry poll interval for hot reload (0: never)")
     prediction_log_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<workspace>/predictions.db")
 
@@ -338,7 +401,7 @@ class TrackingConfig(_Section):
 
 
 class Config(_Section):
-    data: Annotated[DemoData | FilesData, Field(discriminator="source")] = DemoData()
+    data: Annotated[DemoData | DemoTextData | FilesData, Field(discriminator="source")] = DemoData()
     validation: ValidationConfig = ValidationConfig()
     selection: SelectionConfig = SelectionConfig()
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()
@@ -409,7 +472,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
 def format_validation_error(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("demo", "files"))]
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("demo", "demo_text", "files"))]
         key = ".".join(loc) or "<top level>"
         value = _lookup(raw, err["loc"])
         shown = "<missing>" if err["type"] == "missing" else repr(value if value is not _MISSING else err.get("input"))
@@ -427,7 +490,7 @@ def _lookup(raw: Any, loc: tuple) -> Any:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        elif isinstance(part, str) and part in ("demo", "files"):
+        elif isinstance(part, str) and part in ("demo", "demo_text", "files"):
             continue  # discriminated-union tag, not a key in the YAML
         else:
             return _MISSING

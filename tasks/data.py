@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import DemoData, FilesData
+from tasks.config import Config, DemoData, DemoTextData, FilesData
 from tasks.core.folds import GoldFolds, gold_folds
 from tasks.core.noise import corrupt_labels
+from tasks.core.text import TextFeaturizer, normalise
 
 PROVENANCE = "provenance"  # gold | weak | unlabeled
 SPLIT = "split"  # gold | weak | unlabeled
@@ -36,6 +37,50 @@ class RawTables:
     spec: FilesData
 
 
+@dataclass(frozen=True)
+class InputSchema:
+    """What a row carries (numeric and text input columns) and how it becomes the model's feature vector:
+    the numbers as they are, the text through a fitted :class:`tasks.core.text.TextFeaturizer`."""
+
+    numeric: list[str]
+    text: list[str]
+    featurizer: TextFeaturizer | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        return [*self.numeric, *self.text]
+
+    @property
+    def names(self) -> list[str]:
+        """The model's feature names: the numeric columns, then the text features."""
+        return [*self.numeric, *(self.featurizer.names if self.featurizer is not None else [])]
+
+    def x(self, frame: pd.DataFrame) -> np.ndarray:
+        numbers = frame[self.numeric].to_numpy(dtype=np.float32)
+        if self.featurizer is None:
+            return numbers
+        return np.hstack([numbers, self.featurizer.transform(frame)])
+
+
+def as_class(value: object) -> object:
+    """A label as a class value: an integer stored as a float (a CSV column with empty cells) becomes the
+    integer, text is stripped; anything empty is None."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+def class_values(column: pd.Series) -> pd.Series:
+    """:func:`as_class` over a column (object dtype: integers and names side by side stay what they are)."""
+    return column.astype(object).map(as_class)
+
+
 @dataclass
 class PipelineData:
     """Validated data, with every training row's provenance, split and (gold rows) cross-fitting fold.
@@ -44,14 +89,19 @@ class PipelineData:
     rows are the gold rows outside that fold and its ``gold_dev`` rows that fold's, on which it is judged.
     Without a fold (the refit on all gold), ``gold_train`` is every gold row and ``gold_dev`` is empty."""
 
-    train: pd.DataFrame  # features, label (Int64, <NA> when not gold), weak columns, provenance, split, fold
+    train: pd.DataFrame  # inputs, label (a class value, None when not gold), weak columns, provenance, split, fold
     test: pd.DataFrame
     spec: FilesData
-    classes: list[int]
+    classes: list  # class values (integers or names), sorted; a row's class index is its position here
     fold: int | None = None
+    schema: InputSchema | None = None  # None: numeric feature_columns only
+
+    def __post_init__(self) -> None:
+        if self.schema is None:
+            self.schema = InputSchema(list(self.spec.feature_columns), list(self.spec.text_columns))
 
     def fold_view(self, fold: int | None) -> PipelineData:
-        return PipelineData(self.train, self.test, self.spec, self.classes, fold)
+        return PipelineData(self.train, self.test, self.spec, self.classes, fold, self.schema)
 
     @property
     def folds(self) -> int:
@@ -60,14 +110,20 @@ class PipelineData:
 
     @property
     def features(self) -> list[str]:
-        return self.spec.feature_columns
+        """The model's feature names (numeric columns, then text features)."""
+        return self.schema.names
+
+    @property
+    def inputs(self) -> list[str]:
+        """The raw columns a row carries (numeric, then text)."""
+        return self.schema.inputs
 
     @property
     def label(self) -> str:
         return self.spec.label_column
 
     def x(self, frame: pd.DataFrame) -> np.ndarray:
-        return frame[self.features].to_numpy(dtype=np.float32)
+        return self.schema.x(frame)
 
     def y(self, frame: pd.DataFrame) -> np.ndarray:
         """Class indices (0..C-1) of a frame's gold labels."""
@@ -92,6 +148,16 @@ class PipelineData:
         gold = (frame[SPLIT] == "gold").to_numpy()
         rows = np.flatnonzero(gold)
         return GoldFolds(rows, self.y(frame.iloc[rows]), frame[FOLD].to_numpy()[rows].astype(np.int64))
+
+    def with_weak_rows(self, row_ids: np.ndarray) -> PipelineData:
+        """A copy in which the non-gold rows ``row_ids`` (those a rule or labelling function voted on) count
+        as weak: assembly only saw the weak label columns."""
+        marked = self.train[ROW_ID].isin(row_ids) & (self.train[SPLIT] == "unlabeled")
+        if not marked.any():
+            return self
+        train = self.train.copy()
+        train.loc[marked, [PROVENANCE, SPLIT]] = "weak"
+        return PipelineData(train, self.test, self.spec, self.classes, self.fold, self.schema)
 
     def provenance_counts(self) -> dict[str, int]:
         counts = self.train[PROVENANCE].value_counts()
@@ -143,39 +209,72 @@ def check_unique_columns(names: list[str], path: Path, field: str) -> None:
                         "every column name must be unique")
 
 
+def resolve_data_spec(cfg: Config) -> FilesData:
+    """The data as files: the demos are written to Parquet in the workspace (once per settings), then
+    read like any user's files."""
+    if isinstance(cfg.data, DemoData):
+        return materialize_demo(cfg.data, cfg.tracking.workspace / "data")
+    if isinstance(cfg.data, DemoTextData):
+        from tasks.demo_text import materialize_demo_text
+
+        return materialize_demo_text(cfg.data, cfg.tracking.workspace / "data")
+    return cfg.data
+
+
 def read_raw(spec: FilesData) -> RawTables:
     return RawTables(read_table(spec.train_path, "data.train_path"), read_table(spec.test_path, "data.test_path"), spec)
 
 
-def class_set(raw: RawTables) -> list[int]:
+def classes_of(labels: pd.Series) -> list:
+    """The distinct labels of a column as class values: integers or names, sorted (a column mixing both
+    is read as names)."""
+    values = {as_class(v) for v in labels.tolist()} - {None}  # Python scalars, not numpy's
+    if any(not isinstance(v, int) for v in values):
+        values = {str(v) for v in values}
+    return sorted(values)
+
+
+def class_set(raw: RawTables) -> list:
     """The declared class set, or the labels of the frozen test file."""
     if raw.spec.classes is not None:
         return sorted(raw.spec.classes)
     if raw.spec.label_column not in raw.test.columns:
         return []
-    values = pd.to_numeric(raw.test[raw.spec.label_column], errors="coerce").dropna().unique()
-    return sorted(int(v) for v in values if float(v).is_integer())
+    return classes_of(raw.test[raw.spec.label_column])
 
 
-def assemble(raw: RawTables, classes: list[int], folds: int = 3) -> PipelineData:
-    """Attach provenance, split and the gold rows' cross-fitting folds to validated raw tables."""
+def weak_votes(frame: pd.DataFrame, spec: FilesData) -> pd.DataFrame:
+    """The weak columns as class values, with every empty cell and the abstain value as None."""
+    abstain = as_class(spec.abstain)
+    return frame[spec.weak_label_columns].apply(class_values).map(lambda v: None if v == abstain else v)
+
+
+def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64) -> PipelineData:
+    """Attach provenance, split and the gold rows' cross-fitting folds to validated raw tables; fit the text
+    featurisation on the training rows' text (no label, no test row)."""
     spec = raw.spec
     train = raw.train.copy()
-    train[spec.label_column] = pd.to_numeric(train[spec.label_column]).astype("Int64")
-    weak = train[spec.weak_label_columns].apply(pd.to_numeric).fillna(spec.abstain) if spec.weak_label_columns else None
-    has_weak = (weak != spec.abstain).any(axis=1) if weak is not None else pd.Series(False, index=train.index)
+    train[spec.label_column] = class_values(train[spec.label_column])
+    votes = weak_votes(train, spec) if spec.weak_label_columns else None
+    has_weak = votes.notna().any(axis=1) if votes is not None else pd.Series(False, index=train.index)
     gold = train[spec.label_column].notna()
     train[PROVENANCE] = np.where(gold, "gold", np.where(has_weak, "weak", "unlabeled"))
     train[SPLIT] = train[PROVENANCE]
     train[FOLD] = -1
     if gold.any():
         index = {c: i for i, c in enumerate(classes)}
-        train.loc[gold, FOLD] = gold_folds(train.loc[gold, spec.label_column].map(index).to_numpy(), folds, spec.seed)
+        copies = feature_hashes(train.loc[gold], list(spec.feature_columns), list(spec.text_columns)).to_numpy()
+        train.loc[gold, FOLD] = gold_folds(train.loc[gold, spec.label_column].map(index).to_numpy(), folds, spec.seed,
+                                           groups=copies)
     if ROW_ID not in train.columns:
         train[ROW_ID] = np.arange(len(train))
     test = raw.test.copy()
-    test[spec.label_column] = pd.to_numeric(test[spec.label_column]).astype("Int64")
-    return PipelineData(train=train.reset_index(drop=True), test=test.reset_index(drop=True), spec=spec, classes=classes)
+    test[spec.label_column] = class_values(test[spec.label_column])
+    featurizer = (TextFeaturizer.fit(train, spec.text_columns, dims=text_dims, seed=spec.seed)
+                  if spec.text_columns else None)
+    schema = InputSchema(list(spec.feature_columns), list(spec.text_columns), featurizer)
+    return PipelineData(train=train.reset_index(drop=True), test=test.reset_index(drop=True), spec=spec,
+                        classes=classes, schema=schema)
 
 
 def hash_rows(x: np.ndarray, decimals: int = 6) -> np.ndarray:
@@ -185,10 +284,19 @@ def hash_rows(x: np.ndarray, decimals: int = 6) -> np.ndarray:
     return pd.util.hash_pandas_object(pd.DataFrame(rounded), index=False).to_numpy()
 
 
-def feature_hashes(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """:func:`hash_rows` of a frame's feature columns (column order fixed), indexed like the frame."""
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    return pd.Series(hash_rows(values), index=frame.index)
+def feature_hashes(frame: pd.DataFrame, columns: list[str], text: list[str] | None = None) -> pd.Series:
+    """:func:`hash_rows` of a frame's feature columns (column order fixed), indexed like the frame; with
+    ``text`` columns their normalised text (lower case, punctuation and spacing ignored) hashes in too."""
+    if columns:
+        values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        hashes = pd.Series(hash_rows(values), index=frame.index)
+    else:  # text only
+        hashes = pd.Series(np.zeros(len(frame), dtype=np.uint64), index=frame.index)
+    for column in text or []:
+        words = pd.util.hash_pandas_object(normalise(frame[column]), index=False)
+        hashes = pd.Series(pd.util.hash_pandas_object(pd.DataFrame({"n": hashes.to_numpy(), "t": words.to_numpy()}),
+                                                      index=False).to_numpy(), index=frame.index)
+    return hashes
 
 
 def dataset_digest(frame: pd.DataFrame) -> str:

@@ -82,7 +82,7 @@ def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo:
     weak_ids = weak.row_ids if weak.row_ids is not None else np.zeros(0, np.int64)
     weak_frame = data.train.set_index(ROW_ID).loc[weak_ids].reset_index()
     position = pd.Series(np.arange(len(labels.row_ids)), index=labels.row_ids).loc[weak_ids].to_numpy()
-    frame = pd.concat([gold, weak_frame, union[[*data.features, ROW_ID, SPLIT]].assign(fold=-1)], ignore_index=True)
+    frame = pd.concat([gold, weak_frame, union[[*data.inputs, ROW_ID, SPLIT]].assign(fold=-1)], ignore_index=True)
     n_gold, n_weak = len(gold), len(weak_frame)
     union_index = pd.MultiIndex.from_frame(union[[SOURCE, ROW_ID]])
     targets: dict[int | None, np.ndarray] = {}
@@ -101,7 +101,7 @@ def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo:
         if soft_pseudo:
             y[at] = np.log(np.clip(kept[[f"soft_{c}" for c in classes]].to_numpy(np.float32), 1e-4, None))
         else:
-            y[at] = log_one_hot(np.searchsorted(classes, kept["pseudo_label"].to_numpy()), num_classes)
+            y[at] = log_one_hot(data.y(kept.rename(columns={"pseudo_label": data.label})), num_classes)
         w[at] = kept["confidence"].to_numpy(np.float32) if cfg.full_train.pseudo_weight == "confidence" else 1.0
         targets[t], weights[t] = y, w
         if t is None:

@@ -19,7 +19,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage, repeats
+from data_checks.contamination import (
+    TEXT_NEAR, NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, label_leakage, near_text_pairs, repeats,
+    text_keys,
+)
 from tasks.stage import stage_task
 from tasks import tracking
 from tasks.config import Config
@@ -115,23 +118,21 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
     """Run the pre-training checks and apply their policies; raise GovernanceError on a ``fail``."""
     g = cfg.governance
     findings, failures = Findings(), []
-    test_x, train = data.x(data.test), data.train
-    train_x = data.x(train)
-    exact = _pairs_with_rows(exact_pairs(test_x, train_x), train)
-    rates = repeats(hash_rows(test_x), hash_rows(train_x))
+    train = data.train
+    exact_found, near_found, near_what, keys = copies(data, data.test, train, g.near_factor)
+    exact = _pairs_with_rows(exact_found, train)
+    rates = repeats(*keys)
     natural = g.repeated_rows == "auto" and rates.natural
-    index = NearDuplicateIndex(test_x, g.near_factor)
-    near = _pairs_with_rows(index.near_pairs(train_x), train)
+    near = _pairs_with_rows(near_found, train)
     drop = _apply("exact_duplicates", "warn" if natural else g.exact_duplicates, exact, findings, failures,
                   "training row(s) equal a test row")
     if natural:  # recorded, not acted on: the rows repeat as often as training rows repeat among themselves
         findings.actions["exact_duplicates"] = f"natural repeats: {rates.text()} (governance.repeated_rows)"
-    drop |= _apply("near_duplicates", g.near_duplicates, near, findings, failures,
-                   f"training row(s) within {index.threshold:.3g} of a test row ({g.near_factor:g} x median "
-                   f"test NN distance {index.median_nn:.3g})")
+    drop |= _apply("near_duplicates", g.near_duplicates, near, findings, failures, near_what)
     gold = data.rows("gold")
-    leak = label_leakage(data.x(gold), data.y(gold), data.features, g.leakage_accuracy, seed=cfg.seed,
-                         lower_bound=g.leakage_lower_bound)
+    numeric = data.schema.numeric  # input columns: a text feature that separates classes is the point, not a leak
+    leak = label_leakage(gold[numeric].to_numpy(np.float32), data.y(gold), numeric, g.leakage_accuracy,
+                         seed=cfg.seed, lower_bound=g.leakage_lower_bound)
     leaking = leak[leak["leaks"]]
     findings.tables["label_leakage"] = leaking.reset_index(drop=True)
     findings.tables["label_leakage_all"] = leak
@@ -148,8 +149,27 @@ def check_training(data: PipelineData, cfg: Config) -> tuple[PipelineData, Findi
         gone = train[train[ROW_ID].isin(drop)]
         findings.dropped = {k: int(v) for k, v in gone[PROVENANCE].value_counts().items()}
         data = PipelineData(train=train[~train[ROW_ID].isin(drop)].reset_index(drop=True), test=data.test,
-                            spec=data.spec, classes=data.classes)  # gold rows keep their folds
+                            spec=data.spec, classes=data.classes, schema=data.schema)  # gold rows keep their folds
     return data, findings
+
+
+def copies(data: PipelineData, reference: pd.DataFrame, rows: pd.DataFrame, near_factor: float
+           ) -> tuple[pd.DataFrame, pd.DataFrame, str, tuple[np.ndarray, np.ndarray]]:
+    """Rows of ``rows`` equal to or near a row of ``reference`` (the test split): (exact pairs, near pairs,
+    what "near" meant, the two tables' row keys). With text columns: equal once text is normalised, and near
+    as near copies of the text (character n-gram cosine); without: equal numbers, and near in standardised
+    feature space within ``near_factor`` x the test rows' median nearest-neighbour distance."""
+    schema = data.schema
+    if schema.text:
+        exact = exact_text_pairs(reference, rows, schema.numeric, schema.text)
+        near = near_text_pairs(joined_text(reference, schema.text), joined_text(rows, schema.text))
+        keys = (text_keys(reference, schema.numeric, schema.text), text_keys(rows, schema.numeric, schema.text))
+        return exact, near, f"training row(s) whose text is a near copy of a test row's (cosine >= {TEXT_NEAR:g})", keys
+    ref_x, rows_x = data.x(reference), data.x(rows)
+    index = NearDuplicateIndex(ref_x, near_factor)
+    what = (f"training row(s) within {index.threshold:.3g} of a test row ({near_factor:g} x median test NN "
+            f"distance {index.median_nn:.3g})")
+    return exact_pairs(ref_x, rows_x), index.near_pairs(rows_x), what, (hash_rows(ref_x), hash_rows(rows_x))
 
 
 def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple[PseudoLabels, Findings]:
@@ -162,10 +182,8 @@ def check_pseudo(data: PipelineData, pseudo: PseudoLabels, cfg: Config) -> tuple
     g = cfg.governance
     findings, failures = Findings(), []
     kept = pseudo.kept
-    test_x = data.x(data.test)
-    kept_x = kept[data.features].to_numpy(np.float32)
-    index = NearDuplicateIndex(test_x, g.near_factor)
-    pairs = pd.concat([exact_pairs(test_x, kept_x).assign(distance=0.0), index.near_pairs(kept_x)], ignore_index=True)
+    exact, near, _, _ = copies(data, data.test, kept, g.near_factor)
+    pairs = pd.concat([exact.assign(distance=0.0), near], ignore_index=True)
     table = _pairs_with_rows(pairs, kept)
     table["source"] = kept["source"].to_numpy()[pairs["row_index"].to_numpy()] if len(pairs) else []
     _apply("pseudo_near_test", g.pseudo_near_test, table, findings, failures,

@@ -1,8 +1,8 @@
-"""Labelling functions: load them from "module:function" refs, run them batchwise, build vote matrices.
+"""Labelling functions: load them from "module:function" refs, run them (and rules) batchwise, build vote matrices.
 
-An LF takes a DataFrame batch of feature rows and returns one class *value* (or the abstain
-value) per row. Its output is checked strictly here, because one stray NaN or string would
-otherwise surface much later as a confusing error inside aggregation or training.
+An LF takes a DataFrame batch of rows' input columns (numbers and text, never labels) and returns one class
+*value* (an int or a name) or the abstain value per row. Its output is checked strictly here, because one
+stray NaN or misspelt class would otherwise surface much later as a confusing error inside aggregation.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.config import FilesData, RuleConfig
 from tasks.data import DataError
 
 MAX_SHOWN = 5  # distinct offending values quoted in an error message
@@ -51,50 +52,65 @@ def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:
     return target
 
 
-def _check_label_set(classes: Sequence[int], abstain: int) -> np.ndarray:
-    labels = np.asarray(list(classes))
-    if labels.size == 0 or labels.dtype.kind not in "iu":
-        raise ValueError(f"classes must be a non-empty list of ints, got {list(classes)!r}")
-    if len(np.unique(labels)) != len(labels):
-        raise ValueError(f"classes must be distinct, got {list(classes)!r}")
-    if abstain in set(labels.tolist()):
-        raise ValueError(f"abstain value {abstain} is also a class")
-    return labels.astype(np.int64)
+def check_label_set(classes: Sequence[Any], abstain: Any) -> list:
+    """The class values as a list (all ints, or all strings), distinct, with ``abstain`` not among them."""
+    labels = list(classes)
+    ints = all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in labels)
+    if not labels or not (ints or all(isinstance(c, str) for c in labels)):
+        raise ValueError(f"classes must be a non-empty list of ints or of strings, got {labels!r}")
+    labels = [int(c) for c in labels] if ints else labels
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"classes must be distinct, got {labels!r}")
+    if abstain is not None and any(type(abstain) is type(c) and abstain == c for c in labels):
+        raise ValueError(f"abstain value {abstain!r} is also a class")
+    return labels
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and bool(np.isnan(value)))
+def _lookup(labels: list, abstain: Any) -> pd.Index:
+    """Hash index: positions < len(labels) are classes, later ones the abstain value and its text form
+    (``np.where(fired, "spam", -1)`` turns -1 into "-1"; a CSV cell holds text)."""
+    extra = [] if abstain is None else [abstain] + ([str(abstain)] if not isinstance(abstain, str) else [])
+    return pd.Index(labels + [v for v in extra if v not in labels], dtype=object)
 
 
-def _to_values(
-    raw: np.ndarray, allowed: np.ndarray, abstain: int, missing_is_abstain: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 values, bad mask) for ``raw``; bad = not an integer in ``allowed`` (missing may mean abstain)."""
-    out = np.full(raw.shape, abstain, dtype=np.int64)
-    if raw.dtype.kind in "iu":
-        bad = ~np.isin(raw, allowed)
-        out[~bad] = raw[~bad]
-        return out, bad
-    if raw.dtype.kind == "f":
-        missing = np.isnan(raw)
-        bad = ~np.isin(raw, allowed.astype(np.float64))  # NaN, inf and non-integers are never in the set
-        if missing_is_abstain:
-            bad &= ~missing
-        good = ~bad & ~missing
-        out[good] = raw[good].astype(np.int64)
-        return out, bad
-    # Object, bool, strings, ...: judge element by element (bools are not class values).
-    allowed_set = set(allowed.tolist())
-    bad = np.zeros(raw.shape, dtype=bool)
-    for i, value in enumerate(raw.tolist()):
-        if missing_is_abstain and _is_missing(value):
-            continue
-        integral = isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer()
-        if integral and int(value) in allowed_set:
-            out[i] = int(value)
-        else:
-            bad[i] = True
-    return out, bad
+def _codes(raw: np.ndarray, labels: list, abstain: Any, missing_is_abstain: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(class index per value, -1 = abstain; bad mask): bad = neither a class nor abstain.
+
+    Vectorised by a hash lookup (integral floats match their int; missing, i.e. None/NaN/"", may mean
+    abstain). Bools are never class values, though ``True == 1`` in Python."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind == "b":
+        return np.full(raw.shape, -1, dtype=np.int64), np.ones(raw.shape, dtype=bool)
+    lookup = _lookup(labels, abstain)
+    try:
+        pos = lookup.get_indexer(raw)
+    except TypeError:  # unhashable values (lists, dicts): none of them is a class
+        pos = np.full(raw.shape, -1, dtype=np.int64)
+    bad = pos < 0
+    if missing_is_abstain and bad.any():
+        missing = pd.isna(raw)
+        if raw.dtype.kind in "OUS":
+            missing |= raw == ""
+        bad &= ~missing
+    if raw.dtype.kind == "O" and any(not isinstance(v, str) and v in (0, 1) for v in lookup):
+        is_bool = np.frompyfunc(lambda v: isinstance(v, (bool, np.bool_)), 1, 1)(raw).astype(bool)
+        bad |= is_bool
+    codes = np.where((pos >= 0) & (pos < len(labels)) & ~bad, pos, -1).astype(np.int64)
+    return codes, bad
+
+
+def _values(codes: np.ndarray, labels: list, abstain: Any) -> np.ndarray:
+    """Class indices back to class values (int64 when classes and abstain are ints, else object)."""
+    if all(isinstance(v, int) for v in [*labels, abstain]):
+        return np.where(codes >= 0, np.asarray(labels, dtype=np.int64)[np.maximum(codes, 0)], abstain).astype(np.int64)
+    out = np.full(codes.shape, abstain, dtype=object)
+    cast = codes >= 0
+    out[cast] = np.asarray(labels, dtype=object)[codes[cast]]
+    return out
+
+
+def _expected(labels: list, abstain: Any) -> str:
+    return f"expected one of {sorted(labels)!r} or abstain {abstain!r}"
 
 
 def _shown(values: np.ndarray) -> str:
@@ -115,58 +131,127 @@ def _column_names(refs: Sequence[str]) -> list[str]:
 
 
 def apply_labeling_functions(
-    frame: pd.DataFrame, refs: list[str], classes: list[int], abstain: int, batch_size: int = 100_000
+    frame: pd.DataFrame, refs: list[str], classes: list, abstain: Any, batch_size: int = 100_000
 ) -> pd.DataFrame:
-    """Run each LF over ``frame`` in slices of ``batch_size`` rows; one int64 column of class values per LF."""
+    """Run each LF over ``frame`` in slices of ``batch_size`` rows; one column of class values per LF
+    (int64 when the classes and abstain are ints, else object)."""
+    sources = [(name, f"labelling function {ref}", load_labeling_function(ref))
+               for name, ref in zip(_column_names(refs), refs)]
+    return _run_sources(frame, sources, classes, abstain, batch_size)
+
+
+def apply_sources(
+    frame: pd.DataFrame, spec: FilesData, rules: Sequence[RuleConfig | Callable], labeling_functions: list[str],
+    classes: list, abstain: Any, batch_size: int = 100_000,
+) -> pd.DataFrame:
+    """Every rule (column ``rule:<name>``) and labelling function (``lf:<name>``) over ``frame``'s rows, one
+    column of class values each (abstain where a source does not fire).
+
+    Sources see a row's input columns (``spec.input_columns``: numbers and text), never its label or weak
+    columns, so no function can peek at gold. Rules are checked against the data before anything runs."""
+    sources = source_functions(frame.columns, spec, rules, labeling_functions, classes, abstain)
+    return _run_sources(frame[spec.input_columns], sources, classes, abstain, batch_size)
+
+
+def source_functions(
+    columns: Sequence[str], spec: FilesData, rules: Sequence[RuleConfig | Callable], labeling_functions: list[str],
+    classes: list, abstain: Any,
+) -> list[tuple[str, str, Callable]]:
+    """(vote column, who, function) per rule and labelling function, checked against the data's ``columns``
+    and the class set: a rule reading a missing or non-input column, or voting a non-class, fails here."""
+    from tasks.rules import Rule, from_config
+
+    labels = check_label_set(classes, abstain)
+    inputs = spec.input_columns
+    present = pd.Index(columns)
+    lacking = [c for c in inputs if c not in present]
+    if lacking:
+        raise LabelingFunctionError(f"the data lacks input column(s) {lacking} (data.feature_columns + "
+                                    f"data.text_columns); labelling functions read {inputs}")
+    built = [rule if isinstance(rule, Rule) else from_config(rule, abstain) for rule in rules]
+    names = [rule.__name__ for rule in built]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise LabelingFunctionError(f"rule name(s) {twice} used more than once; every rule needs its own name")
+    for rule in built:
+        _check_rule(rule, inputs, present, labels)
+    sources = [(f"rule:{rule.__name__}", f"rule {rule.__name__!r}", rule) for rule in built]
+    if labeling_functions:
+        sources += [(name, f"labelling function {ref}", load_labeling_function(ref))
+                    for name, ref in zip(_column_names(labeling_functions), labeling_functions)]
+    return sources
+
+
+def _check_rule(rule: Any, inputs: list[str], present: pd.Index, labels: list) -> None:
+    """A rule reads one input column and votes one class: say which rule breaks that, before running."""
+    if rule.column not in inputs:
+        where = ("is not an input column: a rule sees only data.feature_columns + data.text_columns, never "
+                 "labels" if rule.column in present else "is not in the data")
+        raise LabelingFunctionError(f"rule {rule.__name__!r} reads column {rule.column!r}, which {where} "
+                                    f"(input columns: {inputs})")
+    if not any(type(rule.label) is type(c) and rule.label == c for c in labels):
+        raise LabelingFunctionError(f"rule {rule.__name__!r} votes {rule.label!r}, which is not a class "
+                                    f"(classes: {labels!r})")
+
+
+def _run_sources(
+    frame: pd.DataFrame, sources: list[tuple[str, str, Callable]], classes: list, abstain: Any, batch_size: int
+) -> pd.DataFrame:
+    """Call every (column name, who, function) per batch, check its output strictly, collect class values."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    allowed = np.append(_check_label_set(classes, abstain), abstain)
-    expected = f"expected one of {sorted(int(c) for c in classes)} or abstain {abstain}"
-    columns: dict[str, np.ndarray] = {}
-    for name, ref in zip(_column_names(refs), refs):
-        fn = load_labeling_function(ref)
-        parts: list[np.ndarray] = []
-        for start in range(0, len(frame), batch_size):
-            batch = frame.iloc[start:start + batch_size]
+    labels = check_label_set(classes, abstain)
+    names = [name for name, _, _ in sources]
+    if len(set(names)) != len(names):
+        raise LabelingFunctionError(f"a labelling function is listed twice in {names!r}")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, len(frame), batch_size):
+        batch = frame.iloc[start:start + batch_size]
+        for name, who, fn in sources:
             try:
                 result = fn(batch)
+            except LabelingFunctionError:
+                raise  # a rule's own message already names it and the column
             except Exception as exc:
-                raise LabelingFunctionError(
-                    f"labelling function {ref} raised {type(exc).__name__}: {exc}"
-                ) from exc
+                raise LabelingFunctionError(f"{who} raised {type(exc).__name__}: {exc}") from exc
             raw = np.asarray(result.to_numpy() if isinstance(result, (pd.Series, pd.Index)) else result)
             if raw.shape != (len(batch),):
                 raise LabelingFunctionError(
-                    f"labelling function {ref} returned shape {raw.shape} for a batch of {len(batch)} rows; "
-                    f"expected one value per row"
+                    f"{who} returned shape {raw.shape} for a batch of {len(batch)} rows; expected one value per row"
                 )
-            values, bad = _to_values(raw, allowed, abstain, missing_is_abstain=False)
+            codes, bad = _codes(raw, labels, abstain, missing_is_abstain=False)
             if bad.any():
-                raise LabelingFunctionError(
-                    f"labelling function {ref} returned {int(bad.sum())} value(s) outside the label set: "
-                    f"{_shown(raw[bad])}; {expected}"
-                )
-            parts.append(values)
-        columns[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return pd.DataFrame(columns, index=frame.index, dtype=np.int64)
+                raise LabelingFunctionError(f"{who} returned {int(bad.sum())} value(s) outside the label set: "
+                                            f"{_shown(raw[bad])}; {_expected(labels, abstain)}")
+            parts[name].append(_values(codes, labels, abstain))
+    empty = _values(np.zeros(0, dtype=np.int64), labels, abstain)
+    return pd.DataFrame({name: np.concatenate(p) if p else empty for name, p in parts.items()}, index=frame.index)
 
 
-def votes_matrix(frame: pd.DataFrame, columns: list[str], classes: list[int], abstain: int) -> np.ndarray:
-    """Class-value vote columns (NaN/None = abstain) to the (rows, sources) class-index matrix, -1 = abstain."""
-    labels = _check_label_set(classes, abstain)
-    allowed = np.append(labels, abstain)
-    order = np.argsort(labels)
+def votes_matrix(frame: pd.DataFrame, columns: list[str], classes: list, abstain: Any) -> np.ndarray:
+    """Class-value vote columns to the (rows, sources) class-index matrix, -1 = abstain (as do NaN, None
+    and an empty cell); a row's index is its class's position in ``classes``."""
+    labels = check_label_set(classes, abstain)
     votes = np.full((len(frame), len(columns)), -1, dtype=np.int64)
     for j, column in enumerate(columns):
         if column not in frame.columns:
             raise ValueError(f"vote column {column!r} is not in the frame")
         raw = np.asarray(frame[column].to_numpy())
-        values, bad = _to_values(raw, allowed, abstain, missing_is_abstain=True)
+        votes[:, j], bad = _codes(raw, labels, abstain, missing_is_abstain=True)
         if bad.any():
-            raise ValueError(
-                f"vote column {column!r} holds {_shown(raw[bad])}, outside classes "
-                f"{sorted(int(c) for c in classes)} and abstain {abstain}"
-            )
-        cast = values != abstain
-        votes[cast, j] = order[np.searchsorted(labels[order], values[cast])]
+            raise ValueError(f"vote column {column!r} holds {_shown(raw[bad])}, outside classes {sorted(labels)!r} "
+                             f"and abstain {abstain!r} (an empty cell is abstain too)")
     return votes
+
+
+def class_indices(values: Any, classes: list, what: str) -> np.ndarray:
+    """Gold labels (class values; None/NaN/"" = no label) to class indices, -1 where unlabelled; a value
+    outside the class set is an error naming ``what`` and the first rows (counted from 0) holding it."""
+    labels = check_label_set(classes, None)
+    raw = np.asarray(values.to_numpy() if isinstance(values, pd.Series) else values)
+    codes, bad = _codes(raw, labels, None, missing_is_abstain=True)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(f"{what} holds {_shown(raw[bad])} in row(s) {rows[:MAX_SHOWN].tolist()} "
+                        f"(rows count from 0), outside the classes {labels!r}")
+    return codes

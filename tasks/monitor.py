@@ -133,18 +133,27 @@ def raise_alert(cfg: Config, served: Served, check: Check) -> dict[str, str | in
 def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Served rows equal or near to test rows (evaluation contamination) and to training rows
     (memorisation exposure), with the request each came from."""
-    from data_checks.contamination import NearDuplicateIndex, exact_pairs
+    from data_checks.contamination import NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, near_text_pairs
+    from deploy.serve import LOGGED_TEXT_CHARS
     from tasks.data import read_table
-    from tasks.validate import resolve_data_spec
+    from tasks.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
-    wx = window[served.features].to_numpy(np.float32)
+    numeric, text = spec.feature_columns, spec.text_columns
     out = {}
     for name, path, config_field in (("evaluation_contamination", spec.test_path, "data.test_path"),
                                      ("memorisation_exposure", spec.train_path, "data.train_path")):
-        ref = read_table(path, config_field)[served.features].to_numpy(np.float32)
-        pairs = pd.concat([exact_pairs(ref, wx).assign(distance=0.0),
-                           NearDuplicateIndex(ref, cfg.governance.near_factor).near_pairs(wx)], ignore_index=True)
+        table = read_table(path, config_field)
+        if text:  # the log keeps the first LOGGED_TEXT_CHARS characters: compare those
+            ref = table[[*numeric, *text]].copy()
+            for column in text:
+                ref[column] = ref[column].fillna("").astype(str).str[:LOGGED_TEXT_CHARS]
+            pairs = pd.concat([exact_text_pairs(ref, window, numeric, text).assign(distance=0.0),
+                               near_text_pairs(joined_text(ref, text), joined_text(window, text))], ignore_index=True)
+        else:
+            ref, wx = table[served.features].to_numpy(np.float32), window[served.features].to_numpy(np.float32)
+            pairs = pd.concat([exact_pairs(ref, wx).assign(distance=0.0),
+                               NearDuplicateIndex(ref, cfg.governance.near_factor).near_pairs(wx)], ignore_index=True)
         idx = pairs["row_index"].to_numpy()
         out[name] = pd.DataFrame({"reference_index": pairs["reference_index"].to_numpy(), "distance": pairs["distance"],
                                   "request_id": window["request_id"].to_numpy()[idx],

@@ -17,20 +17,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data import ROW_ID, SPLIT, DataError
+from tasks.data import ROW_ID, SPLIT, DataError, InputSchema
 
 SOURCE = "source"  # "train" (a row of the training file) or "pool" (a row of data.unlabeled_path)
 Chunks = Callable[[], Iterator[tuple[np.ndarray, pd.DataFrame]]]
 
 
-def frame_chunks(frame: pd.DataFrame, features: list[str], chunk_rows: int) -> Chunks:
-    """In-memory candidate rows; the payload is each chunk's (row_id, split, source) columns."""
+def frame_chunks(frame: pd.DataFrame, schema: InputSchema, chunk_rows: int) -> Chunks:
+    """In-memory candidate rows: each chunk's feature matrix and its payload, (row_id, split, source) and
+    the raw text columns (what a kept row is written with)."""
     ids = pd.DataFrame({ROW_ID: frame[ROW_ID].to_numpy(np.int64), SPLIT: frame[SPLIT].to_numpy(), SOURCE: "train"})
-    x = frame[features].to_numpy(dtype=np.float32)
+    for column in schema.text:
+        ids[column] = frame[column].to_numpy()
 
     def gen() -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-        for start in range(0, len(x), chunk_rows):
-            yield x[start : start + chunk_rows], ids.iloc[start : start + chunk_rows]
+        for start in range(0, len(frame), chunk_rows):
+            yield schema.x(frame.iloc[start : start + chunk_rows]), ids.iloc[start : start + chunk_rows]
     return gen
 
 
@@ -38,9 +40,10 @@ def pool_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def check_pool_schema(path: Path, features: list[str], field: str = "data.unlabeled_path") -> int:
-    """The pool file exists, is Parquet and has every feature column as a number; returns its row count.
-    Reads only the footer, so it is cheap on any size."""
+def check_pool_schema(path: Path, features: list[str], field: str = "data.unlabeled_path",
+                      text: list[str] | None = None) -> int:
+    """The pool file exists, is Parquet and has every feature column as a number and every text column as
+    text; returns its row count. Reads only the footer, so it is cheap on any size."""
     path = Path(path)
     if path.suffix.lower() not in (".parquet", ".pq"):
         raise DataError(f"{field}: {path} has suffix {path.suffix!r}; the pool is streamed, so it must be Parquet")
@@ -51,10 +54,14 @@ def check_pool_schema(path: Path, features: list[str], field: str = "data.unlabe
         rows = pool_rows(path)
     except Exception as exc:  # pyarrow raises several types for a damaged footer
         raise DataError(f"{field}: cannot read {path} as Parquet: {type(exc).__name__}: {exc}") from exc
-    missing = [c for c in features if c not in schema.names]
+    missing = [c for c in [*features, *(text or [])] if c not in schema.names]
     if missing:
-        raise DataError(f"{field}: {path} lacks feature column(s) {missing[:10]}; expected all {len(features)} "
-                        "feature columns of data.feature_columns")
+        raise DataError(f"{field}: {path} lacks input column(s) {missing[:10]}; expected all of data.feature_columns "
+                        "and data.text_columns")
+    wordless = [f"{c} ({schema.field(c).type})" for c in text or []
+                if not (pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type))]
+    if wordless:
+        raise DataError(f"{field}: {path} text column(s) {wordless} do not hold text; expected strings")
     bad = [f"{c} ({schema.field(c).type})" for c in features
            if not (pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type))]
     if bad:
@@ -68,7 +75,7 @@ def row_group_rows(path: Path) -> list[int]:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
-def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str = "data.unlabeled_path",
+def parquet_chunks(path: Path, schema: InputSchema, chunk_rows: int, field: str = "data.unlabeled_path",
                    id_offset: int = 0, row_groups: tuple[int, int] | None = None, first_row: int = 0) -> Chunks:
     """A pool file, ``chunk_rows`` at a time. Rows get the file's ``row_id`` column, else ``id_offset`` +
     their position (the caller passes one past the training rows' ids, so no id names two rows).
@@ -78,7 +85,8 @@ def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str 
     ``first_row``; positions, ids and error messages stay those of the whole file."""
     path = Path(path)
     has_ids = ROW_ID in pq.read_schema(path).names
-    columns = features + ([ROW_ID] if has_ids else [])
+    features = schema.numeric
+    columns = schema.inputs + ([ROW_ID] if has_ids else [])
     groups = None if row_groups is None else list(range(*row_groups))
 
     def gen() -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
@@ -89,21 +97,29 @@ def parquet_chunks(path: Path, features: list[str], chunk_rows: int, field: str 
         # to 3.5 GiB on a 10M-row pool; without it memory stays at one row group (bench/pool.py)
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, row_groups=groups,
                                                                           columns=columns):
-            x = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in features]).astype(np.float32)
-            if not np.isfinite(x).all():
-                col = features[int(np.flatnonzero(~np.isfinite(x).all(axis=0))[0])]
-                raise DataError(f"{field}: {path} rows {start}-{start + len(x) - 1}: column {col} has NaN or "
+            numbers = (np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in features])
+                       .astype(np.float32) if features else np.zeros((batch.num_rows, 0), np.float32))
+            if not np.isfinite(numbers).all():
+                col = features[int(np.flatnonzero(~np.isfinite(numbers).all(axis=0))[0])]
+                raise DataError(f"{field}: {path} rows {start}-{start + batch.num_rows - 1}: column {col} has NaN or "
                                 "infinite values; expected finite numbers")
-            ids = batch.column(ROW_ID).to_numpy() if has_ids else np.arange(start, start + len(x)) + id_offset
-            yield x, pd.DataFrame({ROW_ID: ids.astype(np.int64), SPLIT: "pool", SOURCE: "pool"})
-            start += len(x)
+            ids = batch.column(ROW_ID).to_numpy() if has_ids else np.arange(start, start + batch.num_rows) + id_offset
+            payload = pd.DataFrame({ROW_ID: ids.astype(np.int64), SPLIT: "pool", SOURCE: "pool"})
+            if schema.text:
+                texts = pd.DataFrame({c: batch.column(c).to_pandas() for c in schema.text})
+                payload[schema.text] = texts.to_numpy()
+                x = np.hstack([numbers, schema.featurizer.transform(texts)]) if schema.featurizer else numbers
+            else:
+                x = numbers
+            yield x, payload
+            start += batch.num_rows
     return gen
 
 
-def scan_pool(path: Path, features: list[str], chunk_rows: int = 262_144) -> int:
+def scan_pool(path: Path, features: list[str], chunk_rows: int = 262_144, text: list[str] | None = None) -> int:
     """Check every row of the pool is finite before any training (one streamed read); returns the rows."""
-    rows = check_pool_schema(path, features)
-    for _ in parquet_chunks(path, features, chunk_rows)():
+    rows = check_pool_schema(path, features, text=text)
+    for _ in parquet_chunks(path, InputSchema(features, []), chunk_rows)():  # numbers only: text needs no scan
         pass
     return rows
 
@@ -124,8 +140,8 @@ class KeptWriter:
     every later chunk with rows would then fail to match."""
 
     path: Path
-    features: list[str]
-    classes: list[int]
+    inputs: InputSchema
+    classes: list
     soft: bool = False
     rows: int = 0
     _writer: pq.ParquetWriter | None = None
@@ -142,8 +158,10 @@ class KeptWriter:
     def schema(self) -> pa.Schema:
         """The output columns and their types, whatever a chunk holds."""
         fields = [pa.field(ROW_ID, pa.int64()), pa.field(SPLIT, pa.string()), pa.field(SOURCE, pa.string())]
-        fields += [pa.field(c, pa.float32()) for c in self.features]
-        fields += [pa.field("pseudo_label", pa.int64()), pa.field("confidence", pa.float32())]
+        fields += [pa.field(c, pa.float32()) for c in self.inputs.numeric]
+        fields += [pa.field(c, pa.string()) for c in self.inputs.text]
+        named = bool(self.classes) and isinstance(self.classes[0], str)
+        fields += [pa.field("pseudo_label", pa.string() if named else pa.int64()), pa.field("confidence", pa.float32())]
         if self.soft:
             fields += [pa.field(f"soft_{c}", pa.float32()) for c in self.classes]
         return pa.schema(fields)
@@ -153,9 +171,10 @@ class KeptWriter:
         keep = np.asarray(keep, dtype=bool)
         if not keep.any():
             return  # nothing to write; close() leaves a readable file even if no chunk kept a row
-        part = ids[keep].reset_index(drop=True)
-        part = pd.concat([part, pd.DataFrame(x[keep], columns=self.features)], axis=1)
-        part["pseudo_label"] = np.asarray(self.classes, dtype=np.int64)[labels[keep]]
+        part = ids[keep].reset_index(drop=True)  # ids and, for text data, the raw text
+        numeric = self.inputs.numeric
+        part = pd.concat([part, pd.DataFrame(x[keep][:, : len(numeric)], columns=numeric)], axis=1)
+        part["pseudo_label"] = np.asarray(self.classes, dtype=object)[labels[keep]]
         part["confidence"] = conf[keep].astype(np.float32)
         if self.soft:
             if probs is None or len(probs) != len(part):

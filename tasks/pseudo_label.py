@@ -169,17 +169,17 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, cfg: Config, judge:
     id_offset = int(data.train[ROW_ID].max()) + 1 if len(data.train) else 0
     out_dir = Path(out_dir) if out_dir is not None else cfg.tracking.workspace / "pseudo"
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = KeptWriter(out_dir / f"pseudo-{uuid.uuid4().hex[:12]}-round{round_}.parquet", data.features,
+    writer = KeptWriter(out_dir / f"pseudo-{uuid.uuid4().hex[:12]}-round{round_}.parquet", data.schema,
                         data.classes, soft=cfg.full_train.strategy == "distill")
     shards = cfg.parallel.resolved_shards
     if shards > 1:  # the same two passes, one task per shard (on threads or Dask workers)
-        sources = plan_sources(candidates, data.features, p.chunk_rows, shards, pool, id_offset)
+        sources = plan_sources(candidates, data.schema, p.chunk_rows, shards, pool, id_offset)
         stream = sharded_label(sources, ShardModel.of(model, spec, t, cfg.device), policy_of(cfg), data.classes,
                                writer, judge.dev, out_dir)
     else:
-        parts = [frame_chunks(candidates, data.features, p.chunk_rows)]
+        parts = [frame_chunks(candidates, data.schema, p.chunk_rows)]
         if pool is not None:
-            parts.append(parquet_chunks(pool, data.features, p.chunk_rows, id_offset=id_offset))
+            parts.append(parquet_chunks(pool, data.schema, p.chunk_rows, id_offset=id_offset))
         try:
             stream = label_stream(chain(*parts), score, policy_of(cfg), len(data.classes), writer, dev=judge.dev,
                                   workdir=out_dir, soft=writer.soft)

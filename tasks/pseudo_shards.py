@@ -35,7 +35,7 @@ from tasks.core.pseudo_stream import (
     RowGroupRange, ShardKeep, ShardScores, emit_kept, plan_shards, score_shard, select_shards, split_rows,
 )
 from tasks.core.training import predict_logits
-from tasks.data import ROW_ID, SPLIT
+from tasks.data import ROW_ID, SPLIT, InputSchema
 from tasks.parallel import limit_worker_threads, run_tasks
 from tasks.pool import Chunks, KeptWriter, concat_parts, frame_chunks, parquet_chunks, row_group_rows
 
@@ -44,9 +44,9 @@ from tasks.pool import Chunks, KeptWriter, concat_parts, frame_chunks, parquet_c
 class ShardSource:
     """The rows of one shard: a slice of the in-memory candidates, or row groups of the pool file."""
 
-    features: list[str]
+    schema: InputSchema
     chunk_rows: int
-    frame: pd.DataFrame | None = None  # row_id, split and the features of in-memory rows
+    frame: pd.DataFrame | None = None  # row_id, split and the input columns of in-memory rows
     pool: Path | None = None
     groups: RowGroupRange | None = None
     id_offset: int = 0
@@ -57,14 +57,14 @@ class ShardSource:
 
     def chunks(self) -> Chunks:
         if self.frame is not None:
-            return frame_chunks(self.frame, self.features, self.chunk_rows)
+            return frame_chunks(self.frame, self.schema, self.chunk_rows)
         assert self.pool is not None and self.groups is not None
         g = self.groups
-        return parquet_chunks(self.pool, self.features, self.chunk_rows, id_offset=self.id_offset,
+        return parquet_chunks(self.pool, self.schema, self.chunk_rows, id_offset=self.id_offset,
                               row_groups=(g.first_group, g.stop_group), first_row=g.first_row)
 
 
-def plan_sources(frame: pd.DataFrame, features: list[str], chunk_rows: int, shards: int,
+def plan_sources(frame: pd.DataFrame, schema: InputSchema, chunk_rows: int, shards: int,
                  pool: Path | None = None, id_offset: int = 0) -> list[ShardSource]:
     """The shards of the candidates, in stream order: the in-memory rows, then the pool's row groups.
     Each part gets a share of ``shards`` in proportion to its rows (at least one if it has any)."""
@@ -72,11 +72,11 @@ def plan_sources(frame: pd.DataFrame, features: list[str], chunk_rows: int, shar
     total = len(frame) + sum(pool_sizes)
     frame_shards = max(1, round(shards * len(frame) / total)) if total and len(frame) else 0
     pool_shards = max(1, shards - frame_shards) if sum(pool_sizes) else 0
-    cols = [ROW_ID, SPLIT, *features]
-    sources = [ShardSource(features, chunk_rows, frame=frame.iloc[a:b][cols].reset_index(drop=True))
+    cols = [ROW_ID, SPLIT, *schema.inputs]
+    sources = [ShardSource(schema, chunk_rows, frame=frame.iloc[a:b][cols].reset_index(drop=True))
                for a, b in split_rows(len(frame), frame_shards)] if frame_shards else []
     if pool_shards:
-        sources += [ShardSource(features, chunk_rows, pool=Path(pool), groups=g, id_offset=id_offset)
+        sources += [ShardSource(schema, chunk_rows, pool=Path(pool), groups=g, id_offset=id_offset)
                     for g in plan_shards(pool_sizes, pool_shards)]
     return sources
 
@@ -125,7 +125,7 @@ def write_shard_task(source: ShardSource, model: ShardModel, keep: ShardKeep, pa
     """Pass 2 of one shard: its kept rows (features re-read, probabilities recomputed for soft output)
     to the part file ``path``; returns the rows written."""
     limit_worker_threads()
-    writer = KeptWriter(Path(path), source.features, classes, soft=soft)
+    writer = KeptWriter(Path(path), source.schema, classes, soft=soft)
     try:
         emit_kept(source.chunks(), keep, len(classes), writer, score=model.scorer() if soft else None)
     finally:

@@ -58,10 +58,21 @@ class Registration:
     review_tags: dict[str, str] = field(default_factory=dict)
 
 
+def input_example(data: PipelineData, rows: int = 5):  # -> pd.DataFrame
+    """The model's raw input as a client sends it: numbers as float64, text as strings."""
+    example = data.train[data.inputs].head(rows).copy()
+    example[data.schema.numeric] = example[data.schema.numeric].astype(np.float64)
+    for column in data.schema.text:
+        example[column] = example[column].fillna("").astype(str)
+    return example.reset_index(drop=True)
+
+
 def score_version(name: str, version: str, data: PipelineData) -> float:
     """Accuracy of a registered version on ``data``'s frozen gold test split, through its pyfunc."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    pred = model.predict(data.test[data.features].astype(np.float64))["prediction"].to_numpy()
+    test = data.test[data.inputs].copy()
+    test[data.schema.numeric] = test[data.schema.numeric].astype(np.float64)
+    pred = model.predict(test)["prediction"].to_numpy()
     return float((pred == data.test[data.label].to_numpy()).mean())
 
 
@@ -210,13 +221,13 @@ def register(data: PipelineData, selection: Selection, evaluation: Evaluation, c
         )
         network, spec = calibrated(shipped.model, shipped.spec, shipped.temperature)
         network = network.cpu().eval()
-        example = data.train[data.features].head(5).astype(np.float64)  # training rows: no test data in artifacts
+        example = input_example(data)  # training rows: no test data in artifacts
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*integer column.*")
-            signature = infer_signature(example, output_frame(predict_proba(network, example.to_numpy()), data.classes))
+            signature = infer_signature(example, output_frame(predict_proba(network, data.x(example)), data.classes))
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "model.pt"
-            save_weights(weights, network, spec, data.features, data.classes)
+            save_weights(weights, network, spec, data.schema, data.classes)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*integer column.*")  # our int output never has NaN
                 info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),

@@ -62,16 +62,18 @@ def load_champion(name: str, data: PipelineData) -> Champion:
         run_id = client.get_model_version(name, version).run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = ModelsArtifactRepository(f"models:/{name}/{version}").download_artifacts("artifacts/model.pt", tmp)
-            model, features, classes = load_weights(path)
+            loaded = load_weights(path)
     except Exception as exc:
         return Champion(version, error=f"could not load its weights: {type(exc).__name__}: {exc}")
-    if list(features) != list(data.features):
-        return Champion(version, error=f"it was trained on other feature columns ({len(features)} columns, "
-                                       f"{len(data.features)} here)", run_id=run_id)
-    if list(classes) != list(data.classes):
-        return Champion(version, error=f"it predicts classes {classes}, this run's class set is {data.classes}",
-                        run_id=run_id)
-    return Champion(version, model, None, run_id)
+    if list(loaded.inputs) != list(data.inputs):
+        theirs, ours = list(loaded.inputs), list(data.inputs)
+        only = [c for c in theirs if c not in ours][:3] or theirs[:3]
+        return Champion(version, error=f"it was trained on other input columns ({len(theirs)} columns, e.g. {only}; "
+                                       f"{len(ours)} here)", run_id=run_id)
+    if list(loaded.classes) != list(data.classes):
+        return Champion(version, error=f"it predicts classes {loaded.classes}, this run's class set is "
+                                       f"{data.classes}", run_id=run_id)
+    return Champion(version, loaded.model, None, run_id, loaded)
 
 
 # --- the review --------------------------------------------------------------------------------
@@ -160,8 +162,9 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
     shipped = selection.chosen if selection is not None else "final"
     models = {CHALLENGER: final} | ({CHAMPION: champion.model} if champion.model is not None else {})
     probs = {CHALLENGER: test_probs[shipped]}
-    if champion.model is not None:
-        probs[CHAMPION] = predict_proba(champion.model, x, device=cfg.device)
+    if champion.model is not None:  # through its own input schema: its text features are its own
+        probs[CHAMPION] = (champion.loaded.predict_proba(data.test) if champion.loaded is not None
+                           else predict_proba(champion.model, x, device=cfg.device))
     probs |= {name: test_probs[key] for name, key in ((GOLD_ONLY, "gold_only"), (WEAK, "weak"), (FINAL, "final"))
               if key in test_probs and key != shipped}  # the shipped candidate is the challenger
     scores = {k: score(p, y, data.classes) for k, p in probs.items()}
@@ -171,7 +174,9 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
 
     t = time.perf_counter()
     robust, note = pd.DataFrame(), "off (report.robustness = false)"
-    if rc.robustness:
+    if rc.robustness and data.schema.text:
+        note = "not run: the corruptions perturb numeric features, and this model reads text"
+    elif rc.robustness:
         image_shape = data.spec.image_shape
         kinds = [k for k in (rc.corruptions or corruptions_for(image_shape))]
         skipped = [k for k in kinds if k in IMAGE_CORRUPTIONS and image_shape is None]

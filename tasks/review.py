@@ -24,6 +24,7 @@ class Champion:
     model: nn.Module | None = None
     error: str | None = None  # why it could not be scored on this split
     run_id: str | None = None
+    loaded: Any = None  # deploy.model.Loaded: the network with its own input schema (text featuriser)
 
 
 @dataclass

@@ -11,23 +11,16 @@ import mlflow
 from data_checks.suite import DataValidationError, ValidationReport, run_suite
 from tasks.stage import stage_task
 from tasks import tracking
-from tasks.config import Config, DemoData, FilesData
-from tasks.data import DataError, PipelineData, assemble, class_set, materialize_demo, read_raw
+from tasks.config import Config
+from tasks.data import DataError, PipelineData, assemble, class_set, read_raw, resolve_data_spec
 from tasks.pool import pool_rows, scan_pool
-
-
-def resolve_data_spec(cfg: Config) -> FilesData:
-    """The demo is written to Parquet in the workspace, then read like any user's files."""
-    if isinstance(cfg.data, DemoData):
-        return materialize_demo(cfg.data, cfg.tracking.workspace / "data")
-    return cfg.data
 
 
 def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
     """Plain-function stage: raises DataError (unreadable file) or DataValidationError (failed suite)."""
     spec = resolve_data_spec(cfg)
     if spec.unlabeled_path is not None:  # streamed: columns, types and finiteness, never all in memory
-        scan_pool(spec.unlabeled_path, spec.feature_columns, cfg.pseudo_label.chunk_rows)
+        scan_pool(spec.unlabeled_path, spec.feature_columns, cfg.pseudo_label.chunk_rows, spec.text_columns)
     raw = read_raw(spec)
     classes = class_set(raw)
     report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir,

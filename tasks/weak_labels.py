@@ -1,4 +1,4 @@
-"""Stage weak_labels: weak label columns + labelling functions -> evidence about each row's class.
+"""Stage weak_labels: weak label columns, rules and labelling functions -> evidence about each row's class.
 
 Every source is measured (coverage, overlap, conflict, accuracy on the gold rows it labelled, with its
 interval). The default aggregation, ``gold_anchored``, turns each source's gold-measured confusion matrix
@@ -6,7 +6,8 @@ interval). The default aggregation, ``gold_anchored``, turns each source's gold-
 stage multiplies it with the gold-only model's p(class | x). For honest cross-fitting the same evidence is
 also computed once per gold fold from the gold rows outside that fold. ``majority`` and ``dawid_skene``
 ignore gold and give one label (or vote shares) per row. Only non-gold rows with at least one vote become
-weak training rows.
+weak training rows; a row only a rule or labelling function voted on becomes a weak row of the data the
+stage hands on (assembly saw only the weak label columns).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from tasks import tracking
 from tasks.config import Config
 from tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
 from tasks.core.trusted import SourceNoise, anchor, rank_stability
-from tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData
-from tasks.labeling import apply_labeling_functions, votes_matrix
+from tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData, weak_votes
+from tasks.labeling import apply_sources, votes_matrix
+from tasks.rules import configured_rules
 
 
 @dataclass
@@ -56,17 +58,18 @@ class WeakLabels:
         """The candidates weak labels cannot make, and why: empty when there are weak rows to learn from."""
         if len(self.row_ids):
             return {}
-        why = ("no weak label column and no labelling function is configured" if self.stats.empty else
+        why = ("no weak label column, rule or labelling function is configured" if self.stats.empty else
                "no row outside the gold set carries a weak vote (every source abstains there)")
         return {"weak": why, "final": why}
 
 
 def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     spec, wl = data.spec, cfg.weak_labels
-    frame = data.train[spec.weak_label_columns].copy()
-    if wl.labeling_functions:
-        lf_votes = apply_labeling_functions(data.train[data.features], wl.labeling_functions, data.classes, spec.abstain)
-        frame = pd.concat([frame, lf_votes], axis=1)
+    rules = configured_rules(cfg)
+    frame = weak_votes(data.train, spec) if spec.weak_label_columns else pd.DataFrame(index=data.train.index)
+    if rules or wl.labeling_functions:  # they see each row's input columns (numbers and raw text), never labels
+        frame = pd.concat([frame, apply_sources(data.train, spec, rules, wl.labeling_functions,
+                                                data.classes, spec.abstain)], axis=1)
     sources = list(frame.columns)
     if not sources:  # nothing to aggregate: the gold-only model is the one candidate (WeakLabels.missing)
         empty = np.zeros(0, dtype=np.int64)
@@ -142,10 +145,17 @@ def _noise_table(sources: list[SourceNoise]) -> pd.DataFrame:
 
 
 @stage_task("weak_labels")
-def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> WeakLabels:
+def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str,
+                experiment_id: str) -> tuple[PipelineData, WeakLabels]:
+    """The evidence, and the data with every non-gold row some source voted on counted as weak."""
     with tracking.stage_run("weak_labels", parent_run_id, experiment_id):
-        mlflow.log_params({f"weak_labels.{k}": v for k, v in cfg.weak_labels.model_dump().items()})
+        settings = cfg.weak_labels.model_dump(mode="json", exclude={"rules"})
+        rules = configured_rules(cfg)  # as an artifact: a long list outgrows an MLflow parameter
+        mlflow.log_params({f"weak_labels.{k}": v for k, v in settings.items()} | {"weak_labels.rules": len(rules)})
+        if rules:
+            tracking.log_json([r.model_dump(mode="json") for r in rules], "weak_labels/rules.json")
         labels = make_weak_labels(data, cfg)
+        data = data.with_weak_rows(labels.row_ids)
         mlflow.log_metrics(labels.figures)
         for row in labels.stats.to_dict("records"):
             name = _metric_name(row["source"])
@@ -154,7 +164,7 @@ def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str, experiment_
                 mlflow.log_metric(f"{name}_gold_accuracy", row["accuracy"])
         if labels.missing():
             mlflow.set_tag("weak_labels.missing", labels.missing()["weak"])
-            return labels
+            return data, labels
         mlflow.log_table(labels.stats, "weak_labels/sources.json")
         tracking.log_frame(labels.stats, "weak_labels", "sources")
         if labels.sources:  # gold_anchored: counts, smoothed confusion and its interval, per source
@@ -164,7 +174,7 @@ def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str, experiment_
         classes = np.asarray(data.classes)
         tracking.log_provenance(pd.DataFrame({ROW_ID: labels.row_ids, "label": classes[labels.hard],
                                               "label_source": labels.label_source}), "weak_training_set")
-        return labels
+        return data, labels
 
 
 def source_noise_records(sources: list[SourceNoise], classes: list) -> list[dict]:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from deploy.model import save_weights
+from tasks.data import InputSchema
 from tasks.core.models import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def register_tiny(name: str, correct_classes: int | None = None, tags: dict[str,
     model.eval()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"tiny-{name}"):
         path = Path(tmp) / "model.pt"
-        save_weights(path, model, spec, FEATURES, list(classes))
+        save_weights(path, model, spec, InputSchema(FEATURES, []), list(classes))
         info = mlflow.pyfunc.log_model(name="model", python_model=str(ENTRY), artifacts={"weights": str(path)},
                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         if reference:

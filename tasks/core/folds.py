@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def gold_folds(y_gold: np.ndarray, k: int, seed: int) -> np.ndarray:
+def gold_folds(y_gold: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Fold index (0..k'-1) per gold row, stratified by class; k' = min(k, the smallest class's rows),
-    at least 2, so every fold sees every class where it can."""
-    from sklearn.model_selection import StratifiedKFold
+    at least 2, so every fold sees every class where it can. ``groups`` (e.g. the normalised text)
+    keeps copies of one row in one fold, or a copy would be judged by a model trained on its twin."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     y_gold = np.asarray(y_gold)
     if len(y_gold) < 2:
@@ -22,8 +23,12 @@ def gold_folds(y_gold: np.ndarray, k: int, seed: int) -> np.ndarray:
         order = np.random.default_rng(seed).permutation(len(y_gold))
         folds[order] = np.arange(len(y_gold)) % k
         return folds
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, held) in enumerate(splitter.split(np.zeros(len(y_gold)), y_gold)):
+    if groups is not None and len(np.unique(groups)) < len(groups):
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y_gold)), y_gold, groups)
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y_gold)), y_gold)
+    for f, (_, held) in enumerate(splits):
         folds[held] = f
     return folds
 

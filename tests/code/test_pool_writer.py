@@ -16,10 +16,11 @@ import pytest
 
 from tasks.core.pseudo import ThresholdPolicy
 from tasks.core.pseudo_stream import label_stream
-from tasks.data import ROW_ID, SPLIT, DataError
+from tasks.data import ROW_ID, SPLIT, DataError, InputSchema
 from tasks.pool import SOURCE, KeptWriter, chain, frame_chunks, parquet_chunks
 
 FEATURES = ["f0", "f1", "f2"]
+SCHEMA = InputSchema(FEATURES, [])  # numeric inputs only
 CLASSES = [3, 5, 7]  # class values differ from their indices, so a mix-up shows
 CHUNK = 40
 
@@ -54,7 +55,7 @@ def train_frame(rng: np.random.Generator, n: int = 30) -> pd.DataFrame:
 
 def write(chunks, path: Path, policy: ThresholdPolicy, soft: bool) -> pd.DataFrame:
     """What make_pseudo_labels does with its candidates: stream, write, close, read back."""
-    writer = KeptWriter(path, FEATURES, CLASSES, soft=soft)
+    writer = KeptWriter(path, SCHEMA, CLASSES, soft=soft)
     try:
         res = label_stream(chunks, softmax, policy, len(CLASSES), writer, workdir=path.parent, soft=soft)
     finally:
@@ -76,12 +77,12 @@ def test_pool_in_chunks_whose_first_chunk_keeps_nothing_writes_what_one_piece_wr
     frame = train_frame(rng)
     assert softmax(x[:CHUNK]).max(axis=1).max() < 0.5 and softmax(frame[FEATURES].to_numpy()).max(axis=1).max() < 0.5
 
-    one = write(chain(frame_chunks(frame, FEATURES, 10**6), parquet_chunks(path, FEATURES, 10**6)),
+    one = write(chain(frame_chunks(frame, SCHEMA, 10**6), parquet_chunks(path, SCHEMA, 10**6)),
                 tmp_path / "one.parquet", policy, soft)
     # train rows come first (30 rows in chunks of 40: one chunk that keeps nothing), then 6 pool chunks
-    many = write(chain(frame_chunks(frame, FEATURES, CHUNK), parquet_chunks(path, FEATURES, CHUNK)),
+    many = write(chain(frame_chunks(frame, SCHEMA, CHUNK), parquet_chunks(path, SCHEMA, CHUNK)),
                  tmp_path / "many.parquet", policy, soft)
-    pool_only = write(parquet_chunks(path, FEATURES, CHUNK), tmp_path / "pool_only.parquet", policy, soft)
+    pool_only = write(parquet_chunks(path, SCHEMA, CHUNK), tmp_path / "pool_only.parquet", policy, soft)
 
     assert 0 < len(one) < len(x)
     pd.testing.assert_frame_equal(many, one)
@@ -104,8 +105,8 @@ def test_pool_in_chunks_whose_first_chunk_keeps_nothing_writes_what_one_piece_wr
 
 def test_written_types_do_not_depend_on_which_chunk_kept_rows(tmp_path, pool):
     path, *_ = pool
-    write(parquet_chunks(path, FEATURES, CHUNK), tmp_path / "some.parquet", POLICIES[0], soft=True)
-    none = write(parquet_chunks(path, FEATURES, CHUNK), tmp_path / "none.parquet",
+    write(parquet_chunks(path, SCHEMA, CHUNK), tmp_path / "some.parquet", POLICIES[0], soft=True)
+    none = write(parquet_chunks(path, SCHEMA, CHUNK), tmp_path / "none.parquet",
                  ThresholdPolicy("fixed", threshold=0.5, max_per_class=0), soft=True)
     assert len(none) == 0
     some_schema = pq.read_schema(tmp_path / "some.parquet")
@@ -116,12 +117,12 @@ def test_written_types_do_not_depend_on_which_chunk_kept_rows(tmp_path, pool):
 
 
 def test_soft_output_without_probabilities_and_clashing_feature_names_raise(tmp_path):
-    writer = KeptWriter(tmp_path / "o.parquet", FEATURES, CLASSES, soft=True)
+    writer = KeptWriter(tmp_path / "o.parquet", SCHEMA, CLASSES, soft=True)
     ids = pd.DataFrame({ROW_ID: [1], SPLIT: ["pool"], SOURCE: ["pool"]})
     with pytest.raises(ValueError, match="probabilities"):
         writer(np.zeros((1, 3), np.float32), ids, np.array([True]), np.array([0]), np.array([0.9], np.float32), None)
     with pytest.raises(DataError, match="used twice"):
-        KeptWriter(tmp_path / "o.parquet", ["f0", "confidence"], CLASSES)
+        KeptWriter(tmp_path / "o.parquet", InputSchema(["f0", "confidence"], []), CLASSES)
 
 
 def test_pool_rows_without_ids_are_numbered_after_the_training_rows(tmp_path):
@@ -129,5 +130,5 @@ def test_pool_rows_without_ids_are_numbered_after_the_training_rows(tmp_path):
     x = np.random.default_rng(1).normal(size=(25, len(FEATURES))).astype(np.float32)
     path = tmp_path / "no_ids.parquet"
     pq.write_table(pa.table({c: x[:, i] for i, c in enumerate(FEATURES)}), path, row_group_size=10)
-    ids = np.concatenate([frame[ROW_ID].to_numpy() for _, frame in parquet_chunks(path, FEATURES, 10, id_offset=500)()])
+    ids = np.concatenate([frame[ROW_ID].to_numpy() for _, frame in parquet_chunks(path, SCHEMA, 10, id_offset=500)()])
     assert ids.tolist() == list(range(500, 525))

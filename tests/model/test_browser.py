@@ -36,8 +36,8 @@ window.localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
 window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
 window.localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'));
 """
-STAGES = ["validate", "governance", "weak_labels", "weak_train", "pseudo_label", "pseudo_governance", "full_train",
-          "evaluate", "register"]
+STAGES = ["validate", "governance", "weak_labels", "gold_only", "weak_train", "pseudo_label", "pseudo_governance",
+          "full_train", "select", "evaluate", "register", "publish"]
 # The evaluate stage's review report (tasks/report.py). A .png path works too (the check then looks for
 # the image): "evaluation/confusion_matrix.png" was used before the report existed.
 REPORT_ARTIFACT = "evaluation/report.html"

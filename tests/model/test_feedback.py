@@ -82,7 +82,7 @@ def test_a_valid_file_is_stored_exactly(feedback, tmp_path):
     # 5 is a class of v1 but not of v2, which answered r2: each row is checked against its own version
     ("r1,0,5\nr2,1,5\n", "column 'label' row 2: 5 is not a class of tiny v2 (its classes: 0, 1, 2)"),
     ("r1,0,cat\n", "column 'label' row 1: 'cat' is not an integer class label"),
-    ("r1,0,1\nr1,1,\n", "column 'label' row 2: empty; expected an integer class label"),
+    ("r1,0,1\nr1,1,\n", "column 'label' row 2: empty; expected a class label"),
     ("r1,x,1\n", "column 'row_index' row 1: 'x'; expected an integer >= 0 (the record's position in its request)"),
     ("r1,-1,1\n", "column 'row_index' row 1: '-1'; expected an integer >= 0"),
     (",0,1\n", "column 'request_id' row 1: empty"),

@@ -386,7 +386,7 @@ def test_bad_pool_file_fails_with_file_and_column_and_registers_nothing(prefect_
         expected = f"data.unlabeled_path: {path} rows 1200-1299: column px_9 has NaN or infinite values"
     elif problem == "missing_column":
         pool.drop(columns=["px_3"]).to_parquet(path)
-        expected = "lacks feature column(s) ['px_3']"
+        expected = "lacks input column(s) ['px_3']"
     else:
         path = tmp_path / "pool.csv"
         pool.to_csv(path, index=False)

@@ -100,7 +100,7 @@ def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
     experiment = mlflow.create_experiment("report", artifact_location=(tmp_path / "artifacts").as_uri())
     name = cfg.tracking.model_name
     with mlflow.start_run(experiment_id=experiment), tempfile.TemporaryDirectory() as tmp:  # the old, poor champion
-        save_weights(Path(tmp) / "model.pt", poor, spec, data.features, data.classes)
+        save_weights(Path(tmp) / "model.pt", poor, spec, data.schema, data.classes)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
                                        artifacts={"weights": str(Path(tmp) / "model.pt")}, pip_requirements=[])
     client = MlflowClient()
@@ -112,7 +112,7 @@ def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
     assert np.allclose(predict_proba(champion.model, data.x(data.test)), probs["weak"], atol=1e-5)
     other = data.spec.model_copy(update={"feature_columns": [f"f{i}" for i in range(len(data.features))]})
     refused = load_champion(name, type(data)(data.train, data.test, other, data.classes))
-    assert refused.model is None and "trained on other feature columns" in refused.error
+    assert refused.model is None and "trained on other input columns" in refused.error and "['px_0'" in refused.error
 
     with mlflow.start_run(experiment_id=experiment) as run:
         review = build_review(data, cfg, good, probs, champion, "parent-1", labels, pseudo)
@@ -156,7 +156,7 @@ def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
 
 def test_champion_that_cannot_be_scored_is_reported(setup, tmp_path):
     cfg, data, good, poor, spec, probs, labels, pseudo = setup
-    champion = Champion("7", error="it was trained on other feature columns")
+    champion = Champion("7", error="it was trained on other input columns")
     review = build_review(data, cfg, good, probs, champion, "run-3", labels, None)
     assert review.vs_champion == "champion not scored"
     assert "The champion (v7) could not be scored on this test split" in render_markdown(review)

@@ -1,0 +1,176 @@
+"""Rules: labelling functions written as data (``weak_labels.rules``), or called from Python directly.
+
+Each helper returns a callable ``f(batch: DataFrame) -> np.ndarray``: ``label`` on the rows where the rule
+fires, ``abstain`` elsewhere; missing values (NaN, None) never fire. Every rule reads one column with one
+vectorised pass (a compiled regex through pandas' string methods, or a numeric comparison), and is a small
+picklable object, so processes started with spawn can run it too::
+
+    from tasks.rules import keywords, regex, threshold
+    prize = keywords("text", ["free", "call now"], "spam", abstain="")
+    prize(batch)   # array(['spam', '', ...], dtype=object)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import RuleConfig
+from tasks.labeling import LabelingFunctionError
+
+WORD = r"\w"  # what may not touch a keyword on either side (letters, digits, underscore; Unicode-aware)
+
+
+class Rule:
+    """One named rule over one column. Subclasses say where it fires (:meth:`fires`)."""
+
+    kind = "rule"
+
+    def __init__(self, name: str, column: str, label: Any, abstain: Any) -> None:
+        self.__name__ = name
+        self.column = column
+        self.label = int(label) if isinstance(label, np.integer) else label
+        self.abstain = int(abstain) if isinstance(abstain, np.integer) else abstain
+        if type(self.label) is type(self.abstain) and self.label == self.abstain:
+            raise LabelingFunctionError(f"rule {name!r} votes {label!r}, which is the abstain value")
+
+    def __call__(self, batch: pd.DataFrame) -> np.ndarray:
+        if self.column not in batch.columns:
+            raise LabelingFunctionError(f"rule {self.__name__!r} ({self.kind}) reads column {self.column!r}, which "
+                                        f"is not in the data (columns: {list(batch.columns)[:20]})")
+        fired = self.fires(batch[self.column])
+        if isinstance(self.label, int) and isinstance(self.abstain, int):
+            return np.where(fired, self.label, self.abstain).astype(np.int64)
+        out = np.full(len(fired), self.abstain, dtype=object)
+        out[fired] = self.label
+        return out
+
+    def fires(self, values: pd.Series) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} rule {self.__name__!r} on {self.column!r} -> {self.label!r}>"
+
+
+class _TextRule(Rule):
+    """Fires where a compiled pattern is found in the text (``search``); NaN/None never fire."""
+
+    pattern: re.Pattern
+
+    def fires(self, values: pd.Series) -> np.ndarray:
+        if values.isna().all():  # an all-empty text column reads as float NaN
+            return np.zeros(len(values), dtype=bool)
+        try:
+            if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
+                raise AttributeError
+            found = values.str.contains(self.pattern, na=False)  # non-text cells among text: no match
+        except AttributeError:  # pandas: "Can only use .str accessor with string values"
+            raise LabelingFunctionError(f"rule {self.__name__!r} ({self.kind}) needs text in column {self.column!r}, "
+                                        f"which holds {values.dtype} values, not text") from None
+        return found.to_numpy(dtype=bool, na_value=False)
+
+
+class Keywords(_TextRule):
+    kind = "keywords"
+
+    def __init__(self, name: str, column: str, words: Sequence[str], label: Any, abstain: Any) -> None:
+        super().__init__(name, column, label, abstain)
+        self.words = list(words)
+        self.pattern = keyword_pattern(self.words, name)
+
+
+class Regex(_TextRule):
+    kind = "regex"
+
+    def __init__(self, name: str, column: str, pattern: str, label: Any, abstain: Any, case_sensitive: bool) -> None:
+        super().__init__(name, column, label, abstain)
+        try:
+            self.pattern = re.compile(pattern, 0 if case_sensitive else re.IGNORECASE)
+        except re.error as exc:
+            raise LabelingFunctionError(
+                f"rule {name!r}: pattern {pattern!r} is not a regular expression: {exc}") from exc
+
+
+class Threshold(Rule):
+    kind = "threshold"
+
+    def __init__(self, name: str, column: str, label: Any, abstain: Any, above: float | None,
+                 below: float | None) -> None:
+        super().__init__(name, column, label, abstain)
+        if above is None and below is None:
+            raise LabelingFunctionError(f"rule {name!r}: a threshold needs above, below or both")
+        if above is not None and below is not None and above >= below:
+            raise LabelingFunctionError(f"rule {name!r}: above={above} >= below={below} never fires (both must "
+                                        "hold; for values outside a band write two rules)")
+        self.above, self.below = above, below
+
+    def fires(self, values: pd.Series) -> np.ndarray:
+        if not pd.api.types.is_numeric_dtype(values.dtype):
+            held = "text" if values.dtype == object or isinstance(values.dtype, pd.StringDtype) else values.dtype
+            raise LabelingFunctionError(f"rule {self.__name__!r} (threshold) needs numbers in column {self.column!r}, "
+                                        f"which holds {held} values, not numbers")
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        fired = np.ones(len(numbers), dtype=bool)
+        with np.errstate(invalid="ignore"):  # NaN compares False: a missing value never fires
+            if self.above is not None:
+                fired &= numbers > self.above
+            if self.below is not None:
+                fired &= numbers < self.below
+        return fired
+
+
+def keyword_pattern(words: Sequence[str], name: str = "keywords") -> re.Pattern:
+    """One case-insensitive pattern: any word or phrase, not touching another word character on either side
+    ("free" finds "Free entry", not "freedom"); a phrase's spaces match any run of whitespace."""
+    parts = []
+    for word in words:
+        pieces = str(word).split()
+        if not pieces:
+            raise LabelingFunctionError(f"rule {name!r}: keyword {word!r} is empty")
+        parts.append(r"\s+".join(re.escape(p) for p in pieces))
+    parts.sort(key=len, reverse=True)  # the longest alternative first ("call now" before "call")
+    return re.compile(rf"(?<!{WORD})(?:{'|'.join(parts)})(?!{WORD})", re.IGNORECASE)
+
+
+def keywords(column: str, words: Sequence[str], label: Any, abstain: Any = -1, name: str | None = None) -> Keywords:
+    """Votes ``label`` where any of ``words`` (words or phrases, case-insensitive) appears whole in ``column``."""
+    if not words:
+        raise LabelingFunctionError(f"rule {name or column!r}: keywords needs at least one word")
+    shown = "/".join(str(w) for w in list(words)[:3]) + ("/..." if len(words) > 3 else "")
+    return Keywords(name or f"{column} has {shown}", column, words, label, abstain)
+
+
+def regex(column: str, pattern: str, label: Any, abstain: Any = -1, case_sensitive: bool = False,
+          name: str | None = None) -> Regex:
+    """Votes ``label`` where ``pattern`` (Python ``re``, case-insensitive by default) is found in ``column``."""
+    return Regex(name or f"{column} ~ /{pattern}/", column, pattern, label, abstain, case_sensitive)
+
+
+def threshold(column: str, label: Any, above: float | None = None, below: float | None = None, abstain: Any = -1,
+              name: str | None = None) -> Threshold:
+    """Votes ``label`` where numeric ``column`` is > ``above`` and/or < ``below`` (both: inside the band)."""
+    default = " and ".join(s for s in (f"{column} > {above}" if above is not None else "",
+                                       f"{column} < {below}" if below is not None else "") if s)
+    return Threshold(name or default, column, label, abstain, above, below)
+
+
+def from_config(rule: RuleConfig, abstain: Any) -> Rule:
+    """The labelling function a ``weak_labels.rules`` entry describes, named by the rule's name."""
+    if rule.kind == "keywords":
+        return keywords(rule.column, rule.keywords, rule.label, abstain, name=rule.name)
+    if rule.kind == "regex":
+        return regex(rule.column, rule.pattern or "", rule.label, abstain, rule.case_sensitive, name=rule.name)
+    return threshold(rule.column, rule.label, rule.above, rule.below, abstain, name=rule.name)
+
+
+def configured_rules(cfg: Any) -> list[RuleConfig]:
+    """``weak_labels.rules``, or the text demo's own rules when it runs with none (as the pipeline does)."""
+    if cfg.weak_labels.rules or getattr(cfg.data, "source", None) != "demo_text":
+        return list(cfg.weak_labels.rules)
+    from tasks.demo_text import DEMO_RULES
+
+    return list(DEMO_RULES)
