@@ -1,8 +1,10 @@
 """The pipeline's stages called as plain functions in one process: no Prefect, no MLflow.
 
-Does the same computation as `weakflow run` (validation with Data Docs, governance checks, weak training, pseudo-labels,
-full training, gold-only baseline, evaluation, gate decision, model file), so `bench.pipeline` can
-measure what orchestration and tracking add.
+Does the same computation as `weakflow run` (validation with Data Docs, governance checks, gold-only baseline,
+weak training, pseudo-labels, full training, selection, evaluation, the review report (rendered to HTML and
+Markdown, as the evaluate stage writes it), gate decision, model file, drift reference sample and model
+card), so `bench.pipeline` measures what orchestration and tracking add, not compute. What stays on the
+flow's side only: Prefect, MLflow logging and registry calls, the signature inference, the stage time limits.
 
     python -m bench.plain --workspace /tmp/ws
 """
@@ -25,6 +27,7 @@ class PlainRun:
     candidates: dict[str, float]  # test accuracy per candidate: gold_only, weak, final
     shipped: str  # which candidate was shipped
     times: dict[str, float] = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)  # tasks.evaluate.ModelScores per candidate and "shipped"
 
 
 def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
@@ -47,6 +50,10 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     from tasks.pseudo_label import label_all
     from tasks.select import choose
     from tasks.validate import load_and_validate
+    from monitoring.reference import reference_sample
+    from tasks.register import model_card, provenance_of
+    from tasks.report import build_review, render_html, render_markdown
+    from tasks.review import Champion
     from tasks.weak_labels import make_weak_labels
     from tasks.weak_train import train_weak
 
@@ -56,7 +63,7 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
         data, _ = load_and_validate(cfg, Path(tmp) / "docs")
     times["validate"] = time.perf_counter() - t
     t = time.perf_counter()
-    data, _ = check_training(data, cfg)
+    data, checks = check_training(data, cfg)
     times["governance"] = time.perf_counter() - t
     t = time.perf_counter()
     labels = make_weak_labels(data, cfg)
@@ -65,12 +72,13 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     candidates = {"gold_only": train_gold_only(data, cfg)}
     times["gold_only"] = time.perf_counter() - t
     missing = labels.missing()
+    pseudo = pseudo_checks = None
     if not missing:
         t = time.perf_counter()
         weak = train_weak(data, labels, cfg, gold_only=candidates["gold_only"])
         times["weak_train"] = time.perf_counter() - t
         t = time.perf_counter()
-        pseudo, _ = check_all_pseudo(data, label_all(data, weak, cfg, Path(workspace) / "pseudo"), cfg)
+        pseudo, pseudo_checks = check_all_pseudo(data, label_all(data, weak, cfg, Path(workspace) / "pseudo"), cfg)
         times["pseudo_label"] = time.perf_counter() - t
         t = time.perf_counter()
         candidates |= {"weak": weak, "final": train_full(data, labels, weak, pseudo, cfg)}
@@ -78,19 +86,36 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     t = time.perf_counter()
     selection = choose(candidates, data.y(data.rows("gold")), cfg.selection.ship, cfg.selection.bootstrap_samples,
                        cfg.seed, missing)
-    evaluation = evaluate_models(data, candidates, selection.chosen, cfg.device, None, cfg.report.bootstrap_samples,
+    probs: dict = {}
+    evaluation = evaluate_models(data, candidates, selection.chosen, cfg.device, probs, cfg.report.bootstrap_samples,
                                  cfg.seed)
     times["select_and_evaluate"] = time.perf_counter() - t
+    network, spec = calibrated(selection.model.model, selection.model.spec, selection.model.temperature)
+    if cfg.report.enabled:  # the evaluate stage's review (no registered champion here, as on a first run)
+        t = time.perf_counter()
+        gold_only = candidates["gold_only"]
+        judge = calibrated(gold_only.model, gold_only.spec, gold_only.temperature)[0]
+        review = build_review(data, cfg, network, probs, Champion(None), "plain", labels,
+                              getattr(selection.model, "pseudo", None), selection, judge)
+        (Path(workspace) / "report.html").write_text(render_html(review))
+        (Path(workspace) / "report.md").write_text(render_markdown(review))
+        times["report"] = time.perf_counter() - t
     t = time.perf_counter()
     decision = decide(GateInput(evaluation.shipped.accuracy, True, vs_gold_only=evaluation.vs_gold_only),
                       cfg.gates.min_accuracy)
-    network, spec = calibrated(selection.model.model, selection.model.spec, selection.model.temperature)
-    save_weights(Path(workspace) / "model.pt", network.cpu(), spec, data.schema, data.classes)
+    network = network.cpu().eval()
+    save_weights(Path(workspace) / "model.pt", network, spec, data.schema, data.classes)
+    reference_sample(data, network, seed=cfg.seed, device=cfg.device).to_parquet(Path(workspace) / "reference.parquet")
+    provenance = provenance_of(labels, selection.model, checks, pseudo_checks)
+    (Path(workspace) / "model_card.md").write_text(model_card(data, evaluation, cfg, provenance, "plain",
+                                                              "champion" if decision.passed else "challenger",
+                                                              decision.reason, None, selection.model, selection.reason))
     times["register"] = time.perf_counter() - t
     print(f"test accuracy {evaluation.shipped.accuracy:.4f} ({selection.chosen}), gates passed: {decision.passed}")
     tested = {"gold_only": evaluation.gold_only, "weak": evaluation.weak, "final": evaluation.final}
     return PlainRun(evaluation.shipped.accuracy, {k: v.accuracy for k, v in tested.items() if v is not None},
-                    selection.chosen, times)
+                    selection.chosen, times, {k: v for k, v in {**tested, "shipped": evaluation.shipped}.items()
+                                              if v is not None})
 
 
 def main() -> None:

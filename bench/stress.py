@@ -903,7 +903,9 @@ def plan(args: argparse.Namespace) -> tuple[list[tuple[str, str, float, int]], l
         skipped += [(name, kind, why) for kind in args.kinds if (why := skip_reason(kind, k))]
         kinds = [kind for kind in args.kinds if not skip_reason(kind, k)]
         todo += [(name, kind, share, seed) for seed in args.seeds for share in args.gold for kind in kinds]
-    return todo, skipped
+    # seed-major: every cell has its first seeds before any has its last (an interrupted run is still a
+    # matrix); within a seed, one dataset's cells stay together so its oracle and gold-only are reused
+    return sorted(todo, key=lambda c: (c[3], args.datasets.index(c[0]))), skipped
 
 
 _RUNNER: Runner | None = None

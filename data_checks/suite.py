@@ -246,6 +246,9 @@ def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_
                             docs_dir=docs_dir, notes=notes)
 
 
+SHOWN_CHARS = 60  # of a bad text value in a failure message
+
+
 def _describe(table: _Table, r: Any) -> Failure:
     cfg = r.expectation_config
     column = cfg.kwargs.get("column")
@@ -276,5 +279,7 @@ def _plain(value: Any) -> Any:
         return _plain(next(iter(value.values())))
     if isinstance(value, (np.generic,)):
         return value.item()
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:  # a long text: its start and its length, not all of it
+        return f"{value[:SHOWN_CHARS]}... ({len(value)} chars)"
     return value
 

@@ -93,7 +93,7 @@ class PredictionLog:
         ts, request_id, model_name, model_version, features, rows, classes, confidence = item
         return [{"ts": ts, "request_id": request_id, "row_index": i, "model_name": model_name,
                  "model_version": model_version, "features": orjson.dumps({f: r[f] for f in features}).decode(),
-                 "predicted_class": int(c), "confidence": float(p)}
+                 "predicted_class": str(c), "confidence": float(p)}
                 for i, (r, c, p) in enumerate(zip(rows, classes, confidence))]
 
     def _run(self) -> None:

@@ -73,7 +73,7 @@ def alias_version(client: MlflowClient | None, name: str, alias: str, uri: str) 
                         "or set serve.alias") from failure
 
 
-def _version(client: MlflowClient, name: str, version: str):  # -> ModelVersion
+def model_version(client: MlflowClient, name: str, version: str):  # -> ModelVersion
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
@@ -84,7 +84,7 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, re
                   user: str | None = None) -> str | None:
     """Point ``champion`` at ``version``; tag it with the action, user, time, reason and the version it
     replaced (``previous_champion``, what rollback follows). Returns that previous version."""
-    previous = champion_version(client, name)
+    previous = championmodel_version(client, name)
     user = user or getpass.getuser()
     stamp = now()
     client.set_registered_model_alias(name, CHAMPION, str(version))
@@ -127,8 +127,8 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, score: S
     ``test_digest`` the candidate must have been evaluated on exactly that split (its tag)."""
     if not reason.strip():
         raise RegistryError("a promotion needs a reason (--reason TEXT): it is recorded on the version")
-    mv = _version(client, name, version)
-    current = champion_version(client, name)
+    mv = model_version(client, name, version)
+    current = championmodel_version(client, name)
     if current == str(version):
         raise RegistryError(f"{name} v{version} is already the champion")
     tags = mv.tags
@@ -149,7 +149,7 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, score: S
     client.set_model_version_tag(name, str(version), "last_promotion_check", f"{now()}: {decision.reason}")
     if not decision.passed:
         raise RegistryError(f"{name} v{version} not promoted: {decision.reason}")
-    moved = champion_version(client, name)
+    moved = championmodel_version(client, name)
     if moved != current:  # scoring takes seconds: the gates compared against a champion that is gone
         raise RegistryError(f"the champion of {name!r} moved from v{current} to v{moved} while v{version} was being "
                             "checked; nothing changed, run the promotion again")
@@ -176,7 +176,7 @@ def champion_stack(history: list[dict]) -> list[str]:
 def rollback(client: MlflowClient, name: str, reason: str = "rollback", user: str | None = None) -> tuple[str, str]:
     """Move ``champion`` back to the champion it replaced (repeatable: each rollback goes one further
     back); returns (from version, to version)."""
-    current = champion_version(client, name)
+    current = championmodel_version(client, name)
     if current is None:
         raise RegistryError(f"model {name!r} has no champion to roll back from")
     stack = champion_stack(json.loads(client.get_registered_model(name).tags.get("champion_history", "[]")))
@@ -186,7 +186,7 @@ def rollback(client: MlflowClient, name: str, reason: str = "rollback", user: st
     if len(stack) < 2:
         raise RegistryError(f"{name} v{current} is the first champion: there is no previous one to roll back to")
     target = stack[-2]
-    _version(client, name, target)  # still exists
+    model_version(client, name, target)  # still exists
     move_champion(client, name, target, "rolled_back", reason, user)
     client.set_model_version_tag(name, current, "rolled_back_from_at", now())
     return current, target

@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _command(sub, "run", "run the whole training pipeline",
              ["weakflow run", "weakflow run --config my.yaml --set full_train.epochs=80"],
-             "validate -> governance -> weak_labels -> weak_train -> pseudo_label -> pseudo_governance -> "
-             "full_train -> evaluate -> register")
+             "validate -> governance -> weak_labels -> gold_only -> weak_train -> pseudo_label -> "
+             "pseudo_governance -> full_train -> select -> evaluate -> register -> publish")
     _command(sub, "validate", "run only the data validation suite", ["weakflow validate --config my.yaml"])
     lfs = _command(
         sub, "lfs", "apply the weak sources to the training file and measure each",
@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     lfs.add_argument("--shards", type=_at_least(1), default=1, metavar="K",
                      help="apply in K row ranges, each in its own process (spawned), for big files (default 1)")
     lfs.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
+    predict = _command(
+        sub, "predict", "score a Parquet or CSV file with a registered model, in chunks",
+        ["weakflow predict --input new.parquet --output scored.parquet",
+         "weakflow predict --input messages.csv --output scored.csv --version 3"],
+        "Reads the input in chunks (bounded memory, any size), checks its columns against the model's inputs\n"
+        "before scoring, and writes row_id (the input's own row_id column, else the row's position from 0),\n"
+        "prediction, confidence and prob_<class> per class. The output appears only when every row is scored\n"
+        "(a failed job leaves none behind). The job is logged as a run of the MLflow experiment\n"
+        "<tracking.experiment>-predict: input SHA-256, rows, model version, duration, rows/s.\n\n"
+        "exit status: 0; 1 for bad input (a missing column or a bad value: one line naming the file, column and\n"
+        "rows) or no such model/version/alias; 2 for a config error.")
+    predict.add_argument("--input", required=True, type=Path, help="Parquet (.parquet) or CSV (.csv) file to score")
+    predict.add_argument("--output", required=True, type=Path, help="where to write the scores (.parquet or .csv)")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--version", help="model version to use")
+    which.add_argument("--alias", help="model alias to use (default serve.alias, champion)")
+    predict.add_argument("--chunk-rows", type=_at_least(1), default=100_000, metavar="N",
+                         help="rows scored at a time (default 100000)")
     _command(sub, "show-config", "print the effective config as YAML",
              ["weakflow show-config > my.yaml", "weakflow show-config --set data.noise.rate=0.2"])
     _command(sub, "models", "list registered versions, aliases and key metrics",
@@ -149,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback = _command(sub, "feedback", "record delayed gold labels for served predictions",
                         ["weakflow feedback labels.csv   # columns request_id,row_index,label"],
                         "Checks the whole file before storing anything: every (request_id, row_index) must be\n"
-                        "a logged prediction and every label an integer class of the model version that answered\n"
+                        "a logged prediction and every label a class (an integer or a name) of the model version that answered\n"
                         "that row (read from the registry). Any problem: one line naming the file, the column, the\n"
                         "rows (data rows counted from 1, the header not counted) and the values; exit status 1,\n"
                         "nothing stored. A row labelled twice keeps the last label.")
@@ -193,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(cfg)
         if args.command == "lfs":
             return _lfs(args, cfg)
+        if args.command == "predict":
+            return _predict(args, cfg)
         if args.command in ("models", "promote", "rollback", "serve"):
             return _registry_command(args, cfg)
         if args.command in ("simulate-traffic", "monitor", "alerts", "feedback", "deploy"):
@@ -223,6 +243,21 @@ def _validate(cfg) -> int:
 
     data, report = load_and_validate(cfg)
     print(f"validation passed: {report.summary()}; rows {data.provenance_counts()}, test {len(data.test)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, cfg) -> int:
+    from tasks.batch_predict import batch_predict
+    from tasks.data import DataError
+
+    try:
+        job = batch_predict(cfg, args.input, args.output, version=args.version, alias=args.alias,
+                            chunk_rows=args.chunk_rows)
+    except DataError as exc:
+        print(f"{' '.join(str(exc).split())}\nnothing written to {args.output}", file=sys.stderr)
+        return 1
+    print(f"scored {job.rows} rows of {job.input} with {job.model_name} version {job.model_version} in "
+          f"{job.seconds:.1f} s ({job.rows_per_second:,.0f} rows/s) -> {job.output}; MLflow run {job.run_id}")
     return 0
 
 

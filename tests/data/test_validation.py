@@ -185,3 +185,29 @@ def test_test_copies_are_found_whatever_the_dtype(spec):
     assert failures(raw) == ["test_rows_in_training.training_copies: expected no test row whose features equal a "
                              "training row's; found 1 bad value(s), e.g. [1] at test row [7] (data rows of the file, "
                              "counted from 0)"]
+
+
+def text_tables(tmp_path) -> RawTables:
+    from tasks.config import FilesData
+
+    spec = FilesData(train_path=tmp_path / "train.parquet", test_path=tmp_path / "test.parquet", text_columns=["text"],
+                     feature_columns=["n"], classes=["ham", "spam"], text_max_chars=50)
+    train = pd.DataFrame({"text": [f"message number {i}" for i in range(40)], "n": np.arange(40.0),
+                          "label": ["ham", "spam"] * 20})
+    test = pd.DataFrame({"text": ["hello there", "win a prize"] * 3, "n": np.arange(6.0), "label": ["ham", "spam"] * 3})
+    return RawTables(train, test, spec)
+
+
+def test_text_columns_are_checked_naming_the_column_and_rows(tmp_path):
+    raw = text_tables(tmp_path)
+    assert failures(raw) == []
+    raw.train.loc[[3, 9], "text"] = ["x" * 51, "y" * 120]  # beyond data.text_max_chars
+    raw.train.loc[[5, 6, 7], "text"] = ""  # 3 of 40 empty: over the 5% allowed
+    raw.test["text"] = np.arange(6)  # numbers where text belongs
+    found = failures(raw)
+    assert f"train.text: expected at most 50 characters (data.text_max_chars); found 2 bad value(s), e.g. " \
+           f"['{'x' * 51}', '{'y' * 60}... (120 chars)'] at row [3, 9] (data rows of the file, counted from 0)" in found
+    assert any(f.startswith("train.text: expected non-empty text on at least 95% of the rows; found 3 bad value(s)")
+               and "at row [5, 6, 7]" in f for f in found), found
+    assert "test.text: expected a text column; found dtype int64" in found
+    assert len(found) == 3

@@ -128,7 +128,10 @@ def check_run_pages(ui_url: str, experiment_id: str, parent, evaluate, shots: Pa
             for key in ("test_accuracy", "gold_only_test_accuracy"):
                 expect(page.get_by_role("link", name=key, exact=True)).to_be_visible()
                 expect(page.get_by_text(shown(parent.data.metrics[key]), exact=True).first).to_be_visible()
-            for stage in STAGES:  # "Child runs" in "About this run"
+            # "Child runs" in "About this run": MLflow lists ten, then a "Load more" button
+            expect(page.get_by_role("link", name=STAGES[-1], exact=True)).to_be_visible()
+            page.get_by_role("button", name="Load more").click()
+            for stage in STAGES:
                 expect(page.get_by_role("link", name=stage, exact=True)).to_be_visible()
             expect(page.get_by_text("model_alias", exact=True)).to_be_visible()  # tag: champion/challenger
             page.screenshot(path=str(shots / "mlflow-run.png"))
