@@ -84,7 +84,7 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, re
                   user: str | None = None) -> str | None:
     """Point ``champion`` at ``version``; tag it with the action, user, time, reason and the version it
     replaced (``previous_champion``, what rollback follows). Returns that previous version."""
-    previous = championmodel_version(client, name)
+    previous = champion_version(client, name)
     user = user or getpass.getuser()
     stamp = now()
     client.set_registered_model_alias(name, CHAMPION, str(version))
@@ -128,7 +128,7 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, score: S
     if not reason.strip():
         raise RegistryError("a promotion needs a reason (--reason TEXT): it is recorded on the version")
     mv = model_version(client, name, version)
-    current = championmodel_version(client, name)
+    current = champion_version(client, name)
     if current == str(version):
         raise RegistryError(f"{name} v{version} is already the champion")
     tags = mv.tags
@@ -149,7 +149,7 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, score: S
     client.set_model_version_tag(name, str(version), "last_promotion_check", f"{now()}: {decision.reason}")
     if not decision.passed:
         raise RegistryError(f"{name} v{version} not promoted: {decision.reason}")
-    moved = championmodel_version(client, name)
+    moved = champion_version(client, name)
     if moved != current:  # scoring takes seconds: the gates compared against a champion that is gone
         raise RegistryError(f"the champion of {name!r} moved from v{current} to v{moved} while v{version} was being "
                             "checked; nothing changed, run the promotion again")
@@ -176,7 +176,7 @@ def champion_stack(history: list[dict]) -> list[str]:
 def rollback(client: MlflowClient, name: str, reason: str = "rollback", user: str | None = None) -> tuple[str, str]:
     """Move ``champion`` back to the champion it replaced (repeatable: each rollback goes one further
     back); returns (from version, to version)."""
-    current = championmodel_version(client, name)
+    current = champion_version(client, name)
     if current is None:
         raise RegistryError(f"model {name!r} has no champion to roll back from")
     stack = champion_stack(json.loads(client.get_registered_model(name).tags.get("champion_history", "[]")))
