@@ -27,7 +27,7 @@ from bench.common import ROOT, mean_std, publish
 from tasks.config import load_config
 from tasks.core.training import predict_proba
 from tasks.data import ROW_ID
-from tasks.evaluate import train_gold_only
+from tasks.gold_only import train_gold_only
 from tasks.full_train import train_full
 from tasks.pseudo_label import make_pseudo_labels
 from tasks.validate import load_and_validate

@@ -19,7 +19,8 @@ from bench.common import mean_std, publish
 from tasks.config import load_config
 from tasks.core.training import fit, predict_proba
 from tasks.data import ROW_ID
-from tasks.evaluate import evaluate_models, train_gold_only
+from tasks.evaluate import evaluate_models
+from tasks.gold_only import train_gold_only
 from tasks.full_train import train_full
 from tasks.modeling import new_model, settings
 from tasks.pseudo_label import make_pseudo_labels

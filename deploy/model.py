@@ -20,7 +20,7 @@ import torch
 from tasks.core.models import ModelSpec, build_model
 from tasks.core.text import TextFeaturizer
 from tasks.core.training import predict_proba
-from tasks.data import InputSchema
+from tasks.core.schema import InputSchema
 
 
 def save_weights(path: Path, model: torch.nn.Module, spec: ModelSpec, schema: InputSchema, classes: list) -> None:

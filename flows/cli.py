@@ -539,21 +539,21 @@ def _run(cfg) -> int:
 
     api_ready = _prestart_prefect_api()
     _warm_imports()
-    from flows.pipeline import run_training  # torch, MLflow, sklearn: ~3 s, while the API starts
+    from flows import api  # torch, MLflow, sklearn: ~3 s, while the API starts
+    import flows.pipeline  # noqa: F401  (imported here, while the API starts)
 
     _quiet_expected_errors()
     api_ready()
-    result = run_training(cfg)  # on the task runner parallel.runner names
+    result = api.run(cfg)  # on the task runner parallel.runner names
     _drain_prefect()
     table = Table(title="weakflow run summary", show_lines=False)
     table.add_column("stage", style="bold")
     table.add_column("result")
-    for stage, figures in result.stages:
+    for stage, figures in result.summary:
         table.add_row(stage, figures)
     console = Console()
     console.print(table)
-    reg = result.registration
-    console.print(f"model [bold]{reg.model_name}[/] version [bold]{reg.version}[/] alias [bold]{reg.alias}[/]")
+    console.print(f"model [bold]{result.model_name}[/] version [bold]{result.version}[/] alias [bold]{result.alias}[/]")
     run_path = f"#/experiments/{result.experiment_id}/runs/{result.run_id}"
     if result.tracking_uri.startswith(("http://", "https://")):
         print(f"open the run:       {result.tracking_uri}/{run_path}")

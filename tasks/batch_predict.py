@@ -108,8 +108,8 @@ def check_columns(path: Path, model: ScoringModel) -> bool:
 
 def _chunks(path: Path, model: ScoringModel, has_ids: bool, chunk_rows: int) -> Iterator[pd.DataFrame]:
     columns = model.inputs + ([ROW_ID] if has_ids else [])
-    if _kind(path) == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+    if _kind(path) == "parquet":  # pre_buffer would keep every row group read so far (the whole file, at the end)
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, columns=columns):
             yield batch.to_pandas()
     else:
         dtypes = {c: str for c in model.text}

@@ -59,7 +59,7 @@ class FilesData(_Section):
     classes: list[int] | list[str] | None = Field(None, description="the class set (integers or names); default: "
                                                   "the test file's labels")
     image_shape: tuple[int, int, int] | None = None
-    text_max_chars: int = Field(5000, ge=1, description="longest text a row may carry (validation and serving)")
+    text_max_chars: int = Field(5000, ge=1, description="longest text a row may carry (validation; serving has serve.max_text_chars)")
     unlabeled_path: Path | None = Field(
         None, description="an extra unlabeled pool (Parquet with the input columns), streamed by row group")
     seed: int = 0
@@ -400,6 +400,9 @@ class TrackingConfig(_Section):
         return f"sqlite:///{(self.workspace / 'predictions.db').resolve()}"
 
 
+TEXT_DEMO_MODEL = "weakflow-sms-classifier"  # tracking.model_name's default under data.source=demo_text
+
+
 class Config(_Section):
     data: Annotated[DemoData | DemoTextData | FilesData, Field(discriminator="source")] = DemoData()
     validation: ValidationConfig = ValidationConfig()
@@ -426,6 +429,15 @@ class Config(_Section):
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "source" not in raw["data"]:
             raw = {**raw, "data": {"source": "demo", **raw["data"]}}
         return raw
+
+    @model_validator(mode="after")
+    def _text_demo_model_name(self) -> Config:
+        """The text demo registers under its own default name: one registered model is one task, and the
+        digits demo's champion cannot be re-scored on messages (the gate would keep the text model a
+        challenger). An explicit ``tracking.model_name`` always wins."""
+        if isinstance(self.data, DemoTextData) and "model_name" not in self.tracking.model_fields_set:
+            self.tracking = self.tracking.model_copy(update={"model_name": TEXT_DEMO_MODEL})
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

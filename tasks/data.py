@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.config import Config, DemoData, DemoTextData, FilesData
 from tasks.core.folds import GoldFolds, gold_folds
 from tasks.core.noise import corrupt_labels
+from tasks.core.schema import InputSchema
 from tasks.core.text import TextFeaturizer, normalise
 
 PROVENANCE = "provenance"  # gold | weak | unlabeled
@@ -35,31 +36,6 @@ class RawTables:
     train: pd.DataFrame
     test: pd.DataFrame
     spec: FilesData
-
-
-@dataclass(frozen=True)
-class InputSchema:
-    """What a row carries (numeric and text input columns) and how it becomes the model's feature vector:
-    the numbers as they are, the text through a fitted :class:`tasks.core.text.TextFeaturizer`."""
-
-    numeric: list[str]
-    text: list[str]
-    featurizer: TextFeaturizer | None = None
-
-    @property
-    def inputs(self) -> list[str]:
-        return [*self.numeric, *self.text]
-
-    @property
-    def names(self) -> list[str]:
-        """The model's feature names: the numeric columns, then the text features."""
-        return [*self.numeric, *(self.featurizer.names if self.featurizer is not None else [])]
-
-    def x(self, frame: pd.DataFrame) -> np.ndarray:
-        numbers = frame[self.numeric].to_numpy(dtype=np.float32)
-        if self.featurizer is None:
-            return numbers
-        return np.hstack([numbers, self.featurizer.transform(frame)])
 
 
 def as_class(value: object) -> object:

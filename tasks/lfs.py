@@ -130,7 +130,7 @@ def _read_parquet(path: Path, columns: list[str], rows: int | None) -> pd.DataFr
     if rows is None:
         return pd.read_parquet(path, columns=columns)
     batches, have = [], 0
-    for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=min(rows, 65_536)):
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(columns=columns, batch_size=min(rows, 65_536)):
         batches.append(batch)
         have += batch.num_rows
         if have >= rows:

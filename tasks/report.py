@@ -102,6 +102,9 @@ def source_noise(stats: pd.DataFrame | None) -> tuple[pd.DataFrame, float | None
     return out, pooled
 
 
+ISSUE_TEXT_CHARS = 160  # of a suspect row's text in the report's label-noise view
+
+
 def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str) -> tuple[pd.DataFrame, str, int]:
     """Weak training rows whose weak label ``model`` disputes, most suspicious first.
 
@@ -141,6 +144,9 @@ def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str)
     for col in data.spec.weak_label_columns:  # the raw votes, where a person fixes them
         if col != "weak_label" or len(data.spec.weak_label_columns) > 1:
             out[f"vote_{col}"] = rows[col].to_numpy()[ranked]
+    for col in data.spec.text_columns:  # what a reviewer reads to judge the row (long texts shortened)
+        text = rows[col].fillna("").astype(str).to_numpy()[ranked]
+        out[col] = [t if len(t) <= ISSUE_TEXT_CHARS else t[:ISSUE_TEXT_CHARS - 1] + "…" for t in text]
     return out, method, len(given)
 
 

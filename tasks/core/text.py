@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,12 @@ class ColumnState:
     idf: np.ndarray  # float32, one per kept bucket
     components: np.ndarray  # float32 (dims, kept)
     vocabulary: np.ndarray  # int64 sorted word-unigram buckets seen while fitting
+
+    @cached_property
+    def projection(self) -> np.ndarray:
+        """``components.T`` stored row-major: scipy's sparse @ dense would copy a transposed view (the whole
+        (kept, dims) matrix) on every call, the main cost of featurising one short message."""
+        return np.ascontiguousarray(self.components.T)
 
     def as_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.kept": self.kept, f"{prefix}.idf": self.idf, f"{prefix}.components": self.components,
@@ -111,7 +118,7 @@ class TextFeaturizer:
             texts = raw.to_numpy()
             if len(texts):
                 tfidf = _tfidf(_counts(texts)[:, state.kept], state.idf)
-                lsa = np.asarray(tfidf @ state.components.T, dtype=np.float32)
+                lsa = np.asarray(tfidf @ state.projection, dtype=np.float32)
             else:
                 lsa = np.zeros((0, self.dims), dtype=np.float32)
             parts += [lsa, descriptors(raw, state.vocabulary)]
@@ -151,7 +158,8 @@ def descriptors(text: pd.Series, vocabulary: np.ndarray) -> np.ndarray:
     oov = np.zeros(len(text))
     if len(text):
         buckets = _unigram_buckets(text.to_numpy())
-        known = np.isin(buckets.indices, vocabulary)
+        at = np.minimum(np.searchsorted(vocabulary, buckets.indices), max(len(vocabulary) - 1, 0))
+        known = vocabulary[at] == buckets.indices if len(vocabulary) else np.zeros(len(buckets.indices), bool)
         rows = np.repeat(np.arange(buckets.shape[0]), np.diff(buckets.indptr))
         total = np.bincount(rows, weights=buckets.data, minlength=len(text))
         unseen = np.bincount(rows, weights=buckets.data * ~known, minlength=len(text))

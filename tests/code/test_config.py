@@ -130,3 +130,11 @@ def test_cli_validate_reports_bad_files_and_exits_1(tmp_path):
     assert proc.returncode == 1, err[-2000:]
     assert "train.c: expected the column to exist; found no such column" in err
     assert "test.b: expected a numeric column; found dtype object" in err
+
+
+def test_the_text_demo_registers_under_its_own_name_unless_one_is_given():
+    from tasks.config import TEXT_DEMO_MODEL
+
+    assert load_config(None, ["data.source=demo_text"]).tracking.model_name == TEXT_DEMO_MODEL != \
+        load_config(None).tracking.model_name
+    assert load_config(None, ["data.source=demo_text", "tracking.model_name=mine"]).tracking.model_name == "mine"

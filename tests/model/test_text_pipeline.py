@@ -54,6 +54,13 @@ def test_registered_text_model_takes_raw_strings_and_answers_names(text_run):
     assert set(out["prediction"]) == {"ham", "spam"} and {"prob_ham", "prob_spam"} <= set(out)  # names, both of them, from raw strings
     accuracy = float((out["prediction"].to_numpy() == test["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(result.evaluation.shipped.accuracy, abs=1e-9)  # the model the run measured
+    # the report's label-noise view shows each suspect row's message, so a reviewer can judge it
+    issues = result.evaluation.review.issues
+    assert len(issues) > 0 and issues["text"].str.len().between(1, 160).all()
+    html = mlflow.artifacts.load_text(f"runs:/{result.evaluation.run_id}/evaluation/report.html")
+    import html as html_lib
+
+    assert html_lib.escape(issues["text"].iloc[0]) in html
 
 
 def test_server_bounds_text_and_logs_a_bounded_row(text_run):

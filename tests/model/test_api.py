@@ -1,0 +1,60 @@
+"""The Python API (flows/api.py): configs from a file, a dict or keywords; a real run's typed result; the
+registered model loaded back for prediction."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from flows import api
+from tasks.config import ConfigError
+
+
+def test_config_from_file_dict_and_keywords(tmp_path, monkeypatch):
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump({"weak_train": {"epochs": 7}, "tracking": {"workspace": "ws"}}))
+    from_file = api.config(tmp_path / "my.yaml", full_train__epochs=9)
+    assert (from_file.weak_train.epochs, from_file.full_train.epochs) == (7, 9)
+    assert from_file.tracking.workspace == tmp_path / "ws"  # relative to the file's folder
+    monkeypatch.chdir(tmp_path)
+    from_dict = api.config({"weak_train": {"epochs": 3}, "tracking": {"workspace": "elsewhere"}},
+                           overrides={"weak_train.method": "glc"})
+    assert (from_dict.weak_train.epochs, from_dict.weak_train.method) == (3, "glc")
+    assert from_dict.tracking.workspace == tmp_path / "elsewhere"
+    assert api.config(from_dict, seed=5).seed == 5 and from_dict.seed == 0  # a copy; the original unchanged
+    assert api.config().weak_train.epochs == api.config(None).weak_train.epochs != 3
+    with pytest.raises(ConfigError, match=r"weak_train.epochs = -1"):
+        api.config(weak_train__epochs=-1)
+    with pytest.raises(ConfigError, match="weak_train.nonsense"):
+        api.config({"weak_train": {"nonsense": 1}})
+
+
+def test_run_returns_what_it_registered_and_the_model_predicts_like_it(prefect_harness, tmp_path):
+    from tests.conftest import FAST
+
+    fast = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in FAST)}
+    cfg = api.config(overrides=fast | {"tracking.workspace": str(tmp_path / "ws")})
+    result = api.run(cfg)
+    client = mlflow.MlflowClient(result.tracking_uri)
+    mv = client.get_model_version(result.model_name, result.version)
+    assert (result.version, result.alias) == ("1", "champion") and mv.run_id
+    assert str(client.get_model_version_by_alias(result.model_name, "champion").version) == result.version
+    assert client.get_run(result.run_id).data.metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    assert mv.tags["shipped"] == result.shipped and [s for s, _ in result.summary][0] == "validate"
+    from tasks.data import resolve_data_spec
+
+    spec = resolve_data_spec(cfg)
+    test = pd.read_parquet(spec.test_path)
+    for model in (api.load_model(cfg), result.load_model(), api.load_model(cfg, version="1")):
+        scored = model.predict(test)
+        assert model.version == "1" and model.classes == list(range(10))
+        assert (scored["prediction"].to_numpy() == test["label"].to_numpy()).mean() == \
+            pytest.approx(result.metrics["test_accuracy"], abs=1e-9)
+    from deploy.registry import RegistryError
+    from tasks.data import DataError
+
+    with pytest.raises(RegistryError, match="no version '7'"):
+        api.load_model(cfg, version="7")
+    with pytest.raises(DataError, match=r"lacks input column\(s\) \['px_0'\]"):
+        api.load_model(cfg).predict(test.drop(columns=["px_0"]))
