@@ -42,11 +42,11 @@ def measure(pool: Path, workers: int, shards: int) -> dict:
     import pandas as pd
     import torch
 
-    from tasks.config import load_config, parse_config
-    from tasks.pseudo_label import make_pseudo_labels
-    from tasks.validate import load_and_validate
-    from tasks.weak_labels import make_weak_labels
-    from tasks.weak_train import train_weak
+    from weakflow.tasks.config import load_config, parse_config
+    from weakflow.tasks.pseudo_label import make_pseudo_labels
+    from weakflow.tasks.validate import load_and_validate
+    from weakflow.tasks.weak_labels import make_weak_labels
+    from weakflow.tasks.weak_train import train_weak
 
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         demo = load_config(None, ["data.image=false", "weak_train.epochs=15", f"tracking.workspace={tmp}"])
@@ -73,7 +73,7 @@ def measure(pool: Path, workers: int, shards: int) -> dict:
 
 
 def _warm() -> None:
-    import tasks.pseudo_shards  # noqa: F401 - torch, pyarrow, prefect's task engine
+    import weakflow.tasks.pseudo_shards  # noqa: F401 - torch, pyarrow, prefect's task engine
 
 
 def on_dask(data, weak, cfg, out: Path):
@@ -81,8 +81,8 @@ def on_dask(data, weak, cfg, out: Path):
     from prefect import flow
     from prefect.context import FlowRunContext
 
-    from tasks.parallel import with_runner
-    from tasks.pseudo_label import make_pseudo_labels
+    from weakflow.tasks.parallel import with_runner
+    from weakflow.tasks.pseudo_label import make_pseudo_labels
 
     @flow(name="bench-dask-pool")
     def label():

@@ -23,7 +23,7 @@ from bench.common import publish
 def precision_recall(jitters: list[float], factor: float, seed: int = 0) -> list[dict]:
     from sklearn.datasets import load_digits
 
-    from data_checks.contamination import NearDuplicateIndex
+    from weakflow.data_checks.contamination import NearDuplicateIndex
 
     x = load_digits().data.astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -47,7 +47,7 @@ def precision_recall(jitters: list[float], factor: float, seed: int = 0) -> list
 def scale(rows: int, reference: int, factor: float, seed: int = 0) -> dict:
     from sklearn.datasets import load_digits
 
-    from data_checks.contamination import NearDuplicateIndex, exact_pairs
+    from weakflow.data_checks.contamination import NearDuplicateIndex, exact_pairs
 
     x = load_digits().data.astype(np.float32)
     rng = np.random.default_rng(seed)

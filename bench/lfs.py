@@ -52,8 +52,8 @@ def rows_frame(rows: int, seed: int = 0):  # -> pd.DataFrame
 
 def measure(rows: int, shards: int) -> dict:
     """In this (fresh) process: build the rows, apply the rules, report time and peak RSS (MiB)."""
-    from tasks.config import FilesData, RuleConfig
-    from tasks.lfs import apply_sharded
+    from weakflow.tasks.config import FilesData, RuleConfig
+    from weakflow.tasks.lfs import apply_sharded
 
     frame = rows_frame(rows)
     data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.core.clid import ClidMu, ClidMuSettings
-from tasks.core.device import autocast, resolve_device
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.training import TrainSettings, fit
+from weakflow.tasks.core.clid import ClidMu, ClidMuSettings
+from weakflow.tasks.core.device import autocast, resolve_device
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.training import TrainSettings, fit
 
 
 def data() -> tuple[np.ndarray, np.ndarray]:

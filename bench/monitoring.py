@@ -32,11 +32,11 @@ from bench.serve import WS, ensure_model
 def detection(cfg, windows: int, quiet: int, size: int) -> dict[str, float]:
     from fastapi.testclient import TestClient
 
-    from deploy.serve import create_app
-    from monitoring.drift import DriftRule, decide, drift_report, load_window
-    from monitoring.traffic import send, shifted_rows
-    from tasks.monitor import load_served
-    from tasks.data import resolve_data_spec
+    from weakflow.deploy.serve import create_app
+    from weakflow.monitoring.drift import DriftRule, decide, drift_report, load_window
+    from weakflow.monitoring.traffic import send, shifted_rows
+    from weakflow.tasks.monitor import load_served
+    from weakflow.tasks.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path)
@@ -61,7 +61,7 @@ def detection(cfg, windows: int, quiet: int, size: int) -> dict[str, float]:
 def fill_log(url: str, rows: int, model, features: list[str], base: np.ndarray) -> None:
     import torch
 
-    from deploy.prediction_log import PREDICTIONS, make_engine
+    from weakflow.deploy.prediction_log import PREDICTIONS, make_engine
 
     engine = make_engine(url)
     rng = np.random.default_rng(0)
@@ -82,9 +82,9 @@ def fill_log(url: str, rows: int, model, features: list[str], base: np.ndarray) 
 def timing(cfg, sizes: list[int]) -> list[dict]:
     import mlflow
 
-    from monitoring.drift import drift_report, load_window
-    from tasks.monitor import load_served
-    from tasks.data import resolve_data_spec
+    from weakflow.monitoring.drift import drift_report, load_window
+    from weakflow.tasks.monitor import load_served
+    from weakflow.tasks.data import resolve_data_spec
 
     served = load_served(cfg)
     model = mlflow.pyfunc.load_model(f"models:/{served.name}/{served.version}").unwrap_python_model().model.eval()
@@ -116,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     import mlflow
 
-    from tasks.config import load_config
+    from weakflow.tasks.config import load_config
 
     ensure_model()
     cfg = load_config(None, [f"tracking.workspace={WS}"])

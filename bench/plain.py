@@ -31,7 +31,7 @@ class PlainRun:
 
 
 def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
-    from tasks.config import load_config
+    from weakflow.tasks.config import load_config
 
     return run_config(load_config(None, [f"tracking.workspace={workspace}", *overrides]), workspace).times
 
@@ -40,22 +40,22 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     """The pipeline's stages on ``cfg`` (any data source) as plain functions, doing the same work as the flow
     (validation with Data Docs, governance, the cross-fitted candidates, selection, evaluation, the gate
     decision, the model file); the model file goes to ``workspace``."""
-    from deploy.gates import GateInput, decide
-    from deploy.model import save_weights
-    from tasks.core.models import calibrated
-    from tasks.evaluate import evaluate_models
-    from tasks.full_train import train_full
-    from tasks.gold_only import train_gold_only
-    from tasks.governance import check_all_pseudo, check_training
-    from tasks.pseudo_label import label_all
-    from tasks.select import choose
-    from tasks.validate import load_and_validate
-    from monitoring.reference import reference_sample
-    from tasks.register import model_card, provenance_of
-    from tasks.report import build_review, render_html, render_markdown
-    from tasks.review import Champion
-    from tasks.weak_labels import make_weak_labels
-    from tasks.weak_train import train_weak
+    from weakflow.deploy.gates import GateInput, decide
+    from weakflow.deploy.model import save_weights
+    from weakflow.tasks.core.models import calibrated
+    from weakflow.tasks.evaluate import evaluate_models
+    from weakflow.tasks.full_train import train_full
+    from weakflow.tasks.gold_only import train_gold_only
+    from weakflow.tasks.governance import check_all_pseudo, check_training
+    from weakflow.tasks.pseudo_label import label_all
+    from weakflow.tasks.select import choose
+    from weakflow.tasks.validate import load_and_validate
+    from weakflow.monitoring.reference import reference_sample
+    from weakflow.tasks.register import model_card, provenance_of
+    from weakflow.tasks.report import build_review, render_html, render_markdown
+    from weakflow.tasks.review import Champion
+    from weakflow.tasks.weak_labels import make_weak_labels
+    from weakflow.tasks.weak_train import train_weak
 
     times: dict[str, float] = {}
     t = time.perf_counter()

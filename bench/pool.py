@@ -64,12 +64,12 @@ def measure(pool: Path, overrides: list[str]) -> dict:
     """In this process: train the demo MLP, then validate + pseudo-label with the pool."""
     import torch
 
-    from tasks.config import load_config, parse_config
-    from tasks.pseudo_label import make_pseudo_labels
-    from tasks.data import resolve_data_spec
-    from tasks.validate import load_and_validate
-    from tasks.weak_labels import make_weak_labels
-    from tasks.weak_train import train_weak
+    from weakflow.tasks.config import load_config, parse_config
+    from weakflow.tasks.pseudo_label import make_pseudo_labels
+    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.validate import load_and_validate
+    from weakflow.tasks.weak_labels import make_weak_labels
+    from weakflow.tasks.weak_train import train_weak
 
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         demo = load_config(None, ["data.image=false", "weak_train.epochs=15", f"tracking.workspace={tmp}"])
@@ -91,7 +91,7 @@ def measure(pool: Path, overrides: list[str]) -> dict:
 
 
 def _nested(overrides: list[str]) -> dict:
-    from tasks.config import _apply_override
+    from weakflow.tasks.config import _apply_override
 
     raw: dict = {}
     for item in overrides:

@@ -27,7 +27,7 @@ from bench.common import ROOT, publish
 CHUNK = 100_000
 # the CLI, then this process's own peak RSS (KiB): VmHWM of its memory map. Not ru_maxrss: Linux carries that
 # across execve, so a child of this (large) process would report the parent's peak
-PEAK_WRAPPER = ("import re, sys; from flows.cli import main; rc = main(sys.argv[1:]); "
+PEAK_WRAPPER = ("import re, sys; from weakflow.flows.cli import main; rc = main(sys.argv[1:]); "
                 "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
                 "print('PEAK_KIB', hwm, file=sys.stderr); sys.exit(rc)")
 
@@ -38,11 +38,11 @@ def register(store: Path, kind: str, name: str | None = None) -> tuple[str, list
     import mlflow
     import torch
 
-    from deploy.model import save_weights
-    from tasks.core.models import ModelSpec, build_model
-    from tasks.core.text import TextFeaturizer
-    from tasks.data import InputSchema
-    from tasks.demo_text import read_sms_spam
+    from weakflow.deploy.model import save_weights
+    from weakflow.tasks.core.models import ModelSpec, build_model
+    from weakflow.tasks.core.text import TextFeaturizer
+    from weakflow.tasks.data import InputSchema
+    from weakflow.tasks.demo_text import read_sms_spam
 
     store.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
@@ -75,7 +75,7 @@ def write_input(path: Path, kind: str, rows: int, columns: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.demo_text import read_sms_spam
+    from weakflow.tasks.demo_text import read_sms_spam
 
     rng = np.random.default_rng(0)
     texts = read_sms_spam()["text"].to_numpy(dtype=object) if kind == "text" else None

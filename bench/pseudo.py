@@ -24,15 +24,15 @@ from pathlib import Path
 import pandas as pd
 
 from bench.common import ROOT, mean_std, publish
-from tasks.config import load_config
-from tasks.core.training import predict_proba
-from tasks.data import ROW_ID
-from tasks.gold_only import train_gold_only
-from tasks.full_train import train_full
-from tasks.pseudo_label import make_pseudo_labels
-from tasks.validate import load_and_validate
-from tasks.weak_labels import make_weak_labels
-from tasks.weak_train import train_weak
+from weakflow.tasks.config import load_config
+from weakflow.tasks.core.training import predict_proba
+from weakflow.tasks.data import ROW_ID
+from weakflow.tasks.gold_only import train_gold_only
+from weakflow.tasks.full_train import train_full
+from weakflow.tasks.pseudo_label import make_pseudo_labels
+from weakflow.tasks.validate import load_and_validate
+from weakflow.tasks.weak_labels import make_weak_labels
+from weakflow.tasks.weak_train import train_weak
 
 NOISES = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("instance", 0.4)]
 POLICIES = ["fixed", "per_class", "target_precision"]

@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.common import ROOT, mean_std, publish
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.training import TrainSettings, fit, predict_proba
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.training import TrainSettings, fit, predict_proba
 
 DATASETS = ("digits", "wine", "breast_cancer")
 KINDS = ("symmetric", "pairflip", "asymmetric", "lookalike", "annotators", "lfs")
@@ -543,7 +543,7 @@ class PipelineResult:
 def col_weakflow(cell: Cell, extra: list[str]) -> PipelineResult:
     """The default pipeline on this cell via ``bench.plain.run_config`` (its stdout kept out of the progress lines)."""
     from bench.plain import run_config
-    from tasks.config import load_config
+    from weakflow.tasks.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="stress-") as tmp:
         cfg = load_config(None, pipeline_overrides(cell, Path(tmp), extra))

@@ -42,8 +42,8 @@ def scores(pred: np.ndarray, truth: np.ndarray, classes: list) -> tuple[float, f
 
 
 def majority_vote(test: pd.DataFrame, cfg, spec, fallback: str) -> np.ndarray:
-    from tasks.labeling import apply_sources
-    from tasks.rules import configured_rules
+    from weakflow.tasks.labeling import apply_sources
+    from weakflow.tasks.rules import configured_rules
 
     votes = apply_sources(test, spec, configured_rules(cfg), [], list(spec.classes), spec.abstain)
     counts = np.stack([(votes == c).sum(axis=1).to_numpy() for c in spec.classes], axis=1)
@@ -57,9 +57,9 @@ def majority_vote(test: pd.DataFrame, cfg, spec, fallback: str) -> np.ndarray:
 
 def oracle(cfg, spec, root: Path) -> tuple[float, float, float]:
     """The gold-only recipe with every training row's true label: (accuracy, spam F1, seconds)."""
-    from tasks.core.training import predict_proba
-    from tasks.gold_only import train_gold_only
-    from tasks.validate import load_and_validate
+    from weakflow.tasks.core.training import predict_proba
+    from weakflow.tasks.gold_only import train_gold_only
+    from weakflow.tasks.validate import load_and_validate
 
     train = pd.read_parquet(spec.train_path)
     truth = pd.read_parquet(Path(spec.train_path).parent / "truth.parquet").set_index("row_id")["true_label"]
@@ -79,8 +79,8 @@ def oracle(cfg, spec, root: Path) -> tuple[float, float, float]:
 
 def one_seed(seed: int, root: Path, overrides: list[str]) -> dict[str, float]:
     from bench.plain import run_config
-    from tasks.config import load_config
-    from tasks.data import resolve_data_spec
+    from weakflow.tasks.config import load_config
+    from weakflow.tasks.data import resolve_data_spec
 
     cfg = load_config(None, ["data.source=demo_text", f"data.seed={seed}", f"seed={seed}",
                              f"tracking.workspace={root / 'ws'}", *overrides])

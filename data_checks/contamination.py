@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from tasks.data import hash_rows
+from weakflow.tasks.data import hash_rows
 
 
 def exact_pairs(reference: np.ndarray, rows: np.ndarray, decimals: int = 6) -> pd.DataFrame:
@@ -193,7 +193,7 @@ def label_leakage(x: np.ndarray, y: np.ndarray, features: list[str], threshold: 
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.tree import DecisionTreeClassifier
 
-    from tasks.core.trusted import wilson_interval
+    from weakflow.tasks.core.trusted import wilson_interval
 
     y = np.asarray(y)
     counts = np.bincount(pd.factorize(y)[0])
@@ -224,7 +224,7 @@ TEXT_NEAR = 0.9  # cosine of character 3-5-gram vectors at or above which two te
 def text_keys(frame: pd.DataFrame, numeric: list[str], text: list[str]) -> np.ndarray:
     """A hash per row of its numbers (rounded) and its normalised text: rows equal up to case, punctuation
     and spacing share a key."""
-    from tasks.data import feature_hashes
+    from weakflow.tasks.data import feature_hashes
 
     return feature_hashes(frame, numeric, text).to_numpy()
 
@@ -240,7 +240,7 @@ def exact_text_pairs(reference: pd.DataFrame, rows: pd.DataFrame, numeric: list[
 def _char_vectors(texts: pd.Series):  # -> L2-normalised sparse (rows, 2**20)
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from tasks.core.text import normalise
+    from weakflow.tasks.core.text import normalise
 
     return HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=1 << 20, alternate_sign=False,
                              norm="l2").transform(normalise(texts).to_numpy())
@@ -270,7 +270,7 @@ def near_text_pairs(reference: pd.Series, rows: pd.Series, threshold: float = TE
 
 
 def _normalised(texts: pd.Series) -> pd.Series:
-    from tasks.core.text import normalise
+    from weakflow.tasks.core.text import normalise
 
     return normalise(texts).reset_index(drop=True)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.data import DataError, RawTables, feature_hashes
+from weakflow.tasks.data import DataError, RawTables, feature_hashes
 
 NUMERIC_DTYPES = [
     *(f"float{b}" for b in (16, 32, 64)),
@@ -170,7 +170,7 @@ def _text_checks(gxe: Any, frame: pd.DataFrame, columns: list[str], max_chars: i
 
 
 def _gold_counts(gxe: Any, raw: RawTables, classes: list, minimum: int) -> _Table:
-    from tasks.data import class_values
+    from weakflow.tasks.data import class_values
 
     labels = class_values(raw.train[raw.spec.label_column]).dropna()
     if classes and isinstance(classes[0], str):
@@ -188,7 +188,7 @@ def _gold_counts(gxe: Any, raw: RawTables, classes: list, minimum: int) -> _Tabl
 def _test_overlap(gxe: Any, raw: RawTables, repeated_rows: str = "auto") -> _Table:
     """The expectation that no test row equals a training row; none (and the note as the table's name) when
     ``repeated_rows = auto`` finds the repeats natural."""
-    from data_checks.contamination import repeats
+    from weakflow.data_checks.contamination import repeats
 
     features, text = raw.spec.feature_columns, raw.spec.text_columns
     train_h = feature_hashes(raw.train, features, text)

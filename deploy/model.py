@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.text import TextFeaturizer
-from tasks.core.training import predict_proba
-from tasks.core.schema import InputSchema
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.text import TextFeaturizer
+from weakflow.tasks.core.training import predict_proba
+from weakflow.tasks.core.schema import InputSchema
 
 
 def save_weights(path: Path, model: torch.nn.Module, spec: ModelSpec, schema: InputSchema, classes: list) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "weakflow"
@@ -62,3 +64,24 @@ def stage(folder: Path) -> Path:
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target / rel)
     return target
+
+
+def load_pyfunc(uri: str) -> Any:  # -> mlflow.pyfunc.PyFuncModel
+    """``mlflow.pyfunc.load_model``, then the code folders it put first on ``sys.path`` taken out of the way.
+
+    MLflow leaves a loaded model's code folder at the front of ``sys.path`` for the rest of the process. A
+    folder holding a partial ``weakflow/`` (what :func:`stage` ships) would then hide the rest of the package
+    from every later import, and from a spawned worker's (``weakflow.tasks.core.noise`` not found), even at
+    the end of ``sys.path`` under an editable install, whose finder comes after the path-based one. Loading
+    has imported the model's modules by then, so such a folder is removed. A folder of a model saved before
+    the namespace (top-level ``tasks/`` and ``deploy/``) moves to the end instead: that code stays findable
+    and shadows nothing of weakflow."""
+    import mlflow
+
+    before = set(sys.path)
+    model = mlflow.pyfunc.load_model(uri)
+    added = [p for p in sys.path if p not in before]
+    if added:
+        sys.path[:] = ([p for p in sys.path if p not in added]
+                       + [p for p in added if not (Path(p) / PACKAGE).is_dir()])
+    return model

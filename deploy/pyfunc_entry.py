@@ -5,6 +5,6 @@ Only MLflow executes this file, when it logs or loads a model; nothing in weakfl
 
 import mlflow
 
-from deploy.model import WeakflowClassifier
+from weakflow.deploy.model import WeakflowClassifier  # from the model's own code (deploy/model_code.py)
 
 mlflow.models.set_model(WeakflowClassifier())

@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from deploy.gates import GateDecision, GateInput, decide
+from weakflow.deploy.gates import GateDecision, GateInput, decide
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_CHARS = 5000  # MLflow stores tag values in String(5000): PostgreSQL and MySQL enforce it

@@ -36,10 +36,10 @@ from fastapi.responses import Response
 from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from deploy.batching import MicroBatcher
-from deploy.prediction_log import PredictionLog
-from deploy.registry import CHAMPION
-from tasks.data import InputSchema
+from weakflow.deploy.batching import MicroBatcher
+from weakflow.deploy.prediction_log import PredictionLog
+from weakflow.deploy.registry import CHAMPION
+from weakflow.tasks.data import InputSchema
 
 log = logging.getLogger("weakflow.serve")
 MAX_ERRORS = 20  # a 422 lists at most this many field errors (and says how many there were)
@@ -96,7 +96,9 @@ def body_adapter(features: list[str], max_batch: int, text: list[str] | None = N
 def load_version(name: str, version: str, max_batch: int, max_text_chars: int = 5000) -> ServedModel:
     import mlflow
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    from weakflow.deploy.model_code import load_pyfunc
+
+    pyfunc = load_pyfunc(f"models:/{name}/{version}")
     inner = pyfunc.unwrap_python_model()
     mv = mlflow.MlflowClient().get_model_version(name, version)
     model = inner.model.eval()

@@ -1,6 +1,6 @@
 """The Python API: what the CLI does, for notebooks and other programs.
 
-    from flows import api
+    from weakflow.flows import api
 
     cfg = api.config("my.yaml", weak_train__epochs=20)      # or api.config({"data": {...}}), or api.config()
     result = api.run(cfg)                                   # the whole pipeline (Prefect + MLflow)
@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.config import Config, ConfigError, load_config, parse_config, relative_to
+from weakflow.tasks.config import Config, ConfigError, load_config, parse_config, relative_to
 
 
 def config(source: str | Path | dict[str, Any] | Config | None = None, overrides: dict[str, Any] | None = None,
@@ -76,7 +76,7 @@ class RunResult:
 
 def run(cfg: Config | None = None) -> RunResult:
     """Run the pipeline on ``cfg`` (default: the built-in demo) on the task runner ``cfg.parallel`` names."""
-    from flows.pipeline import run_training
+    from weakflow.flows.pipeline import run_training
 
     cfg = cfg or config()
     result = run_training(cfg)
@@ -101,7 +101,7 @@ class Model:
         """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns)."""
         missing = [c for c in self.inputs if c not in frame.columns]
         if missing:
-            from tasks.data import DataError
+            from weakflow.tasks.data import DataError
 
             raise DataError(f"predict: the frame lacks input column(s) {missing}; {self.name} version {self.version} "
                             f"takes {self.inputs}")
@@ -114,9 +114,9 @@ def load_model(cfg: Config | None = None, *, version: str | None = None, alias: 
     ``tracking.model_name``) in the config's tracking store (or ``tracking_uri``)."""
     import mlflow
 
-    from deploy.registry import alias_version, model_version
-    from tasks import tracking
-    from tasks.batch_predict import load_scoring_model
+    from weakflow.deploy.registry import alias_version, model_version
+    from weakflow.tasks import tracking
+    from weakflow.tasks.batch_predict import load_scoring_model
 
     cfg = cfg or config()
     if tracking_uri:

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):  # -> Config
-    from tasks.config import load_config
+    from weakflow.tasks.config import load_config
 
     overrides = list(args.overrides)
     if args.tracking_uri:
@@ -197,13 +197,13 @@ def _load(args: argparse.Namespace):  # -> Config
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_telemetry()
-    from tasks.config import ConfigError
-    from tasks.data import DataError
+    from weakflow.tasks.config import ConfigError
+    from weakflow.tasks.data import DataError
 
     try:
         cfg = _load(args)
         if args.command == "show-config":
-            from tasks.config import dump_config
+            from weakflow.tasks.config import dump_config
 
             print(dump_config(cfg), end="")
             return 0
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # RegistryError, StageTimeout: a clear one-line reason
-        from deploy.registry import RegistryError
-        from tasks.stage import StageTimeout
+        from weakflow.deploy.registry import RegistryError
+        from weakflow.tasks.stage import StageTimeout
 
         if not isinstance(exc, (RegistryError, StageTimeout)):
             raise
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(cfg) -> int:
-    from tasks.validate import load_and_validate
+    from weakflow.tasks.validate import load_and_validate
 
     data, report = load_and_validate(cfg)
     print(f"validation passed: {report.summary()}; rows {data.provenance_counts()}, test {len(data.test)}")
@@ -247,8 +247,8 @@ def _validate(cfg) -> int:
 
 
 def _predict(args: argparse.Namespace, cfg) -> int:
-    from tasks.batch_predict import batch_predict
-    from tasks.data import DataError
+    from weakflow.tasks.batch_predict import batch_predict
+    from weakflow.tasks.data import DataError
 
     try:
         job = batch_predict(cfg, args.input, args.output, version=args.version, alias=args.alias,
@@ -268,8 +268,8 @@ def _lfs(args: argparse.Namespace, cfg) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from tasks.data import DataError
-    from tasks.lfs import EXPERIMENT, log_run, run_lfs
+    from weakflow.tasks.data import DataError
+    from weakflow.tasks.lfs import EXPERIMENT, log_run, run_lfs
 
     try:
         result = run_lfs(cfg, rows=args.rows, shards=args.shards, examples=args.examples)
@@ -311,7 +311,7 @@ def _lfs(args: argparse.Namespace, cfg) -> int:
 def _registry_command(args: argparse.Namespace, cfg) -> int:
     import mlflow
 
-    from deploy import registry
+    from weakflow.deploy import registry
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
@@ -323,9 +323,9 @@ def _registry_command(args: argparse.Namespace, cfg) -> int:
         print(frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
         return 0
     if args.command == "promote":
-        from tasks.data import dataset_digest
-        from tasks.register import score_version
-        from tasks.validate import load_and_validate
+        from weakflow.tasks.data import dataset_digest
+        from weakflow.tasks.register import score_version
+        from weakflow.tasks.validate import load_and_validate
 
         data, _ = load_and_validate(cfg)
         result = registry.promote(client, name, args.version, args.reason, lambda v: score_version(name, v, data),
@@ -342,10 +342,10 @@ def _registry_command(args: argparse.Namespace, cfg) -> int:
 def _monitoring_command(args: argparse.Namespace, cfg) -> int:
     import pandas as pd
 
-    from tasks.monitor import log_url
+    from weakflow.tasks.monitor import log_url
 
     if args.command == "alerts":
-        from monitoring.alerts import list_alerts
+        from weakflow.monitoring.alerts import list_alerts
 
         import json
 
@@ -363,8 +363,8 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
     if args.command == "feedback":
         import mlflow
 
-        from monitoring.alerts import record_feedback
-        from monitoring.feedback import FeedbackError, read_feedback
+        from weakflow.monitoring.alerts import record_feedback
+        from weakflow.monitoring.feedback import FeedbackError, read_feedback
 
         mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the class set of the version behind each row
         try:
@@ -379,13 +379,13 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
     if args.command == "monitor":
         import mlflow
 
-        from deploy.registry import alias_version
+        from weakflow.deploy.registry import alias_version
 
         uri = cfg.tracking.resolved_uri
         mlflow.set_tracking_uri(uri)
         # before the flow starts: no model or alias is one line, not a failed flow run's traceback
         alias_version(None, cfg.tracking.model_name, cfg.serve.alias, uri)
-        from flows.monitor import alert_text, monitoring_flow
+        from weakflow.flows.monitor import alert_text, monitoring_flow
 
         result = monitoring_flow(cfg)
         # the verdict is the command's output; a window below monitoring.min_rows ("not checked") is an
@@ -400,7 +400,7 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
               "Prefect's temporary API runs no scheduler and forgets the deployments when this process ends. "
               "`bash deploy/servers.sh start` starts one.", file=sys.stderr)
         return 2
-    from deploy.deployments import serve_deployments
+    from weakflow.flows.deployments import serve_deployments
 
     serve_deployments(cfg, args.cron, args.interval)
     return 0
@@ -410,9 +410,9 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
     import httpx
     import pandas as pd
 
-    from monitoring.alerts import record_feedback
-    from monitoring.traffic import send, shifted_rows
-    from tasks.data import resolve_data_spec
+    from weakflow.monitoring.alerts import record_feedback
+    from weakflow.monitoring.traffic import send, shifted_rows
+    from weakflow.tasks.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path) if spec.test_path.suffix != ".csv" else pd.read_csv(spec.test_path)
@@ -427,8 +427,8 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
     if args.feedback and result.feedback:
         import mlflow
 
-        from deploy.prediction_log import wait_logged
-        from tasks.monitor import log_url
+        from weakflow.deploy.prediction_log import wait_logged
+        from weakflow.tasks.monitor import log_url
 
         feedback = pd.DataFrame(result.feedback)
         # the server logs off the request path: wait (bounded) for the answered rows to be committed
@@ -437,7 +437,7 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
             print(f"{len(missing)} answered row(s) not in the prediction log {log_url(cfg)} after 30 s, e.g. "
                   f"{missing[:3]}; is the server logging to this database (serve.prediction_log_url)?", file=sys.stderr)
             return 1
-        from monitoring.feedback import FeedbackError
+        from weakflow.monitoring.feedback import FeedbackError
 
         mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the class set of the version behind each row
         try:
@@ -454,8 +454,8 @@ def _serve(args: argparse.Namespace, cfg) -> int:
     import mlflow
     import uvicorn
 
-    from deploy.registry import alias_version
-    from deploy.serve import create_app
+    from weakflow.deploy.registry import alias_version
+    from weakflow.deploy.serve import create_app
 
     mlflow_version = alias_version(mlflow.MlflowClient(), cfg.tracking.model_name, cfg.serve.alias,
                                    cfg.tracking.resolved_uri)
@@ -539,8 +539,8 @@ def _run(cfg) -> int:
 
     api_ready = _prestart_prefect_api()
     _warm_imports()
-    from flows import api  # torch, MLflow, sklearn: ~3 s, while the API starts
-    import flows.pipeline  # noqa: F401  (imported here, while the API starts)
+    from weakflow.flows import api  # torch, MLflow, sklearn: ~3 s, while the API starts
+    import weakflow.flows.pipeline  # noqa: F401  (imported here, while the API starts)
 
     _quiet_expected_errors()
     api_ready()

@@ -14,19 +14,19 @@ from datetime import datetime, timezone
 import mlflow
 from prefect import flow
 
-from tasks import tracking
-from tasks.config import Config, dump_config
-from tasks.evaluate import Evaluation, evaluate
-from tasks.full_train import full_train
-from tasks.gold_only import gold_only
-from tasks.governance import governance, pseudo_governance
-from tasks.publish import RunOutcome, publish
-from tasks.pseudo_label import pseudo_label
-from tasks.register import Registration, register
-from tasks.select import select
-from tasks.validate import validate
-from tasks.weak_labels import weak_labels
-from tasks.weak_train import weak_train
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config, dump_config
+from weakflow.tasks.evaluate import Evaluation, evaluate
+from weakflow.tasks.full_train import full_train
+from weakflow.tasks.gold_only import gold_only
+from weakflow.tasks.governance import governance, pseudo_governance
+from weakflow.tasks.publish import RunOutcome, publish
+from weakflow.tasks.pseudo_label import pseudo_label
+from weakflow.tasks.register import Registration, register
+from weakflow.tasks.select import select
+from weakflow.tasks.validate import validate
+from weakflow.tasks.weak_labels import weak_labels
+from weakflow.tasks.weak_train import weak_train
 
 
 @dataclass
@@ -74,6 +74,6 @@ def training_pipeline(cfg: Config) -> PipelineResult:
 def run_training(cfg: Config) -> PipelineResult:
     """The pipeline on the task runner ``cfg.parallel`` names: unchanged (Prefect's thread pool) under
     ``runner: local``, a DaskTaskRunner under ``dask``. The flow is the same either way."""
-    from tasks.parallel import with_runner
+    from weakflow.tasks.parallel import with_runner
 
     return with_runner(training_pipeline, cfg.parallel)(cfg)

@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from deploy.prediction_log import ALERTS, FEEDBACK, PREDICTIONS, make_engine
-from monitoring.feedback import ClassesOf
+from weakflow.deploy.prediction_log import ALERTS, FEEDBACK, PREDICTIONS, make_engine
+from weakflow.monitoring.feedback import ClassesOf
 
 log = logging.getLogger("weakflow.monitoring")
 DRIFT_EVENT = "weakflow.drift.detected"
@@ -207,10 +207,10 @@ def record_feedback(url: str, labels: pd.DataFrame, classes_of: ClassesOf | None
     version that answered each row, by default read from the registry on the current tracking URI); any
     problem raises :class:`monitoring.feedback.FeedbackError` and stores nothing. Returns how many rows
     were stored (a row labelled twice keeps the last label; re-sending a label replaces it)."""
-    from monitoring.feedback import check_feedback
+    from weakflow.monitoring.feedback import check_feedback
 
     if classes_of is None:
-        from deploy.model import registered_classes as classes_of
+        from weakflow.deploy.model import registered_classes as classes_of
     engine = make_engine(url)
     try:
         def served(ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:

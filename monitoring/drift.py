@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from deploy.prediction_log import FEEDBACK, PREDICTIONS, make_engine
+from weakflow.deploy.prediction_log import FEEDBACK, PREDICTIONS, make_engine
 
 PREDICTION, LABEL = "prediction", "label"
 # Pinned stat tests. Left to choose, Evidently switches to Wasserstein / Jensen-Shannon *distances*

@@ -24,9 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import tracking
-from tasks.config import Config
-from tasks.data import ROW_ID, DataError
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.data import ROW_ID, DataError
 
 CHUNK_ROWS = 100_000
 
@@ -67,7 +67,9 @@ class PredictJob:
 
 def load_scoring_model(name: str, version: str) -> ScoringModel:
     """The version's pyfunc, unwrapped; versions saved before text inputs take numbers only."""
-    inner = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    from weakflow.deploy.model_code import load_pyfunc
+
+    inner = load_pyfunc(f"models:/{name}/{version}").unwrap_python_model()
     schema = getattr(getattr(inner, "loaded", None), "schema", None)
     numeric = list(schema.numeric) if schema is not None else list(inner.features)
     text = list(schema.text) if schema is not None else []
@@ -194,7 +196,7 @@ def batch_predict(cfg: Config, input_path: Path, output_path: Path, version: str
                   alias: str | None = None, chunk_rows: int = CHUNK_ROWS) -> PredictJob:
     """Score a file with the version given (else the one ``alias`` names, else ``serve.alias``) and log
     the job to MLflow."""
-    from deploy.registry import alias_version, model_version
+    from weakflow.deploy.registry import alias_version, model_version
 
     experiment = cfg.tracking.model_copy(update={"experiment": f"{cfg.tracking.experiment}-predict"})
     experiment_id = tracking.configure(experiment)

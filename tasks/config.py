@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.core.names import LossName
-from tasks.core.noise import NoiseKind
+from weakflow.tasks.core.names import LossName
+from weakflow.tasks.core.noise import NoiseKind
 
 
 class ConfigError(ValueError):

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import Config, DemoData, DemoTextData, FilesData
-from tasks.core.folds import GoldFolds, gold_folds
-from tasks.core.noise import corrupt_labels
-from tasks.core.schema import InputSchema
-from tasks.core.text import TextFeaturizer, normalise
+from weakflow.tasks.config import Config, DemoData, DemoTextData, FilesData
+from weakflow.tasks.core.folds import GoldFolds, gold_folds
+from weakflow.tasks.core.noise import corrupt_labels
+from weakflow.tasks.core.schema import InputSchema
+from weakflow.tasks.core.text import TextFeaturizer, normalise
 
 PROVENANCE = "provenance"  # gold | weak | unlabeled
 SPLIT = "split"  # gold | weak | unlabeled
@@ -191,7 +191,7 @@ def resolve_data_spec(cfg: Config) -> FilesData:
     if isinstance(cfg.data, DemoData):
         return materialize_demo(cfg.data, cfg.tracking.workspace / "data")
     if isinstance(cfg.data, DemoTextData):
-        from tasks.demo_text import materialize_demo_text
+        from weakflow.tasks.demo_text import materialize_demo_text
 
         return materialize_demo_text(cfg.data, cfg.tracking.workspace / "data")
     return cfg.data

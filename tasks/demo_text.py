@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import DemoTextData, FilesData, RuleConfig
-from tasks.core.text import normalise
+from weakflow.tasks.config import DemoTextData, FilesData, RuleConfig
+from weakflow.tasks.core.text import normalise
 
 ROW_ID = "row_id"  # the same name as tasks.data.ROW_ID (not imported: tasks.data may import this module)
 TEXT = "text"
@@ -55,8 +55,8 @@ class DemoDataError(RuntimeError):
 
 
 def data_path():  # -> importlib.resources.abc.Traversable
-    """Where the shipped, gzipped SMS Spam Collection is (inside the installed ``tasks`` package)."""
-    return resources.files("tasks").joinpath("demo_data", DATA_FILE)
+    """Where the shipped, gzipped SMS Spam Collection is (inside the installed ``weakflow.tasks`` package)."""
+    return resources.files("weakflow.tasks").joinpath("demo_data", DATA_FILE)
 
 
 def read_sms_spam() -> pd.DataFrame:

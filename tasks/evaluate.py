@@ -10,25 +10,15 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-from tasks import tracking
-from tasks.config import Config
-from tasks.core.calibration import softmax_t
-from tasks.core.metrics import expected_calibration_error
-from tasks.core.training import predict_logits
-from tasks.data import PipelineData
-from tasks.modeling import TrainedModel
-from tasks.stage import stage_task
-
-
-@dataclass
-class ModelScores:
-    accuracy: float
-    macro_f1: float
-    ece: float
-    report: dict  # sklearn's per-class report
-    confusion: np.ndarray
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.calibration import softmax_t
+from weakflow.tasks.core.training import predict_logits
+from weakflow.tasks.data import PipelineData
+from weakflow.tasks.scores import ModelScores, score  # noqa: F401 (score re-exported)
+from weakflow.tasks.modeling import TrainedModel
+from weakflow.tasks.stage import stage_task
 
 
 @dataclass
@@ -49,19 +39,6 @@ class Evaluation:
         return self.shipped.accuracy - self.gold_only.accuracy
 
 
-def score(probs: np.ndarray, y: np.ndarray, classes: list[int]) -> ModelScores:
-    pred = probs.argmax(axis=1)
-    labels = list(range(len(classes)))
-    return ModelScores(
-        accuracy=float(accuracy_score(y, pred)),
-        macro_f1=float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        ece=expected_calibration_error(probs, y),
-        report=classification_report(y, pred, labels=labels, target_names=[str(c) for c in classes],
-                                      output_dict=True, zero_division=0),
-        confusion=confusion_matrix(y, pred, labels=labels),
-    )
-
-
 def test_probs(data: PipelineData, model: TrainedModel, device: str = "auto") -> np.ndarray:
     """A candidate's calibrated probabilities on the test split."""
     return softmax_t(predict_logits(model.model, data.x(data.test), device=device), model.temperature)
@@ -71,7 +48,7 @@ def evaluate_models(data: PipelineData, candidates: dict[str, TrainedModel], shi
                     probs_out: dict[str, np.ndarray] | None = None, samples: int = 1000, seed: int = 0) -> Evaluation:
     """Score every candidate on the test split, and the shipped model's difference from the gold-only model
     on ``samples`` paired bootstrap resamples; ``probs_out`` (if given) receives their probabilities."""
-    from tasks.core.bootstrap import paired_bootstrap
+    from weakflow.tasks.core.bootstrap import paired_bootstrap
 
     y = data.y(data.test)
     probs = {name: test_probs(data, m, device) for name, m in candidates.items()}
@@ -133,7 +110,7 @@ def evaluate(data: PipelineData, candidates: dict[str, TrainedModel], selection:
     ``pseudo`` (the pseudo set the final refit trained on) feed the report's label-noise view."""
     import matplotlib.pyplot as plt
 
-    from tasks import report
+    from weakflow.tasks import report
 
     with tracking.stage_run("evaluate", parent_run_id, experiment_id) as run:
         probs: dict[str, np.ndarray] = {}

@@ -25,21 +25,21 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from tasks import tracking
-from tasks.config import Config
-from tasks.core.selftrain import Round, SelfTrainResult, self_train
-from tasks.core.training import EpochStats
-from tasks.data import ROW_ID, SPLIT, PipelineData
-from tasks.gold_only import log_candidate
-from tasks.governance import Findings, GovernanceError, check_all_pseudo, log_findings
-from tasks.core.methods import NEVER, EvidenceLoss, as_evidence, log_one_hot
-from tasks.modeling import TrainedModel, crossfit, gold_first, settings
-from tasks.pool import SOURCE
-from tasks.progress import epoch_bar
-from tasks.pseudo_label import CrossPseudo, PseudoLabels, label_all, log_pseudo_labels
-from tasks.stage import stage_task
-from tasks.weak_labels import WeakLabels
-from tasks.weak_train import WeakModel
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.selftrain import Round, SelfTrainResult, self_train
+from weakflow.tasks.core.training import EpochStats
+from weakflow.tasks.data import ROW_ID, SPLIT, PipelineData
+from weakflow.tasks.gold_only import log_candidate
+from weakflow.tasks.governance import Findings, GovernanceError, check_all_pseudo, log_findings
+from weakflow.tasks.core.methods import NEVER, EvidenceLoss, as_evidence, log_one_hot
+from weakflow.tasks.modeling import TrainedModel, crossfit, gold_first, settings
+from weakflow.tasks.pool import SOURCE
+from weakflow.tasks.progress import epoch_bar
+from weakflow.tasks.pseudo_label import CrossPseudo, PseudoLabels, label_all, log_pseudo_labels
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks.weak_labels import WeakLabels
+from weakflow.tasks.weak_train import WeakModel
 
 OnEpoch = Callable[[EpochStats], None] | None
 FOLDS_AND_REFIT = "folds and refit"

@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import mlflow
 
-from tasks import tracking
-from tasks.config import Config
-from tasks.core.training import EpochStats
-from tasks.data import PipelineData
-from tasks.modeling import TrainedModel, crossfit, gold_first, settings
-from tasks.progress import epoch_bar
-from tasks.stage import stage_task
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.training import EpochStats
+from weakflow.tasks.data import PipelineData
+from weakflow.tasks.modeling import TrainedModel, crossfit, gold_first, settings
+from weakflow.tasks.progress import epoch_bar
+from weakflow.tasks.stage import stage_task
 
 
 def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:

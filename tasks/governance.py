@@ -19,15 +19,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from data_checks.contamination import (
+from weakflow.data_checks.contamination import (
     TEXT_NEAR, NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, label_leakage, near_text_pairs, repeats,
     text_keys,
 )
-from tasks.stage import stage_task
-from tasks import tracking
-from tasks.config import Config
-from tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData, hash_rows
-from tasks.pseudo_label import CrossPseudo, PseudoLabels
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData, hash_rows
+from weakflow.tasks.pseudo_label import CrossPseudo, PseudoLabels
 
 T = TypeVar("T")
 

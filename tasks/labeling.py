@@ -14,16 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.config import FilesData, RuleConfig
-from tasks.data import DataError
+from weakflow.tasks.config import FilesData, RuleConfig
+from weakflow.tasks.data import DataError
+from weakflow.tasks.rules import LabelingFunctionError, Rule, from_config  # noqa: F401 (re-exported)
 
 MAX_SHOWN = 5  # distinct offending values quoted in an error message
-
-
-class LabelingFunctionError(DataError):
-    """A labelling function could not be loaded, raised, or returned something unusable.
-
-    A DataError, so the run stops before training and registers nothing, like bad data does."""
 
 
 def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:
@@ -159,7 +154,6 @@ def source_functions(
 ) -> list[tuple[str, str, Callable]]:
     """(vote column, who, function) per rule and labelling function, checked against the data's ``columns``
     and the class set: a rule reading a missing or non-input column, or voting a non-class, fails here."""
-    from tasks.rules import Rule, from_config
 
     labels = check_label_set(classes, abstain)
     inputs = spec.input_columns

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.config import FilesData
+from weakflow.tasks.config import FilesData
 
 WIDTH = 80  # characters of an example row's text
 
@@ -19,8 +19,8 @@ WIDTH = 80  # characters of an example row's text
 def source_table(votes: np.ndarray, names: list[str], gold: np.ndarray, classes: list) -> pd.DataFrame:
     """Per source: the class(es) it votes, coverage / overlap / conflict (shares of all rows), votes, and its
     accuracy on the gold rows it voted on with a 95% Wilson interval (NaN where it voted on none)."""
-    from tasks.core.aggregate import source_statistics
-    from tasks.core.trusted import wilson_interval
+    from weakflow.tasks.core.aggregate import source_statistics
+    from weakflow.tasks.core.trusted import wilson_interval
 
     stats = pd.DataFrame(source_statistics(votes, names, gold))
     judged = (votes >= 0) & (gold >= 0)[:, None]

@@ -19,11 +19,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from monitoring.alerts import CONTAMINATION_EVENT, DRIFT_EVENT, Alert, raise_once
-from monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
-from tasks.stage import stage_task
-from tasks import tracking
-from tasks.config import Config
+from weakflow.monitoring.alerts import CONTAMINATION_EVENT, DRIFT_EVENT, Alert, raise_once
+from weakflow.monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
 
 
 @dataclass
@@ -50,7 +50,7 @@ def log_url(cfg: Config) -> str:
 
 def load_served(cfg: Config) -> Served:
     """The version behind the serving alias and the drift reference logged with it at registration."""
-    from deploy.registry import alias_version
+    from weakflow.deploy.registry import alias_version
 
     client = mlflow.MlflowClient()
     name = cfg.tracking.model_name
@@ -133,10 +133,10 @@ def raise_alert(cfg: Config, served: Served, check: Check) -> dict[str, str | in
 def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Served rows equal or near to test rows (evaluation contamination) and to training rows
     (memorisation exposure), with the request each came from."""
-    from data_checks.contamination import NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, near_text_pairs
-    from deploy.serve import LOGGED_TEXT_CHARS
-    from tasks.data import read_table
-    from tasks.data import resolve_data_spec
+    from weakflow.data_checks.contamination import NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, near_text_pairs
+    from weakflow.deploy.serve import LOGGED_TEXT_CHARS
+    from weakflow.tasks.data import read_table
+    from weakflow.tasks.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     numeric, text = spec.feature_columns, spec.text_columns

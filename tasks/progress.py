@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tasks.core.training import EpochStats
+from weakflow.tasks.core.training import EpochStats
 
 
 @contextlib.contextmanager

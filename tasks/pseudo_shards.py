@@ -27,17 +27,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tasks.stage import stage_task
-from tasks.core.calibration import softmax_t
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.pseudo import DevSet, StreamResult, ThresholdPolicy
-from tasks.core.pseudo_stream import (
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks.core.calibration import softmax_t
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.pseudo import DevSet, StreamResult, ThresholdPolicy
+from weakflow.tasks.core.pseudo_stream import (
     RowGroupRange, ShardKeep, ShardScores, emit_kept, plan_shards, score_shard, select_shards, split_rows,
 )
-from tasks.core.training import predict_logits
-from tasks.data import ROW_ID, SPLIT, InputSchema
-from tasks.parallel import limit_worker_threads, run_tasks
-from tasks.pool import Chunks, KeptWriter, concat_parts, frame_chunks, parquet_chunks, row_group_rows
+from weakflow.tasks.core.training import predict_logits
+from weakflow.tasks.data import ROW_ID, SPLIT, InputSchema
+from weakflow.tasks.parallel import limit_worker_threads, run_tasks
+from weakflow.tasks.pool import Chunks, KeptWriter, concat_parts, frame_chunks, parquet_chunks, row_group_rows
 
 
 @dataclass

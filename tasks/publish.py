@@ -12,20 +12,20 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 
-from deploy.registry import CHAMPION, move_champion
-from tasks import tracking
-from tasks.config import Config
-from tasks.data import PipelineData
-from tasks.evaluate import Evaluation
-from tasks.full_train import FullModel
-from tasks.governance import CheckResult, Findings
-from tasks.pseudo_label import PseudoLabels
-from tasks.register import Registration
-from tasks.report import pipeline_note
-from tasks.select import Selection
-from tasks.stage import stage_task
-from tasks.weak_labels import WeakLabels
-from tasks.weak_train import WeakModel
+from weakflow.deploy.registry import CHAMPION, move_champion
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.data import PipelineData
+from weakflow.tasks.evaluate import Evaluation
+from weakflow.tasks.full_train import FullModel
+from weakflow.tasks.governance import CheckResult, Findings
+from weakflow.tasks.pseudo_label import PseudoLabels
+from weakflow.tasks.register import Registration
+from weakflow.tasks.report import pipeline_note
+from weakflow.tasks.select import Selection
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks.weak_labels import WeakLabels
+from weakflow.tasks.weak_train import WeakModel
 
 
 @dataclass(frozen=True)

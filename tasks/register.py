@@ -16,26 +16,26 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from deploy.gates import GateDecision, GateInput, decide
-from deploy.model import output_frame, save_weights
-from deploy.registry import CHALLENGER, CHAMPION, champion_version
-from monitoring.reference import reference_sample
-from tasks.stage import stage_task
-from tasks import tracking
-from tasks.config import Config
-from tasks.core.models import calibrated
-from tasks.core.training import predict_proba
-from tasks.data import PipelineData, dataset_digest
-from tasks.evaluate import Evaluation
-from tasks.governance import CheckResult, Findings
-from tasks.select import Selection
-from tasks.modeling import TrainedModel
-from tasks.report import after_register
+from weakflow.deploy.gates import GateDecision, GateInput, decide
+from weakflow.deploy import model_code
+from weakflow.deploy.model import output_frame, save_weights
+from weakflow.deploy.registry import CHALLENGER, CHAMPION, champion_version
+from weakflow.monitoring.reference import reference_sample
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.models import calibrated
+from weakflow.tasks.core.training import predict_proba
+from weakflow.tasks.data import PipelineData, dataset_digest
+from weakflow.tasks.evaluate import Evaluation
+from weakflow.tasks.governance import CheckResult, Findings
+from weakflow.tasks.select import Selection
+from weakflow.tasks.modeling import TrainedModel
+from weakflow.tasks.report import after_register
 
 _ROOT = Path(__file__).resolve().parents[1]
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
-MODEL_CODE = [_ROOT / "deploy", _ROOT / "tasks"]
-MODEL_ENTRY = _ROOT / "deploy" / "pyfunc_entry.py"
+MODEL_ENTRY = _ROOT / "deploy" / "pyfunc_entry.py"  # the model's code: deploy/model_code.py
 
 
 def model_requirements() -> list[str]:
@@ -69,7 +69,7 @@ def input_example(data: PipelineData, rows: int = 5):  # -> pd.DataFrame
 
 def score_version(name: str, version: str, data: PipelineData) -> float:
     """Accuracy of a registered version on ``data``'s frozen gold test split, through its pyfunc."""
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    model = model_code.load_pyfunc(f"models:/{name}/{version}")
     test = data.test[data.inputs].copy()
     test[data.schema.numeric] = test[data.schema.numeric].astype(np.float64)
     pred = model.predict(test)["prediction"].to_numpy()
@@ -166,7 +166,7 @@ def round_governance(final: TrainedModel | None) -> tuple[dict[str, CheckResult]
 def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Provenance, version: str, alias: str,
                gate_reason: str, validation: ValidationResult | None = None, final: TrainedModel | None = None,
                shipped_reason: str = "") -> str:
-    from deploy.model_card import CardInputs, render
+    from weakflow.deploy.model_card import CardInputs, render
 
     e = evaluation
     kept, precision, which = trained_pseudo(final, prov)
@@ -226,6 +226,7 @@ def register(data: PipelineData, selection: Selection, evaluation: Evaluation, c
             warnings.filterwarnings("ignore", message=".*integer column.*")
             signature = infer_signature(example, output_frame(predict_proba(network, data.x(example)), data.classes))
         with tempfile.TemporaryDirectory() as tmp:
+            code = model_code.stage(Path(tmp) / "code")  # weakflow/, only what loading the model imports
             weights = Path(tmp) / "model.pt"
             save_weights(weights, network, spec, data.schema, data.classes)
             with warnings.catch_warnings():
@@ -233,7 +234,7 @@ def register(data: PipelineData, selection: Selection, evaluation: Evaluation, c
                 info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
                                                artifacts={"weights": str(weights)}, signature=signature,
                                                input_example=example, pip_requirements=model_requirements(),
-                                               code_paths=[str(p) for p in MODEL_CODE])
+                                               code_paths=[str(code)])
         tracking.log_frame(reference_sample(data, network, seed=cfg.seed, device=cfg.device), "reference", "reference")
         version = str(mlflow.register_model(info.model_uri, name).version)
         alias = CHAMPION if decision.passed else CHALLENGER

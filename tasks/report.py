@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from tasks.config import Config
-from tasks.core.bootstrap import paired_bootstrap
-from tasks.core.robustness import IMAGE_CORRUPTIONS, corruptions_for, robustness_table
-from tasks.core.training import predict_proba
-from tasks.data import ROW_ID, PipelineData, dataset_digest
-from tasks.evaluate import score
-from tasks.report_render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
-from tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.bootstrap import paired_bootstrap
+from weakflow.tasks.core.robustness import IMAGE_CORRUPTIONS, corruptions_for, robustness_table
+from weakflow.tasks.core.training import predict_proba
+from weakflow.tasks.data import ROW_ID, PipelineData, dataset_digest
+from weakflow.tasks.scores import score
+from weakflow.tasks.report_render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
+from weakflow.tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
 
 HTML_FILE, MD_FILE = "evaluation/report.html", "evaluation/report.md"
 
@@ -46,8 +46,8 @@ HTML_FILE, MD_FILE = "evaluation/report.html", "evaluation/report.md"
 def load_champion(name: str, data: PipelineData) -> Champion:
     """The network behind ``name@champion``, from its weights artifact only (no pyfunc environment),
     checked against this run's features and classes."""
-    from deploy.model import load_weights
-    from deploy.registry import champion_version
+    from weakflow.deploy.model import load_weights
+    from weakflow.deploy.registry import champion_version
 
     client = mlflow.MlflowClient()
     try:
@@ -122,7 +122,7 @@ def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str)
     try:
         import warnings
 
-        from tasks.core.label_issues import find_label_issues
+        from weakflow.tasks.core.label_issues import find_label_issues
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -213,7 +213,7 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
         noise, basis = len(issues) / weak_rows, "model"
     seconds["label_noise"] = time.perf_counter() - t
 
-    from tasks.weak_labels import source_noise_records
+    from weakflow.tasks.core.trusted import source_noise_records
 
     review = Review(cfg.tracking.model_name, parent_run_id, list(data.classes), len(y), data_version(data),
                     dataset_digest(data.test), champion, scores, boot, robust, note, sources, noise, pseudo_info,
@@ -363,7 +363,7 @@ def review_run(data: PipelineData, cfg: Config, shipped: Any, test_probs: dict[s
                selection: Any = None, gold_only: Any = None) -> Review:
     """Load the champion, build the review, log it into the active (evaluate) run; ``report_seconds``
     is what it all cost. ``shipped`` / ``gold_only``: those candidates (tasks.modeling.TrainedModel)."""
-    from tasks.core.models import calibrated
+    from weakflow.tasks.core.models import calibrated
 
     start = time.perf_counter()
     champion = load_champion(cfg.tracking.model_name, data)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.core.metrics import calibration_bins
-from tasks.data import ROW_ID, PipelineData
-from tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
+from weakflow.tasks.core.metrics import calibration_bins
+from weakflow.tasks.data import ROW_ID, PipelineData
+from weakflow.tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
 
 ECE_BINS = 15  # tasks.core.metrics.expected_calibration_error's default, so the diagram shows what ECE sums
 

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from tasks.core.bootstrap import BootstrapResult
-from tasks.evaluate import ModelScores
+from weakflow.tasks.core.bootstrap import BootstrapResult
+from weakflow.tasks.scores import ModelScores
 
 CHALLENGER, CHAMPION, GOLD_ONLY, WEAK, FINAL = "challenger", "champion", "gold_only", "weak_model", "final_model"
 LABELS = {CHALLENGER: "challenger (this run's shipped model)", CHAMPION: "champion", GOLD_ONLY: "gold-only model",

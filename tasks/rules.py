@@ -5,7 +5,7 @@ fires, ``abstain`` elsewhere; missing values (NaN, None) never fire. Every rule 
 vectorised pass (a compiled regex through pandas' string methods, or a numeric comparison), and is a small
 picklable object, so processes started with spawn can run it too::
 
-    from tasks.rules import keywords, regex, threshold
+    from weakflow.tasks.rules import keywords, regex, threshold
     prize = keywords("text", ["free", "call now"], "spam", abstain="")
     prize(batch)   # array(['spam', '', ...], dtype=object)
 """
@@ -19,8 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.config import RuleConfig
-from tasks.labeling import LabelingFunctionError
+from weakflow.tasks.config import RuleConfig
+from weakflow.tasks.data import DataError
+
+
+class LabelingFunctionError(DataError):
+    """A labelling function could not be loaded, raised, or returned something unusable.
+
+    A DataError, so the run stops before training and registers nothing, like bad data does."""
+
 
 WORD = r"\w"  # what may not touch a keyword on either side (letters, digits, underscore; Unicode-aware)
 
@@ -171,6 +178,6 @@ def configured_rules(cfg: Any) -> list[RuleConfig]:
     """``weak_labels.rules``, or the text demo's own rules when it runs with none (as the pipeline does)."""
     if cfg.weak_labels.rules or getattr(cfg.data, "source", None) != "demo_text":
         return list(cfg.weak_labels.rules)
-    from tasks.demo_text import DEMO_RULES
+    from weakflow.tasks.demo_text import DEMO_RULES
 
     return list(DEMO_RULES)

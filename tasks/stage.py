@@ -48,7 +48,7 @@ def record_stage_run(run_id: str) -> None:
 
 
 def _limit_of(args: tuple, kwargs: dict) -> float:
-    from tasks.config import Config
+    from weakflow.tasks.config import Config
 
     for value in (*args, *kwargs.values()):
         if isinstance(value, Config):

@@ -14,8 +14,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from tasks.config import TrackingConfig
-from tasks.stage import record_stage_run
+from weakflow.tasks.config import TrackingConfig
+from weakflow.tasks.stage import record_stage_run
 
 
 def configure(cfg: TrackingConfig) -> str:

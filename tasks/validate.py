@@ -8,12 +8,12 @@ from pathlib import Path
 
 import mlflow
 
-from data_checks.suite import DataValidationError, ValidationReport, run_suite
-from tasks.stage import stage_task
-from tasks import tracking
-from tasks.config import Config
-from tasks.data import DataError, PipelineData, assemble, class_set, read_raw, resolve_data_spec
-from tasks.pool import pool_rows, scan_pool
+from weakflow.data_checks.suite import DataValidationError, ValidationReport, run_suite
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.data import DataError, PipelineData, assemble, class_set, read_raw, resolve_data_spec
+from weakflow.tasks.pool import pool_rows, scan_pool
 
 
 def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:

@@ -18,14 +18,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from tasks.stage import stage_task
-from tasks import tracking
-from tasks.config import Config
-from tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
-from tasks.core.trusted import SourceNoise, anchor, rank_stability
-from tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData, weak_votes
-from tasks.labeling import apply_sources, votes_matrix
-from tasks.rules import configured_rules
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
+from weakflow.tasks.core.trusted import SourceNoise, anchor, rank_stability, source_noise_records
+from weakflow.tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData, weak_votes
+from weakflow.tasks.labeling import apply_sources, votes_matrix
+from weakflow.tasks.rules import configured_rules
 
 
 @dataclass
@@ -175,17 +175,6 @@ def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str,
         tracking.log_provenance(pd.DataFrame({ROW_ID: labels.row_ids, "label": classes[labels.hard],
                                               "label_source": labels.label_source}), "weak_training_set")
         return data, labels
-
-
-def source_noise_records(sources: list[SourceNoise], classes: list) -> list[dict]:
-    """Each source's noise estimate as plain JSON: gold counts, smoothed P(vote | true) with its 95% interval,
-    accuracy with its Wilson interval, and P(abstain | true) where abstaining depends on the class."""
-    return [{"source": s.name, "basis": s.basis, "gold_votes": s.gold_votes, "classes": list(classes),
-             "counts": s.counts.astype(int).tolist(), "confusion": s.confusion.round(4).tolist(),
-             "confusion_low": s.confusion_low.round(4).tolist(), "confusion_high": s.confusion_high.round(4).tolist(),
-             "accuracy": s.accuracy, "accuracy_low": s.accuracy_low, "accuracy_high": s.accuracy_high,
-             "abstain": s.abstain.round(4).tolist() if s.abstain is not None else None,
-             "abstain_p_value": s.abstain_p_value} for s in sources]
 
 
 def _metric_name(source: str) -> str:

@@ -29,21 +29,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks import tracking
-from tasks.config import Config
-from tasks.core.calibration import softmax_t
-from tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
-from tasks.core.methods import (
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config
+from weakflow.tasks.core.calibration import softmax_t
+from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
+from weakflow.tasks.core.methods import (
     ConfidentLearningSettings, EvidenceLoss, ForwardCorrected, as_evidence, clid_dev_correlation,
     confident_learning_keep, glc_corruption, glc_targets, log_one_hot,
 )
-from tasks.core.training import EpochStats, UpdateRule, fit, predict_logits
-from tasks.data import PROVENANCE, ROW_ID, PipelineData
-from tasks.gold_only import log_candidate
-from tasks.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
-from tasks.progress import epoch_bar
-from tasks.stage import stage_task
-from tasks.weak_labels import WeakLabels
+from weakflow.tasks.core.training import EpochStats, UpdateRule, fit, predict_logits
+from weakflow.tasks.data import PROVENANCE, ROW_ID, PipelineData
+from weakflow.tasks.gold_only import log_candidate
+from weakflow.tasks.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
+from weakflow.tasks.progress import epoch_bar
+from weakflow.tasks.stage import stage_task
+from weakflow.tasks.weak_labels import WeakLabels
 
 
 class NoWeakRows(ValueError):
@@ -146,7 +146,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
 
 
 def _spec_of(trained: TrainedModel):  # -> ModelSpec
-    from tasks.core.models import replace_ensemble
+    from weakflow.tasks.core.models import replace_ensemble
 
     return replace_ensemble(trained.spec, trained.model)
 

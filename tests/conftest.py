@@ -13,6 +13,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+# Prefect binds its console log handler to the sys.stderr of the moment it is first imported. Import it here,
+# before any test's capsys swaps in a stream that is closed when that test ends (a later flow would then log
+# into a closed file, whichever test happened to import Prefect first).
+import prefect.main  # noqa: E402,F401  (sets up Prefect's logging)
+
 FAST = [
     "weak_train.epochs=10", "full_train.epochs=10", "gates.min_accuracy=0.5", "pseudo_label.threshold=0.6",
     "weak_train.cnn_width=32", "full_train.cnn_width=32", "weak_train.lr=0.01", "full_train.lr=0.01",
@@ -44,6 +49,6 @@ def free_port() -> int:
 
 
 def fast_config(workspace: Path, *extra: str):
-    from tasks.config import load_config
+    from weakflow.tasks.config import load_config
 
     return load_config(None, [*FAST, f"tracking.workspace={workspace}", *extra])

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deploy.model import save_weights
-from tasks.data import InputSchema
-from tasks.core.models import ModelSpec, build_model
+from weakflow.deploy.model import save_weights
+from weakflow.tasks.data import InputSchema
+from weakflow.tasks.core.models import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "deploy" / "pyfunc_entry.py"

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from tasks.core.device import autocast
-from tasks.core.losses import cross_entropy
-from tasks.core.models import LogitEnsemble
+from weakflow.tasks.core.device import autocast
+from weakflow.tasks.core.losses import cross_entropy
+from weakflow.tasks.core.models import LogitEnsemble
 
 
 def clid_score(features: torch.Tensor, logits: torch.Tensor, tau: float = 0.5, eps: float = 1e-7) -> torch.Tensor:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.core.folds import GoldFolds
-from tasks.core.training import EpochStats, TrainSettings, Trainer, UpdateRule, dev_scores, predict_logits, to_device
-from tasks.core.device import resolve_device
+from weakflow.tasks.core.folds import GoldFolds
+from weakflow.tasks.core.training import EpochStats, TrainSettings, Trainer, UpdateRule, dev_scores, predict_logits, to_device
+from weakflow.tasks.core.device import resolve_device
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
-from tasks.core.device import autocast, resolve_device
-from tasks.core.label_issues import find_label_issues
-from tasks.core.training import EpochStats, FitResult, TrainSettings, WeightedLoss, fit, predict_proba
+from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
+from weakflow.tasks.core.device import autocast, resolve_device
+from weakflow.tasks.core.label_issues import find_label_issues
+from weakflow.tasks.core.training import EpochStats, FitResult, TrainSettings, WeightedLoss, fit, predict_proba
 
 Method = Literal["ce", "gce", "confident_learning", "clid_mu"]
 METHODS: tuple[str, ...] = ("ce", "gce", "confident_learning", "clid_mu")

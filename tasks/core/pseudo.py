@@ -113,7 +113,7 @@ def lowest_certified(confidence: np.ndarray, right: np.ndarray, target: float, f
                      ) -> float | None:
     """The lowest confidence t >= ``floor`` such that the rows at or above t number at least
     ``min_support`` and the Wilson lower bound of their share right reaches ``target``; None if none."""
-    from tasks.core.trusted import wilson_interval
+    from weakflow.tasks.core.trusted import wilson_interval
 
     order = np.argsort(-np.asarray(confidence), kind="stable")
     conf, ok = np.asarray(confidence)[order], np.asarray(right)[order]

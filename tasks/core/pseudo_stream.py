@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.pseudo import (
+from weakflow.tasks.core.pseudo import (
     DevSet, Emit, Scorer, StreamResult, Tally, ThresholdPolicy, cap_cutoffs, decide_thresholds, keep_mask,
     score_chunk,
 )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.core.text import TextFeaturizer
+from weakflow.tasks.core.text import TextFeaturizer
 
 
 @dataclass(frozen=True)

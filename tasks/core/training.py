@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.core.device import autocast, resolve_device
-from tasks.core.losses import LossName, per_sample_loss
+from weakflow.tasks.core.device import autocast, resolve_device
+from weakflow.tasks.core.losses import LossName, per_sample_loss
 
 
 @dataclass(frozen=True)

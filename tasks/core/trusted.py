@@ -188,7 +188,7 @@ def anchor(votes: np.ndarray, gold: np.ndarray, names: list[str], num_classes: i
     silent = [s for s, m in enumerate(measured) if m is None]
     others = gold < 0
     if len(silent) == len(names):  # gold measured nothing: every source from EM, started at majority vote
-        from tasks.core.aggregate import dawid_skene
+        from weakflow.tasks.core.aggregate import dawid_skene
 
         ds = dawid_skene(votes[others], num_classes) if others.any() else None
         sources = [_em_source(n, votes[others, s], ds.posterior if ds is not None else np.zeros((0, num_classes)),
@@ -244,3 +244,14 @@ def rank_stability(sources: list[SourceNoise], votes: np.ndarray, prior: np.ndar
         agree += float((hits * counts).sum())
         total += int(counts.sum())
     return agree / total if total else 1.0
+
+
+def source_noise_records(sources: list[SourceNoise], classes: list) -> list[dict]:
+    """Each source's noise estimate as plain JSON: gold counts, smoothed P(vote | true) with its 95% interval,
+    accuracy with its Wilson interval, and P(abstain | true) where abstaining depends on the class."""
+    return [{"source": s.name, "basis": s.basis, "gold_votes": s.gold_votes, "classes": list(classes),
+             "counts": s.counts.astype(int).tolist(), "confusion": s.confusion.round(4).tolist(),
+             "confusion_low": s.confusion_low.round(4).tolist(), "confusion_high": s.confusion_high.round(4).tolist(),
+             "accuracy": s.accuracy, "accuracy_low": s.accuracy_low, "accuracy_high": s.accuracy_high,
+             "abstain": s.abstain.round(4).tolist() if s.abstain is not None else None,
+             "abstain_p_value": s.abstain_p_value} for s in sources]

@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
+from weakflow.tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
 
 # 4 sources, 3 classes; -1 = abstain.
 VOTES = np.array([
@@ -182,7 +182,7 @@ def test_source_statistics_accuracy_and_no_gold():
 
 def test_aggregate_imports_no_orchestration():
     """tasks.core must run on a bare machine: importing aggregate pulls in neither Prefect nor MLflow."""
-    check = "import sys, tasks.core.aggregate; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    check = "import sys, weakflow.tasks.core.aggregate; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
     assert "'numpy'" in loaded
     for heavy in ("prefect", "mlflow", "pandas", "torch"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from deploy.batching import MicroBatcher
+from weakflow.deploy.batching import MicroBatcher
 
 
 class Model:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.core.clid import ClidMu, ClidMuSettings, MetaWeightNet, clid_score, mean_clid
-from tasks.core.losses import cross_entropy
-from tasks.core.models import LogitEnsemble, ModelSpec, build_model
-from tasks.core.noise import corrupt_labels
-from tasks.core.training import TrainSettings, fit
+from weakflow.tasks.core.clid import ClidMu, ClidMuSettings, MetaWeightNet, clid_score, mean_clid
+from weakflow.tasks.core.losses import cross_entropy
+from weakflow.tasks.core.models import LogitEnsemble, ModelSpec, build_model
+from weakflow.tasks.core.noise import corrupt_labels
+from weakflow.tasks.core.training import TrainSettings, fit
 
 
 def hand_clid() -> float:
@@ -116,9 +116,9 @@ def test_clid_mu_output_does_not_depend_on_the_dev_labels(scope):
 def test_the_meta_set_holds_no_gold_row():
     import pandas as pd
 
-    from tasks.config import FilesData
-    from tasks.data import FOLD, PipelineData
-    from tasks.weak_train import meta_features
+    from weakflow.tasks.config import FilesData
+    from weakflow.tasks.data import FOLD, PipelineData
+    from weakflow.tasks.weak_train import meta_features
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(300, 2)), columns=["a", "b"])
@@ -140,7 +140,7 @@ def test_clid_mu_learns_to_down_weight_noisy_labels_and_ensembles_snapshots(scop
     # easy blobs: learn fast
     rule = ClidMu(meta, ClidMuSettings(meta_batch=100, snapshots=3, meta_lr=1e-3, virtual_scope=scope))
     res = fit(model, x[:600], noisy[:600], TrainSettings(epochs=15, batch_size=64, lr=3e-3), rule=rule)
-    from tasks.core.losses import cross_entropy
+    from weakflow.tasks.core.losses import cross_entropy
 
     res.model.eval()
     with torch.no_grad():

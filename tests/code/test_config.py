@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, main
-from tasks.config import Config, ConfigError, FilesData, load_config
+from weakflow.flows.cli import build_parser, main
+from weakflow.tasks.config import Config, ConfigError, FilesData, load_config
 
 
 def test_defaults_are_the_demo():
@@ -58,7 +58,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
 
 
 def test_yaml_round_trip(tmp_path):
-    from tasks.config import dump_config
+    from weakflow.tasks.config import dump_config
 
     cfg = load_config(None, ["pseudo_label.threshold=0.7"])
     path = tmp_path / "c.yaml"
@@ -71,7 +71,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_paths_in_a_config_file_are_relative_to_that_file_and_errors_show_them_whole(tmp_path, monkeypatch):
-    from tasks.data import DataError, read_raw
+    from weakflow.tasks.data import DataError, read_raw
 
     folder = tmp_path / "project"
     folder.mkdir()
@@ -100,11 +100,13 @@ def test_cli_help_shows_examples_and_config_errors_exit_2(capsys):
 def test_core_imports_neither_prefect_nor_mlflow_and_imports_have_no_side_effects(tmp_path):
     code = (
         "import sys, os\n"
-        "import tasks.core.models, tasks.core.training, tasks.core.losses, tasks.core.noise, tasks.core.pseudo, tasks.core.pseudo_stream, "
-        "tasks.core.metrics, tasks.core.device\n"
+        "import weakflow.tasks.core.models, weakflow.tasks.core.training, weakflow.tasks.core.losses, "
+        "weakflow.tasks.core.noise, weakflow.tasks.core.pseudo, weakflow.tasks.core.pseudo_stream, "
+        "weakflow.tasks.core.metrics, weakflow.tasks.core.device, weakflow.tasks.core.schema, weakflow.tasks.core.text\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'mlflow', 'great_expectations', 'evidently')]\n"
         "assert not bad, bad\n"
-        "import flows.cli, flows.pipeline, tasks.register, tasks.validate, data_checks.suite, deploy.gates, monitoring.reference\n"
+        "import weakflow.flows.cli, weakflow.flows.pipeline, weakflow.flows.api, weakflow.tasks.register, "
+        "weakflow.tasks.validate, weakflow.data_checks.suite, weakflow.deploy.gates, weakflow.monitoring.reference\n"
         "assert 'great_expectations' not in sys.modules, 'GX must load only inside the validate stage'\n"
         "assert os.listdir('.') == [], os.listdir('.')\n"
     )
@@ -133,7 +135,7 @@ def test_cli_validate_reports_bad_files_and_exits_1(tmp_path):
 
 
 def test_the_text_demo_registers_under_its_own_name_unless_one_is_given():
-    from tasks.config import TEXT_DEMO_MODEL
+    from weakflow.tasks.config import TEXT_DEMO_MODEL
 
     assert load_config(None, ["data.source=demo_text"]).tracking.model_name == TEXT_DEMO_MODEL != \
         load_config(None).tracking.model_name

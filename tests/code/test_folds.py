@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tasks.core.folds import gold_folds
+from weakflow.tasks.core.folds import gold_folds
 
 
 def test_copies_of_a_gold_row_share_a_fold() -> None:

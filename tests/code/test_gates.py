@@ -1,6 +1,6 @@
 import pytest
 
-from deploy.gates import GateFailure, GateInput, decide, enforce, gate_min_accuracy, gate_not_worse_than_champion
+from weakflow.deploy.gates import GateFailure, GateInput, decide, enforce, gate_min_accuracy, gate_not_worse_than_champion
 
 
 def test_first_model_passes_on_minimum_alone():
@@ -51,7 +51,7 @@ def test_failed_governance_blocks_promotion():
 
 
 def test_champion_stack_follows_promotions_and_rollbacks():
-    from deploy.registry import champion_stack
+    from weakflow.deploy.registry import champion_stack
 
     events = [("1", "registered"), ("2", "promoted"), ("4", "registered")]
     history = [{"version": v, "action": a} for v, a in events]

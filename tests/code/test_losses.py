@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.core.losses import cross_entropy, generalized_cross_entropy, per_sample_loss
+from weakflow.tasks.core.losses import cross_entropy, generalized_cross_entropy, per_sample_loss
 
 
 def test_ce_matches_torch_and_soft_one_hot():

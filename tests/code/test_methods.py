@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from tasks.core.methods import clid_dev_correlation, train_weak_model
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.noise import corrupt_labels
-from tasks.core.training import EpochStats, TrainSettings
+from weakflow.tasks.core.methods import clid_dev_correlation, train_weak_model
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.noise import corrupt_labels
+from weakflow.tasks.core.training import EpochStats, TrainSettings
 
 
 def data(n=900, seed=0):
@@ -33,7 +33,7 @@ def test_confident_learning_removes_mostly_wrong_labels():
 def test_every_method_logs_clid_the_methods_differ_and_unknown_method_fails():
     import torch
 
-    from tasks.core.training import predict_proba
+    from weakflow.tasks.core.training import predict_proba
 
     x, y, noisy = data(300)
     probs = {}

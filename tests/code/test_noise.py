@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.core.noise import corrupt_labels
+from weakflow.tasks.core.noise import corrupt_labels
 
 N, C = 20_000, 10
 

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.pseudo import ThresholdPolicy
-from tasks.core.pseudo_stream import label_stream
-from tasks.data import ROW_ID, SPLIT, DataError, InputSchema
-from tasks.pool import SOURCE, KeptWriter, chain, frame_chunks, parquet_chunks
+from weakflow.tasks.core.pseudo import ThresholdPolicy
+from weakflow.tasks.core.pseudo_stream import label_stream
+from weakflow.tasks.data import ROW_ID, SPLIT, DataError, InputSchema
+from weakflow.tasks.pool import SOURCE, KeptWriter, chain, frame_chunks, parquet_chunks
 
 FEATURES = ["f0", "f1", "f2"]
 SCHEMA = InputSchema(FEATURES, [])  # numeric inputs only

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from deploy.prediction_log import PredictionLog, count_rows
+from weakflow.deploy.prediction_log import PredictionLog, count_rows
 
 FEATURES = ["a", "b"]
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.core.metrics import calibration_bins, expected_calibration_error
-from tasks.core.pseudo import precision_on, select_confident
+from weakflow.tasks.core.metrics import calibration_bins, expected_calibration_error
+from weakflow.tasks.core.pseudo import precision_on, select_confident
 
 PROBS = np.array([
     [0.95, 0.03, 0.02],  # class 0, kept
@@ -54,11 +54,11 @@ def test_ece_hand_computed():
 
 # --- threshold policies on hand-made tables ---------------------------------------------------------
 
-from tasks.core.calibration import fit_temperature, softmax_t  # noqa: E402
-from tasks.core.pseudo import (  # noqa: E402
+from weakflow.tasks.core.calibration import fit_temperature, softmax_t  # noqa: E402
+from weakflow.tasks.core.pseudo import (  # noqa: E402
     DevSet, ThresholdPolicy, flexmatch_thresholds, per_class_precision, target_precision_thresholds,
 )
-from tasks.core.pseudo_stream import chunked, label_stream  # noqa: E402
+from weakflow.tasks.core.pseudo_stream import chunked, label_stream  # noqa: E402
 
 
 def run_stream(probs, policy, chunk_rows=1000, dev=None, soft=False):
@@ -221,7 +221,7 @@ def test_a_few_right_rows_cannot_collapse_the_temperature():
 
 # --- the two passes must see the same rows; the label scratch must hold every class ---------------------
 
-from tasks.core.pseudo_stream import label_dtype  # noqa: E402
+from weakflow.tasks.core.pseudo_stream import label_dtype  # noqa: E402
 
 
 def flaky_chunks(probs, first_rows, second_rows, chunk_rows=2):

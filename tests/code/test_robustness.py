@@ -7,9 +7,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score
 
-from tasks.core.bootstrap import paired_bootstrap
-from tasks.core.metrics import expected_calibration_error
-from tasks.core.robustness import (
+from weakflow.tasks.core.bootstrap import paired_bootstrap
+from weakflow.tasks.core.metrics import expected_calibration_error
+from weakflow.tasks.core.robustness import (
     ALL_CORRUPTIONS,
     IMAGE_CORRUPTIONS,
     VECTOR_CORRUPTIONS,

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import FilesData, RuleConfig
-from tasks.labeling import LabelingFunctionError, apply_sources, votes_matrix
-from tasks.rules import from_config, keywords, regex, threshold
+from weakflow.tasks.config import FilesData, RuleConfig
+from weakflow.tasks.labeling import LabelingFunctionError, apply_sources, votes_matrix
+from weakflow.tasks.rules import from_config, keywords, regex, threshold
 
 HERE = "tests.code.test_rules"
 SEEN: list[list[str]] = []  # the columns each call of sees_the_row was given

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tasks.modeling import TrainedModel
-from tasks.select import choose
+from weakflow.tasks.modeling import TrainedModel
+from weakflow.tasks.select import choose
 
 Y = np.array([0, 1] * 5)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.core.selftrain import self_train
+from weakflow.tasks.core.selftrain import self_train
 
 
 def scripted(dev_accuracies: list[float], relabel_sizes: list[int]):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.core.pseudo import DevSet, ThresholdPolicy
-from tasks.core.pseudo_stream import chunked, emit_kept, label_stream, plan_shards, score_shard, select_shards, split_rows
+from weakflow.tasks.core.pseudo import DevSet, ThresholdPolicy
+from weakflow.tasks.core.pseudo_stream import chunked, emit_kept, label_stream, plan_shards, score_shard, select_shards, split_rows
 
 
 def test_plan_shards_covers_every_row_group_once_in_order():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench import stress
-from tasks.core.models import ModelSpec
+from weakflow.tasks.core.models import ModelSpec
 
 N = 30_000
 # the brief's targets, spelled out here so a changed constant in bench/stress.py fails the tests

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.training import TrainSettings, fit, predict_proba
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.training import TrainSettings, fit, predict_proba
 
 
 def blobs(n=300, seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage
+from weakflow.data_checks.contamination import NearDuplicateIndex, exact_pairs, label_leakage
 
 
 @pytest.fixture(scope="module")

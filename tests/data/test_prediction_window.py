@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from deploy.prediction_log import PredictionLog
-from monitoring.alerts import record_feedback
-from monitoring.drift import load_window, sample_bound
+from weakflow.deploy.prediction_log import PredictionLog
+from weakflow.monitoring.alerts import record_feedback
+from weakflow.monitoring.drift import load_window, sample_bound
 
 FEATURES = ["a", "b", "c"]
 
@@ -72,7 +72,7 @@ def test_sampled_window_stays_within_the_ks_bound(log):
 
 
 def test_alerts_of_a_log_that_does_not_exist_yet_are_none_and_nothing_is_created(tmp_path):
-    from monitoring.alerts import list_alerts
+    from weakflow.monitoring.alerts import list_alerts
 
     url = f"sqlite:///{tmp_path / 'no-such-folder' / 'log.db'}"
     assert list_alerts(url).empty and not (tmp_path / "no-such-folder").exists()

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_checks.suite import DataValidationError, run_suite
-from tasks.config import DemoData
-from tasks.data import DataError, RawTables, class_set, materialize_demo, read_raw, read_table
+from weakflow.data_checks.suite import DataValidationError, run_suite
+from weakflow.tasks.config import DemoData
+from weakflow.tasks.data import DataError, RawTables, class_set, materialize_demo, read_raw, read_table
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_duplicate_column_names_are_refused_naming_the_file_and_column(tmp_path)
 def test_natural_repeats_of_discrete_rows_are_not_copies_but_planted_copies_are(tmp_path):
     """Eight survey answers on a 1-5 scale repeat by nature (a test row often equals some training row,
     as training rows equal each other); copied rows of continuous features stand out."""
-    from tasks.config import FilesData
+    from weakflow.tasks.config import FilesData
 
     rng = np.random.default_rng(0)
     answers = rng.integers(1, 4, size=(3000, 8)).astype(float)  # 3^8 = 6561 combinations: many repeats
@@ -188,7 +188,7 @@ def test_test_copies_are_found_whatever_the_dtype(spec):
 
 
 def text_tables(tmp_path) -> RawTables:
-    from tasks.config import FilesData
+    from weakflow.tasks.config import FilesData
 
     spec = FilesData(train_path=tmp_path / "train.parquet", test_path=tmp_path / "test.parquet", text_columns=["text"],
                      feature_columns=["n"], classes=["ham", "spam"], text_max_chars=50)
@@ -211,3 +211,16 @@ def test_text_columns_are_checked_naming_the_column_and_rows(tmp_path):
                and "at row [5, 6, 7]" in f for f in found), found
     assert "test.text: expected a text column; found dtype int64" in found
     assert len(found) == 3
+
+
+def test_unknown_named_labels_are_named_with_their_column_and_values(tmp_path):
+    raw = text_tables(tmp_path)
+    raw.spec = raw.spec.model_copy(update={"weak_label_columns": ["annotator"], "abstain": "skip"})
+    raw.train["annotator"] = ["ham", "skip"] * 20
+    assert failures(raw) == []
+    raw.train.loc[4, "label"] = "eggs"  # not a class
+    raw.train.loc[7, "annotator"] = "Spam"  # names match exactly
+    found = failures(raw)
+    assert any(f.startswith("train.label: expected a class in ['ham', 'spam'] or empty (no gold label); found 1 bad "
+                            "value(s), e.g. ['eggs'] at row [4]") for f in found), found
+    assert any(f.startswith("train.annotator: ") and "['Spam'] at row [7]" in f for f in found), found

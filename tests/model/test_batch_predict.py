@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cli import main
+from weakflow.flows.cli import main
 from tests.tiny_model import CLASSES, FEATURES, frozen_split, register_tiny, use_registry
 
 

@@ -175,7 +175,7 @@ def check_run_pages(ui_url: str, experiment_id: str, parent, evaluate, shots: Pa
 def test_mlflow_ui_shows_stages_metrics_and_report(request, tmp_path):
     require_browser()  # before the Prefect harness (~15 s or more), so a skip or failure is immediate
     request.getfixturevalue("prefect_harness")
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     cfg = fast_config(tmp_path / "ws")
     result = training_pipeline(cfg)

@@ -38,7 +38,7 @@ def test_deployments_run_one_at_a_time_and_the_trigger_cools_down(tmp_path):
 
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
-    from deploy.deployments import build_deployments
+    from weakflow.flows.deployments import build_deployments
     from tests.conftest import fast_config
 
     cfg = fast_config(tmp_path, "monitoring.alert_cooldown_minutes=90")

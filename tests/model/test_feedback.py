@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from deploy.prediction_log import FEEDBACK, PredictionLog, make_engine
-from flows.cli import main
+from weakflow.deploy.prediction_log import FEEDBACK, PredictionLog, make_engine
+from weakflow.flows.cli import main
 from tests.tiny_model import FEATURES, frozen_split, register_tiny, use_registry
 
 HEADER = "request_id,row_index,label\n"

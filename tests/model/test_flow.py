@@ -12,16 +12,17 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tasks.config import DemoData
-from tasks.data import DataError, materialize_demo
+from weakflow.tasks.config import DemoData
+from weakflow.tasks.data import DataError, materialize_demo
 from tests.conftest import fast_config
+from weakflow.deploy.model_code import load_pyfunc
 
 STAGES = ["validate", "governance", "weak_labels", "gold_only", "weak_train", "pseudo_label", "pseudo_governance",
           "full_train", "select", "evaluate", "register", "publish"]
 
 
 def run_pipeline(cfg):
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     return training_pipeline(cfg)
 
@@ -134,7 +135,7 @@ def test_run_tree_metrics_artifacts_and_champion(first_run):
 def test_registered_model_serves_raw_features(first_run):
     cfg, result = first_run
     mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.model_name}@champion")
+    model = load_pyfunc(f"models:/{cfg.tracking.model_name}@champion")
     spec = materialize_demo(cfg.data, cfg.tracking.workspace / "data")
     test = pd.read_parquet(spec.test_path)
     out = model.predict(test[spec.feature_columns].astype(np.float64))
@@ -166,7 +167,7 @@ def test_failed_gate_registers_challenger_and_keeps_champion(first_run):
 def test_a_failure_after_register_moves_no_alias(first_run, monkeypatch):
     """The alias is the run's last step: a later failure (here the run summary) leaves the champion where it
     was and the new version without an alias."""
-    import tasks.publish
+    from weakflow.tasks import publish as publish_stage
 
     cfg, _ = first_run
     client = MlflowClient(cfg.tracking.resolved_uri)
@@ -175,7 +176,7 @@ def test_a_failure_after_register_moves_no_alias(first_run, monkeypatch):
     def unreachable(*args, **kwargs):
         raise RuntimeError("summary store unreachable")
 
-    monkeypatch.setattr(tasks.publish, "summary_lines", unreachable)
+    monkeypatch.setattr(publish_stage, "summary_lines", unreachable)
     with pytest.raises(RuntimeError, match="summary store unreachable"):
         run_pipeline(fast_config(cfg.tracking.workspace))  # its gates pass: it would become champion
     versions = client.search_model_versions(f"name='{cfg.tracking.model_name}'")
@@ -269,7 +270,7 @@ def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, dem
         f"  feature_columns: [{', '.join(names.values())}]\n"
         "  label_column: gold\n  weak_label_columns: [annotator_a, annotator_b]\n  abstain: -1\n"
     )
-    from tasks.config import load_config
+    from weakflow.tasks.config import load_config
     from tests.conftest import FAST
 
     cfg = load_config(tmp_path / "cfg.yaml", [*FAST, f"tracking.workspace={tmp_path / 'ws'}"])
@@ -291,7 +292,7 @@ def out_of_set_lf(batch: pd.DataFrame) -> np.ndarray:
 
 
 def test_labelling_functions_dawid_skene_and_clid_mu(prefect_harness, tmp_path):
-    lfs = "[tasks.example_lfs:ink_heavy_is_eight, tasks.example_lfs:empty_center_is_zero]"
+    lfs = "[weakflow.tasks.example_lfs:ink_heavy_is_eight, weakflow.tasks.example_lfs:empty_center_is_zero]"
     cfg = fast_config(tmp_path / "ws", f"weak_labels.labeling_functions={lfs}", "weak_labels.aggregation=dawid_skene",
                       "weak_train.method=clid_mu", "weak_train.clid_mu.meta_set_size=300")
     result = run_pipeline(cfg)

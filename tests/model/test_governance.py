@@ -18,11 +18,11 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
-from tasks.config import Config, DemoData, FilesData, load_config
-from tasks.core.pseudo import HIST_BINS, StreamResult, ThresholdPolicy
-from tasks.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
-from tasks.governance import GovernanceError, check_pseudo, check_training, run_logged
-from tasks.pseudo_label import Calibration, PseudoLabels
+from weakflow.tasks.config import Config, DemoData, FilesData, load_config
+from weakflow.tasks.core.pseudo import HIST_BINS, StreamResult, ThresholdPolicy
+from weakflow.tasks.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
+from weakflow.tasks.governance import GovernanceError, check_pseudo, check_training, run_logged
+from weakflow.tasks.pseudo_label import Calibration, PseudoLabels
 from tests.conftest import fast_config
 
 FEATURES = [f"px_{i}" for i in range(64)]
@@ -157,10 +157,10 @@ def test_a_failed_check_still_logs_every_finding_table(hand_data, local_mlflow):
 def real_weak(hand_data, tmp_path_factory):
     """A tiny real cross-fitted weak model on the hand-made rows, and its pseudo sets with every candidate
     kept (threshold 0), the planted test copies included; then the same sets after pseudo_near_test=drop."""
-    from tasks.governance import check_all_pseudo
-    from tasks.pseudo_label import label_all
-    from tasks.weak_labels import make_weak_labels
-    from tasks.weak_train import train_weak
+    from weakflow.tasks.governance import check_all_pseudo
+    from weakflow.tasks.pseudo_label import label_all
+    from weakflow.tasks.weak_labels import make_weak_labels
+    from weakflow.tasks.weak_train import train_weak
 
     cfg = self_train_config(tmp_path_factory.mktemp("ws"), "drop")
     labels = make_weak_labels(hand_data, cfg)
@@ -190,7 +190,7 @@ def test_the_pseudo_sets_of_every_weak_model_are_checked(hand_data, real_weak):
 
 def test_every_self_training_round_passes_its_relabelled_sets_through_pseudo_near_test(hand_data, real_weak,
                                                                                       tmp_path):
-    from tasks.full_train import self_training
+    from weakflow.tasks.full_train import self_training
 
     labels, weak, _, clean, _ = real_weak
     cfg = self_train_config(tmp_path, "drop", "full_train.self_train.max_rounds=2",
@@ -210,7 +210,7 @@ def test_every_self_training_round_passes_its_relabelled_sets_through_pseudo_nea
 
 def test_a_failed_round_check_is_logged_in_the_round_run_and_stops_training(hand_data, real_weak, tmp_path,
                                                                              local_mlflow):
-    from tasks.full_train import log_round, self_training
+    from weakflow.tasks.full_train import log_round, self_training
 
     client, exp = local_mlflow
     labels, weak, _, clean, _ = real_weak
@@ -237,10 +237,10 @@ def test_the_model_card_describes_the_set_the_final_model_trained_on_and_the_rec
     validation text comes from the validate run and says the test-overlap expectation was off."""
     from types import SimpleNamespace
 
-    from tasks.core.selftrain import Round, SelfTrainResult
-    from tasks.full_train import FullModel
-    from tasks.governance import CheckResult, Findings
-    from tasks.register import Provenance, model_card, validation_result
+    from weakflow.tasks.core.selftrain import Round, SelfTrainResult
+    from weakflow.tasks.full_train import FullModel
+    from weakflow.tasks.governance import CheckResult, Findings
+    from weakflow.tasks.register import Provenance, model_card, validation_result
 
     client, exp = local_mlflow
     with mlflow.start_run(experiment_id=exp) as parent:
@@ -303,7 +303,7 @@ def stage_runs(cfg, result=None):
 
 
 def test_drop_and_warn_policies_record_counts_and_the_model_card(prefect_harness, tmp_path, demo_root):
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     data = planted(materialize_demo(DemoData(), demo_root), tmp_path / "data")
     cfg = fast_config(tmp_path / "ws", *data, "governance.exact_duplicates=drop", "governance.near_duplicates=drop",
@@ -343,7 +343,7 @@ def test_drop_and_warn_policies_record_counts_and_the_model_card(prefect_harness
      "label_leakage: feature(s) leak (1.000) predict the gold label alone"),
 ])
 def test_fail_policy_stops_before_training_and_registers_nothing(prefect_harness, tmp_path, demo_root, policies, message):
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     data = planted(materialize_demo(DemoData(), demo_root), tmp_path / "data")
     cfg = fast_config(tmp_path / "ws", *data, *policies)
@@ -362,8 +362,8 @@ def test_fail_policy_stops_before_training_and_registers_nothing(prefect_harness
 
 
 def test_exact_copies_fail_validation_under_the_default_policy(prefect_harness, tmp_path, demo_root):
-    from flows.pipeline import training_pipeline
-    from tasks.data import DataError
+    from weakflow.flows.pipeline import training_pipeline
+    from weakflow.tasks.data import DataError
 
     data = planted(materialize_demo(DemoData(), demo_root), tmp_path / "data")
     with pytest.raises(DataError, match="test_rows_in_training.training_copies: expected no test row"):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cli import main
+from weakflow.flows.cli import main
 
 HERE = "tests.model.test_lfs_command"
 LONG = ("freedom is a state of mind, said the long message that goes on and on well past eighty characters "
@@ -143,8 +143,8 @@ def test_rows_applies_to_the_first_rows_only_and_no_log_logs_nothing(config, cap
 
 
 def test_shards_give_the_same_table_and_examples(config):
-    from tasks.config import load_config
-    from tasks.lfs import run_lfs
+    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lfs import run_lfs
 
     cfg = load_config(config)
     one, two = run_lfs(cfg), run_lfs(cfg, shards=2)  # two spawned processes, four rows each

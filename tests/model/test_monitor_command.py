@@ -7,7 +7,7 @@ import prefect.main  # noqa: F401 - Prefect binds its console log handler to sys
 # done here, at collection, that is pytest's session stream, not a test's capfd capture that closes after it
 from mlflow import MlflowClient
 
-from flows.cli import main
+from weakflow.flows.cli import main
 from tests.tiny_model import register_tiny, use_registry
 
 

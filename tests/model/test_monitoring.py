@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from monitoring.alerts import DRIFT_EVENT, Alert, list_alerts, post_webhook, raise_once, record_feedback
-from monitoring.drift import DriftResult, DriftRule, decide, drift_report
-from monitoring.traffic import send, shifted_rows
-from tasks.data import materialize_demo
+from weakflow.monitoring.alerts import DRIFT_EVENT, Alert, list_alerts, post_webhook, raise_once, record_feedback
+from weakflow.monitoring.drift import DriftResult, DriftRule, decide, drift_report
+from weakflow.monitoring.traffic import send, shifted_rows
+from weakflow.tasks.data import materialize_demo
 from tests.conftest import fast_config
 
 
@@ -54,7 +54,7 @@ def test_drift_report_pins_its_tests_and_sees_a_changed_constant():
     assert 0.05 <= result.prediction_p <= 1 and not result.prediction_drifted
     quiet = drift_report(ref, frame(300, 0.0, 0.0), ["a", "b", "c", "d"])
     assert quiet.drifted_columns == [] and quiet.drift_share == 0.0
-    from monitoring.drift import _value_drifted
+    from weakflow.monitoring.drift import _value_drifted
 
     assert _value_drifted("ks", 0.01, 0.05) and not _value_drifted("ks", 0.2, 0.05)
     assert _value_drifted("wasserstein", 0.2, 0.1) and not _value_drifted("jensenshannon", 0.05, 0.1)
@@ -108,7 +108,7 @@ def test_alert_row_once_per_detection_and_cool_down(prefect_harness, tmp_path):
 
 @pytest.fixture(scope="module")
 def champion(prefect_harness, tmp_path_factory):
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     ws = tmp_path_factory.mktemp("ws")
     cfg = fast_config(ws)
@@ -172,7 +172,7 @@ def drift_events(resource_id: str, since: datetime, timeout: float = 30.0) -> li
 
 def write_old_version_rows(log_url: str, model_name: str, rows: pd.DataFrame, features: list[str]) -> None:
     """Rows as if served by an earlier version (here: shifted ones) - a window of v1 must not include them."""
-    from deploy.prediction_log import PREDICTIONS, make_engine
+    from weakflow.deploy.prediction_log import PREDICTIONS, make_engine
 
     engine = make_engine(log_url)
     now = datetime.now(timezone.utc)
@@ -187,7 +187,7 @@ def write_old_version_rows(log_url: str, model_name: str, rows: pd.DataFrame, fe
 def serve_traffic(cfg, log_url: str, rows: pd.DataFrame, spec):
     from fastapi.testclient import TestClient
 
-    from deploy.serve import create_app
+    from weakflow.deploy.serve import create_app
 
     with TestClient(create_app(cfg.tracking.model_name, poll_seconds=0, log_url=log_url)) as client:
         return send(client, rows, spec.feature_columns, spec.label_column, batch=20)
@@ -195,7 +195,7 @@ def serve_traffic(cfg, log_url: str, rows: pd.DataFrame, spec):
 
 @pytest.mark.parametrize("shift", ["none", "noise", "brightness", "prior"])
 def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, webhook, shift):
-    from flows.monitor import monitoring_flow
+    from weakflow.flows.monitor import monitoring_flow
 
     from evidently.ui.workspace import Workspace
 
@@ -242,7 +242,7 @@ def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, web
         assert run.data.tags["alert"].startswith(f"alert {alerts.loc[0, 'id']}, event {result.alert['event_id']}")
     resource = f"weakflow.model.{cfg.tracking.model_name}.v1"
     if shift == "prior":  # the same check through the console script: within the cool-down, nothing is raised
-        from flows.cli import main
+        from weakflow.flows.cli import main
         from tests.conftest import FAST
 
         args = ["--workspace", str(cfg.tracking.workspace), *sum((["--set", o] for o in FAST), []),
@@ -263,7 +263,7 @@ def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, web
 
 
 def test_too_few_rows_make_no_report_and_no_alert(champion, tmp_path):
-    from flows.monitor import monitoring_flow
+    from weakflow.flows.monitor import monitoring_flow
 
     cfg, _, _ = champion
     log_url = f"sqlite:///{tmp_path / 'log.db'}"  # nothing served yet
@@ -278,7 +278,7 @@ def test_too_few_rows_make_no_report_and_no_alert(champion, tmp_path):
 
 
 def test_served_test_and_training_rows_raise_a_contamination_alert(champion, tmp_path):
-    from flows.monitor import monitoring_flow
+    from weakflow.flows.monitor import monitoring_flow
 
     cfg, spec, test = champion
     train = pd.read_parquet(spec.train_path)

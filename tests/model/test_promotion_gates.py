@@ -12,8 +12,8 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from deploy import registry
-from deploy.registry import RegistryError
+from weakflow.deploy import registry
+from weakflow.deploy.registry import RegistryError
 from tests.tiny_model import accuracy_scorer, frozen_split, register_tiny, use_registry
 
 SPLIT = "digest-of-the-frozen-split"

@@ -6,7 +6,7 @@ import json
 
 from mlflow import MlflowClient
 
-from deploy import registry
+from weakflow.deploy import registry
 
 
 def test_history_is_bounded_in_characters_and_rollback_still_follows_it(tmp_path):

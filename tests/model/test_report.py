@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from deploy.model import save_weights
-from tasks.config import DemoData
-from tasks.core.training import fit, predict_proba
-from tasks.data import assemble, class_set, materialize_demo, read_raw
-from tasks.modeling import new_model, settings
-from tasks.core.pseudo import DevSet
-from tasks.pseudo_label import Calibration, Judge, make_pseudo_labels
-from tasks.register import MODEL_ENTRY
-from tasks.report import (
+from weakflow.deploy.model import save_weights
+from weakflow.tasks.config import DemoData
+from weakflow.tasks.core.training import fit, predict_proba
+from weakflow.tasks.data import assemble, class_set, materialize_demo, read_raw
+from weakflow.tasks.modeling import new_model, settings
+from weakflow.tasks.core.pseudo import DevSet
+from weakflow.tasks.pseudo_label import Calibration, Judge, make_pseudo_labels
+from weakflow.tasks.register import MODEL_ENTRY
+from weakflow.tasks.report import (
     HTML_FILE,
     MD_FILE,
     build_review,
@@ -28,9 +28,9 @@ from tasks.report import (
     log_review,
     record_gate,
 )
-from tasks.report_render import render_html, render_markdown
-from tasks.review import NO_CHAMPION, Champion
-from tasks.weak_labels import make_weak_labels
+from weakflow.tasks.report_render import render_html, render_markdown
+from weakflow.tasks.review import NO_CHAMPION, Champion
+from weakflow.tasks.weak_labels import make_weak_labels
 from tests.conftest import fast_config
 
 SECTIONS = ["summary", "gate", "headline", "per-class", "calibration", "confusion", "robustness", "label-noise"]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from deploy.prediction_log import count_rows
+from weakflow.deploy.prediction_log import count_rows
 from tests.conftest import free_port
 from tests.tiny_model import FEATURES, frozen_split, register_tiny, use_registry
 
@@ -45,7 +45,7 @@ def uvicorn_server(app, port: int) -> Iterator[str]:
 def server(tmp_path_factory):
     """v1 of a tiny model as champion, served with a 5 s body timeout; the log's SQLite busy timeout is
     50 ms, so a locked file fails a write attempt at once instead of after SQLite's default 5 s."""
-    from deploy.serve import create_app
+    from weakflow.deploy.serve import create_app
 
     folder = tmp_path_factory.mktemp("serve-limits")
     use_registry(folder)

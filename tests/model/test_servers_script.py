@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from deploy.prediction_log import count_rows
+from weakflow.deploy.prediction_log import count_rows
 from tests.conftest import FAST, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,16 +18,16 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from deploy import registry
-from deploy.prediction_log import count_rows
-from flows.cli import main
+from weakflow.deploy import registry
+from weakflow.deploy.prediction_log import count_rows
+from weakflow.flows.cli import main
 from tests.conftest import FAST, fast_config, free_port
 
 
 @pytest.fixture(scope="module")
 def two_versions(prefect_harness, tmp_path_factory):
     """v1 champion; v2 the same training but registered as challenger (its run demanded 100% accuracy)."""
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     ws = tmp_path_factory.mktemp("ws")
     cfg = fast_config(ws)
@@ -124,7 +124,7 @@ def test_promote_then_rollback_records_who_when_why(two_versions, capsys):
 
 
 def records(cfg, n: int, start: int = 0) -> list[dict]:
-    from tasks.data import materialize_demo
+    from weakflow.tasks.data import materialize_demo
 
     spec = materialize_demo(cfg.data, cfg.tracking.workspace / "data")
     test = pd.read_parquet(spec.test_path)
@@ -134,7 +134,7 @@ def records(cfg, n: int, start: int = 0) -> list[dict]:
 def test_server_in_process_answers_validates_and_logs(two_versions, tmp_path):
     from fastapi.testclient import TestClient
 
-    from deploy.serve import create_app
+    from weakflow.deploy.serve import create_app
 
     cfg = two_versions
     log_url = f"sqlite:///{tmp_path / 'log.db'}"
@@ -250,7 +250,7 @@ def test_server_subprocess_hot_reload_under_traffic_and_flush_on_sigterm(two_ver
         served_rows = 4 * len(versions) + 40
         assert f"prediction log closed: {served_rows} rows written, 0 failed" in output, output[-2000:]
         assert count_rows(f"sqlite:///{log_db}") == served_rows
-        from monitoring.drift import load_window
+        from weakflow.monitoring.drift import load_window
 
         window = load_window(f"sqlite:///{log_db}", [f"px_{i}" for i in range(64)], rows=40)
         assert window["label"].notna().sum() == 40  # the feedback joined the served rows

@@ -14,15 +14,15 @@ import pytest
 from mlflow import MlflowClient
 from prefect import flow
 
-from tasks import tracking
-from tasks.config import Config, FilesData
-from tasks.core.methods import ConfidentLearningSettings, train_weak_model
-from tasks.core.models import ModelSpec, build_model
-from tasks.core.training import TrainSettings
-from tasks.data import PipelineData
-from tasks.report import label_issues
-from tasks.stage import StageTimeout, stage_task
-from tasks.weak_labels import WeakLabels
+from weakflow.tasks import tracking
+from weakflow.tasks.config import Config, FilesData
+from weakflow.tasks.core.methods import ConfidentLearningSettings, train_weak_model
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.training import TrainSettings
+from weakflow.tasks.data import PipelineData
+from weakflow.tasks.report import label_issues
+from weakflow.tasks.stage import StageTimeout, stage_task
+from weakflow.tasks.weak_labels import WeakLabels
 from tests.conftest import fast_config
 
 _FORKS: list[str] = []

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.config import DemoTextData, load_config
-from tasks.demo_text import DEMO_RULES, materialize_demo_text
+from weakflow.tasks.config import DemoTextData, load_config
+from weakflow.tasks.demo_text import DEMO_RULES, materialize_demo_text
+from weakflow.deploy.model_code import load_pyfunc
 
 MAX_TEXT = 1000  # the longest SMS has 910 characters
 
@@ -21,7 +22,7 @@ MAX_TEXT = 1000  # the longest SMS has 910 characters
 @pytest.fixture(scope="module")
 def text_run(prefect_harness, tmp_path_factory):
     """One pipeline run on 900 training messages (every gold one kept) and 300 test messages."""
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
     from tests.conftest import FAST
 
     root = tmp_path_factory.mktemp("text")
@@ -50,7 +51,7 @@ def test_registered_text_model_takes_raw_strings_and_answers_names(text_run):
     uri = f"models:/{cfg.tracking.model_name}/1"
     inputs = mlflow.models.get_model_info(uri).signature.inputs.to_dict()
     assert inputs == [{"type": "string", "name": "text", "required": True}]
-    out = mlflow.pyfunc.load_model(uri).predict(test[["text"]])
+    out = load_pyfunc(uri).predict(test[["text"]])  # MLflow's loader, the code folder then moved back
     assert set(out["prediction"]) == {"ham", "spam"} and {"prob_ham", "prob_spam"} <= set(out)  # names, both of them, from raw strings
     accuracy = float((out["prediction"].to_numpy() == test["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(result.evaluation.shipped.accuracy, abs=1e-9)  # the model the run measured
@@ -66,7 +67,7 @@ def test_registered_text_model_takes_raw_strings_and_answers_names(text_run):
 def test_server_bounds_text_and_logs_a_bounded_row(text_run):
     from fastapi.testclient import TestClient
 
-    from deploy.serve import LOGGED_TEXT_CHARS, create_app
+    from weakflow.deploy.serve import LOGGED_TEXT_CHARS, create_app
 
     cfg, _, test = text_run
     log_url = cfg.serve.prediction_log_url
@@ -97,7 +98,7 @@ def test_server_bounds_text_and_logs_a_bounded_row(text_run):
 def serve_rows(cfg, texts: list[str]) -> None:
     from fastapi.testclient import TestClient
 
-    from deploy.serve import create_app
+    from weakflow.deploy.serve import create_app
 
     app = create_app(cfg.tracking.model_name, poll_seconds=0, log_url=cfg.serve.prediction_log_url,
                      max_text_chars=cfg.serve.max_text_chars)
@@ -109,8 +110,8 @@ def serve_rows(cfg, texts: list[str]) -> None:
 
 
 def test_monitor_sees_text_drift_and_copies_of_test_messages(text_run, tmp_path):
-    from tasks import tracking
-    from tasks.monitor import check_drift, load_served, load_window_task, production_contamination
+    from weakflow.tasks import tracking
+    from weakflow.tasks.monitor import check_drift, load_served, load_window_task, production_contamination
 
     cfg, _, test = text_run
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(

@@ -49,7 +49,7 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_against_a_real_tracking_server(prefect_harness, mlflow_server, tmp_path):
-    from flows.pipeline import training_pipeline
+    from weakflow.flows.pipeline import training_pipeline
 
     url, store = mlflow_server
     cfg = fast_config(tmp_path / "ws", f"tracking.tracking_uri={url}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tasks.config import Config
+from weakflow.tasks.config import Config
 
 TRAINING_DEPLOYMENT = "scheduled"
 MONITORING_DEPLOYMENT = "interval"
@@ -36,9 +36,9 @@ def one_at_a_time():
 def build_deployments(cfg: Config, cron: str = "0 3 * * *", interval_s: float = 900.0) -> list:
     from prefect.events import DeploymentEventTrigger
 
-    from flows.monitor import monitoring_flow
-    from flows.pipeline import training_pipeline
-    from monitoring.alerts import DRIFT_EVENT
+    from weakflow.flows.monitor import monitoring_flow
+    from weakflow.flows.pipeline import training_pipeline
+    from weakflow.monitoring.alerts import DRIFT_EVENT
 
     params = {"cfg": cfg.model_dump(mode="json")}
     on_drift = DeploymentEventTrigger(
