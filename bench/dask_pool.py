@@ -42,7 +42,7 @@ def measure(pool: Path, workers: int, shards: int) -> dict:
     import pandas as pd
     import torch
 
-    from weakflow.tasks.config import load_config, parse_config
+    from weakflow.tasks.lib.config import load_config, parse_config
     from weakflow.tasks.pseudo_label import make_pseudo_labels
     from weakflow.tasks.validate import load_and_validate
     from weakflow.tasks.weak_labels import make_weak_labels
@@ -81,7 +81,7 @@ def on_dask(data, weak, cfg, out: Path):
     from prefect import flow
     from prefect.context import FlowRunContext
 
-    from weakflow.tasks.parallel import with_runner
+    from weakflow.tasks.lib.parallel import with_runner
     from weakflow.tasks.pseudo_label import make_pseudo_labels
 
     @flow(name="bench-dask-pool")

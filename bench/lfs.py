@@ -1,7 +1,6 @@
 """Applying rules to a million SMS-like rows: rows/s and peak memory, one process and in shards.
 
-Rows are messages of the SMS Spam Collection (``../shared/data/sms_spam/SMSSpamCollection.tsv``, read at
-bench time, never copied into the repository) sampled with replacement, plus a numeric ``length`` column
+Rows are messages of the SMS Spam Collection shipped with weakflow (``tasks/demo_data``) sampled with replacement, plus a numeric ``length`` column
 (characters). Six rules, as ``weak_labels.rules`` writes them: three keywords, two regex, one threshold.
 Each configuration runs in a fresh process (``--child``), so its peak RSS is its own: the parent's
 (data + votes) and, sharded, the largest spawned worker's (its chunk + its votes).
@@ -22,7 +21,6 @@ import time
 
 from bench.common import ROOT, publish
 
-SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection.tsv"
 RULES = [
     {"name": "spam_prize", "kind": "keywords", "column": "text", "label": "spam",
      "keywords": ["free", "won", "winner", "win", "prize", "claim", "cash", "award", "guaranteed"]},
@@ -38,13 +36,13 @@ RULES = [
 
 def rows_frame(rows: int, seed: int = 0):  # -> pd.DataFrame
     """``rows`` messages drawn with replacement from the shipped SMS file, with their length."""
-    import csv
-
     import numpy as np
     import pandas as pd
 
-    sms = pd.read_csv(SMS, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False, encoding="utf-8")
-    text = sms["SMS"].to_numpy(dtype=object)[np.random.default_rng(seed).integers(0, len(sms), rows)]
+    from weakflow.tasks.lib.demo_text import read_sms_spam
+
+    sms = read_sms_spam()["text"].to_numpy(dtype=object)
+    text = sms[np.random.default_rng(seed).integers(0, len(sms), rows)]
     frame = pd.DataFrame({"text": text})
     frame["length"] = frame["text"].str.len().astype(np.int64)
     return frame
@@ -52,7 +50,7 @@ def rows_frame(rows: int, seed: int = 0):  # -> pd.DataFrame
 
 def measure(rows: int, shards: int) -> dict:
     """In this (fresh) process: build the rows, apply the rules, report time and peak RSS (MiB)."""
-    from weakflow.tasks.config import FilesData, RuleConfig
+    from weakflow.tasks.lib.config import FilesData, RuleConfig
     from weakflow.tasks.lfs import apply_sharded
 
     frame = rows_frame(rows)
@@ -86,7 +84,8 @@ def main() -> None:
                              cwd=ROOT, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
-    lines = [(f"Six rules (3 keywords, 2 regex, 1 threshold) applied by `tasks.lfs.apply_sharded` (what "
+    lines = ["## Labelling functions on a million rows: `weakflow lfs` (one process and sharded)", "",
+             (f"Six rules (3 keywords, 2 regex, 1 threshold) applied by `tasks.lfs.apply_sharded` (what "
               f"`weakflow lfs --shards K` runs) to {args.rows:,} SMS messages sampled with replacement from the "
               "SMS Spam Collection, with their length."), "",
              ("| processes | seconds | rows/s | peak RSS, parent (MiB) | RSS with the rows built, before applying "

@@ -33,7 +33,7 @@ from weakflow.tasks.core.methods import METHODS, train_weak_model
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.noise import corrupt_labels
 from weakflow.tasks.core.training import TrainSettings, fit, predict_proba
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.stage import stage_task
 
 NOISES = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pairflip", 0.4), ("instance", 0.4)]
 # CLID-MU beside its default: the other virtual-step scope ("full": the look-ahead moves every parameter;
@@ -118,7 +118,7 @@ def cell_result(cell: Cell, epochs: int, split: Split | None = None) -> tuple[fl
 
 @stage_task("methods_cell", limited=False)
 def cell_task(cell: Cell, epochs: int) -> tuple[float, float, dict]:
-    from weakflow.tasks.parallel import limit_worker_threads
+    from weakflow.tasks.lib.parallel import limit_worker_threads
 
     limit_worker_threads()  # cleanlab runs in-process (tasks/core/label_issues.py): no pool, no start method
     return cell_result(cell, epochs)
@@ -126,7 +126,7 @@ def cell_task(cell: Cell, epochs: int) -> tuple[float, float, dict]:
 
 @flow(name="weakflow-methods-matrix")
 def matrix_flow(cells: list[Cell], epochs: int) -> list[tuple[float, float, dict]]:
-    from weakflow.tasks.parallel import run_tasks
+    from weakflow.tasks.lib.parallel import run_tasks
 
     return run_tasks(cell_task, [(cell, epochs) for cell in cells])
 
@@ -144,7 +144,7 @@ def run_matrix(cells: list[Cell], epochs: int, parallel=None) -> list[tuple[floa
             print(f"{cell[0]} {cell[2]}{cell[3]} {cell[4]} seed {cell[1]}: {a:.4f} ({c * 1000:.0f} ms/epoch)", flush=True)
             out.append((a, c, figures))
         return out
-    from weakflow.tasks.parallel import with_runner
+    from weakflow.tasks.lib.parallel import with_runner
 
     return with_runner(matrix_flow, parallel)(cells, epochs)
 
@@ -188,7 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     parallel = None
     if args.dask_workers or args.dask_address:
-        from weakflow.tasks.config import ParallelConfig
+        from weakflow.tasks.lib.config import ParallelConfig
 
         parallel = ParallelConfig(runner="dask", n_workers=args.dask_workers, address=args.dask_address)
     seeds = 1 if args.quick else args.seeds

@@ -36,7 +36,7 @@ def detection(cfg, windows: int, quiet: int, size: int) -> dict[str, float]:
     from weakflow.monitoring.drift import DriftRule, decide, drift_report, load_window
     from weakflow.monitoring.traffic import send, shifted_rows
     from weakflow.tasks.monitor import load_served
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path)
@@ -84,7 +84,7 @@ def timing(cfg, sizes: list[int]) -> list[dict]:
 
     from weakflow.monitoring.drift import drift_report, load_window
     from weakflow.tasks.monitor import load_served
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.data import resolve_data_spec
 
     served = load_served(cfg)
     model = mlflow.pyfunc.load_model(f"models:/{served.name}/{served.version}").unwrap_python_model().model.eval()
@@ -116,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     import mlflow
 
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
 
     ensure_model()
     cfg = load_config(None, [f"tracking.workspace={WS}"])

@@ -31,7 +31,7 @@ class PlainRun:
 
 
 def run(workspace: Path, overrides: list[str]) -> dict[str, float]:
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
 
     return run_config(load_config(None, [f"tracking.workspace={workspace}", *overrides]), workspace).times
 
@@ -52,8 +52,8 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
     from weakflow.tasks.validate import load_and_validate
     from weakflow.monitoring.reference import reference_sample
     from weakflow.tasks.register import model_card, provenance_of
-    from weakflow.tasks.report import build_review, render_html, render_markdown
-    from weakflow.tasks.review import Champion
+    from weakflow.tasks.report.build import build_review, render_html, render_markdown
+    from weakflow.tasks.report.review import Champion
     from weakflow.tasks.weak_labels import make_weak_labels
     from weakflow.tasks.weak_train import train_weak
 

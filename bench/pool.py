@@ -64,9 +64,9 @@ def measure(pool: Path, overrides: list[str]) -> dict:
     """In this process: train the demo MLP, then validate + pseudo-label with the pool."""
     import torch
 
-    from weakflow.tasks.config import load_config, parse_config
+    from weakflow.tasks.lib.config import load_config, parse_config
     from weakflow.tasks.pseudo_label import make_pseudo_labels
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.data import resolve_data_spec
     from weakflow.tasks.validate import load_and_validate
     from weakflow.tasks.weak_labels import make_weak_labels
     from weakflow.tasks.weak_train import train_weak
@@ -91,7 +91,7 @@ def measure(pool: Path, overrides: list[str]) -> dict:
 
 
 def _nested(overrides: list[str]) -> dict:
-    from weakflow.tasks.config import _apply_override
+    from weakflow.tasks.lib.config import _apply_override
 
     raw: dict = {}
     for item in overrides:

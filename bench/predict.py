@@ -41,8 +41,8 @@ def register(store: Path, kind: str, name: str | None = None) -> tuple[str, list
     from weakflow.deploy.model import save_weights
     from weakflow.tasks.core.models import ModelSpec, build_model
     from weakflow.tasks.core.text import TextFeaturizer
-    from weakflow.tasks.data import InputSchema
-    from weakflow.tasks.demo_text import read_sms_spam
+    from weakflow.tasks.lib.data import InputSchema
+    from weakflow.tasks.lib.demo_text import read_sms_spam
 
     store.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
@@ -75,7 +75,7 @@ def write_input(path: Path, kind: str, rows: int, columns: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from weakflow.tasks.demo_text import read_sms_spam
+    from weakflow.tasks.lib.demo_text import read_sms_spam
 
     rng = np.random.default_rng(0)
     texts = read_sms_spam()["text"].to_numpy(dtype=object) if kind == "text" else None

@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.common import ROOT, mean_std, publish
-from weakflow.tasks.config import load_config
+from weakflow.tasks.lib.config import load_config
 from weakflow.tasks.core.training import predict_proba
-from weakflow.tasks.data import ROW_ID
+from weakflow.tasks.lib.data import ROW_ID
 from weakflow.tasks.gold_only import train_gold_only
 from weakflow.tasks.full_train import train_full
 from weakflow.tasks.pseudo_label import make_pseudo_labels

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 
 from bench.common import mean_std, publish
-from weakflow.tasks.config import load_config
+from weakflow.tasks.lib.config import load_config
 from weakflow.tasks.core.training import fit, predict_proba
-from weakflow.tasks.data import ROW_ID
+from weakflow.tasks.lib.data import ROW_ID
 from weakflow.tasks.evaluate import evaluate_models
 from weakflow.tasks.gold_only import train_gold_only
 from weakflow.tasks.full_train import train_full
-from weakflow.tasks.modeling import new_model, settings
+from weakflow.tasks.lib.modeling import new_model, settings
 from weakflow.tasks.pseudo_label import make_pseudo_labels
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels

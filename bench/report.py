@@ -1,5 +1,5 @@
 """Time the review report (challenger vs champion with bootstrap intervals, corruption suite, label-noise
-view; tasks/report.py) adds to a `weakflow run` on the demo.
+view; tasks/report/build.py) adds to a `weakflow run` on the demo.
 
 Each repeat runs, as fresh processes, alternating: `weakflow run` twice in one workspace with the report
 on (the first run has no champion; the second re-scores the first's champion and runs the corruption

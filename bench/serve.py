@@ -100,12 +100,12 @@ def ensure_model(text: bool = False) -> str:
 
 def sample_record(text: bool = False) -> dict:
     if text:  # a typical message (the median length of the shipped collection's)
-        from weakflow.tasks.demo_text import read_sms_spam
+        from weakflow.tasks.lib.demo_text import read_sms_spam
 
         texts = read_sms_spam()["text"]
         return {"text": texts.iloc[int((texts.str.len() - texts.str.len().median()).abs().argmin())]}
-    from weakflow.tasks.config import DemoData
-    from weakflow.tasks.data import materialize_demo
+    from weakflow.tasks.lib.config import DemoData
+    from weakflow.tasks.lib.data import materialize_demo
 
     spec = materialize_demo(DemoData(), WS / "data")
     return pd.read_parquet(spec.test_path)[spec.feature_columns].iloc[0].astype(float).to_dict()

@@ -543,7 +543,7 @@ class PipelineResult:
 def col_weakflow(cell: Cell, extra: list[str]) -> PipelineResult:
     """The default pipeline on this cell via ``bench.plain.run_config`` (its stdout kept out of the progress lines)."""
     from bench.plain import run_config
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="stress-") as tmp:
         cfg = load_config(None, pipeline_overrides(cell, Path(tmp), extra))
@@ -850,7 +850,9 @@ def body_text(outcomes: list[Outcome], skipped: list[tuple[str, str, str]], args
         *(["Errors:", *errors, ""] if errors else []),
         f"Seeds {', '.join(map(str, args.seeds))}; {args.epochs} epochs for the references; "
         f"{args.workers} worker process(es), torch threads {args.threads or torch.get_num_threads()}; "
-        f"wall {wall / 60:.1f} min. Weak-label acc. = majority vote vs truth on the weak rows. " + lf_note(outcomes),
+        + (f"wall {wall / 60:.1f} min" if not getattr(args, "resumed", None) else
+         f"run as `{args.resumed}` and resumed (`--resume`) until every cell had its seeds; the seconds below are "
+         "per cell") + ". Weak-label acc. = majority vote vs truth on the weak rows. " + lf_note(outcomes),
         "", cost_line(outcomes, args.columns), ""])
 
 
@@ -987,6 +989,7 @@ def main(argv: list[str] | None = None) -> None:
     todo, skipped = plan(args)
     client, eid = mlflow_client("weakflow-stress-quick" if args.quick else "weakflow-stress")
     resumed, done = recorded(client, eid, todo, args) if args.resume else (None, [])
+    args.resumed = resumed
     if done:
         kept = {(o.cell.dataset, o.cell.kind, o.cell.gold_share, o.cell.seed) for o in done}
         print(f"--resume: {len(done)} cell x seed runs of `{resumed}` reused", flush=True)

@@ -2,7 +2,7 @@
 majority vote and a clean-label oracle with the same model.
 
 Per seed the demo is materialised with that seed (frozen test split, ~5% gold, the rest unlabelled; the seven
-keyword/regex rules of ``tasks.demo_text.DEMO_RULES`` vote), and:
+keyword/regex rules of ``tasks.lib.demo_text.DEMO_RULES`` vote), and:
 
 - ``weakflow``: the default pipeline (``bench.plain.run_config``: every stage as in ``weakflow run``), the
   model it ships; ``gold_only``: the gold-only candidate of the same run;
@@ -42,8 +42,8 @@ def scores(pred: np.ndarray, truth: np.ndarray, classes: list) -> tuple[float, f
 
 
 def majority_vote(test: pd.DataFrame, cfg, spec, fallback: str) -> np.ndarray:
-    from weakflow.tasks.labeling import apply_sources
-    from weakflow.tasks.rules import configured_rules
+    from weakflow.tasks.lib.labeling import apply_sources
+    from weakflow.tasks.lib.rules import configured_rules
 
     votes = apply_sources(test, spec, configured_rules(cfg), [], list(spec.classes), spec.abstain)
     counts = np.stack([(votes == c).sum(axis=1).to_numpy() for c in spec.classes], axis=1)
@@ -79,8 +79,8 @@ def oracle(cfg, spec, root: Path) -> tuple[float, float, float]:
 
 def one_seed(seed: int, root: Path, overrides: list[str]) -> dict[str, float]:
     from bench.plain import run_config
-    from weakflow.tasks.config import load_config
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.config import load_config
+    from weakflow.tasks.lib.data import resolve_data_spec
 
     cfg = load_config(None, ["data.source=demo_text", f"data.seed={seed}", f"seed={seed}",
                              f"tracking.workspace={root / 'ws'}", *overrides])
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Per seed: a frozen test split of 20% of the messages ({frame['test_rows'].mean():,.0f}, whole groups of copies), "
         "about 5% of the rest as gold "
         f"({frame['gold_rows'].mean():.0f} rows on average), the other {frame['train_rows'].mean() - frame['gold_rows'].mean():.0f} "
-        "training messages unlabelled; the seven rules of `tasks.demo_text.DEMO_RULES` vote. "
+        "training messages unlabelled; the seven rules of `tasks.lib.demo_text.DEMO_RULES` vote. "
         f"Overrides: `{' '.join(args.overrides) or 'none (defaults)'}`.", "",
         "| model | accuracy | spam F1 |", "|---|---|---|",
         f"| **weakflow default pipeline (shipped model)** | **{ms('weakflow')}** | **{ms('weakflow_f1')}** |",

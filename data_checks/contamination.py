@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.data import hash_rows
+from weakflow.tasks.lib.data import hash_rows
 
 
 def exact_pairs(reference: np.ndarray, rows: np.ndarray, decimals: int = 6) -> pd.DataFrame:
@@ -224,7 +224,7 @@ TEXT_NEAR = 0.9  # cosine of character 3-5-gram vectors at or above which two te
 def text_keys(frame: pd.DataFrame, numeric: list[str], text: list[str]) -> np.ndarray:
     """A hash per row of its numbers (rounded) and its normalised text: rows equal up to case, punctuation
     and spacing share a key."""
-    from weakflow.tasks.data import feature_hashes
+    from weakflow.tasks.lib.data import feature_hashes
 
     return feature_hashes(frame, numeric, text).to_numpy()
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.data import DataError, RawTables, feature_hashes
+from weakflow.tasks.lib.data import DataError, RawTables, feature_hashes
 
 NUMERIC_DTYPES = [
     *(f"float{b}" for b in (16, 32, 64)),
@@ -170,7 +170,7 @@ def _text_checks(gxe: Any, frame: pd.DataFrame, columns: list[str], max_chars: i
 
 
 def _gold_counts(gxe: Any, raw: RawTables, classes: list, minimum: int) -> _Table:
-    from weakflow.tasks.data import class_values
+    from weakflow.tasks.lib.data import class_values
 
     labels = class_values(raw.train[raw.spec.label_column]).dropna()
     if classes and isinstance(classes[0], str):

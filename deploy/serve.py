@@ -39,7 +39,7 @@ from typing_extensions import TypedDict
 from weakflow.deploy.batching import MicroBatcher
 from weakflow.deploy.prediction_log import PredictionLog
 from weakflow.deploy.registry import CHAMPION
-from weakflow.tasks.data import InputSchema
+from weakflow.tasks.lib.data import InputSchema
 
 log = logging.getLogger("weakflow.serve")
 MAX_ERRORS = 20  # a 422 lists at most this many field errors (and says how many there were)

@@ -9,7 +9,7 @@
     scores = model.predict(frame)                           # prediction, confidence, prob_<class>
 
 Every function raises the same errors the CLI reports in one line: ``tasks.config.ConfigError`` for a bad
-setting, ``tasks.data.DataError`` for bad data (nothing is registered then), ``deploy.registry.RegistryError``
+setting, ``tasks.lib.data.DataError`` for bad data (nothing is registered then), ``deploy.registry.RegistryError``
 for a missing model, version or alias.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from weakflow.tasks.config import Config, ConfigError, load_config, parse_config, relative_to
+from weakflow.tasks.lib.config import Config, ConfigError, load_config, parse_config, relative_to
 
 
 def config(source: str | Path | dict[str, Any] | Config | None = None, overrides: dict[str, Any] | None = None,
@@ -101,7 +101,7 @@ class Model:
         """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns)."""
         missing = [c for c in self.inputs if c not in frame.columns]
         if missing:
-            from weakflow.tasks.data import DataError
+            from weakflow.tasks.lib.data import DataError
 
             raise DataError(f"predict: the frame lacks input column(s) {missing}; {self.name} version {self.version} "
                             f"takes {self.inputs}")
@@ -115,7 +115,7 @@ def load_model(cfg: Config | None = None, *, version: str | None = None, alias: 
     import mlflow
 
     from weakflow.deploy.registry import alias_version, model_version
-    from weakflow.tasks import tracking
+    from weakflow.tasks.lib import tracking
     from weakflow.tasks.batch_predict import load_scoring_model
 
     cfg = cfg or config()

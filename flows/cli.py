@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):  # -> Config
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
 
     overrides = list(args.overrides)
     if args.tracking_uri:
@@ -197,13 +197,13 @@ def _load(args: argparse.Namespace):  # -> Config
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_telemetry()
-    from weakflow.tasks.config import ConfigError
-    from weakflow.tasks.data import DataError
+    from weakflow.tasks.lib.config import ConfigError
+    from weakflow.tasks.lib.data import DataError
 
     try:
         cfg = _load(args)
         if args.command == "show-config":
-            from weakflow.tasks.config import dump_config
+            from weakflow.tasks.lib.config import dump_config
 
             print(dump_config(cfg), end="")
             return 0
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:  # RegistryError, StageTimeout: a clear one-line reason
         from weakflow.deploy.registry import RegistryError
-        from weakflow.tasks.stage import StageTimeout
+        from weakflow.tasks.lib.stage import StageTimeout
 
         if not isinstance(exc, (RegistryError, StageTimeout)):
             raise
@@ -248,7 +248,7 @@ def _validate(cfg) -> int:
 
 def _predict(args: argparse.Namespace, cfg) -> int:
     from weakflow.tasks.batch_predict import batch_predict
-    from weakflow.tasks.data import DataError
+    from weakflow.tasks.lib.data import DataError
 
     try:
         job = batch_predict(cfg, args.input, args.output, version=args.version, alias=args.alias,
@@ -268,7 +268,7 @@ def _lfs(args: argparse.Namespace, cfg) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from weakflow.tasks.data import DataError
+    from weakflow.tasks.lib.data import DataError
     from weakflow.tasks.lfs import EXPERIMENT, log_run, run_lfs
 
     try:
@@ -323,7 +323,7 @@ def _registry_command(args: argparse.Namespace, cfg) -> int:
         print(frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
         return 0
     if args.command == "promote":
-        from weakflow.tasks.data import dataset_digest
+        from weakflow.tasks.lib.data import dataset_digest
         from weakflow.tasks.register import score_version
         from weakflow.tasks.validate import load_and_validate
 
@@ -412,7 +412,7 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
 
     from weakflow.monitoring.alerts import record_feedback
     from weakflow.monitoring.traffic import send, shifted_rows
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path) if spec.test_path.suffix != ".csv" else pd.read_csv(spec.test_path)

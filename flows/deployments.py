@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib.config import Config
 
 TRAINING_DEPLOYMENT = "scheduled"
 MONITORING_DEPLOYMENT = "interval"

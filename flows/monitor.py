@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config, TrackingConfig
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config, TrackingConfig
 from weakflow.tasks.monitor import (
     Check, alert_task, contamination_task, drift_check_task, load_served_task, load_window_task,
 )

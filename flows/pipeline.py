@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 import mlflow
 from prefect import flow
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config, dump_config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config, dump_config
 from weakflow.tasks.evaluate import Evaluation, evaluate
 from weakflow.tasks.full_train import full_train
 from weakflow.tasks.gold_only import gold_only
@@ -74,6 +74,6 @@ def training_pipeline(cfg: Config) -> PipelineResult:
 def run_training(cfg: Config) -> PipelineResult:
     """The pipeline on the task runner ``cfg.parallel`` names: unchanged (Prefect's thread pool) under
     ``runner: local``, a DaskTaskRunner under ``dask``. The flow is the same either way."""
-    from weakflow.tasks.parallel import with_runner
+    from weakflow.tasks.lib.parallel import with_runner
 
     return with_runner(training_pipeline, cfg.parallel)(cfg)

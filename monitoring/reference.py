@@ -9,7 +9,7 @@ import pandas as pd
 from torch import nn
 
 from weakflow.tasks.core.training import predict_proba
-from weakflow.tasks.data import PROVENANCE, PipelineData
+from weakflow.tasks.lib.data import PROVENANCE, PipelineData
 
 
 def reference_sample(data: PipelineData, model: nn.Module, size: int = 1000, seed: int = 0, device: str = "auto") -> pd.DataFrame:

@@ -24,9 +24,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
-from weakflow.tasks.data import ROW_ID, DataError
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.data import ROW_ID, DataError
 
 CHUNK_ROWS = 100_000
 

@@ -11,14 +11,14 @@ from typing import Any
 import mlflow
 import numpy as np
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.training import predict_logits
-from weakflow.tasks.data import PipelineData
-from weakflow.tasks.scores import ModelScores, score  # noqa: F401 (score re-exported)
-from weakflow.tasks.modeling import TrainedModel
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.data import PipelineData
+from weakflow.tasks.lib.scores import ModelScores, score  # noqa: F401 (score re-exported)
+from weakflow.tasks.lib.modeling import TrainedModel
+from weakflow.tasks.lib.stage import stage_task
 
 
 @dataclass
@@ -110,7 +110,7 @@ def evaluate(data: PipelineData, candidates: dict[str, TrainedModel], selection:
     ``pseudo`` (the pseudo set the final refit trained on) feed the report's label-noise view."""
     import matplotlib.pyplot as plt
 
-    from weakflow.tasks import report
+    from weakflow.tasks.report import build as report
 
     with tracking.stage_run("evaluate", parent_run_id, experiment_id) as run:
         probs: dict[str, np.ndarray] = {}

@@ -25,19 +25,19 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.selftrain import Round, SelfTrainResult, self_train
 from weakflow.tasks.core.training import EpochStats
-from weakflow.tasks.data import ROW_ID, SPLIT, PipelineData
+from weakflow.tasks.lib.data import ROW_ID, SPLIT, PipelineData
 from weakflow.tasks.gold_only import log_candidate
 from weakflow.tasks.governance import Findings, GovernanceError, check_all_pseudo, log_findings
 from weakflow.tasks.core.methods import NEVER, EvidenceLoss, as_evidence, log_one_hot
-from weakflow.tasks.modeling import TrainedModel, crossfit, gold_first, settings
-from weakflow.tasks.pool import SOURCE
-from weakflow.tasks.progress import epoch_bar
+from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, settings
+from weakflow.tasks.lib.pool import SOURCE
+from weakflow.tasks.lib.progress import epoch_bar
 from weakflow.tasks.pseudo_label import CrossPseudo, PseudoLabels, label_all, log_pseudo_labels
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.weak_labels import WeakLabels
 from weakflow.tasks.weak_train import WeakModel
 

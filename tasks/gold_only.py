@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import mlflow
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.training import EpochStats
-from weakflow.tasks.data import PipelineData
-from weakflow.tasks.modeling import TrainedModel, crossfit, gold_first, settings
-from weakflow.tasks.progress import epoch_bar
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.data import PipelineData
+from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, settings
+from weakflow.tasks.lib.progress import epoch_bar
+from weakflow.tasks.lib.stage import stage_task
 
 
 def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:

@@ -23,10 +23,10 @@ from weakflow.data_checks.contamination import (
     TEXT_NEAR, NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, label_leakage, near_text_pairs, repeats,
     text_keys,
 )
-from weakflow.tasks.stage import stage_task
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
-from weakflow.tasks.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData, hash_rows
+from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData, hash_rows
 from weakflow.tasks.pseudo_label import CrossPseudo, PseudoLabels
 
 T = TypeVar("T")
@@ -252,7 +252,7 @@ def run_logged(check: Callable[..., tuple[T, Findings]], *args: Any, prefix: str
 @stage_task("governance")
 def governance(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> tuple[PipelineData, Findings]:
     with tracking.stage_run("governance", parent_run_id, experiment_id):
-        mlflow.log_params({f"governance.{k}": v for k, v in cfg.governance.model_dump().items()})
+        tracking.log_section(cfg.governance, "governance")
         return run_logged(check_training, data, cfg)
 
 

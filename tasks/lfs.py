@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.config import Config, FilesData, RuleConfig
-from weakflow.tasks.data import DataError
+from weakflow.tasks.lib.config import Config, FilesData, RuleConfig
+from weakflow.tasks.lib.data import DataError
 
 EXPERIMENT = "weakflow-lfs"
 
@@ -30,7 +30,7 @@ class LfsResult:
     gold_rows: int
     classes: list
     abstain: Any
-    table: pd.DataFrame  # one row per source (tasks/lf_report.py)
+    table: pd.DataFrame  # one row per source (tasks/lib/lf_report.py)
     examples: pd.DataFrame
     seconds: float  # applying the sources
     shards: int
@@ -40,10 +40,10 @@ class LfsResult:
 
 def run_lfs(cfg: Config, rows: int | None = None, shards: int = 1, examples: int = 3) -> LfsResult:
     """Read, apply every source, measure: the table and examples ``weakflow lfs`` prints and logs."""
-    from weakflow.tasks.data import class_values, resolve_data_spec, weak_votes
-    from weakflow.tasks.labeling import check_label_set, class_indices, source_functions, votes_matrix
-    from weakflow.tasks.lf_report import example_rows, source_table
-    from weakflow.tasks.rules import configured_rules
+    from weakflow.tasks.lib.data import class_values, resolve_data_spec, weak_votes
+    from weakflow.tasks.lib.labeling import check_label_set, class_indices, source_functions, votes_matrix
+    from weakflow.tasks.lib.lf_report import example_rows, source_table
+    from weakflow.tasks.lib.rules import configured_rules
 
     spec = resolve_data_spec(cfg)
     rules, refs = configured_rules(cfg), list(cfg.weak_labels.labeling_functions)
@@ -79,9 +79,9 @@ def run_lfs(cfg: Config, rows: int | None = None, shards: int = 1, examples: int
 
 
 def class_list(spec: FilesData) -> list:
-    """``data.classes``, else the test file's labels (read alone), as tasks.data.class_set makes them: integers
+    """``data.classes``, else the test file's labels (read alone), as tasks.lib.data.class_set makes them: integers
     or names, sorted (a column mixing both is read as names)."""
-    from weakflow.tasks.data import classes_of
+    from weakflow.tasks.lib.data import classes_of
 
     if spec.classes is not None:
         return sorted(spec.classes)
@@ -97,14 +97,9 @@ def read_columns(path: Path, field: str, needed: dict[str, str], rows: int | Non
                  text: list[str] | None = None) -> pd.DataFrame:
     """The ``needed`` columns (name -> the config key naming it) of a CSV or Parquet file, the first ``rows``
     only when given; text columns read as text. Any problem is one DataError naming the file."""
-    from weakflow.tasks.data import check_unique_columns, header_names
+    from weakflow.tasks.lib.data import check_unique_columns, existing_table, header_names
 
-    path = Path(path).absolute()
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv"):
-        raise DataError(f"{field}: {path} has suffix {suffix!r}; expected .parquet, .pq or .csv")
-    if not path.is_file():
-        raise DataError(f"{field}: {path} does not exist or is not a file")
+    path, suffix = existing_table(path, field)
     header = header_names(path, suffix, field)
     check_unique_columns(header, path, field)
     missing = [c for c in needed if c not in header]
@@ -142,9 +137,9 @@ def _read_parquet(path: Path, columns: list[str], rows: int | None) -> pd.DataFr
 
 def apply_sharded(frame: pd.DataFrame, spec: FilesData, rules: list, refs: list[str], classes: list, abstain: Any,
                   shards: int) -> pd.DataFrame:
-    """:func:`tasks.labeling.apply_sources` on ``shards`` contiguous row ranges, each in its own spawned
+    """:func:`tasks.lib.labeling.apply_sources` on ``shards`` contiguous row ranges, each in its own spawned
     process (the rows travel pickled, input columns only); the same frame as one process gives."""
-    from weakflow.tasks.labeling import apply_sources
+    from weakflow.tasks.lib.labeling import apply_sources
 
     inputs = frame[spec.input_columns]
     bounds = np.linspace(0, len(frame), max(shards, 1) + 1).astype(int)
@@ -165,7 +160,7 @@ def log_run(cfg: Config, result: LfsResult, options: dict[str, Any]) -> tuple[st
     rules and options; returns (run id, tracking URI)."""
     import mlflow
 
-    from weakflow.tasks import tracking
+    from weakflow.tasks.lib import tracking
 
     experiment_id = tracking.configure(cfg.tracking.model_copy(update={"experiment": EXPERIMENT}))
     with mlflow.start_run(experiment_id=experiment_id, run_name="lfs", tags={"weakflow.command": "lfs"}) as run:

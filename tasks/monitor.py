@@ -21,9 +21,9 @@ import pandas as pd
 
 from weakflow.monitoring.alerts import CONTAMINATION_EVENT, DRIFT_EVENT, Alert, raise_once
 from weakflow.monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
-from weakflow.tasks.stage import stage_task
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 
 
 @dataclass
@@ -135,8 +135,8 @@ def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) 
     (memorisation exposure), with the request each came from."""
     from weakflow.data_checks.contamination import NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, near_text_pairs
     from weakflow.deploy.serve import LOGGED_TEXT_CHARS
-    from weakflow.tasks.data import read_table
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.data import read_table
+    from weakflow.tasks.lib.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     numeric, text = spec.feature_columns, spec.text_columns

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.metrics import expected_calibration_error
 from weakflow.tasks.core.models import ModelSpec
@@ -29,11 +29,11 @@ from weakflow.tasks.core.pseudo import HIST_BINS, DevSet, StreamResult, Threshol
 from weakflow.tasks.core.pseudo_stream import label_stream
 from weakflow.tasks.core.training import predict_logits
 from weakflow.tasks.core.trusted import wilson_interval
-from weakflow.tasks.data import FOLD, ROW_ID, PipelineData
-from weakflow.tasks.modeling import TrainedModel
-from weakflow.tasks.pool import KeptWriter, chain, frame_chunks, parquet_chunks
+from weakflow.tasks.lib.data import FOLD, ROW_ID, PipelineData
+from weakflow.tasks.lib.modeling import TrainedModel
+from weakflow.tasks.lib.pool import KeptWriter, chain, frame_chunks, parquet_chunks
 from weakflow.tasks.pseudo_shards import ShardModel, plan_sources, sharded_label
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.stage import stage_task
 
 SMALL_ENOUGH_TO_LOG = 200_000  # kept sets up to this size are logged to MLflow whole; larger ones as a sample
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.pseudo import DevSet, StreamResult, ThresholdPolicy
@@ -35,9 +35,9 @@ from weakflow.tasks.core.pseudo_stream import (
     RowGroupRange, ShardKeep, ShardScores, emit_kept, plan_shards, score_shard, select_shards, split_rows,
 )
 from weakflow.tasks.core.training import predict_logits
-from weakflow.tasks.data import ROW_ID, SPLIT, InputSchema
-from weakflow.tasks.parallel import limit_worker_threads, run_tasks
-from weakflow.tasks.pool import Chunks, KeptWriter, concat_parts, frame_chunks, parquet_chunks, row_group_rows
+from weakflow.tasks.lib.data import ROW_ID, SPLIT, InputSchema
+from weakflow.tasks.lib.parallel import limit_worker_threads, run_tasks
+from weakflow.tasks.lib.pool import Chunks, KeptWriter, concat_parts, frame_chunks, parquet_chunks, row_group_rows
 
 
 @dataclass

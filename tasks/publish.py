@@ -13,17 +13,17 @@ import mlflow
 import numpy as np
 
 from weakflow.deploy.registry import CHAMPION, move_champion
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
-from weakflow.tasks.data import PipelineData
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.evaluate import Evaluation
 from weakflow.tasks.full_train import FullModel
 from weakflow.tasks.governance import CheckResult, Findings
 from weakflow.tasks.pseudo_label import PseudoLabels
 from weakflow.tasks.register import Registration
-from weakflow.tasks.report import pipeline_note
+from weakflow.tasks.report.build import pipeline_note
 from weakflow.tasks.select import Selection
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.weak_labels import WeakLabels
 from weakflow.tasks.weak_train import WeakModel
 

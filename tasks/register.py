@@ -21,17 +21,17 @@ from weakflow.deploy import model_code
 from weakflow.deploy.model import output_frame, save_weights
 from weakflow.deploy.registry import CHALLENGER, CHAMPION, champion_version
 from weakflow.monitoring.reference import reference_sample
-from weakflow.tasks.stage import stage_task
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.models import calibrated
 from weakflow.tasks.core.training import predict_proba
-from weakflow.tasks.data import PipelineData, dataset_digest
+from weakflow.tasks.lib.data import PipelineData, dataset_digest
 from weakflow.tasks.evaluate import Evaluation
 from weakflow.tasks.governance import CheckResult, Findings
 from weakflow.tasks.select import Selection
-from weakflow.tasks.modeling import TrainedModel
-from weakflow.tasks.report import after_register
+from weakflow.tasks.lib.modeling import TrainedModel
+from weakflow.tasks.report.build import after_register
 
 _ROOT = Path(__file__).resolve().parents[1]
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.

@@ -16,12 +16,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.bootstrap import BootstrapResult, paired_bootstrap
-from weakflow.tasks.data import PipelineData
-from weakflow.tasks.modeling import TrainedModel
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.data import PipelineData
+from weakflow.tasks.lib.modeling import TrainedModel
+from weakflow.tasks.lib.stage import stage_task
 
 ORDER = ("gold_only", "weak", "final")  # simplest first: a tie ships the simpler model
 LABELS = {"gold_only": "gold-only model", "weak": "weak model", "final": "final (pseudo-labelled) model"}

@@ -9,11 +9,11 @@ from pathlib import Path
 import mlflow
 
 from weakflow.data_checks.suite import DataValidationError, ValidationReport, run_suite
-from weakflow.tasks.stage import stage_task
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
-from weakflow.tasks.data import DataError, PipelineData, assemble, class_set, read_raw, resolve_data_spec
-from weakflow.tasks.pool import pool_rows, scan_pool
+from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.data import DataError, PipelineData, assemble, class_set, read_raw, resolve_data_spec
+from weakflow.tasks.lib.pool import pool_rows, scan_pool
 
 
 def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:

@@ -18,14 +18,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.stage import stage_task
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
 from weakflow.tasks.core.trusted import SourceNoise, anchor, rank_stability, source_noise_records
-from weakflow.tasks.data import FOLD, PROVENANCE, ROW_ID, PipelineData, weak_votes
-from weakflow.tasks.labeling import apply_sources, votes_matrix
-from weakflow.tasks.rules import configured_rules
+from weakflow.tasks.lib.data import FOLD, PROVENANCE, ROW_ID, PipelineData, weak_votes
+from weakflow.tasks.lib.labeling import apply_sources, votes_matrix
+from weakflow.tasks.lib.rules import configured_rules
 
 
 @dataclass
@@ -149,9 +149,8 @@ def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str,
                 experiment_id: str) -> tuple[PipelineData, WeakLabels]:
     """The evidence, and the data with every non-gold row some source voted on counted as weak."""
     with tracking.stage_run("weak_labels", parent_run_id, experiment_id):
-        settings = cfg.weak_labels.model_dump(mode="json", exclude={"rules"})
         rules = configured_rules(cfg)  # as an artifact: a long list outgrows an MLflow parameter
-        mlflow.log_params({f"weak_labels.{k}": v for k, v in settings.items()} | {"weak_labels.rules": len(rules)})
+        tracking.log_section(cfg.weak_labels, "weak_labels", exclude={"rules"}, extra={"weak_labels.rules": len(rules)})
         if rules:
             tracking.log_json([r.model_dump(mode="json") for r in rules], "weak_labels/rules.json")
         labels = make_weak_labels(data, cfg)

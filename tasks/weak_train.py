@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
 from weakflow.tasks.core.methods import (
@@ -38,11 +38,11 @@ from weakflow.tasks.core.methods import (
     confident_learning_keep, glc_corruption, glc_targets, log_one_hot,
 )
 from weakflow.tasks.core.training import EpochStats, UpdateRule, fit, predict_logits
-from weakflow.tasks.data import PROVENANCE, ROW_ID, PipelineData
+from weakflow.tasks.lib.data import PROVENANCE, ROW_ID, PipelineData
 from weakflow.tasks.gold_only import log_candidate
-from weakflow.tasks.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
-from weakflow.tasks.progress import epoch_bar
-from weakflow.tasks.stage import stage_task
+from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
+from weakflow.tasks.lib.progress import epoch_bar
+from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.weak_labels import WeakLabels
 
 

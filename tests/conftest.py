@@ -49,6 +49,6 @@ def free_port() -> int:
 
 
 def fast_config(workspace: Path, *extra: str):
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
 
     return load_config(None, [*FAST, f"tracking.workspace={workspace}", *extra])

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from weakflow.deploy.model import save_weights
-from weakflow.tasks.data import InputSchema
+from weakflow.tasks.lib.data import InputSchema
 from weakflow.tasks.core.models import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parents[1]

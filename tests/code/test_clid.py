@@ -116,8 +116,8 @@ def test_clid_mu_output_does_not_depend_on_the_dev_labels(scope):
 def test_the_meta_set_holds_no_gold_row():
     import pandas as pd
 
-    from weakflow.tasks.config import FilesData
-    from weakflow.tasks.data import FOLD, PipelineData
+    from weakflow.tasks.lib.config import FilesData
+    from weakflow.tasks.lib.data import FOLD, PipelineData
     from weakflow.tasks.weak_train import meta_features
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from weakflow.flows.cli import build_parser, main
-from weakflow.tasks.config import Config, ConfigError, FilesData, load_config
+from weakflow.tasks.lib.config import Config, ConfigError, FilesData, load_config
 
 
 def test_defaults_are_the_demo():
@@ -58,7 +58,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
 
 
 def test_yaml_round_trip(tmp_path):
-    from weakflow.tasks.config import dump_config
+    from weakflow.tasks.lib.config import dump_config
 
     cfg = load_config(None, ["pseudo_label.threshold=0.7"])
     path = tmp_path / "c.yaml"
@@ -71,7 +71,7 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_paths_in_a_config_file_are_relative_to_that_file_and_errors_show_them_whole(tmp_path, monkeypatch):
-    from weakflow.tasks.data import DataError, read_raw
+    from weakflow.tasks.lib.data import DataError, read_raw
 
     folder = tmp_path / "project"
     folder.mkdir()
@@ -135,7 +135,7 @@ def test_cli_validate_reports_bad_files_and_exits_1(tmp_path):
 
 
 def test_the_text_demo_registers_under_its_own_name_unless_one_is_given():
-    from weakflow.tasks.config import TEXT_DEMO_MODEL
+    from weakflow.tasks.lib.config import TEXT_DEMO_MODEL
 
     assert load_config(None, ["data.source=demo_text"]).tracking.model_name == TEXT_DEMO_MODEL != \
         load_config(None).tracking.model_name

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from weakflow.tasks.labeling import (
+from weakflow.tasks.lib.labeling import (
     LabelingFunctionError,
     apply_labeling_functions,
     load_labeling_function,
@@ -80,7 +80,7 @@ def frame() -> pd.DataFrame:
 def test_load_valid_refs():
     assert load_labeling_function(f"{HERE}:big_x_is_nine") is big_x_is_nine
     assert load_labeling_function(f"{HERE}:Holder.nested") is Holder.nested
-    assert callable(load_labeling_function("weakflow.tasks.example_lfs:empty_center_is_zero"))
+    assert callable(load_labeling_function("weakflow.tasks.lib.example_lfs:empty_center_is_zero"))
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_batching_gives_the_same_result(frame):
 
 
 def test_shared_function_names_use_the_full_ref(frame):
-    from weakflow.tasks.labeling import _column_names
+    from weakflow.tasks.lib.labeling import _column_names
 
     refs = [f"{HERE}:big_x_is_nine", "tests.code.other:big_x_is_nine"]  # naming only: nothing is imported
 
@@ -209,7 +209,7 @@ def test_example_lfs_beat_chance_on_digits():
 
     digits = load_digits()
     frame = pd.DataFrame(digits.data, columns=[f"px_{i}" for i in range(64)])
-    refs = ["weakflow.tasks.example_lfs:ink_heavy_is_eight", "weakflow.tasks.example_lfs:empty_center_is_zero"]
+    refs = ["weakflow.tasks.lib.example_lfs:ink_heavy_is_eight", "weakflow.tasks.lib.example_lfs:empty_center_is_zero"]
     out = apply_labeling_functions(frame, refs, list(range(10)), abstain=-1, batch_size=500)
     for column, digit in [("lf:ink_heavy_is_eight", 8), ("lf:empty_center_is_zero", 0)]:
         fired = out[column].to_numpy() != -1

@@ -16,8 +16,8 @@ import pytest
 
 from weakflow.tasks.core.pseudo import ThresholdPolicy
 from weakflow.tasks.core.pseudo_stream import label_stream
-from weakflow.tasks.data import ROW_ID, SPLIT, DataError, InputSchema
-from weakflow.tasks.pool import SOURCE, KeptWriter, chain, frame_chunks, parquet_chunks
+from weakflow.tasks.lib.data import ROW_ID, SPLIT, DataError, InputSchema
+from weakflow.tasks.lib.pool import SOURCE, KeptWriter, chain, frame_chunks, parquet_chunks
 
 FEATURES = ["f0", "f1", "f2"]
 SCHEMA = InputSchema(FEATURES, [])  # numeric inputs only

@@ -1,4 +1,4 @@
-"""Rules as labelling functions (tasks/rules.py) and sources over whole rows (tasks/labeling.apply_sources),
+"""Rules as labelling functions (tasks/lib/rules.py) and sources over whole rows (tasks/labeling.apply_sources),
 on hand-made frames: where each kind fires, what it returns, and the one-line errors naming rule and column."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from weakflow.tasks.config import FilesData, RuleConfig
-from weakflow.tasks.labeling import LabelingFunctionError, apply_sources, votes_matrix
-from weakflow.tasks.rules import from_config, keywords, regex, threshold
+from weakflow.tasks.lib.config import FilesData, RuleConfig
+from weakflow.tasks.lib.labeling import LabelingFunctionError, apply_sources, votes_matrix
+from weakflow.tasks.lib.rules import from_config, keywords, regex, threshold
 
 HERE = "tests.code.test_rules"
 SEEN: list[list[str]] = []  # the columns each call of sees_the_row was given

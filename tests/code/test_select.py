@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from weakflow.tasks.modeling import TrainedModel
+from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.select import choose
 
 Y = np.array([0, 1] * 5)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from weakflow.tasks.config import FilesData, load_config
-from weakflow.tasks.data import RawTables, assemble
+from weakflow.tasks.lib.config import FilesData, load_config
+from weakflow.tasks.lib.data import RawTables, assemble
 from weakflow.tasks.weak_labels import make_weak_labels
 
 # rows 0-3 gold (two per class); 4: both vote 1; 5: tie 0 vs 1; 6: only w2 votes 0; 7: nobody votes

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from weakflow.tasks.config import DemoData, NoiseConfig
-from weakflow.tasks.data import FOLD, PROVENANCE, ROW_ID, SPLIT, assemble, class_set, feature_hashes, materialize_demo, read_raw
+from weakflow.tasks.lib.config import DemoData, NoiseConfig
+from weakflow.tasks.lib.data import FOLD, PROVENANCE, ROW_ID, SPLIT, assemble, class_set, feature_hashes, materialize_demo, read_raw
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_deterministic_and_keyed_by_settings(tmp_path):
 
 
 def test_files_derive_provenance_from_labels(tmp_path):
-    from weakflow.tasks.config import FilesData
+    from weakflow.tasks.lib.config import FilesData
 
     train = pd.DataFrame({"a": [1.0, 2, 3, 4, 5, 6], "b": [0.0] * 6, "y": [0, 1, None, None, 0, 1],
                           "w1": [-1, -1, 1, -1, -1, -1], "w2": [None, None, None, -1, None, None]})

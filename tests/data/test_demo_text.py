@@ -1,4 +1,4 @@
-"""The text demo (tasks/demo_text.py): the shipped SMS Spam Collection, its grouped splits, and DEMO_RULES."""
+"""The text demo (tasks/lib/demo_text.py): the shipped SMS Spam Collection, its grouped splits, and DEMO_RULES."""
 
 import gzip
 import hashlib
@@ -7,9 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-from weakflow.tasks.config import DemoTextData, FilesData, RuleConfig
+from weakflow.tasks.lib.config import DemoTextData, FilesData, RuleConfig
 from weakflow.tasks.core.text import normalise
-from weakflow.tasks.demo_text import (
+from weakflow.tasks.lib.demo_text import (
     DEMO_RULES,
     MIN_GOLD_PER_CLASS,
     DemoDataError,
@@ -49,7 +49,7 @@ def test_damaged_copy_is_refused(tmp_path, monkeypatch):
     raw[-3] ^= 1  # one flipped bit in the last message
     damaged = tmp_path / "sms_spam.tsv.gz"
     damaged.write_bytes(gzip.compress(bytes(raw)))
-    monkeypatch.setattr("weakflow.tasks.demo_text.data_path", lambda: damaged)
+    monkeypatch.setattr("weakflow.tasks.lib.demo_text.data_path", lambda: damaged)
     with pytest.raises(DemoDataError, match="md5"):
         read_sms_spam()
 

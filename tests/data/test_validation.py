@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from weakflow.data_checks.suite import DataValidationError, run_suite
-from weakflow.tasks.config import DemoData
-from weakflow.tasks.data import DataError, RawTables, class_set, materialize_demo, read_raw, read_table
+from weakflow.tasks.lib.config import DemoData
+from weakflow.tasks.lib.data import DataError, RawTables, class_set, materialize_demo, read_raw, read_table
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_duplicate_column_names_are_refused_naming_the_file_and_column(tmp_path)
 def test_natural_repeats_of_discrete_rows_are_not_copies_but_planted_copies_are(tmp_path):
     """Eight survey answers on a 1-5 scale repeat by nature (a test row often equals some training row,
     as training rows equal each other); copied rows of continuous features stand out."""
-    from weakflow.tasks.config import FilesData
+    from weakflow.tasks.lib.config import FilesData
 
     rng = np.random.default_rng(0)
     answers = rng.integers(1, 4, size=(3000, 8)).astype(float)  # 3^8 = 6561 combinations: many repeats
@@ -188,7 +188,7 @@ def test_test_copies_are_found_whatever_the_dtype(spec):
 
 
 def text_tables(tmp_path) -> RawTables:
-    from weakflow.tasks.config import FilesData
+    from weakflow.tasks.lib.config import FilesData
 
     spec = FilesData(train_path=tmp_path / "train.parquet", test_path=tmp_path / "test.parquet", text_columns=["text"],
                      feature_columns=["n"], classes=["ham", "spam"], text_max_chars=50)

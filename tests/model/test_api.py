@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from weakflow.flows import api
-from weakflow.tasks.config import ConfigError
+from weakflow.tasks.lib.config import ConfigError
 
 
 def test_config_from_file_dict_and_keywords(tmp_path, monkeypatch):
@@ -42,7 +42,7 @@ def test_run_returns_what_it_registered_and_the_model_predicts_like_it(prefect_h
     assert str(client.get_model_version_by_alias(result.model_name, "champion").version) == result.version
     assert client.get_run(result.run_id).data.metrics["test_accuracy"] == pytest.approx(result.metrics["test_accuracy"])
     assert mv.tags["shipped"] == result.shipped and [s for s, _ in result.summary][0] == "validate"
-    from weakflow.tasks.data import resolve_data_spec
+    from weakflow.tasks.lib.data import resolve_data_spec
 
     spec = resolve_data_spec(cfg)
     test = pd.read_parquet(spec.test_path)
@@ -52,7 +52,7 @@ def test_run_returns_what_it_registered_and_the_model_predicts_like_it(prefect_h
         assert (scored["prediction"].to_numpy() == test["label"].to_numpy()).mean() == \
             pytest.approx(result.metrics["test_accuracy"], abs=1e-9)
     from weakflow.deploy.registry import RegistryError
-    from weakflow.tasks.data import DataError
+    from weakflow.tasks.lib.data import DataError
 
     with pytest.raises(RegistryError, match="no version '7'"):
         api.load_model(cfg, version="7")

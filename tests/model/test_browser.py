@@ -38,7 +38,7 @@ window.localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_le
 """
 STAGES = ["validate", "governance", "weak_labels", "gold_only", "weak_train", "pseudo_label", "pseudo_governance",
           "full_train", "select", "evaluate", "register", "publish"]
-# The evaluate stage's review report (tasks/report.py). A .png path works too (the check then looks for
+# The evaluate stage's review report (tasks/report/build.py). A .png path works too (the check then looks for
 # the image): "evaluation/confusion_matrix.png" was used before the report existed.
 REPORT_ARTIFACT = "evaluation/report.html"
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from weakflow.tasks.config import Config, ParallelConfig, parse_config
-from weakflow.tasks.data import ROW_ID
+from weakflow.tasks.lib.config import Config, ParallelConfig, parse_config
+from weakflow.tasks.lib.data import ROW_ID
 from weakflow.tasks.pseudo_label import PseudoLabels, calibration_of, judges, make_pseudo_labels
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
@@ -108,7 +108,7 @@ def test_sharded_pseudo_labelling_on_a_local_dask_cluster_equals_single_process(
     Prefect task on a Dask worker process; soft probabilities (distill) included."""
     from prefect import flow
 
-    from weakflow.tasks.parallel import with_runner
+    from weakflow.tasks.lib.parallel import with_runner
 
     base, data, weak = setup
     distill = {"full_train": {"strategy": "distill"}}
@@ -156,8 +156,8 @@ def test_methods_matrix_cells_on_dask_equal_the_serial_run(prefect_harness, clus
 def test_dask_config_needs_a_cluster_and_builds_the_runner_lazily():
     import sys
 
-    from weakflow.tasks.config import ConfigError, load_config
-    from weakflow.tasks.parallel import make_task_runner, with_runner
+    from weakflow.tasks.lib.config import ConfigError, load_config
+    from weakflow.tasks.lib.parallel import make_task_runner, with_runner
 
     with pytest.raises(ConfigError, match="needs address"):
         load_config(None, ["parallel.runner=dask"])

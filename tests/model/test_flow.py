@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from weakflow.tasks.config import DemoData
-from weakflow.tasks.data import DataError, materialize_demo
+from weakflow.tasks.lib.config import DemoData
+from weakflow.tasks.lib.data import DataError, materialize_demo
 from tests.conftest import fast_config
 from weakflow.deploy.model_code import load_pyfunc
 
@@ -270,7 +270,7 @@ def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, dem
         f"  feature_columns: [{', '.join(names.values())}]\n"
         "  label_column: gold\n  weak_label_columns: [annotator_a, annotator_b]\n  abstain: -1\n"
     )
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
     from tests.conftest import FAST
 
     cfg = load_config(tmp_path / "cfg.yaml", [*FAST, f"tracking.workspace={tmp_path / 'ws'}"])
@@ -292,7 +292,7 @@ def out_of_set_lf(batch: pd.DataFrame) -> np.ndarray:
 
 
 def test_labelling_functions_dawid_skene_and_clid_mu(prefect_harness, tmp_path):
-    lfs = "[weakflow.tasks.example_lfs:ink_heavy_is_eight, weakflow.tasks.example_lfs:empty_center_is_zero]"
+    lfs = "[weakflow.tasks.lib.example_lfs:ink_heavy_is_eight, weakflow.tasks.lib.example_lfs:empty_center_is_zero]"
     cfg = fast_config(tmp_path / "ws", f"weak_labels.labeling_functions={lfs}", "weak_labels.aggregation=dawid_skene",
                       "weak_train.method=clid_mu", "weak_train.clid_mu.meta_set_size=300")
     result = run_pipeline(cfg)

@@ -18,9 +18,9 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.datasets import load_digits
 
-from weakflow.tasks.config import Config, DemoData, FilesData, load_config
+from weakflow.tasks.lib.config import Config, DemoData, FilesData, load_config
 from weakflow.tasks.core.pseudo import HIST_BINS, StreamResult, ThresholdPolicy
-from weakflow.tasks.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
+from weakflow.tasks.lib.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
 from weakflow.tasks.governance import GovernanceError, check_pseudo, check_training, run_logged
 from weakflow.tasks.pseudo_label import Calibration, PseudoLabels
 from tests.conftest import fast_config
@@ -363,7 +363,7 @@ def test_fail_policy_stops_before_training_and_registers_nothing(prefect_harness
 
 def test_exact_copies_fail_validation_under_the_default_policy(prefect_harness, tmp_path, demo_root):
     from weakflow.flows.pipeline import training_pipeline
-    from weakflow.tasks.data import DataError
+    from weakflow.tasks.lib.data import DataError
 
     data = planted(materialize_demo(DemoData(), demo_root), tmp_path / "data")
     with pytest.raises(DataError, match="test_rows_in_training.training_copies: expected no test row"):

@@ -143,7 +143,7 @@ def test_rows_applies_to_the_first_rows_only_and_no_log_logs_nothing(config, cap
 
 
 def test_shards_give_the_same_table_and_examples(config):
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
     from weakflow.tasks.lfs import run_lfs
 
     cfg = load_config(config)

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from weakflow.monitoring.alerts import DRIFT_EVENT, Alert, list_alerts, post_webhook, raise_once, record_feedback
 from weakflow.monitoring.drift import DriftResult, DriftRule, decide, drift_report
 from weakflow.monitoring.traffic import send, shifted_rows
-from weakflow.tasks.data import materialize_demo
+from weakflow.tasks.lib.data import materialize_demo
 from tests.conftest import fast_config
 
 

@@ -76,7 +76,7 @@ def test_after_loading_a_new_model_a_spawned_worker_still_imports_all_of_weakflo
     path = list(sys.path)
     try:
         model_code.load_pyfunc(info.model_uri).predict(ROWS)
-        assert imports_with_this_sys_path("weakflow.tasks.config") == "ok"
+        assert imports_with_this_sys_path("weakflow.tasks.lib.config") == "ok"
         assert sys.path == path  # the model's weakflow/ folder is not left on it
     finally:
         sys.path[:] = path
@@ -100,9 +100,16 @@ def test_the_wheel_installs_alone_and_runs_outside_the_checkout(tmp_path):
     """Build the wheel, install it (no deps) into a fresh venv whose dependencies come from this venv's
     site-packages as a plain path (so the editable install's finder is not loaded), then, from a folder
     outside the checkout: `weakflow --help`, the package's location, and a model it registers and loads."""
-    wheels = tmp_path / "wheels"
+    wheels, source = tmp_path / "wheels", tmp_path / "source"  # built from a copy: no build/ in the checkout
+    import shutil
+
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md", "flows", "tasks", "deploy", "monitoring", "data_checks"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
+        copy(ROOT / part, source / part, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree
+                                           else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     wheel = next(wheels.glob("weakflow-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

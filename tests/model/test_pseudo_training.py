@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from weakflow.tasks.core.training import predict_proba
-from weakflow.tasks.data import FOLD, ROW_ID
+from weakflow.tasks.lib.data import FOLD, ROW_ID
 from weakflow.tasks.full_train import train_full
-from weakflow.tasks.modeling import new_model
+from weakflow.tasks.lib.modeling import new_model
 from weakflow.tasks.pseudo_label import label_all
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
@@ -30,7 +30,7 @@ def weak_setup(tmp_path_factory):
 
 
 def with_(cfg, *overrides):
-    from weakflow.tasks.config import load_config
+    from weakflow.tasks.lib.config import load_config
     from tests.conftest import FAST
 
     return load_config(None, [*FAST, f"tracking.workspace={cfg.tracking.workspace}", "full_train.epochs=6",

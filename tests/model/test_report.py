@@ -13,14 +13,14 @@ import pytest
 from mlflow import MlflowClient
 
 from weakflow.deploy.model import save_weights
-from weakflow.tasks.config import DemoData
+from weakflow.tasks.lib.config import DemoData
 from weakflow.tasks.core.training import fit, predict_proba
-from weakflow.tasks.data import assemble, class_set, materialize_demo, read_raw
-from weakflow.tasks.modeling import new_model, settings
+from weakflow.tasks.lib.data import assemble, class_set, materialize_demo, read_raw
+from weakflow.tasks.lib.modeling import new_model, settings
 from weakflow.tasks.core.pseudo import DevSet
 from weakflow.tasks.pseudo_label import Calibration, Judge, make_pseudo_labels
 from weakflow.tasks.register import MODEL_ENTRY
-from weakflow.tasks.report import (
+from weakflow.tasks.report.build import (
     HTML_FILE,
     MD_FILE,
     build_review,
@@ -28,8 +28,8 @@ from weakflow.tasks.report import (
     log_review,
     record_gate,
 )
-from weakflow.tasks.report_render import render_html, render_markdown
-from weakflow.tasks.review import NO_CHAMPION, Champion
+from weakflow.tasks.report.render import render_html, render_markdown
+from weakflow.tasks.report.review import NO_CHAMPION, Champion
 from weakflow.tasks.weak_labels import make_weak_labels
 from tests.conftest import fast_config
 

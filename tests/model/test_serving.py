@@ -124,7 +124,7 @@ def test_promote_then_rollback_records_who_when_why(two_versions, capsys):
 
 
 def records(cfg, n: int, start: int = 0) -> list[dict]:
-    from weakflow.tasks.data import materialize_demo
+    from weakflow.tasks.lib.data import materialize_demo
 
     spec = materialize_demo(cfg.data, cfg.tracking.workspace / "data")
     test = pd.read_parquet(spec.test_path)

@@ -14,14 +14,14 @@ import pytest
 from mlflow import MlflowClient
 from prefect import flow
 
-from weakflow.tasks import tracking
-from weakflow.tasks.config import Config, FilesData
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config, FilesData
 from weakflow.tasks.core.methods import ConfidentLearningSettings, train_weak_model
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.training import TrainSettings
-from weakflow.tasks.data import PipelineData
-from weakflow.tasks.report import label_issues
-from weakflow.tasks.stage import StageTimeout, stage_task
+from weakflow.tasks.lib.data import PipelineData
+from weakflow.tasks.report.build import label_issues
+from weakflow.tasks.lib.stage import StageTimeout, stage_task
 from weakflow.tasks.weak_labels import WeakLabels
 from tests.conftest import fast_config
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from weakflow.tasks.config import DemoTextData, load_config
-from weakflow.tasks.demo_text import DEMO_RULES, materialize_demo_text
+from weakflow.tasks.lib.config import DemoTextData, load_config
+from weakflow.tasks.lib.demo_text import DEMO_RULES, materialize_demo_text
 from weakflow.deploy.model_code import load_pyfunc
 
 MAX_TEXT = 1000  # the longest SMS has 910 characters
@@ -110,7 +110,7 @@ def serve_rows(cfg, texts: list[str]) -> None:
 
 
 def test_monitor_sees_text_drift_and_copies_of_test_messages(text_run, tmp_path):
-    from weakflow.tasks import tracking
+    from weakflow.tasks.lib import tracking
     from weakflow.tasks.monitor import check_drift, load_served, load_window_task, production_contamination
 
     cfg, _, test = text_run

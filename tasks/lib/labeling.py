@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.config import FilesData, RuleConfig
-from weakflow.tasks.data import DataError
-from weakflow.tasks.rules import LabelingFunctionError, Rule, from_config  # noqa: F401 (re-exported)
+from weakflow.tasks.lib.config import FilesData, RuleConfig
+from weakflow.tasks.lib.data import DataError
+from weakflow.tasks.lib.rules import LabelingFunctionError, Rule, from_config  # noqa: F401 (re-exported)
 
 MAX_SHOWN = 5  # distinct offending values quoted in an error message
 

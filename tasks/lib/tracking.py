@@ -14,8 +14,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from weakflow.tasks.config import TrackingConfig
-from weakflow.tasks.stage import record_stage_run
+from weakflow.tasks.lib.config import TrackingConfig
+from weakflow.tasks.lib.stage import record_stage_run
 
 
 def configure(cfg: TrackingConfig) -> str:
@@ -58,9 +58,11 @@ def flatten(section: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
-def log_section(section: Any, prefix: str) -> None:
-    """Log one config section as MLflow params (the one way every stage records its settings)."""
-    mlflow.log_params(flatten(section, prefix))
+def log_section(section: Any, prefix: str, exclude: set[str] | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Log one config section as MLflow params (the one way every stage records its settings); ``exclude``:
+    top-level keys left out (e.g. a list logged as an artifact instead), ``extra``: params added beside."""
+    raw = section.model_dump(mode="json", exclude=exclude) if hasattr(section, "model_dump") else section
+    mlflow.log_params(flatten(raw, prefix) | (extra or {}))
 
 
 def log_headline_params(cfg: Any) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from weakflow.tasks.data import ROW_ID, SPLIT, DataError, InputSchema
+from weakflow.tasks.lib.data import ROW_ID, SPLIT, DataError, InputSchema
 
 SOURCE = "source"  # "train" (a row of the training file) or "pool" (a row of data.unlabeled_path)
 Chunks = Callable[[], Iterator[tuple[np.ndarray, pd.DataFrame]]]

@@ -321,7 +321,7 @@ Severity = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class ReportConfig(_Section):
-    """The evaluate stage's review report (tasks/report.py): challenger vs champion with bootstrap
+    """The evaluate stage's review report (tasks/report/build.py): challenger vs champion with bootstrap
     intervals, the corruption suite, and the label-noise view; ``evaluation/report.html`` and ``.md``."""
 
     enabled: bool = Field(True, description="build the report (off: only the evaluate stage's plain metrics)")
@@ -375,7 +375,7 @@ class ParallelConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    """Bounds that turn a hang into a clear failure (tasks/stage.py)."""
+    """Bounds that turn a hang into a clear failure (tasks/lib/stage.py)."""
 
     stage_seconds: float = Field(7200.0, gt=0.0, description="a stage running longer fails the run with a message "
                                  "naming it (a deadlock or a stuck store must not hold a scheduled retraining forever)")

@@ -10,7 +10,7 @@ import pandas as pd
 from torch import nn
 
 from weakflow.tasks.core.bootstrap import BootstrapResult
-from weakflow.tasks.scores import ModelScores
+from weakflow.tasks.lib.scores import ModelScores
 
 CHALLENGER, CHAMPION, GOLD_ONLY, WEAK, FINAL = "challenger", "champion", "gold_only", "weak_model", "final_model"
 LABELS = {CHALLENGER: "challenger (this run's shipped model)", CHAMPION: "champion", GOLD_ONLY: "gold-only model",

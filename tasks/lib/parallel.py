@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from weakflow.tasks.config import ParallelConfig
+from weakflow.tasks.lib.config import ParallelConfig
 
 F = TypeVar("F")
 

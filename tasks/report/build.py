@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from weakflow.tasks.config import Config
+from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.bootstrap import paired_bootstrap
 from weakflow.tasks.core.robustness import IMAGE_CORRUPTIONS, corruptions_for, robustness_table
 from weakflow.tasks.core.training import predict_proba
-from weakflow.tasks.data import ROW_ID, PipelineData, dataset_digest
-from weakflow.tasks.scores import score
-from weakflow.tasks.report_render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
-from weakflow.tasks.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
+from weakflow.tasks.lib.data import ROW_ID, PipelineData, dataset_digest
+from weakflow.tasks.lib.scores import score
+from weakflow.tasks.report.render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
+from weakflow.tasks.report.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
 
 HTML_FILE, MD_FILE = "evaluation/report.html", "evaluation/report.md"
 

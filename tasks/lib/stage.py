@@ -48,7 +48,7 @@ def record_stage_run(run_id: str) -> None:
 
 
 def _limit_of(args: tuple, kwargs: dict) -> float:
-    from weakflow.tasks.config import Config
+    from weakflow.tasks.lib.config import Config
 
     for value in (*args, *kwargs.values()):
         if isinstance(value, Config):

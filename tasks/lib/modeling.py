@@ -11,13 +11,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from weakflow.tasks.config import Config, TrainStageConfig
+from weakflow.tasks.lib.config import Config, TrainStageConfig
 from weakflow.tasks.core.calibration import fit_temperature, softmax_t
 from weakflow.tasks.core.crossfit import PerFold, fit_folds
 from weakflow.tasks.core.losses import LossName
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
-from weakflow.tasks.data import PipelineData
+from weakflow.tasks.lib.data import PipelineData
 
 
 @dataclass

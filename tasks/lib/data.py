@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.config import Config, DemoData, DemoTextData, FilesData
+from weakflow.tasks.lib.config import Config, DemoData, DemoTextData, FilesData
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.noise import corrupt_labels
 from weakflow.tasks.core.schema import InputSchema
@@ -140,14 +140,21 @@ class PipelineData:
         return {k: int(counts.get(k, 0)) for k in ("gold", "weak", "unlabeled")}
 
 
-def read_table(path: Path, field: str) -> pd.DataFrame:
-    """Read a Parquet or CSV file; any failure names the config field and the file (its absolute path)."""
+def existing_table(path: Path, field: str) -> tuple[Path, str]:
+    """``path`` made absolute and its suffix, once it is a Parquet or CSV file that exists (else one
+    DataError naming the config field and the file)."""
     path = Path(path).absolute()
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):
         raise DataError(f"{field}: {path} has suffix {suffix!r}; expected .parquet, .pq or .csv")
     if not path.is_file():
         raise DataError(f"{field}: {path} does not exist or is not a file")
+    return path, suffix
+
+
+def read_table(path: Path, field: str) -> pd.DataFrame:
+    """Read a Parquet or CSV file; any failure names the config field and the file (its absolute path)."""
+    path, suffix = existing_table(path, field)
     check_unique_columns(header_names(path, suffix, field), path, field)
     try:
         frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
@@ -191,7 +198,7 @@ def resolve_data_spec(cfg: Config) -> FilesData:
     if isinstance(cfg.data, DemoData):
         return materialize_demo(cfg.data, cfg.tracking.workspace / "data")
     if isinstance(cfg.data, DemoTextData):
-        from weakflow.tasks.demo_text import materialize_demo_text
+        from weakflow.tasks.lib.demo_text import materialize_demo_text
 
         return materialize_demo_text(cfg.data, cfg.tracking.workspace / "data")
     return cfg.data

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.config import FilesData
+from weakflow.tasks.lib.config import FilesData
 
 WIDTH = 80  # characters of an example row's text
 

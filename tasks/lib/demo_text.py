@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.config import DemoTextData, FilesData, RuleConfig
+from weakflow.tasks.lib.config import DemoTextData, FilesData, RuleConfig
 from weakflow.tasks.core.text import normalise
 
-ROW_ID = "row_id"  # the same name as tasks.data.ROW_ID (not imported: tasks.data may import this module)
+ROW_ID = "row_id"  # the same name as tasks.lib.data.ROW_ID (not imported: tasks.lib.data may import this module)
 TEXT = "text"
 LABEL = "label"
 CLASSES = ["ham", "spam"]

@@ -5,7 +5,7 @@ fires, ``abstain`` elsewhere; missing values (NaN, None) never fire. Every rule 
 vectorised pass (a compiled regex through pandas' string methods, or a numeric comparison), and is a small
 picklable object, so processes started with spawn can run it too::
 
-    from weakflow.tasks.rules import keywords, regex, threshold
+    from weakflow.tasks.lib.rules import keywords, regex, threshold
     prize = keywords("text", ["free", "call now"], "spam", abstain="")
     prize(batch)   # array(['spam', '', ...], dtype=object)
 """
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.config import RuleConfig
-from weakflow.tasks.data import DataError
+from weakflow.tasks.lib.config import RuleConfig
+from weakflow.tasks.lib.data import DataError
 
 
 class LabelingFunctionError(DataError):
@@ -178,6 +178,6 @@ def configured_rules(cfg: Any) -> list[RuleConfig]:
     """``weak_labels.rules``, or the text demo's own rules when it runs with none (as the pipeline does)."""
     if cfg.weak_labels.rules or getattr(cfg.data, "source", None) != "demo_text":
         return list(cfg.weak_labels.rules)
-    from weakflow.tasks.demo_text import DEMO_RULES
+    from weakflow.tasks.lib.demo_text import DEMO_RULES
 
     return list(DEMO_RULES)
