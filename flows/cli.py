@@ -14,7 +14,9 @@ examples:
   weakflow run --set data.noise.rate=0.6 --set weak_train.method=clid_mu
   weakflow run --tracking-uri http://127.0.0.1:5000
   weakflow validate --config my.yaml             # only the data checks, no training
+  weakflow run --set data.source=demo_text       # the text demo: SMS spam from seven keyword/regex rules
   weakflow lfs --config my.yaml                  # what each weak source / rule / labelling function does
+  weakflow predict --input new.parquet --output scored.parquet   # batch scoring with the champion
   weakflow show-config --set pseudo_label.threshold=0.95
   weakflow models                                # registered versions, aliases, key metrics
   weakflow promote 3 --reason "reviewed in the MLflow UI"   # through the gates
