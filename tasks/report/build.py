@@ -21,6 +21,7 @@ import hashlib
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -381,15 +382,16 @@ def review_run(data: PipelineData, cfg: Config, shipped: Any, test_probs: dict[s
     return review
 
 
-def record_gate(review: Review, verdict: str, reason: str, version: str, alias: str) -> None:
-    """After ``register``: add the gate verdict to the report (re-written in the evaluate run) and tag
-    that run ``weakflow.gate``."""
-    review.gate = {"verdict": verdict, "reason": reason, "version": version, "alias": alias}
+def record_gate(review: Review, verdict: str, reason: str, version: str, alias: str) -> Review:
+    """After ``register``: the report with the gate verdict (a copy: the evaluate stage's review is not
+    edited), re-written in the evaluate run, which is tagged ``weakflow.gate``."""
+    review = replace(review, gate={"verdict": verdict, "reason": reason, "version": version, "alias": alias})
     if review.run_id is None:
-        return
+        return review
     client = mlflow.MlflowClient()
     client.log_text(review.run_id, render_html(review), HTML_FILE)
     client.log_text(review.run_id, render_markdown(review), MD_FILE)
     for key, value in {"weakflow.gate": verdict, "weakflow.model_version": version,
                        "mlflow.note.content": note(review)}.items():
         client.set_tag(review.run_id, key, value)
+    return review

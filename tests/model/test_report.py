@@ -148,7 +148,8 @@ def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
     runs = client.search_runs([experiment], "tags.`weakflow.vs_champion` = 'better'")  # what a reviewer filters on
     assert [r.info.run_id for r in runs] == [run.info.run_id]
 
-    record_gate(review, "failed", "min_accuracy: test accuracy 0.5 is below the minimum 0.9", "2", "challenger")
+    gated = record_gate(review, "failed", "min_accuracy: test accuracy 0.5 is below the minimum 0.9", "2", "challenger")
+    assert gated.gate["verdict"] == "failed" and review.gate != gated.gate  # the evaluate stage's review untouched
     page = Path(client.download_artifacts(run.info.run_id, HTML_FILE, str(tmp_path))).read_text()
     assert "<strong>failed</strong>: min_accuracy" in page and "Pending" not in page
     assert client.get_run(run.info.run_id).data.tags["weakflow.gate"] == "failed"
