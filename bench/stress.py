@@ -58,7 +58,7 @@ from torch import nn
 
 from bench.common import ROOT, mean_std, publish
 from weakflow.tasks.core.models import ModelSpec, build_model
-from weakflow.tasks.core.training import TrainSettings, fit, predict_proba
+from weakflow.tasks.core.training import TrainSettings, WeightedLoss, fit, predict_proba
 
 DATASETS = ("digits", "wine", "breast_cancer")
 KINDS = ("symmetric", "pairflip", "asymmetric", "lookalike", "annotators", "lfs")
@@ -425,9 +425,10 @@ def col_clean_learning(cell: Cell, epochs: int) -> float:
     return float((cl.predict(cell.x_test) == cell.y_test).mean())
 
 
-class ForwardCorrected:
+class ForwardCorrected(WeightedLoss):
     """GLC's update rule: CE on gold rows, -log((softmax(z) @ C)[noisy]) on weak rows. Targets carry the
-    row kind: ``label`` for gold, ``label + k`` for weak."""
+    row kind: ``label`` for gold, ``label + k`` for weak. Only the step is GLC's own; the loop's epoch
+    hooks (nothing measured, best epoch kept) are the plain rule's."""
 
     def __init__(self, corruption: np.ndarray) -> None:
         self.c = torch.as_tensor(corruption, dtype=torch.float32)
@@ -443,12 +444,6 @@ class ForwardCorrected:
         loss.backward()
         optimizer.step()
         return loss.detach()
-
-    def end_epoch(self, model, epoch):
-        return {}
-
-    def select(self, model, history):
-        return None
 
 
 def corruption_matrix(model: nn.Module, x_gold: np.ndarray, y_gold: np.ndarray, k: int) -> np.ndarray:
