@@ -33,6 +33,7 @@ otherwise idle) and 0.1x (MLP), and two one-thread processes side by side kept t
     python -m bench.stress --quick              # smoke: symmetric/annotators/lfs, 1 seed, 10% gold, 15 epochs
     python -m bench.stress --seeds 2 --datasets wine breast_cancer --kinds symmetric lfs --gold 0.1 --no-write
     python -m bench.stress --columns oracle gold_only weakflow --set weak_train.method=ce
+    python -m bench.stress --reuse-references     # after a pipeline change: only the weakflow column reruns
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import traceback
 import zlib
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -653,13 +654,17 @@ def cell_record(out: Outcome, epochs: int, overrides: list[str]) -> tuple[dict, 
     return params, {k: v for k, v in metrics.items() if math.isfinite(v)}, tags
 
 
-def log_outcome(client, experiment_id: str, out: Outcome, epochs: int, overrides: list[str], invocation: str) -> None:
-    """One run per cell x seed; ``invocation`` (start time and command) tags the runs of one matrix run together."""
+def log_outcome(client, experiment_id: str, out: Outcome, epochs: int, overrides: list[str], invocation: str,
+                references_from: str | None = None) -> None:
+    """One run per cell x seed; ``invocation`` (start time and command) tags the runs of one matrix run together;
+    ``references_from`` names the invocation whose reference columns were reused (``--reuse-references``)."""
     from mlflow.entities import Metric, Param, RunTag
 
     c = out.cell
     params, metrics, tags = cell_record(out, epochs, overrides)
     tags["stress_invocation"] = invocation
+    if references_from:
+        tags["references_from"] = references_from
     run = client.create_run(experiment_id, run_name=f"{c.dataset}-{c.kind}-gold{c.gold_share:g}-s{c.seed}")
     now = int(time.time() * 1000)
     client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
@@ -847,7 +852,10 @@ def body_text(outcomes: list[Outcome], skipped: list[tuple[str, str, str]], args
         f"{args.workers} worker process(es), torch threads {args.threads or torch.get_num_threads()}; "
         + (f"wall {wall / 60:.1f} min" if not getattr(args, "resumed", None) else
          f"run as `{args.resumed}` and resumed (`--resume`) until every cell had its seeds; the seconds below are "
-         "per cell") + ". Weak-label acc. = majority vote vs truth on the weak rows. " + lf_note(outcomes),
+         "per cell") + ". "
+        + (f"Only the `weakflow` column ran in this invocation (`--reuse-references`): the other columns are those of "
+           f"`{args.references_from}` (same splits, votes, epochs and reference code). " if args.references_from else "")
+        + "Weak-label acc. = majority vote vs truth on the weak rows. " + lf_note(outcomes),
         "", cost_line(outcomes, args.columns), ""])
 
 
@@ -878,6 +886,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads per process (default 1: measured faster for these small networks)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the cells an earlier run with the same epochs, overrides and columns logged")
+    parser.add_argument("--reuse-references", action="store_true",
+                        help="run only the weakflow column; every other column comes from the latest invocation that "
+                        "logged it for each cell x seed with the same epochs (for a pipeline change: the references' "
+                        "code, splits and votes are the same, so rerunning them would repeat identical work)")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     args.seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 5)))
@@ -931,7 +943,7 @@ def run_one(dataset: str, kind: str, share: float, seed: int) -> Outcome:
 def execute(todo: list[tuple[str, str, float, int]], args: argparse.Namespace) -> Iterator[Outcome]:
     """Outcomes as cells finish: in this process, or on ``--workers`` spawned processes (never forked: a
     fork of a process with torch/MLflow threads can inherit a held lock)."""
-    init = (args.columns, args.epochs, args.overrides, args.threads)
+    init = (["weakflow"] if args.reuse_references else args.columns, args.epochs, args.overrides, args.threads)
     if args.workers == 1:
         init_worker(*init)
         yield from (run_one(*cell) for cell in todo)
@@ -979,10 +991,48 @@ def recorded(client, experiment_id: str, todo: list[tuple[str, str, float, int]]
     return invocation, list(found.values())
 
 
+def reference_outcomes(client, experiment_id: str, todo: list[tuple[str, str, float, int]], args: argparse.Namespace
+                       ) -> tuple[str, dict[tuple, Outcome]]:
+    """``--reuse-references``: the reference columns of every ``todo`` cell from the latest invocation that
+    logged all of them with the same epochs. Refuses (SystemExit, one line) when a cell has none."""
+    refs = [c for c in args.columns if c != "weakflow"]
+    runs = client.search_runs([experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+    wanted, best = set(todo), {}
+    for run in runs:
+        p, m, inv = run.data.params, run.data.metrics, run.data.tags.get("stress_invocation")
+        if not inv or p.get("epochs") != str(args.epochs) or not all(f"acc_{c}" in m for c in refs):
+            continue
+        key = (p.get("dataset"), p.get("kind"), float(p.get("gold_share", "nan")), int(p.get("seed", -1)))
+        source = run.data.tags.get("references_from", inv)  # a reused run points at where its references ran
+        if key in wanted and (key not in best or source > best[key][0]):
+            best[key] = (source, run)
+    missing = [c for c in todo if c not in best]
+    if missing:
+        raise SystemExit(f"--reuse-references: no earlier run has the reference columns for {len(missing)} cell x seed "
+                         f"run(s), e.g. {missing[0]}; run the full matrix first")
+    out = {}
+    for key, (_, run) in best.items():
+        m = run.data.metrics
+        out[key] = Outcome(make_cell(load_dataset(key[0]), key[1], key[2], key[3]),
+                           accuracy={c: m[f"acc_{c}"] for c in refs},
+                           seconds={c: m[f"seconds_{c}"] for c in refs if f"seconds_{c}" in m})
+    return ", ".join(sorted({src for src, _ in best.values()})), out
+
+
+def with_references(out: Outcome, refs: dict[tuple, Outcome], columns: list[str]) -> Outcome:
+    """The pipeline's outcome with the reused reference columns, in column order."""
+    ref = refs[(out.cell.dataset, out.cell.kind, out.cell.gold_share, out.cell.seed)]
+    accuracy, seconds = ref.accuracy | out.accuracy, ref.seconds | out.seconds
+    return replace(out, accuracy={c: accuracy[c] for c in columns if c in accuracy},
+                   seconds={c: seconds[c] for c in columns if c in seconds})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     todo, skipped = plan(args)
     client, eid = mlflow_client("weakflow-stress-quick" if args.quick else "weakflow-stress")
+    args.references_from, refs = (reference_outcomes(client, eid, todo, args) if args.reuse_references
+                                  else (None, {}))
     resumed, done = recorded(client, eid, todo, args) if args.resume else (None, [])
     args.resumed = resumed
     if done:
@@ -996,7 +1046,9 @@ def main(argv: list[str] | None = None) -> None:
     outcomes, start = list(done), time.perf_counter()
     invocation = resumed or time.strftime("%Y-%m-%dT%H:%M:%S") + " python -m bench.stress " + " ".join(sys.argv[1:])
     for out in execute(todo, args):
-        log_outcome(client, eid, out, args.epochs, args.overrides, invocation)
+        if refs:
+            out = with_references(out, refs, args.columns)
+        log_outcome(client, eid, out, args.epochs, args.overrides, invocation, args.references_from)
         outcomes.append(out)
         print(progress_line(out, out.wall), flush=True)
     order = {cell: i for i, cell in enumerate(full_todo)}

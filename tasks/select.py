@@ -46,6 +46,19 @@ def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
 
 
+def best_out_of_fold(probs: dict[str, np.ndarray], y_gold: np.ndarray
+                     ) -> tuple[str, dict[str, float], dict[str, float]]:
+    """The selection rule on calibrated out-of-fold gold probabilities (listed simplest first): of the models
+    within one gold row of the best accuracy, the lowest log-loss (ties: the first listed). Also returns
+    every model's accuracy and log-loss."""
+    acc = {n: float((p.argmax(1) == y_gold).mean()) for n, p in probs.items()}
+    nll = {n: log_loss(p, y_gold) for n, p in probs.items()}
+    top = max(acc.values())
+    contenders = [n for n in probs if acc[n] >= top - 1.0 / len(y_gold) - 1e-12]
+    order = list(probs)
+    return min(contenders, key=lambda n: (nll[n], order.index(n))), acc, nll
+
+
 def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = "best", samples: int = 1000,
            seed: int = 0, missing: dict[str, str] | None = None) -> Selection:
     """Pick the candidate to ship from their calibrated out-of-fold gold probabilities. ``missing``: the
@@ -55,11 +68,7 @@ def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = 
     if not names:
         raise ValueError("select: no candidate model to choose from")
     probs = {n: candidates[n].oof_probs for n in names}
-    acc = {n: float((p.argmax(1) == y_gold).mean()) for n, p in probs.items()}
-    nll = {n: log_loss(p, y_gold) for n, p in probs.items()}
-    top = max(acc.values())
-    contenders = [n for n in names if acc[n] >= top - 1.0 / len(y_gold) - 1e-12]
-    best = min(contenders, key=lambda n: (nll[n], ORDER.index(n)))
+    best, acc, nll = best_out_of_fold(probs, y_gold)
     chosen = best if ship == "best" else ship
     if chosen not in candidates:
         raise ValueError(f"select: selection.ship = {ship} but that candidate was not trained: {missing.get(ship, '')}")

@@ -10,7 +10,10 @@ the result. Methods (``weak_train.method``):
   noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss). Where the
   gold rows cannot pin down what a vote points to (two classes confused about evenly, few gold rows:
   ``weak_train.anchored_prior: auto``), the gold-only model's calibrated p(y | x) joins the evidence, so
-  the gold labels decide between the confused classes;
+  the gold labels decide between the confused classes; elsewhere ``auto`` cross-fits the weak model with
+  and without that opinion and keeps the one the out-of-fold gold rows prefer (the selection stage's rule):
+  it helps where a few gold rows overstate how much a vote says, and costs where the gold-only model is the
+  weaker judge, so it is measured on the data rather than assumed;
 - ``glc``: Gold Loss Correction: a model trained on the weak labels alone gives, on the gold rows, the
   corruption matrix C[true, weak]; the network then learns weak rows through softmax(z) @ C;
 - ``ce`` / ``gce``: the aggregated weak labels with cross-entropy or its bounded variant;
@@ -40,6 +43,7 @@ from weakflow.tasks.core.methods import (
 from weakflow.tasks.core.training import EpochStats, UpdateRule, fit, predict_logits
 from weakflow.tasks.lib.data import PROVENANCE, ROW_ID, PipelineData
 from weakflow.tasks.gold_only import log_candidate
+from weakflow.tasks.select import best_out_of_fold
 from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
 from weakflow.tasks.lib.progress import epoch_bar
 from weakflow.tasks.lib.stage import stage_task
@@ -71,14 +75,24 @@ def weak_frame(data: PipelineData, labels: WeakLabels) -> pd.DataFrame:
 
 
 STABLE = 0.9  # below this vote-rank stability the gold-only model's opinion joins the votes' evidence
+# (above it, auto cross-fits both and lets the gold rows choose)
+PRIOR_NAMES = {False: "votes", True: "votes + gold-only"}
 
 
-def uses_prior(labels: WeakLabels, setting: str) -> bool:
-    """``anchored_prior``: always, never, or (auto) when the gold rows cannot pin down what the votes point
-    to (:func:`tasks.core.trusted.rank_stability` below ``STABLE``)."""
-    if setting != "auto":
-        return setting == "always"
-    return labels.stability is not None and labels.stability < STABLE
+def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | None) -> list[bool]:
+    """Whether the gold-only model's opinion joins the votes' evidence (``anchored_prior``): always, never,
+    or ``auto``: yes when the gold rows cannot pin down what the votes point to
+    (:func:`tasks.core.trusted.rank_stability` below ``STABLE``), else both are cross-fitted and the gold
+    rows choose (:func:`train_weak`). The second opinion helps where the measured confusions overstate the
+    votes (a few gold rows per class) and costs where the gold-only model is the weaker judge; which holds
+    is a property of the data, so it is measured rather than assumed."""
+    if gold_only is None or setting == "never":
+        return [False]
+    if setting == "always":
+        return [True]
+    if labels.stability is None:  # not gold-anchored evidence: nothing measured it against the gold rows
+        return [False]
+    return [True] if labels.stability < STABLE else [False, True]
 
 
 def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
@@ -98,19 +112,31 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
     train = settings(stage, cfg, loss=stage.method if stage.method == "gce" else "ce")
     targets: Callable[[int | None], np.ndarray] | np.ndarray
     if stage.method == "anchored":
-        with_prior = uses_prior(labels, stage.anchored_prior) and gold_only is not None
+        def anchored_targets(with_prior: bool) -> Callable[[int | None], np.ndarray]:
+            def targets(fold: int | None) -> np.ndarray:
+                evidence = labels.evidence(fold, num_classes)
+                if with_prior:  # the gold-only model (of the same fold) says which of the confused classes
+                    assert gold_only is not None
+                    model = gold_only.model if fold is None else gold_only.folds[fold]
+                    prior = softmax_t(predict_logits(model, x_weak, device=cfg.device), gold_only.temperature)
+                    evidence = evidence + np.log(np.clip(prior, 1e-6, None))
+                return np.concatenate([log_one_hot(gold_y, num_classes), as_evidence(evidence)])
+            return targets
+
+        table = gold_first(data, weak)
+        fits = {opt: crossfit(data, table, anchored_targets(opt), stage, cfg, train=train, on_epoch=on_epoch,
+                              rule=lambda _fold: EvidenceLoss("gce", stage.gce_q))
+                for opt in prior_options(labels, stage.anchored_prior, gold_only)}
+        with_prior = next(iter(fits))
+        if len(fits) > 1:  # auto with stable votes: the gold rows, out of fold, say which evidence teaches better
+            named = {PRIOR_NAMES[opt]: fit.oof_probs for opt, fit in fits.items()}
+            chosen, acc, nll = best_out_of_fold(named, gold_y)
+            with_prior = chosen == PRIOR_NAMES[True]
+            figures |= {"anchored_prior_compared": 1.0, "oof_accuracy_votes": acc[PRIOR_NAMES[False]],
+                        "oof_accuracy_with_prior": acc[PRIOR_NAMES[True]], "oof_log_loss_votes": nll[PRIOR_NAMES[False]],
+                        "oof_log_loss_with_prior": nll[PRIOR_NAMES[True]]}
         figures["anchored_prior"] = float(with_prior)
-
-        def targets(fold: int | None) -> np.ndarray:
-            evidence = labels.evidence(fold, num_classes)
-            if with_prior:  # the gold-only model (of the same fold) says which of the confused classes
-                model = gold_only.model if fold is None else gold_only.folds[fold]
-                prior = softmax_t(predict_logits(model, x_weak, device=cfg.device), gold_only.temperature)
-                evidence = evidence + np.log(np.clip(prior, 1e-6, None))
-            return np.concatenate([log_one_hot(gold_y, num_classes), as_evidence(evidence)])
-
-        def rule(fold: int | None) -> UpdateRule:
-            return EvidenceLoss("gce", stage.gce_q)
+        return _weak_model(fits[with_prior], figures, weak)
     elif stage.method == "glc":
         noisy = fit(new_model(data, stage, cfg.seed)[0], x_weak, labels.hard, replace(train, loss="ce")).model
         noisy_on_gold = softmax_t(predict_logits(noisy, data.x(data.rows("gold")), device=cfg.device), 1.0)
@@ -138,9 +164,13 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
                                                    seed=cfg.seed + (0 if fold is None else 1000 * (fold + 1))))
         elif stage.clid_monitor:
             monitor = ClidMonitor(meta, c.meta_batch, c.tau)
-    table = gold_first(data, weak)
-    trained = crossfit(data, table, targets, stage, cfg, train=train, rule=rule, monitor=monitor, on_epoch=on_epoch)
-    figures |= clid_dev_correlation(trained.history) | {"weak_rows": float(len(weak))}
+    trained = crossfit(data, gold_first(data, weak), targets, stage, cfg, train=train, rule=rule, monitor=monitor,
+                       on_epoch=on_epoch)
+    return _weak_model(trained, figures, weak)
+
+
+def _weak_model(trained: TrainedModel, figures: dict[str, float], weak: pd.DataFrame) -> WeakModel:
+    figures = figures | clid_dev_correlation(trained.history) | {"weak_rows": float(len(weak))}
     return WeakModel(trained.model, _spec_of(trained), trained.history, trained.best_epoch, trained.folds,
                      trained.oof_logits, trained.temperature, figures, len(weak), weak[ROW_ID].to_numpy())
 
@@ -173,7 +203,8 @@ def weak_train(data: PipelineData, labels: WeakLabels, gold_only: TrainedModel, 
     with tracking.stage_run("weak_train", parent_run_id, experiment_id):
         mlflow.set_tag("method", stage.method)
         tracking.log_section(stage, "weak_train")
-        with epoch_bar(f"weak_train ({stage.method}, cross-fitted)", stage.epochs) as bar:
+        passes = len(prior_options(labels, stage.anchored_prior, gold_only)) if stage.method == "anchored" else 1
+        with epoch_bar(f"weak_train ({stage.method}, cross-fitted)", stage.epochs * passes) as bar:
             trained = train_weak(data, labels, cfg, on_epoch=bar, gold_only=gold_only)
         log_candidate(trained, data)
         mlflow.log_metrics(trained.figures)

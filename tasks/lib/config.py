@@ -205,7 +205,8 @@ class WeakTrainConfig(TrainStageConfig):
     anchored_prior: Literal["auto", "always", "never"] = Field(
         "auto", description="anchored: add the gold-only model's calibrated p(class | x) to each weak row's vote "
                             "evidence: auto = when the gold rows cannot pin down what the votes point to (vote rank "
-                            "stability under the confusion estimates' uncertainty below 0.9)")
+                            "stability under the confusion estimates' uncertainty below 0.9), else train both ways "
+                            "and keep the one the out-of-fold gold rows prefer (twice the weak stage's training)")
     clid_monitor: bool = Field(False, description="also log the label-free CLID per epoch (on unlabeled rows) and its "
                                "rank correlation with the out-of-fold gold accuracy, for methods other than "
                                "clid_mu (which always measures it); costs about 10% of an epoch")
