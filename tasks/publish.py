@@ -25,7 +25,7 @@ from weakflow.tasks.report.build import pipeline_note
 from weakflow.tasks.select import Selection
 from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.weak_labels import WeakLabels
-from weakflow.tasks.weak_train import WeakModel
+from weakflow.tasks.weak_train import WeakModel, evidence_note
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def summary_lines(o: RunOutcome, cfg: Config) -> list[tuple[str, str]]:
     sel = o.selection.table.set_index("candidate")["oof_accuracy"]
     lines.append(("gold_only", f"cross-fitted gold accuracy {sel['gold_only']:.3f} ({o.data.folds} folds)"))
     if o.weak is not None:
-        lines.append(("weak_train", f"{cfg.weak_train.method}: cross-fitted gold accuracy {sel['weak']:.3f}"))
+        lines.append(("weak_train", f"{cfg.weak_train.method}: cross-fitted gold accuracy {sel['weak']:.3f}"
+                                    + evidence_note(o.weak.figures)))
     if o.pseudo is not None:
         p = o.pseudo
         interval = p.precision_interval

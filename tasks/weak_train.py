@@ -95,6 +95,18 @@ def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | No
     return [True] if labels.stability < STABLE else [False, True]
 
 
+def evidence_note(figures: dict[str, float]) -> str:
+    """Which evidence the anchored weak model learnt from, in words for the run summary ('' for the other
+    methods), with both variants' out-of-fold gold accuracy when ``auto`` compared them."""
+    if "anchored_prior" not in figures:
+        return ""
+    kept = PRIOR_NAMES[bool(figures["anchored_prior"])]
+    if not figures.get("anchored_prior_compared"):
+        return f"; evidence: {kept}"
+    return (f"; evidence: {kept}, chosen out of fold (gold accuracy: {PRIOR_NAMES[False]} "
+            f"{figures['oof_accuracy_votes']:.3f}, {PRIOR_NAMES[True]} {figures['oof_accuracy_with_prior']:.3f})")
+
+
 def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
                on_epoch: Callable[[EpochStats], None] | None = None, gold_only: TrainedModel | None = None) -> WeakModel:
     stage = cfg.weak_train

@@ -13,7 +13,7 @@ from weakflow.tasks.gold_only import train_gold_only
 from weakflow.tasks.select import best_out_of_fold
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
-from weakflow.tasks.weak_train import PRIOR_NAMES, STABLE, prior_options, train_weak
+from weakflow.tasks.weak_train import PRIOR_NAMES, STABLE, evidence_note, prior_options, train_weak
 from tests.conftest import fast_config
 
 
@@ -59,3 +59,9 @@ def test_auto_trains_both_and_ships_the_one_the_out_of_fold_gold_rows_prefer(sli
     assert f["anchored_prior"] == float(expected == PRIOR_NAMES[True])
     np.testing.assert_allclose(auto.oof_logits, shipped.oof_logits, rtol=1e-5, atol=1e-5)
     assert "anchored_prior_compared" not in votes.figures and "anchored_prior_compared" not in prior.figures
+    # the run summary says which evidence was kept and on what figures
+    assert evidence_note(auto.figures) == (f"; evidence: {expected}, chosen out of fold (gold accuracy: votes "
+                                           f"{f['oof_accuracy_votes']:.3f}, votes + gold-only "
+                                           f"{f['oof_accuracy_with_prior']:.3f})")
+    assert evidence_note(votes.figures) == "; evidence: votes"
+    assert evidence_note(prior.figures) == "; evidence: votes + gold-only"
