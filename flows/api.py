@@ -8,20 +8,22 @@
     model = api.load_model(cfg)                             # the champion (or version=..., alias=...)
     scores = model.predict(frame)                           # prediction, confidence, prob_<class>
 
-Every function raises the same errors the CLI reports in one line: ``tasks.config.ConfigError`` for a bad
-setting, ``tasks.lib.data.DataError`` for bad data (nothing is registered then), ``deploy.registry.RegistryError``
-for a missing model, version or alias.
+Every function raises the same errors the CLI reports in one line: ``weakflow.tasks.lib.config.ConfigError`` for
+a bad setting, ``weakflow.tasks.lib.data.DataError`` for bad data (nothing is registered then),
+``weakflow.deploy.registry.RegistryError`` for a missing model, version or alias.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from weakflow.tasks.lib.config import Config, ConfigError, load_config, parse_config, relative_to, set_key
 
-from weakflow.tasks.lib.config import Config, ConfigError, load_config, parse_config, relative_to
+if TYPE_CHECKING:  # batch_predict imports MLflow and pyarrow: only load_model needs them
+    from weakflow.tasks.batch_predict import ScoringModel as Model
 
 
 def config(source: str | Path | dict[str, Any] | Config | None = None, overrides: dict[str, Any] | None = None,
@@ -33,24 +35,17 @@ def config(source: str | Path | dict[str, Any] | Config | None = None, overrides
     if isinstance(source, Config):
         raw: dict[str, Any] = source.model_dump(mode="json")
         origin = "config object"
-    elif isinstance(source, dict):
-        raw, origin = relative_to(source, Path.cwd()), "dict"
+    elif isinstance(source, dict):  # a deep copy: the settings below must not reach into the caller's dict
+        raw, origin = relative_to(copy.deepcopy(source), Path.cwd()), "dict"
     elif source is None or isinstance(source, (str, Path)):
-        if not items:
-            return load_config(source)
         base = load_config(source)  # the file's errors first, with its name
+        if not items:
+            return base
         raw, origin = base.model_dump(mode="json"), str(source) if source else "defaults"
     else:
         raise ConfigError(f"config source: expected a YAML path, a dict or a Config, found {type(source).__name__}")
     for key, value in items.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"setting {key!r}: {part} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(raw, key, value, f"setting {key!r}")
     return parse_config(raw, source=origin)
 
 
@@ -87,46 +82,15 @@ def run(cfg: Config | None = None) -> RunResult:
                      reg.decision.reason, ev.shipped_name, metrics, list(result.stages))
 
 
-@dataclass(frozen=True)
-class Model:
-    """A registered version, loaded for prediction (its own code and weights, as the server loads it)."""
-
-    name: str
-    version: str
-    inputs: list[str]  # the raw columns a row must carry: numbers, then text
-    classes: list
-    python_model: Any  # deploy.model.WeakflowClassifier, from the version's own code
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns)."""
-        missing = [c for c in self.inputs if c not in frame.columns]
-        if missing:
-            from weakflow.tasks.lib.data import DataError
-
-            raise DataError(f"predict: the frame lacks input column(s) {missing}; {self.name} version {self.version} "
-                            f"takes {self.inputs}")
-        return self.python_model.predict(None, frame[self.inputs])
-
-
 def load_model(cfg: Config | None = None, *, version: str | None = None, alias: str | None = None,
                name: str | None = None, tracking_uri: str | None = None) -> Model:
     """The version given, else the one ``alias`` names, else ``serve.alias`` (champion), of ``name`` (default
     ``tracking.model_name``) in the config's tracking store (or ``tracking_uri``)."""
     import mlflow
 
-    from weakflow.deploy.registry import alias_version, model_version
-    from weakflow.tasks.lib import tracking
-    from weakflow.tasks.batch_predict import load_scoring_model
+    from weakflow.tasks.batch_predict import resolve_scoring_model
 
     cfg = cfg or config()
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    else:
-        tracking.configure(cfg.tracking)
-    name = name or cfg.tracking.model_name
-    client = mlflow.MlflowClient()
-    if version is None:
-        version = alias_version(client, name, alias or cfg.serve.alias, mlflow.get_tracking_uri())
-    model_version(client, name, version)
-    scoring = load_scoring_model(name, version)
-    return Model(name, scoring.version, scoring.inputs, scoring.classes, scoring.python_model)
+    uri = tracking_uri or cfg.tracking.resolved_uri
+    mlflow.set_tracking_uri(uri)  # read the registry only: nothing is created in the workspace
+    return resolve_scoring_model(name or cfg.tracking.model_name, version, alias or cfg.serve.alias, uri)

@@ -541,8 +541,8 @@ def _run(cfg) -> int:
 
     api_ready = _prestart_prefect_api()
     _warm_imports()
-    from weakflow.flows import api  # torch, MLflow, sklearn: ~3 s, while the API starts
-    import weakflow.flows.pipeline  # noqa: F401  (imported here, while the API starts)
+    from weakflow.flows import api
+    import weakflow.flows.pipeline  # noqa: F401  (torch, MLflow, sklearn: ~3 s, imported while the API starts)
 
     _quiet_expected_errors()
     api_ready()

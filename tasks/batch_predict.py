@@ -46,6 +46,14 @@ class ScoringModel:
     def inputs(self) -> list[str]:
         return [*self.numeric, *self.text]
 
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns)."""
+        missing = [c for c in self.inputs if c not in frame.columns]
+        if missing:
+            raise DataError(f"predict: the frame lacks input column(s) {missing}; {self.name} version {self.version} "
+                            f"takes {self.inputs}")
+        return self.python_model.predict(None, frame[self.inputs])  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class PredictJob:
@@ -63,6 +71,17 @@ class PredictJob:
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+def resolve_scoring_model(name: str, version: str | None, alias: str, uri: str) -> ScoringModel:
+    """The version given, else the one ``alias`` names, loaded for scoring from the registry at ``uri`` (the
+    current tracking URI). No such model, alias or version: one line (RegistryError)."""
+    from weakflow.deploy.registry import alias_version, model_version
+
+    if version is None:
+        version = alias_version(None, name, alias, uri)  # a missing SQLite store is reported, not created
+    model_version(mlflow.MlflowClient(uri), name, version)
+    return load_scoring_model(name, version)
 
 
 def load_scoring_model(name: str, version: str) -> ScoringModel:
@@ -177,7 +196,7 @@ def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_r
     try:
         for frame in _chunks(input_path, model, has_ids, chunk_rows):
             frame = _checked(frame, input_path, model, rows)
-            scored = model.python_model.predict(None, frame[model.inputs])
+            scored = model.python_model.predict(None, frame[model.inputs])  # type: ignore[attr-defined]
             ids = frame[ROW_ID].to_numpy() if has_ids else np.arange(rows, rows + len(frame), dtype=np.int64)
             writer.write(pd.concat([pd.DataFrame({ROW_ID: ids}), scored.reset_index(drop=True)], axis=1))
             rows += len(frame)
@@ -196,16 +215,10 @@ def batch_predict(cfg: Config, input_path: Path, output_path: Path, version: str
                   alias: str | None = None, chunk_rows: int = CHUNK_ROWS) -> PredictJob:
     """Score a file with the version given (else the one ``alias`` names, else ``serve.alias``) and log
     the job to MLflow."""
-    from weakflow.deploy.registry import alias_version, model_version
-
     experiment = cfg.tracking.model_copy(update={"experiment": f"{cfg.tracking.experiment}-predict"})
     experiment_id = tracking.configure(experiment)
     name = cfg.tracking.model_name
-    client = mlflow.MlflowClient()
-    if version is None:
-        version = alias_version(client, name, alias or cfg.serve.alias, mlflow.get_tracking_uri())
-    model_version(client, name, version)  # no such version: one line (RegistryError)
-    model = load_scoring_model(name, version)
+    model = resolve_scoring_model(name, version, alias or cfg.serve.alias, mlflow.get_tracking_uri())
     input_path, output_path = Path(input_path).resolve(), Path(output_path).resolve()
     started = time.perf_counter()
     rows = score_file(model, input_path, output_path, chunk_rows)

@@ -16,7 +16,7 @@ from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.training import predict_logits
 from weakflow.tasks.lib.data import PipelineData
-from weakflow.tasks.lib.scores import ModelScores, score  # noqa: F401 (score re-exported)
+from weakflow.tasks.lib.scores import ModelScores, score
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.lib.stage import stage_task
 

@@ -33,9 +33,8 @@ from weakflow.tasks.select import Selection
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.report.build import after_register
 
-_ROOT = Path(__file__).resolve().parents[1]
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
-MODEL_ENTRY = _ROOT / "deploy" / "pyfunc_entry.py"  # the model's code: deploy/model_code.py
+MODEL_ENTRY = model_code.ROOT / "deploy" / "pyfunc_entry.py"  # the model's code: deploy/model_code.py
 
 
 def model_requirements() -> list[str]:

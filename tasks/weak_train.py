@@ -74,8 +74,7 @@ def weak_frame(data: PipelineData, labels: WeakLabels) -> pd.DataFrame:
     return data.train.set_index(ROW_ID).loc[labels.row_ids].reset_index()
 
 
-STABLE = 0.9  # below this vote-rank stability the gold-only model's opinion joins the votes' evidence
-# (above it, auto cross-fits both and lets the gold rows choose)
+STABLE = 0.9  # below this vote-rank stability the opinion joins outright; above it auto compares both ways
 PRIOR_NAMES = {False: "votes", True: "votes + gold-only"}
 
 

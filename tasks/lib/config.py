@@ -206,7 +206,7 @@ class WeakTrainConfig(TrainStageConfig):
         "auto", description="anchored: add the gold-only model's calibrated p(class | x) to each weak row's vote "
                             "evidence: auto = when the gold rows cannot pin down what the votes point to (vote rank "
                             "stability under the confusion estimates' uncertainty below 0.9), else train both ways "
-                            "and keep the one the out-of-fold gold rows prefer (twice the weak stage's training)")
+                            "and keep the one the out-of-fold gold rows prefer (the weak stage trains twice)")
     clid_monitor: bool = Field(False, description="also log the label-free CLID per epoch (on unlabeled rows) and its "
                                "rank correlation with the out-of-fold gold accuracy, for methods other than "
                                "clid_mu (which always measures it); costs about 10% of an epoch")
@@ -510,21 +510,28 @@ def _lookup(raw: Any, loc: tuple) -> Any:
     return node
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set weak_train.epochs=20")
-    parts = key.strip().split(".")
+def set_key(raw: dict[str, Any], dotted: str, value: Any, label: str) -> None:
+    """Set ``a.b.c`` in a raw (YAML-shaped) config dict, making sections on the way; ``label`` names the
+    setting in the error when a part of the path is a value, not a section."""
+    parts = dotted.split(".")
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+            raise ConfigError(f"{label}: {part} is a value, not a section")
         node = child
+    node[parts[-1]] = value
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set weak_train.epochs=20")
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+        value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    set_key(raw, key.strip(), value, f"--set {item!r}")
 
 
 def dump_config(cfg: Config) -> str:

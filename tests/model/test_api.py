@@ -28,6 +28,20 @@ def test_config_from_file_dict_and_keywords(tmp_path, monkeypatch):
         api.config(weak_train__epochs=-1)
     with pytest.raises(ConfigError, match="weak_train.nonsense"):
         api.config({"weak_train": {"nonsense": 1}})
+    mine = {"weak_train": {"epochs": 3}}
+    assert api.config(mine, weak_train__epochs=5).weak_train.epochs == 5
+    assert mine == {"weak_train": {"epochs": 3}}  # the caller's dict is left as it was
+    with pytest.raises(ConfigError, match=r"setting 'seed.x': seed is a value, not a section"):
+        api.config(overrides={"seed.x": 1})
+
+
+def test_load_model_reads_the_registry_and_creates_none(tmp_path):
+    from weakflow.deploy.registry import RegistryError
+
+    cfg = api.config(tracking__workspace=str(tmp_path / "ws"))
+    with pytest.raises(RegistryError, match="there is no MLflow registry at .* \\(no such file\\)"):
+        api.load_model(cfg)
+    assert not (tmp_path / "ws").exists()  # nothing written where only a read was asked for
 
 
 def test_run_returns_what_it_registered_and_the_model_predicts_like_it(prefect_harness, tmp_path):
