@@ -11,7 +11,8 @@ the result. Methods (``weak_train.method``):
   gold rows cannot pin down what a vote points to (two classes confused about evenly, few gold rows:
   ``weak_train.anchored_prior: auto``), the gold-only model's calibrated p(y | x) joins the evidence, so
   the gold labels decide between the confused classes; elsewhere ``auto`` cross-fits the weak model with
-  and without that opinion and keeps the one the out-of-fold gold rows prefer (the selection stage's rule):
+  and without that opinion for a third of the epochs (``anchored_prior_probe``), keeps the one the
+  out-of-fold gold rows prefer by the selection stage's rule, and trains only that one on:
   it helps where a few gold rows overstate how much a vote says, and costs where the gold-only model is the
   weaker judge, so it is measured on the data rather than assumed;
 - ``glc``: Gold Loss Correction: a model trained on the weak labels alone gives, on the gold rows, the
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import Config, WeakTrainConfig
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
 from weakflow.tasks.core.methods import (
@@ -44,7 +45,7 @@ from weakflow.tasks.core.training import EpochStats, UpdateRule, fit, predict_lo
 from weakflow.tasks.lib.data import PROVENANCE, ROW_ID, PipelineData
 from weakflow.tasks.gold_only import log_candidate
 from weakflow.tasks.select import best_out_of_fold
-from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, settings
+from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, new_model, one_hot, race_crossfit, settings
 from weakflow.tasks.lib.progress import epoch_bar
 from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.weak_labels import WeakLabels
@@ -94,6 +95,20 @@ def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | No
     return [True] if labels.stability < STABLE else [False, True]
 
 
+def probe_epochs(stage: WeakTrainConfig) -> int:
+    """Epochs both evidences train before ``auto`` chooses (``anchored_prior_probe`` of the stage's epochs)."""
+    return max(1, min(stage.epochs, round(stage.anchored_prior_probe * stage.epochs)))
+
+
+def epoch_count(stage: WeakTrainConfig, labels: WeakLabels, gold_only: TrainedModel | None) -> int:
+    """Epochs the weak stage trains in all (what its progress bar counts): a probe per evidence tried, then
+    the rest of the epochs for the one kept."""
+    if stage.method != "anchored" or len(prior_options(labels, stage.anchored_prior, gold_only)) == 1:
+        return stage.epochs
+    probe = probe_epochs(stage)
+    return 2 * probe + stage.epochs - probe
+
+
 def evidence_note(figures: dict[str, float]) -> str:
     """Which evidence the anchored weak model learnt from, in words for the run summary ('' for the other
     methods), with both variants' out-of-fold gold accuracy when ``auto`` compared them."""
@@ -102,7 +117,8 @@ def evidence_note(figures: dict[str, float]) -> str:
     kept = PRIOR_NAMES[bool(figures["anchored_prior"])]
     if not figures.get("anchored_prior_compared"):
         return f"; evidence: {kept}"
-    return (f"; evidence: {kept}, chosen out of fold (gold accuracy: {PRIOR_NAMES[False]} "
+    return (f"; evidence: {kept}, chosen out of fold after {figures['anchored_prior_probe_epochs']:.0f} epochs "
+            f"(gold accuracy: {PRIOR_NAMES[False]} "
             f"{figures['oof_accuracy_votes']:.3f}, {PRIOR_NAMES[True]} {figures['oof_accuracy_with_prior']:.3f})")
 
 
@@ -135,19 +151,25 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
             return targets
 
         table = gold_first(data, weak)
-        fits = {opt: crossfit(data, table, anchored_targets(opt), stage, cfg, train=train, on_epoch=on_epoch,
-                              rule=lambda _fold: EvidenceLoss("gce", stage.gce_q))
-                for opt in prior_options(labels, stage.anchored_prior, gold_only)}
-        with_prior = next(iter(fits))
-        if len(fits) > 1:  # auto with stable votes: the gold rows, out of fold, say which evidence teaches better
-            named = {PRIOR_NAMES[opt]: fit.oof_probs for opt, fit in fits.items()}
-            chosen, acc, nll = best_out_of_fold(named, gold_y)
-            with_prior = chosen == PRIOR_NAMES[True]
-            figures |= {"anchored_prior_compared": 1.0, "oof_accuracy_votes": acc[PRIOR_NAMES[False]],
-                        "oof_accuracy_with_prior": acc[PRIOR_NAMES[True]], "oof_log_loss_votes": nll[PRIOR_NAMES[False]],
-                        "oof_log_loss_with_prior": nll[PRIOR_NAMES[True]]}
-        figures["anchored_prior"] = float(with_prior)
-        return _weak_model(fits[with_prior], figures, weak)
+        options = prior_options(labels, stage.anchored_prior, gold_only)
+        evidence_rule = lambda _fold: EvidenceLoss("gce", stage.gce_q)  # noqa: E731
+        if len(options) == 1:
+            trained = crossfit(data, table, anchored_targets(options[0]), stage, cfg, train=train, on_epoch=on_epoch,
+                               rule=evidence_rule)
+            return _weak_model(trained, figures | {"anchored_prior": float(options[0])}, weak)
+        # auto with stable votes: both evidences train a share of the epochs, the gold rows (out of fold) say
+        # which teaches better, and only that one trains on
+        probe = probe_epochs(stage)
+        chosen, probs, trained = race_crossfit(
+            data, table, {PRIOR_NAMES[opt]: anchored_targets(opt) for opt in options}, stage, cfg, probe=probe,
+            choose=lambda probs: best_out_of_fold(probs, gold_y)[0], train=train, rule=evidence_rule,
+            on_epoch=on_epoch)
+        _, acc, nll = best_out_of_fold(probs, gold_y)
+        figures |= {"anchored_prior": float(chosen == PRIOR_NAMES[True]), "anchored_prior_compared": 1.0,
+                    "anchored_prior_probe_epochs": float(probe),
+                    "oof_accuracy_votes": acc[PRIOR_NAMES[False]], "oof_accuracy_with_prior": acc[PRIOR_NAMES[True]],
+                    "oof_log_loss_votes": nll[PRIOR_NAMES[False]], "oof_log_loss_with_prior": nll[PRIOR_NAMES[True]]}
+        return _weak_model(trained, figures, weak)
     elif stage.method == "glc":
         noisy = fit(new_model(data, stage, cfg.seed)[0], x_weak, labels.hard, replace(train, loss="ce")).model
         noisy_on_gold = softmax_t(predict_logits(noisy, data.x(data.rows("gold")), device=cfg.device), 1.0)
@@ -214,8 +236,7 @@ def weak_train(data: PipelineData, labels: WeakLabels, gold_only: TrainedModel, 
     with tracking.stage_run("weak_train", parent_run_id, experiment_id):
         mlflow.set_tag("method", stage.method)
         tracking.log_section(stage, "weak_train")
-        passes = len(prior_options(labels, stage.anchored_prior, gold_only)) if stage.method == "anchored" else 1
-        with epoch_bar(f"weak_train ({stage.method}, cross-fitted)", stage.epochs * passes) as bar:
+        with epoch_bar(f"weak_train ({stage.method}, cross-fitted)", epoch_count(stage, labels, gold_only)) as bar:
             trained = train_weak(data, labels, cfg, on_epoch=bar, gold_only=gold_only)
         log_candidate(trained, data)
         mlflow.log_metrics(trained.figures)

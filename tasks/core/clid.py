@@ -93,6 +93,8 @@ class ClidMu:
     The rule sees only *features* of the meta set: no label of it can be read.
     """
 
+    own_epochs = True  # select() ensembles the lowest-CLID epochs: every epoch must be trained in step
+
     def __init__(self, meta_x: torch.Tensor, settings: ClidMuSettings = ClidMuSettings()) -> None:
         if len(meta_x) < 2:
             raise ValueError(f"CLID-MU needs at least 2 unlabeled meta rows, got {len(meta_x)}")

@@ -3,9 +3,10 @@
 The gold rows are cut into k stratified folds. Fold model f trains on everything except fold f's gold
 rows and is scored on them; together the k models give each gold row an out-of-fold (OOF) prediction, so
 epochs, methods and the model to ship are chosen on *every* gold row instead of one small dev split.
-A refit on all gold trains beside them in lockstep: after each epoch the k models' OOF accuracy (ties:
-lower OOF loss, then the later epoch) decides whether this epoch is the best so far, and the refit is kept
-at that same epoch. The refit is the model the pipeline ships; the folds only judge it.
+After each epoch the k models' OOF accuracy (ties: lower OOF loss, then the later epoch) decides whether
+this epoch is the best so far; the refit on all gold is kept at that same epoch (trained afterwards, up to
+it, unless it must train beside the folds). The refit is the model the pipeline ships; the folds only
+judge it.
 """
 
 from __future__ import annotations
@@ -62,59 +63,110 @@ def fit_folds(
     ``rule`` gives each trainer its update rule (a rule keeps state, so one per trainer). ``monitor``
     (e.g. per-epoch CLID) runs on the refit, or on fold 0 without one.
     """
-    device = resolve_device(settings.device)
-    shared_x = to_device(np.asarray(x, dtype=np.float32), device)
-    target_of = targets if callable(targets) else (lambda _f: targets)
-    weight_of = weights if callable(weights) else (lambda _f: weights)
-    trainers: list[Trainer] = []
-    for f in [*range(gold.k), *([None] if refit else [])]:
-        w = weight_of(f)
-        keep = np.ones(len(x), dtype=bool) if w is None else np.asarray(w) > 0
-        if f is not None:
-            keep[gold.rows[gold.held_out(f)]] = False
-        trainers.append(Trainer(build(f), shared_x, target_of(f), settings if f is None else _seeded(settings, f), w,
-                                rule(f) if rule else None, monitor if f is None else None, np.flatnonzero(keep)))
-    if not refit and monitor is not None:
-        trainers[0].monitor = monitor
-    history: list[EpochStats] = []
-    per_trainer: list[list[EpochStats]] = [[] for _ in trainers]
-    best_key: tuple[float, float, float] | None = None
-    best_states: list[dict[str, torch.Tensor]] = []
-    best_oof = np.zeros((len(gold.rows), 0), dtype=np.float32)
-    best_epoch = 0
-    for epoch in range(settings.epochs):
-        losses, extras = [], {}
-        for i, trainer in enumerate(trainers):
-            loss, extra = trainer.epoch(epoch)
-            losses.append(loss)
-            per_trainer[i].append(EpochStats(epoch, loss, None, None, extra))
-            extras = extras or extra
-        oof = _oof(trainers[: gold.k], x, gold, device)
-        acc, nll = dev_scores(oof, gold.y)
-        stats = EpochStats(epoch, float(np.mean(losses)), acc, nll, dict(extras))
-        history.append(stats)
-        key = (acc, -nll, float(epoch))
-        if best_key is None or key >= best_key:
-            best_key, best_epoch, best_oof = key, epoch, oof
-            best_states = [copy.deepcopy(t.model.state_dict()) for t in trainers]
-        if on_epoch is not None:
-            on_epoch(stats)
-    models: list[nn.Module] = []
-    selected_any = False
-    for trainer, state, own in zip(trainers, best_states, per_trainer):
-        chosen = trainer.rule.select(trainer.model, own)
-        if chosen is None:
-            trainer.model.load_state_dict(state)
-            chosen = trainer.model
-        else:
-            selected_any = True
-        models.append(chosen.eval())
-    if selected_any:  # a rule picked its own networks (CLID snapshots): judge those on the held-out gold
-        best_oof = _oof_of(models[: gold.k], x, gold, device)
-        acc, nll = dev_scores(best_oof, gold.y)
-        history[best_epoch] = EpochStats(best_epoch, history[best_epoch].train_loss, acc, nll,
-                                         history[best_epoch].extra)
-    return CrossFit(models[gold.k] if refit else None, models[: gold.k], best_oof, best_epoch, history)
+    run = FoldTraining(build, x, targets, gold, settings, weights, refit, rule, monitor)
+    run.advance(run.epochs, on_epoch)
+    return run.result()
+
+
+class FoldTraining:
+    """One candidate's cross-fitting as a resumable state (see :func:`fit_folds`), so candidates can be raced
+    (:func:`race`): each trained part of the way, the losers dropped.
+
+    The fold models move together, epoch by epoch. The refit trains beside them only where it must (a
+    ``monitor`` reports on it every epoch, or its rule picks its own epochs, as CLID-MU's snapshots do);
+    otherwise it trains last, and only up to the epoch the folds chose: every trainer draws from its own
+    random stream (:class:`~tasks.core.training.Trainer`), so the refit comes out the same either way, and a
+    raced candidate that loses never trains one."""
+
+    def __init__(self, build: Callable[[int | None], nn.Module], x: np.ndarray, targets: PerFold | np.ndarray,
+                 gold: GoldFolds, settings: TrainSettings, weights: PerFold | np.ndarray | None = None,
+                 refit: bool = True, rule: Callable[[int | None], UpdateRule | None] | None = None,
+                 monitor: Callable[[nn.Module], dict[str, float]] | None = None) -> None:
+        self.device = device = resolve_device(settings.device)
+        self.x, self.gold, self.epochs = x, gold, settings.epochs
+        shared_x = to_device(np.asarray(x, dtype=np.float32), device)
+        target_of = targets if callable(targets) else (lambda _f: targets)
+        weight_of = weights if callable(weights) else (lambda _f: weights)
+        trainers: list[Trainer] = []
+        for f in [*range(gold.k), *([None] if refit else [])]:
+            w = weight_of(f)
+            keep = np.ones(len(x), dtype=bool) if w is None else np.asarray(w) > 0
+            if f is not None:
+                keep[gold.rows[gold.held_out(f)]] = False
+            trainers.append(Trainer(build(f), shared_x, target_of(f), settings if f is None else _seeded(settings, f), w,
+                                    rule(f) if rule else None, monitor if f is None else None, np.flatnonzero(keep)))
+        if not refit and monitor is not None:
+            trainers[0].monitor = monitor
+        self.trainers = trainers
+        self.refit = trainers[gold.k] if refit else None
+        self.lazy = self.refit is not None and self.refit.monitor is None and not getattr(self.refit.rule, "own_epochs", True)
+        self.movers = trainers[: gold.k] if self.lazy else trainers  # the trainers that move every epoch
+        self.epoch = 0  # epochs trained so far by the movers
+        self.history: list[EpochStats] = []
+        self.per_trainer: list[list[EpochStats]] = [[] for _ in trainers]
+        self.best_key: tuple[float, float, float] | None = None
+        self.best_states: list[dict[str, torch.Tensor]] = []  # the movers' states at the best epoch
+        self.best_oof = np.zeros((len(gold.rows), 0), dtype=np.float32)
+        self.best_epoch = 0
+
+    def advance(self, until: int, on_epoch: Callable[[EpochStats], None] | None = None) -> None:
+        """Train the fold models (and a refit that cannot wait) up to epoch ``until``."""
+        for epoch in range(self.epoch, until):
+            losses, extras = [], {}
+            for i, trainer in enumerate(self.movers):
+                loss, extra = trainer.epoch(epoch)
+                losses.append(loss)
+                self.per_trainer[i].append(EpochStats(epoch, loss, None, None, extra))
+                extras = extras or extra
+            oof = _oof(self.trainers[: self.gold.k], self.x, self.gold, self.device)
+            acc, nll = dev_scores(oof, self.gold.y)
+            stats = EpochStats(epoch, float(np.mean(losses)), acc, nll, dict(extras))
+            self.history.append(stats)
+            key = (acc, -nll, float(epoch))
+            if self.best_key is None or key >= self.best_key:
+                self.best_key, self.best_epoch, self.best_oof = key, epoch, oof
+                self.best_states = [copy.deepcopy(t.model.state_dict()) for t in self.movers]
+            self.epoch = epoch + 1
+            if on_epoch is not None:
+                on_epoch(stats)
+
+    def result(self) -> CrossFit:
+        """Every network at its chosen epoch (a waiting refit trained now, up to that epoch), with the
+        out-of-fold predictions."""
+        k, models, selected_any = self.gold.k, [], False
+        for trainer, state, own in zip(self.movers, self.best_states, self.per_trainer):
+            chosen = trainer.rule.select(trainer.model, own)
+            if chosen is None:
+                trainer.model.load_state_dict(state)
+                chosen = trainer.model
+            else:
+                selected_any = True
+            models.append(chosen.eval())
+        if self.lazy and self.epoch:
+            assert self.refit is not None
+            for epoch in range(self.best_epoch + 1):
+                self.refit.epoch(epoch)
+            models.append(self.refit.model.eval())
+        history, best_oof = list(self.history), self.best_oof
+        if selected_any:  # a rule picked its own networks (CLID snapshots): judge those on the held-out gold
+            best_oof = _oof_of(models[:k], self.x, self.gold, self.device)
+            acc, nll = dev_scores(best_oof, self.gold.y)
+            history[self.best_epoch] = EpochStats(self.best_epoch, history[self.best_epoch].train_loss, acc, nll,
+                                                  history[self.best_epoch].extra)
+        return CrossFit(models[k] if self.refit is not None else None, models[:k], best_oof, self.best_epoch, history)
+
+
+def race(runs: dict[str, FoldTraining], probe: int, choose: Callable[[dict[str, np.ndarray]], str],
+         on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[str, dict[str, np.ndarray], CrossFit]:
+    """Successive halving over candidates: train each one's fold models ``probe`` epochs, let ``choose`` name
+    the one to keep from their best out-of-fold logits so far, and finish only that one (all its epochs).
+    Returns (the kept name, every candidate's out-of-fold logits at the probe, the kept one's result)."""
+    for run in runs.values():
+        run.advance(min(probe, run.epochs), on_epoch)
+    probes = {name: run.best_oof for name, run in runs.items()}
+    kept = choose(probes)
+    runs[kept].advance(runs[kept].epochs, on_epoch)
+    return kept, probes, runs[kept].result()
 
 
 def _seeded(settings: TrainSettings, fold: int) -> TrainSettings:

@@ -54,9 +54,15 @@ class UpdateRule(Protocol):
     def select(self, model: nn.Module, history: list[EpochStats]) -> nn.Module | None:
         """The network to return, or None to keep the best gold-dev epoch."""
 
+    # True when ``select`` hands back networks of its own choosing: then every epoch must be trained and
+    # seen (cross-fitting keeps such a refit in step with its fold models). A rule without it counts as True.
+    own_epochs: bool
+
 
 class WeightedLoss:
     """Plain step: per-sample loss (CE or GCE), weighted mean, one optimizer step."""
+
+    own_epochs = False
 
     def __init__(self, loss: LossName = "ce", gce_q: float = 0.7) -> None:
         self.loss, self.gce_q = loss, gce_q
@@ -112,6 +118,12 @@ class Trainer:
         self.device = device = resolve_device(settings.device)
         torch.manual_seed(settings.seed)
         self.generator = torch.Generator().manual_seed(settings.seed)
+        # Its own stream for dropout and the rule's draws: a trainer's result does not depend on which
+        # other trainers ran between its epochs (cross-fitting may train the refit after its fold models).
+        self.rng_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self.rng_devices):
+            torch.manual_seed(settings.seed)
+            self.rng = _rng_state(self.rng_devices)
         self.model = model.to(device)
         self.x = x if isinstance(x, torch.Tensor) else to_device(np.asarray(x, dtype=np.float32), device)
         soft = np.asarray(targets).ndim == 2
@@ -127,6 +139,13 @@ class Trainer:
 
     def epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
         """One pass over the rows in a fresh random order; (mean train loss, the rule's and monitor's extras)."""
+        with torch.random.fork_rng(devices=self.rng_devices):
+            _set_rng_state(self.rng, self.rng_devices)
+            out = self._epoch(epoch)
+            self.rng = _rng_state(self.rng_devices)
+        return out
+
+    def _epoch(self, epoch: int) -> tuple[float, dict[str, float]]:
         model, device, bs = self.model, self.device, self.settings.batch_size
         model.train()
         order = torch.randperm(self.rows, generator=self.generator).to(device)
@@ -144,6 +163,16 @@ class Trainer:
             seen += len(idx)
         extra = self.rule.end_epoch(model, epoch) | (self.monitor(model) if self.monitor else {})
         return float(total) / max(seen, 1), extra
+
+
+def _rng_state(devices: list[torch.device]) -> list[torch.Tensor]:
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in devices)]
+
+
+def _set_rng_state(state: list[torch.Tensor], devices: list[torch.device]) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in zip(devices, state[1:]):
+        torch.cuda.set_rng_state(s, d)
 
 
 def dev_scores(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from weakflow.tasks.lib.config import Config, TrainStageConfig
 from weakflow.tasks.core.calibration import fit_temperature, softmax_t
-from weakflow.tasks.core.crossfit import PerFold, fit_folds
+from weakflow.tasks.core.crossfit import CrossFit, FoldTraining, PerFold, race
 from weakflow.tasks.core.losses import LossName
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
@@ -92,21 +92,58 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
              monitor: Callable[[nn.Module], dict[str, float]] | None = None,
              on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
     """Cross-fit one candidate on ``table`` (gold rows first, see :func:`gold_first`): k fold models and the
-    refit in lockstep, stopped at the epoch best on the out-of-fold gold predictions, then a temperature
-    fitted on those predictions under ``selection.temperature_prior_sd``. ``build(fold)`` overrides the
-    fresh network each trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
+    refit, stopped at the epoch best on the out-of-fold gold predictions, then a temperature fitted on those
+    predictions under ``selection.temperature_prior_sd``. ``build(fold)`` overrides the fresh network each
+    trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
+    run = _fold_training(data, table, targets, stage, cfg, weights=weights, train=train, rule=rule, build=build,
+                         monitor=monitor)
+    run.advance(run.epochs, on_epoch)
+    return _trained(run.result(), spec or model_spec(data, stage), run.gold.y, cfg)
+
+
+def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str, PerFold | np.ndarray],
+                  stage: TrainStageConfig, cfg: Config, *, probe: int, choose: Callable[[dict[str, np.ndarray]], str],
+                  train: TrainSettings | None = None, rule: Callable[[int | None], UpdateRule | None] | None = None,
+                  on_epoch: Callable[[EpochStats], None] | None = None
+                  ) -> tuple[str, dict[str, np.ndarray], TrainedModel]:
+    """Cross-fit several candidates (the same rows and network, different targets) ``probe`` epochs each,
+    keep the one ``choose`` names from their calibrated out-of-fold gold probabilities so far, and finish only
+    that one (:func:`tasks.core.crossfit.race`). Returns (the kept name, every candidate's calibrated
+    out-of-fold probabilities at the probe, the kept model)."""
+    runs = {name: _fold_training(data, table, targets, stage, cfg, train=train, rule=rule)
+            for name, targets in candidates.items()}
+    gold_y = next(iter(runs.values())).gold.y
+    calibrated: dict[str, np.ndarray] = {}
+
+    def judge(oof: dict[str, np.ndarray]) -> str:
+        calibrated.update({name: softmax_t(logits, _temperature(logits, gold_y, cfg)) for name, logits in oof.items()})
+        return choose(calibrated)
+
+    kept, _, fitted = race(runs, probe, judge, on_epoch)
+    return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, cfg)
+
+
+def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndarray, stage: TrainStageConfig,
+                   cfg: Config, *, weights: PerFold | np.ndarray | None = None, train: TrainSettings | None = None,
+                   rule: Callable[[int | None], UpdateRule | None] | None = None,
+                   build: Callable[[int | None], nn.Module] | None = None,
+                   monitor: Callable[[nn.Module], dict[str, float]] | None = None) -> FoldTraining:
     gold = data.gold_folds(table)
     if not np.array_equal(gold.rows, np.arange(len(gold.rows))):
         raise ValueError("crossfit needs the gold rows first in the training table (use gold_first)")
-    spec = spec or model_spec(data, stage)
 
     def fresh(_fold: int | None) -> nn.Module:
         return new_model(data, stage, cfg.seed)[0]
 
-    fitted = fit_folds(build or fresh, data.x(table), targets, gold, train or settings(stage, cfg), weights=weights,
-                       rule=rule, monitor=monitor, on_epoch=on_epoch)
-    temperature = (fit_temperature(fitted.oof_logits, gold.y, prior_sd=cfg.selection.temperature_prior_sd)
-                   if len(gold.y) else 1.0)
+    return FoldTraining(build or fresh, data.x(table), targets, gold, train or settings(stage, cfg), weights=weights,
+                        rule=rule, monitor=monitor)
+
+
+def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, cfg: Config) -> float:
+    return fit_temperature(oof_logits, gold_y, prior_sd=cfg.selection.temperature_prior_sd) if len(gold_y) else 1.0
+
+
+def _trained(fitted: CrossFit, spec: ModelSpec, gold_y: np.ndarray, cfg: Config) -> TrainedModel:
     assert fitted.refit is not None
     return TrainedModel(fitted.refit, spec, fitted.history, fitted.best_epoch, fitted.folds, fitted.oof_logits,
-                        temperature)
+                        _temperature(fitted.oof_logits, gold_y, cfg))

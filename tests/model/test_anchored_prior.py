@@ -1,5 +1,5 @@
 """Anchored weak training: when the gold-only model's opinion joins the votes' evidence, and that ``auto``
-lets the gold rows choose (out of fold) when the votes' ranks are stable. A pipeline slice in memory on the
+lets the gold rows choose (out of fold, after a probe of the epochs) when the votes' ranks are stable. A pipeline slice in memory on the
 demo with small epochs (no Prefect, no MLflow)."""
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from weakflow.tasks.gold_only import train_gold_only
-from weakflow.tasks.select import best_out_of_fold
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
-from weakflow.tasks.weak_train import PRIOR_NAMES, STABLE, evidence_note, prior_options, train_weak
+from weakflow.tasks.weak_train import (
+    PRIOR_NAMES, STABLE, epoch_count, evidence_note, prior_options, probe_epochs, train_weak,
+)
 from tests.conftest import fast_config
 
 
@@ -36,7 +38,13 @@ def test_prior_options_follow_the_setting_and_the_vote_rank_stability(slice_):
     assert prior_options(unstable, "always", None) == [False]  # no gold-only model to ask
 
 
-def test_auto_trains_both_and_ships_the_one_the_out_of_fold_gold_rows_prefer(slice_):
+def best_so_far(history, epochs: int) -> tuple[float, float]:
+    """(out-of-fold accuracy, loss) of the best of the first ``epochs`` epochs, by cross-fitting's own key."""
+    best = max(history[:epochs], key=lambda h: (h.dev_accuracy, -h.dev_loss, h.epoch))
+    return best.dev_accuracy, best.dev_loss
+
+
+def test_auto_probes_both_and_trains_on_the_one_the_out_of_fold_gold_rows_prefer(slice_):
     cfg, data, labels, gold_only = slice_
     stable = replace(labels, stability=1.0)
     y_gold = data.y(data.rows("gold"))
@@ -46,22 +54,32 @@ def test_auto_trains_both_and_ships_the_one_the_out_of_fold_gold_rows_prefer(sli
             update={"anchored_prior": setting})}), gold_only=gold_only)
 
     auto, votes, prior = fitted("auto"), fitted("never"), fitted("always")
+    probe = probe_epochs(cfg.weak_train)
+    assert 0 < probe < cfg.weak_train.epochs
+    assert epoch_count(cfg.weak_train, stable, gold_only) == cfg.weak_train.epochs + probe
     # the two variants differ (the gold-only opinion changes what the weak rows teach) ...
     assert np.abs(votes.oof_probs - prior.oof_probs).max() > 1e-3
-    # ... auto trained exactly those two and judged them on every gold row, out of fold
+    # ... auto trained exactly those two for the probe's epochs and judged them on every gold row, out of fold
     f = auto.figures
-    assert f["anchored_prior_compared"] == 1.0
-    assert f["oof_accuracy_votes"] == pytest.approx(float((votes.oof_probs.argmax(1) == y_gold).mean()))
-    assert f["oof_accuracy_with_prior"] == pytest.approx(float((prior.oof_probs.argmax(1) == y_gold).mean()))
-    # ... and ships the one the selection rule prefers, as that very model
-    expected = best_out_of_fold({PRIOR_NAMES[False]: votes.oof_probs, PRIOR_NAMES[True]: prior.oof_probs}, y_gold)[0]
-    shipped = prior if expected == PRIOR_NAMES[True] else votes
-    assert f["anchored_prior"] == float(expected == PRIOR_NAMES[True])
-    np.testing.assert_allclose(auto.oof_logits, shipped.oof_logits, rtol=1e-5, atol=1e-5)
+    assert f["anchored_prior_compared"] == 1.0 and f["anchored_prior_probe_epochs"] == probe
+    assert f["oof_accuracy_votes"] == pytest.approx(best_so_far(votes.history, probe)[0])
+    assert f["oof_accuracy_with_prior"] == pytest.approx(best_so_far(prior.history, probe)[0])
+    # ... kept the one the selection rule prefers on those figures (within one gold row: the lower loss) ...
+    acc = {False: f["oof_accuracy_votes"], True: f["oof_accuracy_with_prior"]}
+    nll = {False: f["oof_log_loss_votes"], True: f["oof_log_loss_with_prior"]}
+    contenders = [o for o in (False, True) if acc[o] >= max(acc.values()) - 1 / len(y_gold) - 1e-12]
+    expected = min(contenders, key=lambda o: (nll[o], o))
+    assert f["anchored_prior"] == float(expected)
+    # ... and trained it on to the end: the very model that setting trains alone
+    shipped = prior if expected else votes
+    assert auto.best_epoch == shipped.best_epoch
+    np.testing.assert_array_equal(auto.oof_logits, shipped.oof_logits)
+    for a, b in zip(auto.model.state_dict().values(), shipped.model.state_dict().values()):
+        assert torch.equal(a, b)
     assert "anchored_prior_compared" not in votes.figures and "anchored_prior_compared" not in prior.figures
     # the run summary says which evidence was kept and on what figures
-    assert evidence_note(auto.figures) == (f"; evidence: {expected}, chosen out of fold (gold accuracy: votes "
-                                           f"{f['oof_accuracy_votes']:.3f}, votes + gold-only "
-                                           f"{f['oof_accuracy_with_prior']:.3f})")
+    assert evidence_note(auto.figures) == (f"; evidence: {PRIOR_NAMES[expected]}, chosen out of fold after {probe} "
+                                           f"epochs (gold accuracy: votes {f['oof_accuracy_votes']:.3f}, "
+                                           f"votes + gold-only {f['oof_accuracy_with_prior']:.3f})")
     assert evidence_note(votes.figures) == "; evidence: votes"
     assert evidence_note(prior.figures) == "; evidence: votes + gold-only"

@@ -1,0 +1,83 @@
+"""Cross-fitting's schedule: the refit trained after its fold models (up to the chosen epoch) is the refit
+trained beside them, and a race finishes only the candidate it keeps, as that candidate trained alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from weakflow.tasks.core.crossfit import FoldTraining, fit_folds, race
+from weakflow.tasks.core.folds import GoldFolds, gold_folds
+from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.training import TrainSettings, WeightedLoss
+
+SETTINGS = TrainSettings(epochs=6, batch_size=32, lr=1e-2)
+
+
+class InStep(WeightedLoss):
+    """The plain loss, but claiming to pick its own epochs: the refit must then train beside the folds."""
+
+    own_epochs = True
+
+
+def problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, GoldFolds]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 240)
+    x = (rng.normal(size=(240, 4)) + np.eye(3, 4)[y] * 1.5).astype(np.float32)
+    noisy = np.where(rng.random(240) < 0.3, rng.integers(0, 3, 240), y)  # rows after the gold ones: weak labels
+    noisy[:45] = y[:45]
+    return x, noisy, GoldFolds(np.arange(45), y[:45], gold_folds(y[:45], 3, 0))
+
+
+def build(_fold: int | None) -> torch.nn.Module:
+    torch.manual_seed(7)
+    return build_model(ModelSpec("mlp", 4, 3, hidden=(16,), dropout=0.3))  # dropout: draws random numbers
+
+
+def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_refit_trained_after_its_folds_equals_the_refit_trained_beside_them() -> None:
+    x, y, gold = problem()
+    late = fit_folds(build, x, y, gold, SETTINGS, rule=lambda _f: WeightedLoss())
+    in_step = fit_folds(build, x, y, gold, SETTINGS, rule=lambda _f: InStep())
+    assert late.best_epoch == in_step.best_epoch
+    assert states_equal(late.refit, in_step.refit)
+    assert all(states_equal(a, b) for a, b in zip(late.folds, in_step.folds))
+    np.testing.assert_array_equal(late.oof_logits, in_step.oof_logits)
+
+
+def test_lazy_refit_trains_only_up_to_the_chosen_epoch() -> None:
+    x, y, gold = problem()
+    run = FoldTraining(build, x, y, gold, SETTINGS, rule=lambda _f: WeightedLoss())
+    assert run.lazy and run.refit is not None
+    epochs: list[int] = []
+    original = run.refit.epoch
+    run.refit.epoch = lambda e: (epochs.append(e), original(e))[1]  # count, then train for real
+    run.advance(SETTINGS.epochs)
+    assert epochs == []  # the folds moved alone
+    run.result()
+    assert epochs == list(range(run.best_epoch + 1))
+
+
+def test_race_finishes_only_the_kept_candidate_as_if_trained_alone() -> None:
+    x, y, gold = problem()
+    shuffled = np.random.default_rng(1).permutation(y[45:])
+    other = np.concatenate([y[:45], shuffled])  # same gold rows, weak labels that teach nothing
+    runs = {name: FoldTraining(build, x, t, gold, SETTINGS, rule=lambda _f: WeightedLoss())
+            for name, t in (("useful", y), ("useless", other))}
+    seen: dict[str, float] = {}
+
+    def choose(oof: dict[str, np.ndarray]) -> str:
+        seen.update({n: float((o.argmax(1) == gold.y).mean()) for n, o in oof.items()})
+        return max(seen, key=seen.__getitem__)
+
+    kept, probes, result = race(runs, 2, choose, None)
+    assert set(probes) == {"useful", "useless"} and kept == max(seen, key=seen.__getitem__)
+    assert runs["useless" if kept == "useful" else "useful"].epoch == 2  # the other stopped at the probe
+    alone = fit_folds(build, x, y if kept == "useful" else other, gold, SETTINGS, rule=lambda _f: WeightedLoss())
+    assert result.best_epoch == alone.best_epoch
+    assert states_equal(result.refit, alone.refit)
+    np.testing.assert_array_equal(result.oof_logits, alone.oof_logits)
