@@ -132,7 +132,7 @@ class FoldTraining:
 
     def result(self) -> CrossFit:
         """Every network at its chosen epoch (a waiting refit trained now, up to that epoch), with the
-        out-of-fold predictions."""
+        out-of-fold predictions. Call once, after the last :meth:`advance`."""
         k, models, selected_any = self.gold.k, [], False
         for trainer, state, own in zip(self.movers, self.best_states, self.per_trainer):
             chosen = trainer.rule.select(trainer.model, own)
@@ -142,7 +142,7 @@ class FoldTraining:
             else:
                 selected_any = True
             models.append(chosen.eval())
-        if self.lazy and self.epoch:
+        if self.lazy:
             assert self.refit is not None
             for epoch in range(self.best_epoch + 1):
                 self.refit.epoch(epoch)

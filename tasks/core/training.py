@@ -96,10 +96,13 @@ class FitResult:
         return self.history[self.best_epoch].dev_accuracy if self.history else None
 
 
+DROPOUT_STREAM = 1  # spawn key of a trainer's own random stream (dropout, the rule's draws) under its seed
+
+
 class Trainer:
     """One network's training state: its data on the device, optimizer, schedule and batch order.
 
-    :func:`fit` drives one trainer; :func:`tasks.core.crossfit.fit_folds` drives several in lockstep, so
+    :func:`fit` drives one trainer; :func:`tasks.core.crossfit.fit_folds` drives several, epoch by epoch, so
     every fold model (and the refit on all gold) can be stopped at the epoch chosen on all gold rows.
     ``x`` may be a tensor already on the device (shared by trainers of the same rows); ``rows`` restricts
     this trainer to some of them (a fold model never even indexes its held-out gold rows).
@@ -120,9 +123,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         # Its own stream for dropout and the rule's draws: a trainer's result does not depend on which
         # other trainers ran between its epochs (cross-fitting may train the refit after its fold models).
+        # Seeded apart from the batch order's generator, so the two streams are not the same numbers.
         self.rng_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=self.rng_devices):
-            torch.manual_seed(settings.seed)
+            torch.manual_seed(int(np.random.SeedSequence([settings.seed, DROPOUT_STREAM]).generate_state(1)[0]))
             self.rng = _rng_state(self.rng_devices)
         self.model = model.to(device)
         self.x = x if isinstance(x, torch.Tensor) else to_device(np.asarray(x, dtype=np.float32), device)

@@ -81,3 +81,15 @@ def test_race_finishes_only_the_kept_candidate_as_if_trained_alone() -> None:
     assert result.best_epoch == alone.best_epoch
     assert states_equal(result.refit, alone.refit)
     np.testing.assert_array_equal(result.oof_logits, alone.oof_logits)
+
+
+def test_a_trainers_dropout_stream_is_not_its_batch_order_stream() -> None:
+    from weakflow.tasks.core.training import Trainer
+
+    x, y, _ = problem()
+    trainer = Trainer(build(None), x, y, SETTINGS)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(trainer.rng[0])
+        dropout_draws = torch.rand(8)
+    order_draws = torch.rand(8, generator=torch.Generator().manual_seed(SETTINGS.seed))
+    assert not torch.equal(dropout_draws, order_draws)
