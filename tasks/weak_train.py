@@ -162,7 +162,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
         probe = probe_epochs(stage)
         chosen, probs, trained = race_crossfit(
             data, table, {PRIOR_NAMES[opt]: anchored_targets(opt) for opt in options}, stage, cfg, probe=probe,
-            choose=lambda probs: best_out_of_fold(probs, gold_y)[0], train=train, rule=evidence_rule,
+            choose=lambda oof: best_out_of_fold(oof, gold_y)[0], train=train, rule=evidence_rule,
             on_epoch=on_epoch)
         _, acc, nll = best_out_of_fold(probs, gold_y)
         figures |= {"anchored_prior": float(chosen == PRIOR_NAMES[True]), "anchored_prior_compared": 1.0,
