@@ -7,14 +7,14 @@ the result. Methods (``weak_train.method``):
 - ``anchored`` (default): each weak row is learnt through its votes' likelihood under every source's
   gold-measured confusion matrix (weak_labels, gold_anchored): the loss is the (bounded, GCE-form) negative
   log of sum_y p(y | x) P(votes | y), so structured noise is undone rather than learnt, while symmetric
-  noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss). The
-  gold-only model's calibrated p(y | x) may join that evidence, so the gold labels help decide between
-  classes the votes confuse: ``weak_train.anchored_prior: auto`` cross-fits the weak model with and without
-  it for a third of the epochs (``anchored_prior_probe``), keeps the one the out-of-fold gold rows prefer
-  by the selection stage's rule (a tie keeps the opinion where the gold rows cannot pin down what a vote
-  points to), and trains only that one on: the opinion helps where a few gold rows overstate how much a
-  vote says, and costs where the gold-only model is the weaker judge, so it is measured on the data rather
-  than assumed;
+  noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss). Where the
+  gold rows cannot pin down what a vote points to (two classes confused about evenly, few gold rows:
+  ``weak_train.anchored_prior: auto``), the gold-only model's calibrated p(y | x) joins the evidence, so
+  the gold labels decide between the confused classes; elsewhere ``auto`` cross-fits the weak model with
+  and without that opinion for a third of the epochs (``anchored_prior_probe``), keeps the one the
+  out-of-fold gold rows prefer by the selection stage's rule, and trains only that one on:
+  it helps where a few gold rows overstate how much a vote says, and costs where the gold-only model is the
+  weaker judge, so it is measured on the data rather than assumed;
 - ``glc``: Gold Loss Correction: a model trained on the weak labels alone gives, on the gold rows, the
   corruption matrix C[true, weak]; the network then learns weak rows through softmax(z) @ C;
 - ``ce`` / ``gce``: the aggregated weak labels with cross-entropy or its bounded variant;
@@ -75,26 +75,24 @@ def weak_frame(data: PipelineData, labels: WeakLabels) -> pd.DataFrame:
     return data.train.set_index(ROW_ID).loc[labels.row_ids].reset_index()
 
 
-STABLE = 0.9  # below this vote-rank stability a tie in auto's race keeps the opinion, above it the votes alone
+STABLE = 0.9  # below this vote-rank stability the opinion joins outright; above it auto compares both ways
 PRIOR_NAMES = {False: "votes", True: "votes + gold-only"}
 
 
 def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | None) -> list[bool]:
     """Whether the gold-only model's opinion joins the votes' evidence (``anchored_prior``): always, never,
-    or ``auto``: both are cross-fitted and raced, and the gold rows choose (:func:`train_weak`); a tie keeps
-    the opinion where the gold rows cannot pin down what the votes point to
-    (:func:`tasks.core.trusted.rank_stability` below ``STABLE``), else the votes alone. The second opinion
-    helps where the measured confusions overstate the votes (a few gold rows per class) and costs where the
-    gold-only model is the weaker judge; which holds is a property of the data, so it is measured rather
-    than assumed."""
+    or ``auto``: yes when the gold rows cannot pin down what the votes point to
+    (:func:`tasks.core.trusted.rank_stability` below ``STABLE``), else both are cross-fitted and the gold
+    rows choose (:func:`train_weak`). The second opinion helps where the measured confusions overstate the
+    votes (a few gold rows per class) and costs where the gold-only model is the weaker judge; which holds
+    is a property of the data, so it is measured rather than assumed."""
     if gold_only is None or setting == "never":
         return [False]
     if setting == "always":
         return [True]
     if labels.stability is None:  # not gold-anchored evidence: nothing measured it against the gold rows
         return [False]
-    # both are raced; listed first is the one a tie keeps: the opinion where the votes' ranks are unstable
-    return [True, False] if labels.stability < STABLE else [False, True]
+    return [True] if labels.stability < STABLE else [False, True]
 
 
 def probe_epochs(stage: WeakTrainConfig) -> int:

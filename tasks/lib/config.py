@@ -204,9 +204,9 @@ class WeakTrainConfig(TrainStageConfig):
     confident_learning: ConfidentLearningConfig = ConfidentLearningConfig()
     anchored_prior: Literal["auto", "always", "never"] = Field(
         "auto", description="anchored: add the gold-only model's calibrated p(class | x) to each weak row's vote "
-                            "evidence: auto = train both ways and keep the one the out-of-fold gold rows prefer (see "
-                            "anchored_prior_probe); a tie keeps the opinion where the votes' ranks are unstable under "
-                            "the confusion estimates' uncertainty (stability below 0.9)")
+                            "evidence: auto = when the gold rows cannot pin down what the votes point to (vote rank "
+                            "stability under the confusion estimates' uncertainty below 0.9), else train both ways "
+                            "and keep the one the out-of-fold gold rows prefer (see anchored_prior_probe)")
     anchored_prior_probe: float = Field(
         1 / 3, gt=0, le=1, description="auto, when both evidences are tried: the share of the epochs both are "
                                         "trained before the out-of-fold gold rows choose; only the chosen one "
