@@ -101,3 +101,17 @@ def test_a_trainers_dropout_stream_is_not_its_batch_order_stream() -> None:
         dropout_draws = torch.rand(8)
     order_draws = torch.rand(8, generator=torch.Generator().manual_seed(SETTINGS.seed))
     assert not torch.equal(dropout_draws, order_draws)
+
+
+def test_a_trainers_own_stream_moves_on_from_epoch_to_epoch() -> None:
+    from weakflow.tasks.core.training import Trainer
+
+    x, y, _ = problem()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 3))
+    masks: list[torch.Tensor] = []
+    net[0].register_forward_hook(lambda _m, _i, out: masks.append(out == 0))
+    trainer = Trainer(net, x, y, TrainSettings(epochs=2, batch_size=len(y)))  # one batch per epoch
+    trainer.epoch(0)
+    trainer.epoch(1)
+    assert len(masks) == 2 and not torch.equal(masks[0], masks[1])  # fresh dropout draws each epoch
