@@ -157,16 +157,15 @@ class FoldTraining:
 
 
 def race(runs: dict[str, FoldTraining], probe: int, choose: Callable[[dict[str, np.ndarray]], str],
-         on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[str, dict[str, np.ndarray], CrossFit]:
+         on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[str, CrossFit]:
     """Successive halving over candidates: train each one's fold models ``probe`` epochs, let ``choose`` name
     the one to keep from their best out-of-fold logits so far, and finish only that one (all its epochs).
-    Returns (the kept name, every candidate's out-of-fold logits at the probe, the kept one's result)."""
+    Returns (the kept name, its result)."""
     for run in runs.values():
         run.advance(min(probe, run.epochs), on_epoch)
-    probes = {name: run.best_oof for name, run in runs.items()}
-    kept = choose(probes)
+    kept = choose({name: run.best_oof for name, run in runs.items()})
     runs[kept].advance(runs[kept].epochs, on_epoch)
-    return kept, probes, runs[kept].result()
+    return kept, runs[kept].result()
 
 
 def _seeded(settings: TrainSettings, fold: int) -> TrainSettings:

@@ -119,7 +119,7 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
         calibrated.update({name: softmax_t(logits, _temperature(logits, gold_y, cfg)) for name, logits in oof.items()})
         return choose(calibrated)
 
-    kept, _, fitted = race(runs, probe, judge, on_epoch)
+    kept, fitted = race(runs, probe, judge, on_epoch)
     return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, cfg)
 
 
