@@ -70,7 +70,8 @@ class FinalTable:
 def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, cfg: Config,
                 soft_pseudo: bool = False) -> FinalTable:
     """Gold rows (their label); the weak rows the weak model trained on (their votes' evidence, measured
-    without the trainer's own gold fold); every row any pseudo set kept (its pseudo label, or with
+    without the trainer's own gold fold, refined as the weak model's was); every row any pseudo set kept
+    (its pseudo label, or with
     ``soft_pseudo`` its calibrated probabilities, weighted by confidence per ``full_train.pseudo_weight``).
     Where a trainer's pseudo set kept a weak row, the pseudo label replaces its votes there."""
     classes = np.asarray(data.classes)
@@ -94,7 +95,8 @@ def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo:
         y[:n_gold], w[:n_gold] = log_one_hot(data.y(gold), num_classes), 1.0
         kept = sets[t]
         own = ~np.isin(weak_ids, kept.loc[kept[SOURCE] == "train", ROW_ID].to_numpy())
-        evidence = as_evidence(labels.evidence(t, num_classes)[position])
+        # the votes as the weak model learnt them (refined on the weak rows where it refined them)
+        evidence = as_evidence((weak.evidence[t] if weak.evidence else labels.evidence(t, num_classes))[position])
         y[n_gold:n_gold + n_weak][own] = evidence[own]
         w[n_gold:n_gold + n_weak][own] = 1.0
         at = union_index.get_indexer(pd.MultiIndex.from_frame(kept[[SOURCE, ROW_ID]])) + n_gold + n_weak

@@ -44,6 +44,8 @@ class WeakLabels:
     fold_log_likelihood: list[np.ndarray] = field(default_factory=list)
     # gold_anchored: how surely the gold rows pin down what each vote points to (tasks/core/trusted.py)
     stability: float | None = None
+    votes: np.ndarray | None = None  # gold_anchored: (weak rows, sources) the votes, -1 = abstain
+    fold_sources: list[list[SourceNoise]] = field(default_factory=list)  # gold_anchored: measured without fold f
 
     def evidence(self, fold: int | None, num_classes: int) -> np.ndarray:
         """(weak rows, C) what their votes say about each class, as a log-likelihood a model of ``fold`` may
@@ -123,6 +125,8 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
         log_likelihood=weak_ll.get("all"),
         fold_log_likelihood=[weak_ll[f] for f in range(data.folds)] if anchored else [],
         stability=figures.get("vote_rank_stability"),
+        votes=votes[~is_gold][keep] if anchored else None,
+        fold_sources=[anchored[f].sources for f in range(data.folds)] if anchored else [],
     )
 
 

@@ -5,16 +5,19 @@ refit on all gold (tasks/core/crossfit.py); the out-of-fold gold predictions cho
 the result. Methods (``weak_train.method``):
 
 - ``anchored`` (default): each weak row is learnt through its votes' likelihood under every source's
-  gold-measured confusion matrix (weak_labels, gold_anchored): the loss is the (bounded, GCE-form) negative
-  log of sum_y p(y | x) P(votes | y), so structured noise is undone rather than learnt, while symmetric
-  noise averages out over many rows as with a robust loss (tasks/core/methods.py, EvidenceLoss). Where the
-  gold rows cannot pin down what a vote points to (two classes confused about evenly, few gold rows:
-  ``weak_train.anchored_prior: auto``), the gold-only model's calibrated p(y | x) joins the evidence, so
-  the gold labels decide between the confused classes; elsewhere ``auto`` cross-fits the weak model with
-  and without that opinion for a third of the epochs (``anchored_prior_probe``), keeps the one the
-  out-of-fold gold rows prefer by the selection stage's rule, and trains only that one on:
-  it helps where a few gold rows overstate how much a vote says, and costs where the gold-only model is the
-  weaker judge, so it is measured on the data rather than assumed;
+  confusion matrix: the loss is the (bounded, GCE-form) negative log of sum_y p(y | x) P(votes | y), so
+  structured noise is undone rather than learnt, while symmetric noise averages out over many rows as with
+  a robust loss (tasks/core/methods.py, EvidenceLoss). The confusions start from the gold rows
+  (weak_labels, gold_anchored); with ``anchored_refine`` (default) each trainer re-estimates them on the weak
+  rows too, by EM with its own fold's gold-only model's p(y | x) as each row's prior and the gold counts
+  kept in every step (tasks/core/trusted.py, refine): a handful of gold rows per class cannot tell a 60/40
+  pair flip from an even one, a thousand weak rows weighed by a model that sees x can.
+  ``weak_train.anchored_prior: auto`` then cross-fits the weak model with and without the gold-only model's
+  calibrated p(y | x) as a second opinion in the evidence for a third of the epochs (``anchored_prior_probe``),
+  keeps the one the out-of-fold gold rows prefer by the selection stage's rule, and trains only that one on:
+  the opinion helps where the votes say little about which of two classes a row is, and costs where the
+  gold-only model is the weaker judge, so it is measured on the data rather than assumed. (Without
+  refinement the opinion joins outright where the gold rows cannot pin down what a vote points to.)
 - ``glc``: Gold Loss Correction: a model trained on the weak labels alone gives, on the gold rows, the
   corruption matrix C[true, weak]; the network then learns weak rows through softmax(z) @ C;
 - ``ce`` / ``gce``: the aggregated weak labels with cross-entropy or its bounded variant;
@@ -41,6 +44,7 @@ from weakflow.tasks.core.methods import (
     ConfidentLearningSettings, EvidenceLoss, ForwardCorrected, as_evidence, clid_dev_correlation,
     confident_learning_keep, glc_corruption, glc_targets, log_one_hot,
 )
+from weakflow.tasks.core.trusted import SourceNoise, refine, source_noise_records
 from weakflow.tasks.core.training import EpochStats, UpdateRule, fit, predict_logits
 from weakflow.tasks.lib.data import PROVENANCE, ROW_ID, PipelineData
 from weakflow.tasks.gold_only import log_candidate
@@ -60,6 +64,10 @@ class WeakModel(TrainedModel):
     figures: dict[str, float] = field(default_factory=dict)
     rows: int = 0  # weak rows trained on (after confident learning's removals)
     row_ids: np.ndarray | None = None  # the weak rows (ids) the model trained on
+    # anchored with anchored_refine: per trainer (fold, None = refit) the votes' refined log-likelihood over
+    # the weak rows (what the final stage learns them through), and the refit's refined sources (logged)
+    evidence: dict[int | None, np.ndarray] = field(default_factory=dict)
+    refined_sources: list[SourceNoise] = field(default_factory=list)
 
 
 def meta_features(data: PipelineData, size: int, seed: int) -> np.ndarray:
@@ -79,20 +87,21 @@ STABLE = 0.9  # below this vote-rank stability the opinion joins outright; above
 PRIOR_NAMES = {False: "votes", True: "votes + gold-only"}
 
 
-def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | None) -> list[bool]:
+def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | None, refine: bool = True) -> list[bool]:
     """Whether the gold-only model's opinion joins the votes' evidence (``anchored_prior``): always, never,
-    or ``auto``: yes when the gold rows cannot pin down what the votes point to
-    (:func:`tasks.core.trusted.rank_stability` below ``STABLE``), else both are cross-fitted and the gold
-    rows choose (:func:`train_weak`). The second opinion helps where the measured confusions overstate the
-    votes (a few gold rows per class) and costs where the gold-only model is the weaker judge; which holds
-    is a property of the data, so it is measured rather than assumed."""
+    or ``auto``: both are cross-fitted and the gold rows choose (:func:`train_weak`). The second opinion
+    helps where the confusions overstate the votes and costs where the gold-only model is the weaker judge;
+    which holds is a property of the data, so it is measured rather than assumed. Without ``refine`` (the
+    confusions from the gold rows alone) the opinion joins outright where those few rows cannot pin down
+    what the votes point to (:func:`tasks.core.trusted.rank_stability` below ``STABLE``): there the
+    votes-only evidence can teach a swapped pair."""
     if gold_only is None or setting == "never":
         return [False]
     if setting == "always":
         return [True]
     if labels.stability is None:  # not gold-anchored evidence: nothing measured it against the gold rows
         return [False]
-    return [True] if labels.stability < STABLE else [False, True]
+    return [True] if not refine and labels.stability < STABLE else [False, True]
 
 
 def probe_epochs(stage: WeakTrainConfig) -> int:
@@ -103,7 +112,8 @@ def probe_epochs(stage: WeakTrainConfig) -> int:
 def epoch_count(stage: WeakTrainConfig, labels: WeakLabels, gold_only: TrainedModel | None) -> int:
     """Epochs the weak stage trains in all (what its progress bar counts): a probe per evidence tried, then
     the rest of the epochs for the one kept."""
-    if stage.method != "anchored" or len(prior_options(labels, stage.anchored_prior, gold_only)) == 1:
+    if stage.method != "anchored" or len(prior_options(labels, stage.anchored_prior, gold_only,
+                                                         stage.anchored_refine)) == 1:
         return stage.epochs
     probe = probe_epochs(stage)
     return 2 * probe + stage.epochs - probe
@@ -139,24 +149,32 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
     train = settings(stage, cfg, loss=stage.method if stage.method == "gce" else "ce")
     targets: Callable[[int | None], np.ndarray] | np.ndarray
     if stage.method == "anchored":
+        opinion = _opinions(gold_only, x_weak, cfg.device)
+        votes_ll, refined = _vote_evidence(labels, opinion if stage.anchored_refine and gold_only is not None else None,
+                                           cfg.weak_labels.confusion_strength, num_classes)
+
         def anchored_targets(with_prior: bool) -> Callable[[int | None], np.ndarray]:
             def targets(fold: int | None) -> np.ndarray:
-                evidence = labels.evidence(fold, num_classes)
+                evidence = votes_ll(fold)
                 if with_prior:  # the gold-only model (of the same fold) says which of the confused classes
-                    assert gold_only is not None
-                    model = gold_only.model if fold is None else gold_only.folds[fold]
-                    prior = softmax_t(predict_logits(model, x_weak, device=cfg.device), gold_only.temperature)
-                    evidence = evidence + np.log(np.clip(prior, 1e-6, None))
+                    evidence = evidence + np.log(np.clip(opinion(fold), 1e-6, None))
                 return np.concatenate([log_one_hot(gold_y, num_classes), as_evidence(evidence)])
             return targets
 
+        def done(trained: TrainedModel, figures: dict[str, float]) -> WeakModel:
+            model = _weak_model(trained, figures, weak)
+            if refined:
+                model.evidence = {f: votes_ll(f) for f in [*range(data.folds), None]}
+                model.refined_sources = refined(None)
+            return model
+
         table = gold_first(data, weak)
-        options = prior_options(labels, stage.anchored_prior, gold_only)
+        options = prior_options(labels, stage.anchored_prior, gold_only, stage.anchored_refine)
         evidence_rule = lambda _fold: EvidenceLoss("gce", stage.gce_q)  # noqa: E731
         if len(options) == 1:
             trained = crossfit(data, table, anchored_targets(options[0]), stage, cfg, train=train, on_epoch=on_epoch,
                                rule=evidence_rule)
-            return _weak_model(trained, figures | {"anchored_prior": float(options[0])}, weak)
+            return done(trained, figures | {"anchored_prior": float(options[0])})
         # auto with stable votes: both evidences train a share of the epochs, the gold rows (out of fold) say
         # which teaches better, and only that one trains on
         probe = probe_epochs(stage)
@@ -169,7 +187,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
                     "anchored_prior_probe_epochs": float(probe),
                     "oof_accuracy_votes": acc[PRIOR_NAMES[False]], "oof_accuracy_with_prior": acc[PRIOR_NAMES[True]],
                     "oof_log_loss_votes": nll[PRIOR_NAMES[False]], "oof_log_loss_with_prior": nll[PRIOR_NAMES[True]]}
-        return _weak_model(trained, figures, weak)
+        return done(trained, figures)
     elif stage.method == "glc":
         noisy = fit(new_model(data, stage, cfg.seed)[0], x_weak, labels.hard, replace(train, loss="ce")).model
         noisy_on_gold = softmax_t(predict_logits(noisy, data.x(data.rows("gold")), device=cfg.device), 1.0)
@@ -200,6 +218,41 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
     trained = crossfit(data, gold_first(data, weak), targets, stage, cfg, train=train, rule=rule, monitor=monitor,
                        on_epoch=on_epoch)
     return _weak_model(trained, figures, weak)
+
+
+PerTrainer = Callable[[int | None], np.ndarray]  # fold index (None: the refit) -> an array over the weak rows
+
+
+def _opinions(gold_only: TrainedModel | None, x_weak: np.ndarray, device: str) -> PerTrainer:
+    """Per trainer, its own fold's gold-only model's calibrated p(class | x) on the weak rows (computed once)."""
+    cache: dict[int | None, np.ndarray] = {}
+
+    def opinion(fold: int | None) -> np.ndarray:
+        if gold_only is None:
+            raise ValueError("weak_train: the gold-only model's opinion was asked for, but there is none")
+        if fold not in cache:
+            model = gold_only.model if fold is None else gold_only.folds[fold]
+            cache[fold] = softmax_t(predict_logits(model, x_weak, device=device), gold_only.temperature)
+        return cache[fold]
+    return opinion
+
+
+def _vote_evidence(labels: WeakLabels, opinion: PerTrainer | None, strength: float, num_classes: int
+                   ) -> tuple[PerTrainer, Callable[[int | None], list[SourceNoise]] | None]:
+    """Per trainer, the weak rows' vote log-likelihood: measured on that trainer's gold rows, or with an
+    ``opinion`` refined on the weak rows too (:func:`tasks.core.trusted.refine`, the trainer's own fold's
+    gold-only model as the rows' prior, so no fold's gold leaks into its evidence). Also, when refined, the
+    refined sources per trainer."""
+    if opinion is None or labels.votes is None:
+        return (lambda fold: labels.evidence(fold, num_classes)), None
+    cache: dict[int | None, tuple[list[SourceNoise], np.ndarray]] = {}
+
+    def refined(fold: int | None) -> tuple[list[SourceNoise], np.ndarray]:
+        if fold not in cache:
+            sources = labels.sources if fold is None else labels.fold_sources[fold]
+            cache[fold] = refine(sources, labels.votes, opinion(fold), strength)
+        return cache[fold]
+    return (lambda fold: refined(fold)[1]), (lambda fold: refined(fold)[0])
 
 
 def _weak_model(trained: TrainedModel, figures: dict[str, float], weak: pd.DataFrame) -> WeakModel:
@@ -240,4 +293,7 @@ def weak_train(data: PipelineData, labels: WeakLabels, gold_only: TrainedModel, 
             trained = train_weak(data, labels, cfg, on_epoch=bar, gold_only=gold_only)
         log_candidate(trained, data)
         mlflow.log_metrics(trained.figures)
+        if trained.refined_sources:  # the confusions the weak rows were learnt through, beside the gold-only ones
+            tracking.log_json(source_noise_records(trained.refined_sources, data.classes),
+                              "weak_train/refined_source_noise.json")
         return trained

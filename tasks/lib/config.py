@@ -204,13 +204,18 @@ class WeakTrainConfig(TrainStageConfig):
     confident_learning: ConfidentLearningConfig = ConfidentLearningConfig()
     anchored_prior: Literal["auto", "always", "never"] = Field(
         "auto", description="anchored: add the gold-only model's calibrated p(class | x) to each weak row's vote "
-                            "evidence: auto = when the gold rows cannot pin down what the votes point to (vote rank "
-                            "stability under the confusion estimates' uncertainty below 0.9), else train both ways "
-                            "and keep the one the out-of-fold gold rows prefer (see anchored_prior_probe)")
+                            "evidence: auto = train both ways and keep the one the out-of-fold gold rows prefer "
+                            "(see anchored_prior_probe); without anchored_refine, the opinion joins outright where "
+                            "the gold rows cannot pin down what the votes point to (vote rank stability under the "
+                            "confusion estimates' uncertainty below 0.9)")
     anchored_prior_probe: float = Field(
         1 / 3, gt=0, le=1, description="auto, when both evidences are tried: the share of the epochs both are "
                                         "trained before the out-of-fold gold rows choose; only the chosen one "
                                         "trains on (1 = both train fully)")
+    anchored_refine: bool = Field(
+        True, description="anchored: re-estimate each source's confusion on the weak rows too, by EM with the "
+                          "gold-only model's p(class | x) as each row's prior (the gold counts stay in every "
+                          "step); auto then always trains both evidences and the out-of-fold gold rows choose")
     clid_monitor: bool = Field(False, description="also log the label-free CLID per epoch (on unlabeled rows) and its "
                                "rank correlation with the out-of-fold gold accuracy, for methods other than "
                                "clid_mu (which always measures it); costs about 10% of an epoch")

@@ -10,7 +10,9 @@ import torch
 
 from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import FOLD, ROW_ID
-from weakflow.tasks.full_train import train_full
+from weakflow.tasks.core.methods import as_evidence
+from weakflow.tasks.full_train import final_table, train_full
+from weakflow.tasks.gold_only import train_gold_only
 from weakflow.tasks.lib.modeling import new_model
 from weakflow.tasks.pseudo_label import label_all
 from weakflow.tasks.validate import load_and_validate
@@ -142,6 +144,22 @@ def test_final_trains_on_weak_rows_unless_relabelled_and_warm_starts(weak_setup,
     fresh = train_full(data, labels, weak, pseudo, with_(cfg, "full_train.init=fresh"))
     x = data.x(data.test)
     assert not np.array_equal(predict_proba(final.model, x), predict_proba(fresh.model, x))
+
+
+def test_final_learns_the_weak_rows_through_the_weak_models_refined_evidence(weak_setup, tmp_path):
+    cfg, data, labels, _ = weak_setup
+    weak = train_weak(data, labels, cfg, gold_only=train_gold_only(data, cfg))  # anchored_refine: on by default
+    trainers = [*range(data.folds), None]
+    assert set(weak.evidence) == set(trainers) and len(weak.refined_sources) == len(labels.sources)
+    table = final_table(data, labels, weak, label_all(data, weak, with_(cfg), tmp_path), with_(cfg))
+    n_gold, n_weak, k = len(data.rows("gold")), len(weak.row_ids), len(data.classes)
+    for t in trainers:
+        own = table.weights[t][n_gold:n_gold + n_weak] > 0  # weak rows no pseudo label replaced
+        learnt = table.targets[t][n_gold:n_gold + n_weak][own]
+        assert own.sum() > 0
+        np.testing.assert_allclose(learnt, as_evidence(weak.evidence[t])[own])
+        # ... which is not the evidence measured on the gold rows alone
+        assert np.abs(learnt - as_evidence(labels.evidence(t, k))[own]).max() > 1e-3
 
 
 def test_distill_trains_on_soft_labels_and_pretrain_finetune_on_both_phases(weak_setup, tmp_path):
