@@ -87,11 +87,12 @@ STABLE = 0.9  # below this vote-rank stability the opinion joins outright; above
 PRIOR_NAMES = {False: "votes", True: "votes + gold-only"}
 
 
-def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | None, refine: bool = True) -> list[bool]:
+def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | None, refined: bool = True
+                  ) -> list[bool]:
     """Whether the gold-only model's opinion joins the votes' evidence (``anchored_prior``): always, never,
     or ``auto``: both are cross-fitted and the gold rows choose (:func:`train_weak`). The second opinion
     helps where the confusions overstate the votes and costs where the gold-only model is the weaker judge;
-    which holds is a property of the data, so it is measured rather than assumed. Without ``refine`` (the
+    which holds is a property of the data, so it is measured rather than assumed. Without ``refined`` (the
     confusions from the gold rows alone) the opinion joins outright where those few rows cannot pin down
     what the votes point to (:func:`tasks.core.trusted.rank_stability` below ``STABLE``): there the
     votes-only evidence can teach a swapped pair."""
@@ -101,7 +102,7 @@ def prior_options(labels: WeakLabels, setting: str, gold_only: TrainedModel | No
         return [True]
     if labels.stability is None:  # not gold-anchored evidence: nothing measured it against the gold rows
         return [False]
-    return [True] if not refine and labels.stability < STABLE else [False, True]
+    return [True] if not refined and labels.stability < STABLE else [False, True]
 
 
 def probe_epochs(stage: WeakTrainConfig) -> int:
@@ -162,7 +163,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
             return targets
 
         def done(trained: TrainedModel, figures: dict[str, float]) -> WeakModel:
-            model = _weak_model(trained, figures, weak)
+            model = _weak_model(trained, figures | {"anchored_refined": float(refined is not None)}, weak)
             if refined:
                 model.evidence = {f: votes_ll(f) for f in [*range(data.folds), None]}
                 model.refined_sources = refined(None)
@@ -175,8 +176,8 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
             trained = crossfit(data, table, anchored_targets(options[0]), stage, cfg, train=train, on_epoch=on_epoch,
                                rule=evidence_rule)
             return done(trained, figures | {"anchored_prior": float(options[0])})
-        # auto with stable votes: both evidences train a share of the epochs, the gold rows (out of fold) say
-        # which teaches better, and only that one trains on
+        # auto: both evidences train a share of the epochs, the gold rows (out of fold) say which teaches
+        # better, and only that one trains on
         probe = probe_epochs(stage)
         chosen, probs, trained = race_crossfit(
             data, table, {PRIOR_NAMES[opt]: anchored_targets(opt) for opt in options}, stage, cfg, probe=probe,

@@ -32,9 +32,9 @@ def test_prior_options_follow_the_setting_refinement_and_the_vote_rank_stability
     stable, unstable = replace(labels, stability=STABLE), replace(labels, stability=STABLE - 0.01)
     assert prior_options(stable, "auto", gold_only) == [False, True]  # measured, not assumed
     assert prior_options(unstable, "auto", gold_only) == [False, True]  # refined on the weak rows: measured too
-    assert prior_options(stable, "auto", gold_only, refine=False) == [False, True]
+    assert prior_options(stable, "auto", gold_only, refined=False) == [False, True]
     # from the gold rows alone, which cannot say what a vote means: the opinion joins outright
-    assert prior_options(unstable, "auto", gold_only, refine=False) == [True]
+    assert prior_options(unstable, "auto", gold_only, refined=False) == [True]
     assert prior_options(replace(labels, stability=None), "auto", gold_only) == [False]  # no gold-anchored evidence
     assert prior_options(stable, "always", gold_only) == [True]
     assert prior_options(unstable, "never", gold_only) == [False]

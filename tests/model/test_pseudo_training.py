@@ -151,6 +151,7 @@ def test_final_learns_the_weak_rows_through_the_weak_models_refined_evidence(wea
     weak = train_weak(data, labels, cfg, gold_only=train_gold_only(data, cfg))  # anchored_refine: on by default
     trainers = [*range(data.folds), None]
     assert set(weak.evidence) == set(trainers) and len(weak.refined_sources) == len(labels.sources)
+    assert weak.figures["anchored_refined"] == 1.0
     table = final_table(data, labels, weak, label_all(data, weak, with_(cfg), tmp_path), with_(cfg))
     n_gold, n_weak, k = len(data.rows("gold")), len(weak.row_ids), len(data.classes)
     for t in trainers:
