@@ -71,8 +71,8 @@ def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo:
                 soft_pseudo: bool = False) -> FinalTable:
     """Gold rows (their label); the weak rows the weak model trained on (their votes' evidence, measured
     without the trainer's own gold fold, refined as the weak model's was); every row any pseudo set kept
-    (its pseudo label, or with
-    ``soft_pseudo`` its calibrated probabilities, weighted by confidence per ``full_train.pseudo_weight``).
+    (its pseudo label, or with ``soft_pseudo`` its calibrated probabilities, weighted by confidence per
+    ``full_train.pseudo_weight``).
     Where a trainer's pseudo set kept a weak row, the pseudo label replaces its votes there."""
     classes = np.asarray(data.classes)
     num_classes = len(classes)

@@ -222,16 +222,19 @@ def refine(sources: list[SourceNoise], votes: np.ndarray, probs: np.ndarray, str
     row's prior: E-step P(true | x, votes), M-step the gold counts plus the weak rows' expected counts
     (smoothed alike). A handful of gold rows per class cannot tell a 60/40 pair flip from an even one; a
     thousand weak rows weighed by a model that sees x can. The gold counts stay in every M-step, so the
-    estimate stays anchored on them. Returns the refined sources and the rows' (rows, C) log-likelihood."""
+    estimate stays anchored on them. Returns the refined sources (``counts`` still the gold rows', basis
+    marked ``+refined``) and the rows' (rows, C) log-likelihood under them."""
     votes = np.asarray(votes)
     probs = np.asarray(probs, dtype=np.float64)
     num_classes = probs.shape[1]
     base = [src.counts if src.basis == "gold" else np.zeros_like(src.counts) for src in sources]
     current = list(sources)
+    alphas: list[np.ndarray] = []
     ll = sum(src.log_likelihood(votes[:, s]) for s, src in enumerate(current))
     previous = None
     for _ in range(max_iter):
         post = combine(ll, probs)
+        alphas = []
         for s, src in enumerate(current):
             cast = votes[:, s] >= 0
             given = np.zeros((int(cast.sum()), num_classes))
@@ -240,13 +243,18 @@ def refine(sources: list[SourceNoise], votes: np.ndarray, probs: np.ndarray, str
             pooled = (np.trace(counts) + 1.0) / (counts.sum() + 2.0)
             prior = np.full((num_classes, num_classes), (1.0 - pooled) / max(num_classes - 1, 1))
             np.fill_diagonal(prior, pooled)
-            confusion, low, high = _dirichlet_rows(counts, prior, strength)
-            current[s] = replace(src, confusion=confusion, confusion_low=low, confusion_high=high)
+            alphas.append(counts + strength * prior)
+            current[s] = replace(src, confusion=alphas[-1] / alphas[-1].sum(axis=1, keepdims=True))
         ll = sum(src.log_likelihood(votes[:, s]) for s, src in enumerate(current))
         score = float(logsumexp(np.asarray(ll) + np.log(np.clip(probs, 1e-12, None)), axis=1).sum())
         if previous is not None and abs(score - previous) < tol * max(1.0, abs(previous)):
             break
         previous = score
+    for s, alpha in enumerate(alphas):  # the intervals once, at the end (the same as _dirichlet_rows gives)
+        total = alpha.sum(axis=1, keepdims=True)
+        current[s] = replace(current[s], basis=sources[s].basis + "+refined",
+                             confusion_low=beta_dist.ppf(0.025, alpha, total - alpha),
+                             confusion_high=beta_dist.ppf(0.975, alpha, total - alpha))
     return current, np.asarray(ll, dtype=np.float64)
 
 

@@ -77,3 +77,5 @@ def test_refine_with_a_certain_model_counts_the_weak_rows_as_gold():
                                  ["annotator"], K)
     np.testing.assert_allclose(refined[0].confusion, as_if_gold[0].confusion, atol=1e-9)
     np.testing.assert_allclose(refined[0].confusion_low, as_if_gold[0].confusion_low, atol=1e-9)
+    np.testing.assert_allclose(refined[0].confusion_high, as_if_gold[0].confusion_high, atol=1e-9)
+    assert refined[0].basis == "gold+refined"

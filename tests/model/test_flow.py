@@ -106,6 +106,12 @@ def test_run_tree_metrics_artifacts_and_champion(first_run):
     noise = json.loads(Path(client.download_artifacts(stages["weak_labels"].info.run_id,
                                                       "weak_labels/source_noise.json")).read_text())
     assert noise[0]["basis"] == "gold" and noise[0]["accuracy_low"] < noise[0]["accuracy"] < noise[0]["accuracy_high"]
+    # beside them, the confusions the weak rows were learnt through: refined on those rows, same gold counts
+    refined = json.loads(Path(client.download_artifacts(stages["weak_train"].info.run_id,
+                                                        "weak_train/refined_source_noise.json")).read_text())
+    assert refined[0]["basis"] == "gold+refined" and refined[0]["counts"] == noise[0]["counts"]
+    assert refined[0]["confusion"] != noise[0]["confusion"]
+    assert stages["weak_train"].data.metrics["anchored_refined"] == 1.0
 
     # the choice of what ships is made on the gold rows, and said everywhere
     select = stages["select"]
