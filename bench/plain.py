@@ -96,7 +96,8 @@ def run_config(cfg, workspace: Path) -> PlainRun:  # cfg: tasks.config.Config
         gold_only = candidates["gold_only"]
         judge = calibrated(gold_only.model, gold_only.spec, gold_only.temperature)[0]
         review = build_review(data, cfg, network, probs, Champion(None), "plain", labels,
-                              getattr(selection.model, "pseudo", None), selection, judge)
+                              getattr(selection.model, "pseudo", None), selection, judge,
+                              getattr(candidates.get("weak"), "refined_sources", None))
         (Path(workspace) / "report.html").write_text(render_html(review))
         (Path(workspace) / "report.md").write_text(render_markdown(review))
         times["report"] = time.perf_counter() - t

@@ -132,7 +132,7 @@ def evaluate(data: PipelineData, candidates: dict[str, TrainedModel], selection:
         if cfg.report.enabled:  # challenger vs champion, robustness, label noise: evaluation/report.html
             evaluation.review = review = report.review_run(data, cfg, selection.model, probs, parent_run_id,
                                                            run.info.run_id, labels, pseudo, selection,
-                                                           candidates["gold_only"])
+                                                           candidates["gold_only"], candidates.get("weak"))
             evaluation.tags = report.review_tags(review) | selection.tags
         mlflow.set_tags(evaluation.tags)
         return evaluation

@@ -10,7 +10,8 @@ JS) and to the same content as markdown, logged as ``evaluation/report.html`` an
   per-class recall, ECE with a reliability diagram, confusion matrices; paired bootstrap intervals on
   each headline metric and on every difference (tasks/core/bootstrap.py);
 * the corruption suite on the test split for challenger and champion (tasks/core/robustness.py);
-* the label-noise view: each weak source's noise rate against gold, pseudo-label precision, and the
+* the label-noise view: each weak source's noise rate against gold, its confusion measured on gold (and
+  as the weak training refined it on the weak rows), pseudo-label precision, and the
   weak rows the final model believes mislabelled (cleanlab), top-k here and all in a CSV;
 * once ``register``'s gate has decided, the verdict (:func:`record_gate` re-renders the page with it).
 """
@@ -153,14 +154,16 @@ def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str)
 
 def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: dict[str, np.ndarray],
                  champion: Champion, parent_run_id: str, labels: Any = None, pseudo: Any = None,
-                 selection: Any = None, issue_model: nn.Module | None = None) -> Review:
+                 selection: Any = None, issue_model: nn.Module | None = None, refined: Any = None) -> Review:
     """Every number and figure of the report (no MLflow writes).
 
     ``final``: the challenger network (the shipped model, calibrated); ``test_probs``: the evaluate stage's
     test-split probabilities per candidate (``gold_only``, ``weak``, ``final``); ``labels``/``pseudo``: the
     weak_labels result and the pseudo set the final refit trained on; ``selection``: the select stage's
     choice (tasks.select.Selection; None: the final model is the challenger); ``issue_model``: the network
-    whose probabilities judge the weak labels (the calibrated gold-only model; default ``final``)."""
+    whose probabilities judge the weak labels (the calibrated gold-only model; default ``final``);
+    ``refined``: the weak model's confusions refined on the weak rows (WeakModel.refined_sources), shown beside
+    the gold-measured ones."""
     rc = cfg.report
     seed = cfg.seed if rc.seed is None else rc.seed
     seconds: dict[str, float] = {}
@@ -221,7 +224,8 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
                     per_class, issues, method, weak_rows, rc.top_k, seconds=seconds, noise_basis=basis,
                     shipped=shipped, selection_reason=selection.reason if selection is not None else "",
                     selection=selection.table if selection is not None else pd.DataFrame(),
-                    source_noise=source_noise_records(getattr(labels, "sources", []), list(data.classes)))
+                    source_noise=source_noise_records(getattr(labels, "sources", []), list(data.classes)),
+                    refined_noise=source_noise_records(list(refined or []), list(data.classes)))
     t = time.perf_counter()
     review.figures = figures(review, probs, y, data)
     seconds["figures"] = time.perf_counter() - t
@@ -361,9 +365,10 @@ def log_test_input(data: PipelineData) -> None:
 
 def review_run(data: PipelineData, cfg: Config, shipped: Any, test_probs: dict[str, np.ndarray],
                parent_run_id: str, run_id: str, labels: Any = None, pseudo: Any = None,
-               selection: Any = None, gold_only: Any = None) -> Review:
+               selection: Any = None, gold_only: Any = None, weak: Any = None) -> Review:
     """Load the champion, build the review, log it into the active (evaluate) run; ``report_seconds``
-    is what it all cost. ``shipped`` / ``gold_only``: those candidates (tasks.modeling.TrainedModel)."""
+    is what it all cost. ``shipped`` / ``gold_only`` / ``weak``: those candidates (tasks.modeling.TrainedModel;
+    the weak one for the confusions it refined)."""
     from weakflow.tasks.core.models import calibrated
 
     start = time.perf_counter()
@@ -371,7 +376,8 @@ def review_run(data: PipelineData, cfg: Config, shipped: Any, test_probs: dict[s
     loaded = time.perf_counter() - start
     network = calibrated(shipped.model, shipped.spec, shipped.temperature)[0]
     judge = calibrated(gold_only.model, gold_only.spec, gold_only.temperature)[0] if gold_only is not None else None
-    review = build_review(data, cfg, network, test_probs, champion, parent_run_id, labels, pseudo, selection, judge)
+    review = build_review(data, cfg, network, test_probs, champion, parent_run_id, labels, pseudo, selection, judge,
+                          getattr(weak, "refined_sources", None))
     review.seconds = {"champion_load": loaded, **review.seconds}
     review.run_id = run_id
     t = time.perf_counter()

@@ -190,7 +190,8 @@ def selection_blocks(review: Review) -> list[tuple[str, Any]]:
 
 
 def source_blocks(review: Review) -> list[tuple[str, Any]]:
-    """Each source's confusion matrix measured on gold, with its 95% interval, where gold measured it."""
+    """Each source's confusion matrix measured on gold, with its 95% interval, where gold measured it; and
+    beside it, where the weak training refined it on the weak rows, the confusion it learnt through."""
     blocks: list[tuple[str, Any]] = []
     for src in review.source_noise[:12]:
         classes = src["classes"]
@@ -207,6 +208,14 @@ def source_blocks(review: Review) -> list[tuple[str, Any]]:
             if src["abstain"] is not None else "")
         blocks += [("p", f"`{src['source']}`: {acc}{abstain}. P(vote | true class), smoothed toward its pooled "
                          "accuracy, with 95% intervals:"), ("table", frame)]
+        refined = next((r for r in review.refined_noise if r["source"] == src["source"]), None)
+        if refined is not None:
+            means = pd.DataFrame([[f"{m:.2f}" for m in row] for row in refined["confusion"]],
+                                 columns=[f"vote {c}" for c in classes])
+            means.insert(0, "true class", [str(c) for c in classes])
+            blocks += [("p", f"`{src['source']}` as the weak training learnt it: the same gold counts plus the "
+                             "weak rows' expected counts under the gold-only model's p(class | x), by EM "
+                             "(`weak_train.anchored_refine`):"), ("table", means)]
     return blocks
 
 

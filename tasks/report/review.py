@@ -65,6 +65,8 @@ class Review:
     selection_reason: str = ""
     selection: pd.DataFrame = field(default_factory=pd.DataFrame)  # candidates on cross-fitted gold
     source_noise: list[dict] = field(default_factory=list)  # gold_anchored: per source, confusion with intervals
+    # anchored_refine: per source, the confusion the weak training refined on the weak rows (and learnt through)
+    refined_noise: list[dict] = field(default_factory=list)
 
     @property
     def has_champion(self) -> bool:

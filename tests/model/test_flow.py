@@ -168,6 +168,7 @@ def test_failed_gate_registers_challenger_and_keeps_champion(first_run):
     assert evaluate.data.tags["weakflow.stage"] == "evaluate" and evaluate.data.tags["weakflow.gate"] == "failed"
     report = Path(client.download_artifacts(evaluate.info.run_id, "evaluation/report.md")).read_text()
     assert "**failed**" in report and "below the minimum 1.0000" in report
+    assert "as the weak training learnt it" in report  # the evaluate stage hands the weak model's refined confusions on
 
 
 def test_a_failure_after_register_moves_no_alias(first_run, monkeypatch):

@@ -94,6 +94,26 @@ def test_report_without_champion_says_so_and_shows_the_rest(setup):
     assert "![accuracy per corruption and severity](robustness.png)" in md
 
 
+def test_label_noise_view_shows_the_refined_confusions_beside_the_gold_ones(setup):
+    from weakflow.tasks.core.trusted import refine
+    from weakflow.tasks.lib.data import ROW_ID
+
+    cfg, data, good, _, _, probs, labels, pseudo = setup
+    x_weak = data.x(data.train.set_index(ROW_ID).loc[labels.row_ids].reset_index())
+    refined, _ = refine(labels.sources, labels.votes, predict_proba(good, x_weak))
+    review = build_review(data, cfg, good, probs, Champion(None), "run-r", labels, pseudo, refined=refined)
+    md = render_markdown(review)
+    gold, learnt = review.source_noise[0], review.refined_noise[0]
+    assert learnt["basis"] == "gold+refined" and learnt["counts"] == gold["counts"]
+    assert learnt["confusion"] != gold["confusion"]
+    assert "as the weak training learnt it" in md
+    first = "| " + " | ".join([str(data.classes[0]), *(f"{m:.2f}" for m in learnt["confusion"][0])]) + " |"
+    assert first in md
+    # no refined sources (another method, or anchored_refine off): only the gold-measured view
+    without = render_markdown(build_review(data, cfg, good, probs, Champion(None), "run-r", labels, pseudo))
+    assert "as the weak training learnt it" not in without and first not in without
+
+
 def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
     cfg, data, good, poor, spec, probs, labels, pseudo = setup
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
