@@ -163,11 +163,10 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
             return targets
 
         def done(trained: TrainedModel, figures: dict[str, float]) -> WeakModel:
-            model = _weak_model(trained, figures | {"anchored_refined": float(refined is not None)}, weak)
-            if refined:
-                model.evidence = {f: votes_ll(f) for f in [*range(data.folds), None]}
-                model.refined_sources = refined(None)
-            return model
+            if refined is None:
+                return _weak_model(trained, figures | {"anchored_refined": 0.0}, weak)
+            return _weak_model(trained, figures | {"anchored_refined": 1.0}, weak,
+                               {f: votes_ll(f) for f in [*range(data.folds), None]}, refined(None))
 
         table = gold_first(data, weak)
         options = prior_options(labels, stage.anchored_prior, gold_only, stage.anchored_refine)
@@ -256,10 +255,13 @@ def _vote_evidence(labels: WeakLabels, opinion: PerTrainer | None, strength: flo
     return (lambda fold: refined(fold)[1]), (lambda fold: refined(fold)[0])
 
 
-def _weak_model(trained: TrainedModel, figures: dict[str, float], weak: pd.DataFrame) -> WeakModel:
+def _weak_model(trained: TrainedModel, figures: dict[str, float], weak: pd.DataFrame,
+                evidence: dict[int | None, np.ndarray] | None = None,
+                refined_sources: list[SourceNoise] | None = None) -> WeakModel:
     figures = figures | clid_dev_correlation(trained.history) | {"weak_rows": float(len(weak))}
     return WeakModel(trained.model, _spec_of(trained), trained.history, trained.best_epoch, trained.folds,
-                     trained.oof_logits, trained.temperature, figures, len(weak), weak[ROW_ID].to_numpy())
+                     trained.oof_logits, trained.temperature, figures, len(weak), weak[ROW_ID].to_numpy(),
+                     evidence or {}, refined_sources or [])
 
 
 def _spec_of(trained: TrainedModel):  # -> ModelSpec

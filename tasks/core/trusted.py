@@ -98,6 +98,24 @@ def _dirichlet_rows(counts: np.ndarray, prior: np.ndarray, strength: float
     return mean, low, high
 
 
+def _pooled_prior(counts: np.ndarray) -> np.ndarray:
+    """The Dirichlet prior's mean for a (C, C) count table: the source's pooled accuracy (add-one) on the
+    diagonal, the rest spread evenly (so a class with few rows reads "about as good as elsewhere")."""
+    k = counts.shape[0]
+    pooled = (np.trace(counts) + 1.0) / (counts.sum() + 2.0)
+    prior = np.full((k, k), (1.0 - pooled) / max(k - 1, 1))
+    np.fill_diagonal(prior, pooled)
+    return prior
+
+
+def _expected_counts(votes: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """(C, C) expected (true class, vote) counts of one source's vote column under soft true labels."""
+    cast = votes >= 0
+    given = np.zeros((int(cast.sum()), posterior.shape[1]))
+    given[np.arange(len(given)), votes[cast]] = 1.0
+    return posterior[cast].T @ given
+
+
 def _abstain_model(voted: np.ndarray, gold: np.ndarray, num_classes: int, strength: float
                    ) -> tuple[np.ndarray | None, float]:
     """P(abstain | class) on the gold rows, or None when abstaining does not depend on the class."""
@@ -132,11 +150,7 @@ def measure_on_gold(votes: np.ndarray, gold: np.ndarray, names: list[str], num_c
         counts = np.zeros((num_classes, num_classes))
         np.add.at(counts, (g[cast], v[cast]), 1.0)
         right = float(np.trace(counts))
-        pooled = (right + 1.0) / (n + 2.0)
-        off = (1.0 - pooled) / max(num_classes - 1, 1)
-        prior = np.full((num_classes, num_classes), off)
-        np.fill_diagonal(prior, pooled)
-        confusion, low, high = _dirichlet_rows(counts, prior, strength)
+        confusion, low, high = _dirichlet_rows(counts, _pooled_prior(counts), strength)
         acc_low, acc_high = wilson_interval(right, n)
         abstain, p_value = _abstain_model(cast, g, num_classes, strength)
         out.append(SourceNoise(name, "gold", n, counts, confusion, low, high, right / n, float(acc_low),
@@ -166,17 +180,10 @@ def combine(log_likelihood: np.ndarray, prior_probs: np.ndarray) -> np.ndarray:
     return np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
 
 
-def _em_source(name: str, votes: np.ndarray, posterior: np.ndarray, num_classes: int, strength: float) -> SourceNoise:
+def _em_source(name: str, votes: np.ndarray, posterior: np.ndarray, strength: float) -> SourceNoise:
     """M-step for one source from soft labels: its confusion from expected counts, smoothed alike."""
-    cast = votes >= 0
-    given = np.zeros((int(cast.sum()), num_classes))
-    given[np.arange(len(given)), votes[cast]] = 1.0
-    counts = posterior[cast].T @ given
-    total = counts.sum()
-    pooled = (np.trace(counts) + 1.0) / (total + 2.0)
-    prior = np.full((num_classes, num_classes), (1.0 - pooled) / max(num_classes - 1, 1))
-    np.fill_diagonal(prior, pooled)
-    confusion, low, high = _dirichlet_rows(counts, prior, strength)
+    counts = _expected_counts(votes, posterior)
+    confusion, low, high = _dirichlet_rows(counts, _pooled_prior(counts), strength)
     nan = float("nan")
     return SourceNoise(name, "em", 0, counts, confusion, low, high, nan, nan, nan, None, nan)
 
@@ -195,7 +202,7 @@ def anchor(votes: np.ndarray, gold: np.ndarray, names: list[str], num_classes: i
 
         ds = dawid_skene(votes[others], num_classes) if others.any() else None
         sources = [_em_source(n, votes[others, s], ds.posterior if ds is not None else np.zeros((0, num_classes)),
-                              num_classes, strength) for s, n in enumerate(names)]
+                              strength) for s, n in enumerate(names)]
         ll = sum(src.log_likelihood(votes[:, s]) for s, src in enumerate(sources))
         return Anchored(sources, np.asarray(ll, dtype=np.float64), prior, ds.iterations if ds is not None else 0)
     known = [s for s in range(len(names)) if s not in silent]
@@ -207,7 +214,7 @@ def anchor(votes: np.ndarray, gold: np.ndarray, names: list[str], num_classes: i
         joint = ll + np.log(prior)
         post = np.exp(joint - logsumexp(joint, axis=1, keepdims=True))[others]
         for s in silent:
-            sources[s] = _em_source(names[s], votes[others, s], post, num_classes, strength)
+            sources[s] = _em_source(names[s], votes[others, s], post, strength)
         ll = fixed + sum(sources[s].log_likelihood(votes[:, s]) for s in silent)  # type: ignore[union-attr]
         score = float(logsumexp(ll[others] + np.log(prior), axis=1).sum())
         if previous is not None and abs(score - previous) < tol * max(1.0, abs(previous)):
@@ -226,35 +233,24 @@ def refine(sources: list[SourceNoise], votes: np.ndarray, probs: np.ndarray, str
     marked ``+refined``) and the rows' (rows, C) log-likelihood under them."""
     votes = np.asarray(votes)
     probs = np.asarray(probs, dtype=np.float64)
-    num_classes = probs.shape[1]
     base = [src.counts if src.basis == "gold" else np.zeros_like(src.counts) for src in sources]
-    current = list(sources)
-    alphas: list[np.ndarray] = []
+    current, counts = list(sources), list(base)
     ll = sum(src.log_likelihood(votes[:, s]) for s, src in enumerate(current))
     previous = None
     for _ in range(max_iter):
         post = combine(ll, probs)
-        alphas = []
         for s, src in enumerate(current):
-            cast = votes[:, s] >= 0
-            given = np.zeros((int(cast.sum()), num_classes))
-            given[np.arange(len(given)), votes[cast, s]] = 1.0
-            counts = base[s] + post[cast].T @ given
-            pooled = (np.trace(counts) + 1.0) / (counts.sum() + 2.0)
-            prior = np.full((num_classes, num_classes), (1.0 - pooled) / max(num_classes - 1, 1))
-            np.fill_diagonal(prior, pooled)
-            alphas.append(counts + strength * prior)
-            current[s] = replace(src, confusion=alphas[-1] / alphas[-1].sum(axis=1, keepdims=True))
+            counts[s] = base[s] + _expected_counts(votes[:, s], post)
+            alpha = counts[s] + strength * _pooled_prior(counts[s])
+            current[s] = replace(src, confusion=alpha / alpha.sum(axis=1, keepdims=True))
         ll = sum(src.log_likelihood(votes[:, s]) for s, src in enumerate(current))
         score = float(logsumexp(np.asarray(ll) + np.log(np.clip(probs, 1e-12, None)), axis=1).sum())
         if previous is not None and abs(score - previous) < tol * max(1.0, abs(previous)):
             break
         previous = score
-    for s, alpha in enumerate(alphas):  # the intervals once, at the end (the same as _dirichlet_rows gives)
-        total = alpha.sum(axis=1, keepdims=True)
-        current[s] = replace(current[s], basis=sources[s].basis + "+refined",
-                             confusion_low=beta_dist.ppf(0.025, alpha, total - alpha),
-                             confusion_high=beta_dist.ppf(0.975, alpha, total - alpha))
+    for s, src in enumerate(current):  # the intervals once, at the end (beta quantiles cost more than EM)
+        _, low, high = _dirichlet_rows(counts[s], _pooled_prior(counts[s]), strength)
+        current[s] = replace(src, basis=sources[s].basis + "+refined", confusion_low=low, confusion_high=high)
     return current, np.asarray(ll, dtype=np.float64)
 
 
@@ -277,10 +273,7 @@ def rank_stability(sources: list[SourceNoise], votes: np.ndarray, prior: np.ndar
         if not len(values):
             continue
         k = src.confusion.shape[0]
-        pooled = (np.trace(src.counts) + 1.0) / (src.counts.sum() + 2.0)
-        base = np.full((k, k), (1.0 - pooled) / max(k - 1, 1))
-        np.fill_diagonal(base, pooled)
-        alpha = src.counts + strength * base  # the posterior the estimate is the mean of
+        alpha = src.counts + strength * _pooled_prior(src.counts)  # the posterior the estimate is the mean of
         draws = rng.gamma(alpha[None], size=(samples, k, k))
         draws /= draws.sum(axis=2, keepdims=True)  # (samples, true, vote): each row a Dirichlet draw
         named = np.argmax(prior[:, None] * src.confusion, axis=0)  # per vote: the estimate's most likely class
