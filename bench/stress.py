@@ -435,7 +435,7 @@ class ForwardCorrected(WeightedLoss):
         self.c = torch.as_tensor(corruption, dtype=torch.float32)
         self.k = len(corruption)
 
-    def step(self, model, optimizer, xb, yb, wb):
+    def step(self, model, optimizer, xb, yb, wb, rows=None):
         logits = model(xb).float()
         weak, label = yb >= self.k, yb % self.k
         noisy = F.softmax(logits, dim=1) @ self.c.to(logits.device)

@@ -4,7 +4,8 @@ Each fold model trains on the gold rows outside its fold, on the weak rows throu
 (measured without that fold's gold rows), and on the pseudo set its own fold's weak model kept; the refit
 on all gold and the refit's pseudo set. Where a weak row was kept as a pseudo label, the pseudo label
 (the weak model's calibrated, confident belief) replaces its votes. The loss is tasks.core.methods.
-EvidenceLoss (``full_train.loss``: gce bounds what a wrong vote or pseudo label can do).
+EvidenceLoss (``full_train.loss``: gce bounds what a wrong vote or pseudo label can do; the gold rows are
+learnt with plain CE either way).
 
 - ``augment``: one fit on all of that, pseudo rows weighted by their calibrated confidence;
 - ``pretrain_finetune``: pseudo (and weak) rows first, then gold only at a tenth of the learning rate;
@@ -118,9 +119,10 @@ def final_table(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo:
 
 def _fit(data: PipelineData, table: FinalTable, cfg: Config, on_epoch: OnEpoch, weights=None, **kwargs) -> TrainedModel:
     stage = cfg.full_train
+    gold_rows = len(data.rows("gold"))  # first in the table (gold_first); learnt with CE
     return crossfit(data, table.frame, lambda t: table.targets[t], stage, cfg,
                     weights=weights or (lambda t: table.weights[t]), on_epoch=on_epoch,
-                    rule=lambda _t: EvidenceLoss(stage.loss, stage.gce_q), **kwargs)
+                    rule=lambda _t: EvidenceLoss(stage.loss, stage.gce_q, gold_rows=gold_rows), **kwargs)
 
 
 def _full(trained: TrainedModel, pseudo: CrossPseudo, table: FinalTable) -> FullModel:

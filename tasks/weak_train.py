@@ -5,7 +5,8 @@ refit on all gold (tasks/core/crossfit.py); the out-of-fold gold predictions cho
 the result. Methods (``weak_train.method``):
 
 - ``anchored`` (default): each weak row is learnt through its votes' likelihood under every source's
-  confusion matrix: the loss is the (bounded, GCE-form) negative log of sum_y p(y | x) P(votes | y), so
+  confusion matrix: the loss is the (bounded, GCE-form) negative log of sum_y p(y | x) P(votes | y) (the
+  gold rows: plain CE, their label is not in doubt), so
   structured noise is undone rather than learnt, while symmetric noise averages out over many rows as with
   a robust loss (tasks/core/methods.py, EvidenceLoss). The confusions start from the gold rows
   (weak_labels, gold_anchored); with ``anchored_refine`` (default) each trainer re-estimates them on the weak
@@ -170,7 +171,7 @@ def train_weak(data: PipelineData, labels: WeakLabels, cfg: Config,
 
         table = gold_first(data, weak)
         options = prior_options(labels, stage.anchored_prior, gold_only, stage.anchored_refine)
-        evidence_rule = lambda _fold: EvidenceLoss("gce", stage.gce_q)  # noqa: E731
+        evidence_rule = lambda _fold: EvidenceLoss("gce", stage.gce_q, gold_rows=len(gold_y))  # noqa: E731
         if len(options) == 1:
             trained = crossfit(data, table, anchored_targets(options[0]), stage, cfg, train=train, on_epoch=on_epoch,
                                rule=evidence_rule)

@@ -113,7 +113,7 @@ class ClidMu:
         return self.meta_x[idx]
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
-             wb: torch.Tensor) -> torch.Tensor:
+             wb: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         with autocast(xb.device):
             logits = model(xb)
         cost = cross_entropy(logits.float(), yb)  # per-sample; the weight net's input and the loss to weight

@@ -164,7 +164,7 @@ class ForwardCorrected(WeightedLoss):
         super().__init__("ce")
         self.corruption = torch.as_tensor(np.asarray(corruption, dtype=np.float32))
 
-    def step(self, model, optimizer, xb, yb, wb):
+    def step(self, model, optimizer, xb, yb, wb, rows=None):
         num_classes = self.corruption.shape[0]
         corruption = self.corruption.to(xb.device)
         with autocast(xb.device):
@@ -211,16 +211,27 @@ class EvidenceLoss(WeightedLoss):
     counted on gold); with E = log one-hot it is plain CE / GCE, which is what gold and pseudo-labelled rows
     get. The network learns p(y | x) from all rows at once, so symmetric noise averages out across similar
     rows, while structured noise (look-alike classes, one class flipped more than another) is undone by the
-    confusion matrices instead of being learned."""
+    confusion matrices instead of being learned.
 
-    def __init__(self, loss: str = "gce", q: float = 0.7) -> None:
+    The table's first ``gold_rows`` rows (cross-fitting puts the gold rows first) are learnt with the
+    unbounded -log P whatever ``loss`` says: the bound is for evidence that may be wrong, and a gold label is
+    not, so bounding it would discount exactly the gold rows the network still gets wrong. A batch's rows
+    are told apart by their index in the table (``rows``), not by their targets: a pseudo label looks as
+    certain as a gold one."""
+
+    def __init__(self, loss: str = "gce", q: float = 0.7, gold_rows: int = 0) -> None:
         super().__init__(loss, q)
+        self.gold_rows = gold_rows
 
-    def step(self, model, optimizer, xb, yb, wb):
+    def step(self, model, optimizer, xb, yb, wb, rows=None):
         with autocast(xb.device):
             logits = model(xb)
         log_p = torch.logsumexp(F.log_softmax(logits.float(), dim=1) + yb, dim=1)
         losses = -log_p if self.loss == "ce" else (1.0 - torch.exp(self.gce_q * log_p)) / self.gce_q
+        if self.gold_rows and self.loss != "ce":
+            if rows is None:
+                raise ValueError("EvidenceLoss with gold rows needs the batch's row indices in the table")
+            losses = torch.where(rows < self.gold_rows, -log_p, losses)
         loss = (losses * wb).sum() / wb.sum().clamp_min(1e-8)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

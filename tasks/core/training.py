@@ -45,8 +45,9 @@ class EpochStats:
 
 class UpdateRule(Protocol):
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
-             wb: torch.Tensor) -> torch.Tensor:
-        """Update ``model`` on one batch; return the (detached) batch loss."""
+             wb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Update ``model`` on one batch (``rows``: its row indices in the training table, for rules that
+        treat some rows apart); return the (detached) batch loss."""
 
     def end_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """Label-free measurements after an epoch (may keep snapshots)."""
@@ -67,7 +68,7 @@ class WeightedLoss:
     def __init__(self, loss: LossName = "ce", gce_q: float = 0.7) -> None:
         self.loss, self.gce_q = loss, gce_q
 
-    def step(self, model, optimizer, xb, yb, wb):
+    def step(self, model, optimizer, xb, yb, wb, rows=None):
         device = xb.device
         with autocast(device):
             logits = model(xb)
@@ -161,7 +162,7 @@ class Trainer:
             idx = order[start : start + bs]
             if len(idx) < 2 and self.rows >= 2:  # BatchNorm needs two rows; fold a lone tail row away
                 continue
-            loss = self.rule.step(model, self.optimizer, self.x[idx], self.y[idx], self.w[idx])
+            loss = self.rule.step(model, self.optimizer, self.x[idx], self.y[idx], self.w[idx], idx)
             self.scheduler.step()
             total += loss * len(idx)
             seen += len(idx)

@@ -248,7 +248,7 @@ class FullTrainConfig(TrainStageConfig):
     epochs: int = Field(20, ge=1, description="from the weak model (init: weak) a short refinement; give a fresh "
                         "network (init: fresh) about 60")
     loss: LossName = Field("gce", description="of the evidence loss (tasks/core/methods.py): gce bounds what a wrong "
-                           "vote or pseudo label can do; ce")
+                           "vote or pseudo label can do; ce. Gold rows are learnt with ce either way")
     strategy: Literal["augment", "pretrain_finetune", "self_train", "distill"] = "augment"
     init: Literal["weak", "fresh"] = Field("weak", description="augment / self_train: each final model starts from "
                                            "its fold's weak model (refines it) or from a fresh network")
