@@ -8,7 +8,7 @@ EvidenceLoss (``full_train.loss``: gce bounds what a wrong vote or pseudo label 
 learnt with plain CE either way).
 
 - ``augment``: one fit on all of that, pseudo rows weighted by their calibrated confidence;
-- ``pretrain_finetune``: pseudo (and weak) rows first, then gold only at a tenth of the learning rate;
+- ``pretrain_finetune``: pseudo (and weak) rows first, then gold only (CE) at a tenth of the learning rate;
 - ``self_train``: rounds of augment -> relabel the candidates with the new models -> expand, until the
   pseudo set stops growing or the out-of-fold gold accuracy falls (tasks/core/selftrain.py); each round
   a nested MLflow run; every relabelled set goes through the same pseudo_near_test check and policy;
@@ -176,7 +176,7 @@ def pretrain_finetune(data: PipelineData, labels: WeakLabels, weak: WeakModel, p
     pretrained = {**dict(enumerate(pre.folds)), None: pre.model}
     gold = gold_first(data)
     fine = crossfit(data, gold, data.y(gold), stage, cfg, on_epoch=on_epoch,
-                    train=settings(stage, cfg, epochs=stage.finetune_epochs, lr=stage.lr / 10),
+                    train=replace(settings(stage, cfg, epochs=stage.finetune_epochs, lr=stage.lr / 10), loss="ce"),
                     build=lambda t: pretrained[t].train(), spec=pre.spec)
     history = pre.history + [replace(h, epoch=h.epoch + len(pre.history)) for h in fine.history]
     return FullModel(fine.model, fine.spec, history, fine.best_epoch + len(pre.history), fine.folds, fine.oof_logits,
