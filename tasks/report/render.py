@@ -189,6 +189,13 @@ def selection_blocks(review: Review) -> list[tuple[str, Any]]:
             ("table", table.round(4))]
 
 
+def _confusion_frame(cells: list[list[str]], classes: list) -> pd.DataFrame:
+    """A source's confusion as a table: one row per true class, one column per vote."""
+    frame = pd.DataFrame(cells, columns=[f"vote {c}" for c in classes])
+    frame.insert(0, "true class", [str(c) for c in classes])
+    return frame
+
+
 def source_blocks(review: Review) -> list[tuple[str, Any]]:
     """Each source's confusion matrix measured on gold, with its 95% interval, where gold measured it; and
     beside it, where the weak training refined it on the weak rows, the confusion it learnt through."""
@@ -197,8 +204,7 @@ def source_blocks(review: Review) -> list[tuple[str, Any]]:
         classes = src["classes"]
         cells = [[f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(*row)]
                  for row in zip(src["confusion"], src["confusion_low"], src["confusion_high"])]
-        frame = pd.DataFrame(cells, columns=[f"vote {c}" for c in classes])
-        frame.insert(0, "true class", [str(c) for c in classes])
+        frame = _confusion_frame(cells, classes)
         frame.insert(1, "gold rows", [int(sum(r)) for r in src["counts"]])
         acc = (f"accuracy on its {src['gold_votes']} gold votes {src['accuracy']:.3f} [{src['accuracy_low']:.3f}, "
                f"{src['accuracy_high']:.3f}] (Wilson)" if src["basis"] == "gold"
@@ -210,9 +216,7 @@ def source_blocks(review: Review) -> list[tuple[str, Any]]:
                          "accuracy, with 95% intervals:"), ("table", frame)]
         refined = next((r for r in review.refined_noise if r["source"] == src["source"]), None)
         if refined is not None:
-            means = pd.DataFrame([[f"{m:.2f}" for m in row] for row in refined["confusion"]],
-                                 columns=[f"vote {c}" for c in classes])
-            means.insert(0, "true class", [str(c) for c in classes])
+            means = _confusion_frame([[f"{m:.2f}" for m in row] for row in refined["confusion"]], classes)
             blocks += [("p", f"`{src['source']}` as the weak training learnt it: the same gold counts plus the "
                              "weak rows' expected counts under the gold-only model's p(class | x), by EM "
                              "(`weak_train.anchored_refine`):"), ("table", means)]
