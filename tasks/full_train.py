@@ -33,6 +33,7 @@ from weakflow.tasks.core.training import EpochStats
 from weakflow.tasks.lib.data import ROW_ID, SPLIT, PipelineData
 from weakflow.tasks.gold_only import log_candidate
 from weakflow.tasks.governance import Findings, GovernanceError, check_all_pseudo, log_findings
+from weakflow.tasks.core.models import LogitEnsemble
 from weakflow.tasks.core.methods import NEVER, EvidenceLoss, as_evidence, log_one_hot
 from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, settings
 from weakflow.tasks.lib.pool import SOURCE
@@ -133,10 +134,11 @@ def _full(trained: TrainedModel, pseudo: CrossPseudo, table: FinalTable) -> Full
 
 def warm_start(weak: WeakModel, cfg: Config):  # -> Callable[[int | None], nn.Module] | None
     """``full_train.init: weak``: each final trainer starts from a copy of its own fold's weak model (the
-    refit from the weak refit), so the final stage refines rather than relearns."""
+    refit from the weak refit, member i of a bagged refit from its member i), so the final stage refines
+    rather than relearns. Not from CLID-MU's snapshot ensembles (every fold model is one)."""
     import copy
 
-    if cfg.full_train.init != "weak" or weak.spec.ensemble > 1:
+    if cfg.full_train.init != "weak" or any(isinstance(m, LogitEnsemble) for m in weak.folds):
         return None
     start = {**dict(enumerate(weak.folds)), None: weak.model}
     return lambda t: copy.deepcopy(start[t]).train()

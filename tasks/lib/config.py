@@ -95,6 +95,10 @@ class SelectionConfig(_Section):
                             "accuracy (ties: lower log-loss, then the simpler model); or always that one")
     bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="paired resamples of the gold rows for "
                                    "the uncertainty of the candidates' differences")
+    refits: Literal["auto"] | Annotated[int, Field(ge=1, le=10)] = Field(
+        "auto", description="networks in each candidate's refit (the model shipped), each from its own seed, their "
+                            "logits averaged; auto: 3 where the refit trains on at most 1,000 rows (there a "
+                            "network's seed moves accuracy most, and one costs seconds), else 1")
 
 
 class DemoTextData(_Section):
@@ -492,14 +496,21 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
 
 
 def format_validation_error(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+    found: dict[str, tuple[str, list[str]]] = {}  # key -> (shown value, messages): a union's branches, one line
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("demo", "demo_text", "files"))]
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in ("demo", "demo_text", "files")
+                                                                           or _union_branch(p)))]
         key = ".".join(loc) or "<top level>"
         value = _lookup(raw, err["loc"])
         shown = "<missing>" if err["type"] == "missing" else repr(value if value is not _MISSING else err.get("input"))
-        lines.append(f"  - {key} = {shown}: {err['msg']}")
-    return "\n".join(lines)
+        found.setdefault(key, (shown, []))[1].append(err["msg"])
+    lines = [f"  - {key} = {shown}: {' or '.join(msgs)}" for key, (shown, msgs) in found.items()]
+    return "\n".join([f"invalid configuration ({source}):", *lines])
+
+
+def _union_branch(part: str) -> bool:
+    """pydantic's name for one branch of a union (``literal['auto']``, ``constrained-int``, ``int``): not a key."""
+    return part in ("int", "str", "float", "bool") or any(c in part for c in "[-'")
 
 
 _MISSING = object()
@@ -512,8 +523,8 @@ def _lookup(raw: Any, loc: tuple) -> Any:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        elif isinstance(part, str) and part in ("demo", "demo_text", "files"):
-            continue  # discriminated-union tag, not a key in the YAML
+        elif isinstance(part, str) and (part in ("demo", "demo_text", "files") or _union_branch(part)):
+            continue  # a union's tag or branch, not a key in the YAML
         else:
             return _MISSING
     return node

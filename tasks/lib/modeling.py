@@ -13,9 +13,9 @@ from torch import nn
 
 from weakflow.tasks.lib.config import Config, TrainStageConfig
 from weakflow.tasks.core.calibration import fit_temperature, softmax_t
-from weakflow.tasks.core.crossfit import CrossFit, FoldTraining, PerFold, race
+from weakflow.tasks.core.crossfit import MEMBER_SEED, CrossFit, FoldTraining, PerFold, race, refit_count
 from weakflow.tasks.core.losses import LossName
-from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.models import ModelSpec, build_model, replace_ensemble
 from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
 from weakflow.tasks.lib.data import PipelineData
 
@@ -132,11 +132,14 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
     if not np.array_equal(gold.rows, np.arange(len(gold.rows))):
         raise ValueError("crossfit needs the gold rows first in the training table (use gold_first)")
 
-    def fresh(_fold: int | None) -> nn.Module:
-        return new_model(data, stage, cfg.seed)[0]
+    def fresh(_fold: int | None, member: int = 0) -> nn.Module:
+        return new_model(data, stage, cfg.seed + MEMBER_SEED * member)[0]
 
+    refit_weights = weights(None) if callable(weights) else weights
+    rows = len(table) if refit_weights is None else int((np.asarray(refit_weights) > 0).sum())
     return FoldTraining(build or fresh, data.x(table), targets, gold, train or settings(stage, cfg), weights=weights,
-                        rule=rule, monitor=monitor)
+                        rule=rule, monitor=monitor, refits=refit_count(cfg.selection.refits, rows),
+                        member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)))
 
 
 def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, cfg: Config) -> float:
@@ -145,5 +148,5 @@ def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, cfg: Config) -> flo
 
 def _trained(fitted: CrossFit, spec: ModelSpec, gold_y: np.ndarray, cfg: Config) -> TrainedModel:
     assert fitted.refit is not None
-    return TrainedModel(fitted.refit, spec, fitted.history, fitted.best_epoch, fitted.folds, fitted.oof_logits,
-                        _temperature(fitted.oof_logits, gold_y, cfg))
+    return TrainedModel(fitted.refit, replace_ensemble(spec, fitted.refit), fitted.history, fitted.best_epoch,
+                        fitted.folds, fitted.oof_logits, _temperature(fitted.oof_logits, gold_y, cfg))

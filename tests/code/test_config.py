@@ -31,6 +31,14 @@ def test_errors_name_key_value_and_expectation():
     assert "weak_trian = {'epochs': 3}: Extra inputs are not permitted" in text
 
 
+def test_a_setting_of_either_kind_gets_one_line_with_both_expectations():
+    assert load_config(None, ["selection.refits=2"]).selection.refits == 2
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["selection.refits=0"])
+    lines = str(exc.value).splitlines()[1:]
+    assert lines == ["  - selection.refits = 0: Input should be 'auto' or Input should be greater than or equal to 1"]
+
+
 def test_files_source_requires_its_fields(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.test_path = <missing>: Field required"):
         load_config(None, ["data.source=files", "data.train_path=a.csv", "data.feature_columns=[x]"])

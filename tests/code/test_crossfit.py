@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weakflow.tasks.core.crossfit import FoldTraining, fit_folds, race
+from weakflow.tasks.core.crossfit import FoldTraining, fit_folds, race, refit_count
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
-from weakflow.tasks.core.models import ModelSpec, build_model
+from weakflow.tasks.core.models import LogitEnsemble, ModelSpec, build_model
 from weakflow.tasks.core.training import TrainSettings, WeightedLoss
 
 SETTINGS = TrainSettings(epochs=6, batch_size=32, lr=1e-2)
@@ -89,6 +89,42 @@ def test_race_finishes_only_the_kept_candidate_as_if_trained_alone() -> None:
     assert result.best_epoch == alone.best_epoch
     assert states_equal(result.refit, alone.refit)
     np.testing.assert_array_equal(result.oof_logits, alone.oof_logits)
+
+
+def member(i: int) -> torch.nn.Module:
+    torch.manual_seed(100 + i)
+    return build_model(ModelSpec("mlp", 4, 3, hidden=(16,), dropout=0.3))
+
+
+def test_a_bagged_refit_averages_members_from_their_own_seeds_and_changes_nothing_that_judges() -> None:
+    x, y, gold = problem(noise=1.0)
+    single = fit_folds(build, x, y, gold, MEMORISING, rule=lambda _f: WeightedLoss())
+    bagged = fit_folds(build, x, y, gold, MEMORISING, rule=lambda _f: WeightedLoss(), refits=3, member=member)
+    assert isinstance(bagged.refit, LogitEnsemble) and len(bagged.refit.members) == 3
+    # the folds, their out-of-fold logits and the chosen epoch are the single refit's: the bag only ships
+    assert bagged.best_epoch == single.best_epoch < MEMORISING.epochs - 1
+    np.testing.assert_array_equal(bagged.oof_logits, single.oof_logits)
+    a, b, c = bagged.refit.members
+    assert states_equal(a, single.refit)  # the first member is the refit that would ship alone
+    assert not (states_equal(a, b) or states_equal(a, c) or states_equal(b, c))
+    with torch.no_grad():
+        xt = torch.as_tensor(x[:20])
+        mean = torch.stack([m(xt) for m in bagged.refit.members]).mean(0)
+        torch.testing.assert_close(bagged.refit(xt), mean)
+    # each member trained up to the chosen epoch only, like the single refit: the same number of steps
+    steps = [int(m.body[1].num_batches_tracked) for m in bagged.refit.members]
+    assert steps == [int(single.refit.body[1].num_batches_tracked)] * 3
+
+
+def test_a_refit_that_trains_beside_its_folds_is_never_bagged() -> None:
+    x, y, gold = problem()
+    beside = fit_folds(build, x, y, gold, SETTINGS, rule=lambda _f: InStep(), refits=3, member=member)
+    assert not isinstance(beside.refit, LogitEnsemble)
+
+
+def test_auto_refits_bag_small_tables_only() -> None:
+    assert [refit_count("auto", n) for n in (7, 1_000, 1_001, 10**6)] == [3, 3, 1, 1]
+    assert refit_count(2, 10**6) == 2
 
 
 def test_a_trainers_dropout_stream_is_not_its_batch_order_stream() -> None:
