@@ -261,9 +261,10 @@ def test_bad_data_stops_before_training_and_registers_nothing(prefect_harness, t
 
 
 def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, demo_root):
-    """The data contract from the README: CSV, own column names, two weak columns, abstain, no image."""
+    """The data contract from the README: CSV, own column names, two weak columns, abstain, no image. Small
+    (700 training rows), so the models shipped are bags of networks, which must register and serve."""
     spec = materialize_demo(DemoData(), demo_root)
-    train, test = pd.read_parquet(spec.train_path), pd.read_parquet(spec.test_path)
+    train, test = pd.read_parquet(spec.train_path).sample(700, random_state=0), pd.read_parquet(spec.test_path)
     names = {c: f"f{i}" for i, c in enumerate(spec.feature_columns)}
     rng = np.random.default_rng(0)
     annotator_b = train["weak_label"].where(rng.random(len(train)) < 0.5, -1)  # abstains half the time
@@ -288,6 +289,11 @@ def test_bring_your_own_csv_with_two_weak_sources(prefect_harness, tmp_path, dem
     spec_json = client.download_artifacts(children(client, result.experiment_id, result.run_id)["full_train"].info.run_id,
                                           "model_spec.json")
     assert '"kind": "mlp"' in Path(spec_json).read_text()  # no image_shape -> the MLP
+    assert '"ensemble": 3' in Path(spec_json).read_text()  # selection.refits: auto bags a refit of <= 1,000 rows
+    mlflow.set_tracking_uri(cfg.tracking.resolved_uri)
+    served = load_pyfunc(f"models:/{cfg.tracking.model_name}@champion").predict(
+        test.rename(columns=names)[list(names.values())].astype(np.float64))
+    assert (served["prediction"] == test["label"]).mean() == pytest.approx(result.evaluation.shipped.accuracy)
 
 
 def broken_lf(batch: pd.DataFrame) -> np.ndarray:
