@@ -116,14 +116,14 @@ class FoldTraining:
         self.refit = trainers[gold.k] if refit else None
         self.lazy = self.refit is not None and self.refit.monitor is None and not getattr(self.refit.rule, "own_epochs", True)
         # the bagged refit's other members, trained in result(); a refit training beside the folds is one network
-        self.bag: Callable[[], list[Trainer]] = lambda: []
+        self.more_members: Callable[[], list[Trainer]] = lambda: []
         if self.lazy and refits > 1:
             assert member is not None
             w = weight_of(None)
             rows = None if w is None else np.flatnonzero(np.asarray(w) > 0)
-            self.bag = lambda: [Trainer(copy.deepcopy(bag_member(member(i), i)), shared_x, target_of(None),
-                                        replace(settings, seed=settings.seed + MEMBER_SEED * i), w,
-                                        rule(None) if rule else None, None, rows) for i in range(1, refits)]
+            self.more_members = lambda: [Trainer(copy.deepcopy(bag_member(member(i), i)), shared_x, target_of(None),
+                                                replace(settings, seed=settings.seed + MEMBER_SEED * i), w,
+                                                rule(None) if rule else None, None, rows) for i in range(1, refits)]
         self.movers = trainers[: gold.k] if self.lazy else trainers  # the trainers that move every epoch
         self.epoch = 0  # epochs trained so far by the movers
         self.history: list[EpochStats] = []
@@ -168,7 +168,7 @@ class FoldTraining:
             models.append(chosen.eval())
         if self.lazy:
             assert self.refit is not None
-            bag = [self.refit, *self.bag()]
+            bag = [self.refit, *self.more_members()]
             for trainer in bag:
                 for epoch in range(self.best_epoch + 1):
                     trainer.epoch(epoch)

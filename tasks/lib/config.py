@@ -498,36 +498,35 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
 def format_validation_error(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
     found: dict[str, tuple[str, list[str]]] = {}  # key -> (shown value, messages): a union's branches, one line
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p in ("demo", "demo_text", "files")
-                                                                           or _union_branch(p)))]
-        key = ".".join(loc) or "<top level>"
-        value = _lookup(raw, err["loc"])
+        parts, value = _locate(raw, err["loc"])
+        key = ".".join(parts) or "<top level>"
         shown = "<missing>" if err["type"] == "missing" else repr(value if value is not _MISSING else err.get("input"))
         found.setdefault(key, (shown, []))[1].append(err["msg"])
     lines = [f"  - {key} = {shown}: {' or '.join(msgs)}" for key, (shown, msgs) in found.items()]
     return "\n".join([f"invalid configuration ({source}):", *lines])
 
 
-def _union_branch(part: str) -> bool:
-    """pydantic's name for one branch of a union (``literal['auto']``, ``constrained-int``, ``int``): not a key."""
-    return part in ("int", "str", "float", "bool") or any(c in part for c in "[-'")
-
-
 _MISSING = object()
 
 
-def _lookup(raw: Any, loc: tuple) -> Any:
-    node = raw
+def _locate(raw: Any, loc: tuple) -> tuple[list[str], Any]:
+    """The setting's dotted path as the user wrote it, and its value in the YAML (``_MISSING`` if absent).
+    pydantic's error paths also name the branch of a union a value was tried against (the data source's tag
+    ``files``, ``literal['auto']``, ``constrained-int``): where such a part is not a key in the YAML it is
+    left out, so a setting of either kind reads as itself."""
+    node, parts = raw, []
     for part in loc:
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        elif isinstance(part, str) and (part in ("demo", "demo_text", "files") or _union_branch(part)):
+        elif isinstance(part, str) and (part in ("demo", "demo_text", "files") or part in ("int", "str", "float", "bool")
+                                        or any(c in part for c in "[-'")):
             continue  # a union's tag or branch, not a key in the YAML
         else:
-            return _MISSING
-    return node
+            node = _MISSING
+        parts.append(str(part))
+    return parts, node
 
 
 def set_key(raw: dict[str, Any], dotted: str, value: Any, label: str) -> None:

@@ -37,6 +37,9 @@ def test_a_setting_of_either_kind_gets_one_line_with_both_expectations():
         load_config(None, ["selection.refits=0"])
     lines = str(exc.value).splitlines()[1:]
     assert lines == ["  - selection.refits = 0: Input should be 'auto' or Input should be greater than or equal to 1"]
+    with pytest.raises(ConfigError) as exc:  # a key of the user's that looks like a branch's name stays in
+        load_config(None, ["weak-train.epochs=3"])
+    assert "  - weak-train = {'epochs': 3}: Extra inputs are not permitted" in str(exc.value)
 
 
 def test_files_source_requires_its_fields(tmp_path):
