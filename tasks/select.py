@@ -82,8 +82,11 @@ def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = 
                      "chosen_minus_this_low": d.interval.low if d else 0.0,
                      "chosen_minus_this_high": d.interval.high if d else 0.0})
     table = pd.DataFrame(rows)
-    return Selection(chosen, reason_text(chosen, ship, acc, nll, boot, missing, len(y_gold)), table, boot,
-                     candidates[chosen])
+    reason = reason_text(chosen, ship, acc, nll, boot, missing, len(y_gold))
+    networks = getattr(candidates[chosen].spec, "ensemble", 1)
+    if networks > 1:  # a bagged refit (selection.refits) or CLID-MU's snapshots
+        reason += f"; the shipped model averages the logits of {networks} networks"
+    return Selection(chosen, reason, table, boot, candidates[chosen])
 
 
 def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, float], boot: BootstrapResult,

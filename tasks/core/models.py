@@ -23,7 +23,7 @@ class ModelSpec:
     hidden: tuple[int, ...] = (256, 256)
     dropout: float = 0.2
     image_shape: tuple[int, int, int] | None = None  # (channels, height, width) for the CNN
-    ensemble: int = 1  # > 1: a LogitEnsemble of that many snapshots
+    ensemble: int = 1  # > 1: a LogitEnsemble of that many networks (a bagged refit, or CLID-MU snapshots)
     pool: bool = False  # CNN: 2x2 max-pool between the conv blocks (new models; specs saved before it lack it)
     temperature: float = 1.0  # logits are divided by it (calibration fitted after training; 1 while training)
 

@@ -39,6 +39,18 @@ def test_weak_labels_that_do_not_help_ship_the_gold_only_model():
     assert tie.chosen == "gold_only"
 
 
+def test_a_shipped_bag_of_networks_is_said():
+    from dataclasses import replace
+
+    from weakflow.tasks.core.models import ModelSpec
+
+    bag = replace(candidate(9, 0.9), spec=ModelSpec("mlp", 4, 2, ensemble=3))
+    chosen = choose({"gold_only": candidate(6, 0.8), "weak": bag}, Y)
+    assert chosen.chosen == "weak" and chosen.reason.endswith("; the shipped model averages the logits of 3 networks")
+    one = choose({"gold_only": candidate(6, 0.8), "weak": replace(bag, spec=ModelSpec("mlp", 4, 2))}, Y)
+    assert "networks" not in one.reason
+
+
 def test_a_forced_choice_and_missing_candidates_are_said():
     only = choose({"gold_only": candidate(7, 0.8)}, Y, missing={"weak": "no weak vote", "final": "no weak vote"})
     assert only.chosen == "gold_only" and "no weak model: no weak vote" in only.reason
