@@ -260,15 +260,9 @@ def _weak_model(trained: TrainedModel, figures: dict[str, float], weak: pd.DataF
                 evidence: dict[int | None, np.ndarray] | None = None,
                 refined_sources: list[SourceNoise] | None = None) -> WeakModel:
     figures = figures | clid_dev_correlation(trained.history) | {"weak_rows": float(len(weak))}
-    return WeakModel(trained.model, _spec_of(trained), trained.history, trained.best_epoch, trained.folds,
+    return WeakModel(trained.model, trained.spec, trained.history, trained.best_epoch, trained.folds,
                      trained.oof_logits, trained.temperature, figures, len(weak), weak[ROW_ID].to_numpy(),
                      evidence or {}, refined_sources or [])
-
-
-def _spec_of(trained: TrainedModel):  # -> ModelSpec
-    from weakflow.tasks.core.models import replace_ensemble
-
-    return replace_ensemble(trained.spec, trained.model)
 
 
 def _cl_settings(cfg: Config) -> ConfidentLearningSettings:
