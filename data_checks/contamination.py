@@ -222,45 +222,47 @@ TEXT_NEAR = 0.9  # cosine of character 3-5-gram vectors at or above which two te
 
 
 def text_keys(frame: pd.DataFrame, numeric: list[str], text: list[str]) -> np.ndarray:
-    """A hash per row of its numbers (rounded) and its normalised text: rows equal up to case, punctuation
-    and spacing share a key."""
+    """A hash per row of its numbers (rounded) and its comparison text: rows equal up to case, punctuation,
+    spacing, compatibility forms (full-width letters), invisible characters (zero-width spaces, soft hyphens,
+    joiners) and look-alike letters (Unicode TS #39 skeleton; :mod:`weakflow.tasks.core.textkey`) share a key."""
     from weakflow.tasks.lib.data import feature_hashes
 
     return feature_hashes(frame, numeric, text).to_numpy()
 
 
 def exact_text_pairs(reference: pd.DataFrame, rows: pd.DataFrame, numeric: list[str], text: list[str]) -> pd.DataFrame:
-    """(reference_index, row_index) of rows equal to a reference row once text is normalised."""
+    """(reference_index, row_index) of rows equal to a reference row once text is in comparison form."""
     ref = pd.DataFrame({"reference_index": np.arange(len(reference)), "h": text_keys(reference, numeric, text)})
     other = pd.DataFrame({"row_index": np.arange(len(rows)), "h": text_keys(rows, numeric, text)})
     pairs = other.merge(ref, on="h")[["reference_index", "row_index"]]
     return pairs.sort_values(["reference_index", "row_index"]).reset_index(drop=True)
 
 
-def _char_vectors(texts: pd.Series):  # -> L2-normalised sparse (rows, 2**20)
+def _char_vectors(keyed: pd.Series):  # -> L2-normalised sparse (rows, 2**20)
+    """Character 3-5-gram vectors of texts already in comparison form (:func:`_normalised`)."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from weakflow.tasks.core.text import normalise
-
     return HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=1 << 20, alternate_sign=False,
-                             norm="l2").transform(normalise(texts).to_numpy())
+                             norm="l2").transform(keyed.to_numpy())
 
 
 def near_text_pairs(reference: pd.Series, rows: pd.Series, threshold: float = TEXT_NEAR,
                     chunk: int = 20_000) -> pd.DataFrame:
     """(reference_index, row_index, distance = 1 - cosine) of rows whose text is a near copy of a reference
-    text (cosine of character 3-5-gram vectors of the normalised text at least ``threshold``: a changed word
-    or a typo in a long message), exact copies left to the exact check."""
-    ref = _char_vectors(reference).T.tocsc()
-    ref_keys = pd.util.hash_pandas_object(_normalised(reference), index=False).to_numpy()
+    text (cosine of character 3-5-gram vectors of the comparison text at least ``threshold``: a changed word
+    or a typo in a long message; full-width letters, invisible characters and look-alike letters count as
+    the letters they stand for), exact copies left to the exact check."""
+    ref_text = _normalised(reference)
+    ref = _char_vectors(ref_text).T.tocsc()
+    ref_keys = pd.util.hash_pandas_object(ref_text, index=False).to_numpy()
     found: list[pd.DataFrame] = []
     for start in range(0, len(rows), chunk):
-        part = rows.iloc[start : start + chunk]
+        part = _normalised(rows.iloc[start : start + chunk])
         sims = (_char_vectors(part) @ ref).tocoo()
         keep = sims.data >= threshold
         pairs = pd.DataFrame({"reference_index": sims.col[keep], "row_index": sims.row[keep] + start,
                               "distance": 1.0 - sims.data[keep]})
-        keys = pd.util.hash_pandas_object(_normalised(part), index=False).to_numpy()
+        keys = pd.util.hash_pandas_object(part, index=False).to_numpy()
         same = keys[pairs["row_index"].to_numpy() - start] == ref_keys[pairs["reference_index"].to_numpy()]
         found.append(pairs[~same])
     if not found:
@@ -270,9 +272,11 @@ def near_text_pairs(reference: pd.Series, rows: pd.Series, threshold: float = TE
 
 
 def _normalised(texts: pd.Series) -> pd.Series:
-    from weakflow.tasks.core.text import normalise
+    """The comparison text (:func:`weakflow.tasks.core.textkey.comparison_text`), indexed from 0: the one
+    definition of "the same text" the exact check, this near-copy check and the monitoring check share."""
+    from weakflow.tasks.core.textkey import comparison_text
 
-    return normalise(texts).reset_index(drop=True)
+    return comparison_text(texts).reset_index(drop=True)
 
 
 def joined_text(frame: pd.DataFrame, text: list[str]) -> pd.Series:

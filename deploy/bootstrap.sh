@@ -17,15 +17,28 @@ setup() {
     echo "weakflow needs Python 3.11; $PY is $("$PY" --version 2>&1). Set PYTHON=/path/to/python3.11." >&2
     exit 1
   fi
-  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating the virtual environment $VENV ($("$PY" --version 2>&1))"
+    "$PY" -m venv "$VENV"
+  fi
   # Reinstall only when pyproject.toml changed since the last install.
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "upgrading pip"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+      say "installing torch==2.13.0 first (the CPU wheel)"
+      "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    fi
+    say "installing weakflow and its dependencies (pip install -e .[dev], about 2 minutes)"
     "$VENV/bin/python" -m pip install -q -e ".[dev]"
     touch "$stamp"
+    say "set-up done in $((SECONDS - setup_started)) s"
   fi
 }
+
+# One line per set-up step on stderr, so a log shows what a silent pip is doing.
+say() { echo "bootstrap: $(date +%H:%M:%S) $*" >&2; }
+setup_started=$SECONDS
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false
 

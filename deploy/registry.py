@@ -118,13 +118,33 @@ class Promotion:
 Scorer = Callable[[str], float]  # version -> accuracy on the frozen gold test split
 
 
-def promote(client: MlflowClient, name: str, version: str, reason: str, score: Scorer, min_accuracy: float,
-            max_regression: float, test_digest: str | None = None, user: str | None = None) -> Promotion:
-    """Make ``version`` champion if every gate passes; otherwise raise :class:`RegistryError` with the
-    gates' reasons and leave the alias where it is.
+def refusal(name: str, version: str, decision: GateDecision, force: bool) -> str:
+    """Why a promotion was refused, gate by gate, each with how to pass it knowingly (the setting to
+    change, or ``--force``), or that it cannot be overridden."""
+    parts = []
+    for f in decision.failures:
+        if not f.forcible:
+            how = f"cannot be overridden: fix the version's {f.gate} (its tag {f.gate}=failed)"
+        elif force:
+            how = "overridden by --force"
+        else:
+            how = "to promote anyway, knowingly: " + (f"{f.setting}, or " if f.setting else "") + \
+                "--force (recorded on the version as gate_override)"
+        parts.append(f"{f} [{how}]")
+    return f"{name} v{version} not promoted: " + "; ".join(parts)
+
+
+def promote(client: MlflowClient, name: str, version: str, reason: str, score: Scorer, min_accuracy: float | None,
+            max_regression: float, test_digest: str | None = None, user: str | None = None,
+            force: bool = False) -> Promotion:
+    """Make ``version`` champion if every gate passes; otherwise raise :class:`RegistryError` naming each
+    gate that refused and how to override it, and leave the alias where it is.
 
     Both the candidate and the current champion are scored by ``score`` on the same split; with
-    ``test_digest`` the candidate must have been evaluated on exactly that split (its tag)."""
+    ``test_digest`` the candidate must have been evaluated on exactly that split (its tag). ``force``
+    passes the accuracy gates (min_accuracy, champion) that failed, never validation or governance; the
+    override is recorded as the version tags ``gate_verdict=overridden`` and ``gate_override`` and in the
+    champion history's reason."""
     if not reason.strip():
         raise RegistryError("a promotion needs a reason (--reason TEXT): it is recorded on the version")
     mv = model_version(client, name, version)
@@ -147,14 +167,20 @@ def promote(client: MlflowClient, name: str, version: str, reason: str, score: S
                                 governance_passed=tags.get("governance", "passed") != "failed"),
                       min_accuracy, max_regression)
     client.set_model_version_tag(name, str(version), "last_promotion_check", f"{now()}: {decision.reason}")
-    if not decision.passed:
-        raise RegistryError(f"{name} v{version} not promoted: {decision.reason}")
+    forced = force and not decision.passed and all(f.forcible for f in decision.failures)
+    if not decision.passed and not forced:
+        raise RegistryError(refusal(name, str(version), decision, force))
     moved = champion_version(client, name)
     if moved != current:  # scoring takes seconds: the gates compared against a champion that is gone
         raise RegistryError(f"the champion of {name!r} moved from v{current} to v{moved} while v{version} was being "
                             "checked; nothing changed, run the promotion again")
+    if forced:
+        reason = f"{reason} [forced past: {', '.join(f.gate for f in decision.failures)}]"
     previous = move_champion(client, name, str(version), "promoted", reason, user)
-    client.set_model_version_tag(name, str(version), "gate_verdict", "passed")
+    client.set_model_version_tag(name, str(version), "gate_verdict", "overridden" if forced else "passed")
+    if forced:
+        client.set_model_version_tag(name, str(version), "gate_override",
+                                     f"{now()} by {user or getpass.getuser()}: {decision.reason}"[:HISTORY_CHARS])
     client.set_model_version_tag(name, str(version), "test_accuracy", f"{accuracy:.4f}")
     return Promotion(str(version), previous, decision)
 

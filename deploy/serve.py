@@ -7,6 +7,9 @@
   more than ``serve.max_batch`` records -> 422; a content type other than ``application/json`` (a browser
   form can post ``text/plain`` cross-site without a CORS preflight) -> 415; a body not complete within
   ``serve.body_timeout_seconds`` -> 408 (an answer sent before the whole body was read closes the connection).
+- Every request's head (request line and headers), which the app never sees: not complete within
+  ``serve.header_timeout_seconds`` -> 408 and closed; over ``serve.max_header_bytes`` -> 431 and closed
+  (:mod:`deploy.http_limits`: the protocol class in ``app.http_protocol``, for ``uvicorn.run(http=...)``).
 - ``GET /health``, ``GET /model``.
 - Hot reload: a thread polls the registry every ``serve.poll_seconds``; when the alias moves, the new
   version is loaded next to the old one and swapped in with one reference assignment, so requests in
@@ -37,6 +40,7 @@ from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, Validati
 from typing_extensions import TypedDict
 
 from weakflow.deploy.batching import MicroBatcher
+from weakflow.deploy.inputs import as_float32
 from weakflow.deploy.prediction_log import PredictionLog
 from weakflow.deploy.registry import CHAMPION
 from weakflow.tasks.lib.data import InputSchema
@@ -202,6 +206,7 @@ class ModelServer(FastAPI):
     in the OpenAPI schema, and both paths run the same :meth:`answer`."""
 
     predict_path = "/predict"
+    http_protocol: type | None = None  # uvicorn's HTTP protocol bounding each request's head (create_app sets it)
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.predict_path:
@@ -263,10 +268,11 @@ class ModelServer(FastAPI):
         except ValidationError as exc:
             return refused(error_fields(exc, MAX_ERRORS), exc.error_count(), request_id, served.version)
         numeric = served.numeric
-        with np.errstate(over="ignore"):  # an overflow becomes inf and is refused just below
-            x = np.array([[r[f] for f in numeric] for r in records], dtype=np.float32).reshape(len(records), len(numeric))
-        if not np.isfinite(x).all():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
-            rows, cols = np.nonzero(~np.isfinite(x))
+        # deploy.inputs: the value rule `weakflow predict` and the Python API apply too (finite as float32)
+        x, nonfinite = as_float32([[r[f] for f in numeric] for r in records])
+        x, nonfinite = x.reshape(len(records), len(numeric)), nonfinite.reshape(len(records), len(numeric))
+        if nonfinite.any():  # finite as JSON, yet beyond float32 (e.g. 1e39): the model cannot take it
+            rows, cols = np.nonzero(nonfinite)
             bad = [{"field": f"records[{i}].{numeric[j]}", "type": "float32_range",
                     "message": f"value {records[i][numeric[j]]!r} is outside the float32 range"}
                    for i, j in zip(rows[:MAX_ERRORS], cols[:MAX_ERRORS])]
@@ -289,10 +295,14 @@ class ModelServer(FastAPI):
 
 def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, max_batch: int = 1000,
                poll_seconds: float = 10.0, log_url: str = "sqlite:///predictions.db",
-               body_timeout_s: float = 30.0, max_text_chars: int = 5000) -> ModelServer:
+               body_timeout_s: float = 30.0, max_text_chars: int = 5000, header_timeout_s: float = 10.0,
+               max_header_bytes: int = 16 * 1024) -> ModelServer:
     """The app; the model and the prediction log open in its lifespan (so tests run it in process).
     ``body_timeout_s``: a ``/predict`` body not complete within this many seconds gets 408; a text field
-    longer than ``max_text_chars`` gets 422."""
+    longer than ``max_text_chars`` gets 422. ``header_timeout_s`` and ``max_header_bytes`` bound a request's
+    head, before the app is called: they live in ``app.http_protocol``, which the server must be run with
+    (``uvicorn.run(app, http=app.http_protocol)``)."""
+    from weakflow.deploy.http_limits import bounded_protocol
 
     state: dict[str, Any] = {"max_body_bytes": max_body_bytes, "body_timeout_s": body_timeout_s}
 
@@ -313,6 +323,7 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
 
     app = ModelServer(title="weakflow model server", lifespan=lifespan)
     app.state.weakflow = state
+    app.http_protocol = bounded_protocol(header_timeout_s, max_header_bytes)  # uvicorn.run(app, http=...)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -334,6 +345,7 @@ def create_app(name: str, alias: str = CHAMPION, max_body_bytes: int = 1 << 20, 
                 "features": m.features, "classes": m.classes, "loaded_at": m.loaded_at, "reloads": holder.reloads,
                 "max_batch": max_batch, "max_body_bytes": max_body_bytes, "poll_seconds": poll_seconds,
                 "body_timeout_s": body_timeout_s, "max_text_chars": max_text_chars,
+                "header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes,
                 "text_features": holder.current.schema.text if holder.current.schema is not None else []}
 
     @app.post(ModelServer.predict_path)

@@ -10,12 +10,15 @@
 
 Every function raises the same errors the CLI reports in one line: ``weakflow.tasks.lib.config.ConfigError`` for
 a bad setting, ``weakflow.tasks.lib.data.DataError`` for bad data (nothing is registered then),
-``weakflow.deploy.registry.RegistryError`` for a missing model, version or alias.
+``weakflow.deploy.registry.RegistryError`` for a missing model, version or alias. :func:`run` raises
+``weakflow.flows.runtime.PrefectStartupError`` when Prefect's temporary API server does not answer within
+``limits.prefect_startup_seconds`` (only without ``PREFECT_API_URL``).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +34,13 @@ def config(source: str | Path | dict[str, Any] | Config | None = None, overrides
     """A validated config from a YAML file, a dict shaped like that file, or the defaults (``None``), with
     ``overrides`` as ``{"weak_train.epochs": 20}`` and keyword settings as ``weak_train__epochs=20``
     (``__`` for the dots) applied on top."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides: expected a dict of dotted keys and values, e.g. {{'weak_train.epochs': 20}}, "
+                          f"found {type(overrides).__name__} {_short(overrides)}")
+    bad_keys = [k for k in (overrides or {}) if not isinstance(k, str) or not k.strip()]
+    if bad_keys:
+        raise ConfigError(f"overrides: every key is a dotted setting name such as 'weak_train.epochs', found "
+                          f"{_short(bad_keys)}")
     items = {**(overrides or {}), **{k.replace("__", "."): v for k, v in settings.items()}}
     if isinstance(source, Config):
         raw: dict[str, Any] = source.model_dump(mode="json")
@@ -72,8 +82,12 @@ class RunResult:
 def run(cfg: Config | None = None) -> RunResult:
     """Run the pipeline on ``cfg`` (default: the built-in demo) on the task runner ``cfg.parallel`` names."""
     from weakflow.flows.pipeline import run_training
+    from weakflow.flows.runtime import start_prefect_api
 
-    cfg = cfg or config()
+    cfg = _config_argument(cfg, "run")
+    # Prefect's temporary API (no PREFECT_API_URL) gets limits.prefect_startup_seconds to answer, or a
+    # one-line PrefectStartupError naming that setting; it is then the only one this process starts
+    start_prefect_api(cfg.limits.prefect_startup_seconds)
     result = run_training(cfg)
     ev, reg = result.evaluation, result.registration
     metrics = {"test_accuracy": ev.shipped.accuracy, "test_macro_f1": ev.shipped.macro_f1, "test_ece": ev.shipped.ece,
@@ -88,9 +102,30 @@ def load_model(cfg: Config | None = None, *, version: str | None = None, alias: 
     ``tracking.model_name``) in the config's tracking store (or ``tracking_uri``)."""
     import mlflow
 
-    from weakflow.tasks.batch_predict import resolve_scoring_model
+    from weakflow.tasks.batch_predict import chosen_version, resolve_scoring_model
 
-    cfg = cfg or config()
+    cfg = _config_argument(cfg, "load_model")
+    version, alias = chosen_version(version, alias, cfg.serve.alias)  # both, or an empty one: ConfigError
+    for label, value in (("name", name), ("tracking_uri", tracking_uri)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"load_model: {label} {_short(value)}: expected a non-empty string, or leave it out")
     uri = tracking_uri or cfg.tracking.resolved_uri
     mlflow.set_tracking_uri(uri)  # read the registry only: nothing is created in the workspace
-    return resolve_scoring_model(name or cfg.tracking.model_name, version, alias or cfg.serve.alias, uri)
+    return resolve_scoring_model(name or cfg.tracking.model_name, version, alias, uri, cfg.serve.max_text_chars)
+
+
+def _config_argument(cfg: object, function: str) -> Config:
+    """``cfg`` when it is a Config, the defaults for None; anything else is a ConfigError saying what to pass
+    (a YAML path or a dict goes through :func:`config` first)."""
+    if cfg is None:
+        return config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{function}: expected a Config (from weakflow.flows.api.config(...)) or None, found "
+                          f"{type(cfg).__name__} {_short(cfg)}; for a YAML file or a dict, pass "
+                          f"api.config({_short(cfg)})")
+    return cfg
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."

@@ -127,10 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "promote", "make a version champion, only if the gates pass",
         ['weakflow promote 3 --reason "reviewed: better on classes 3 and 8"'],
         "Re-scores the version and the current champion on the configured frozen gold test split and moves the "
-        "champion alias only if every gate passes (validation, governance, minimum accuracy, not worse than the "
-        "champion) and the champion did not move meanwhile. Who, when and why are recorded as version tags.")
+        "champion alias only if every gate passes (validation, governance, not worse than the champion, and "
+        "gates.min_accuracy when set) and the champion did not move meanwhile. A refusal names each gate and how "
+        "to pass it knowingly. Who, when and why are recorded as version tags.")
     promote.add_argument("version", help="model version number to promote")
     promote.add_argument("--reason", required=True, help="why (recorded on the version)")
+    promote.add_argument("--force", action="store_true",
+                         help="promote past failed accuracy gates (min_accuracy, champion), never past validation "
+                              "or governance; recorded as the version tags gate_verdict=overridden and gate_override")
     rollback = _command(sub, "rollback", "move champion back to the version it replaced",
                         ['weakflow rollback --reason "spike in low-confidence predictions"'])
     rollback.add_argument("--reason", default="manual rollback", help="why (recorded on the version)")
@@ -223,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # RegistryError, StageTimeout: a clear one-line reason
+    except RuntimeError as exc:  # RegistryError, StageTimeout, PrefectStartupError: a clear one-line reason
         from weakflow.deploy.registry import RegistryError
+        from weakflow.flows.runtime import PrefectStartupError
         from weakflow.tasks.lib.stage import StageTimeout
 
-        if not isinstance(exc, (RegistryError, StageTimeout)):
+        if not isinstance(exc, (RegistryError, StageTimeout, PrefectStartupError)):
             raise
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
@@ -331,8 +336,10 @@ def _registry_command(args: argparse.Namespace, cfg) -> int:
 
         data, _ = load_and_validate(cfg)
         result = registry.promote(client, name, args.version, args.reason, lambda v: score_version(name, v, data),
-                                  cfg.gates.min_accuracy, cfg.gates.max_regression, dataset_digest(data.test))
-        print(f"{name} v{result.version} is champion (was v{result.previous or 'none'}): {result.decision.reason}")
+                                  cfg.gates.min_accuracy, cfg.gates.max_regression, dataset_digest(data.test),
+                                  force=args.force)
+        said = result.decision.reason if result.decision.passed else f"forced past: {result.decision.reason}"
+        print(f"{name} v{result.version} is champion (was v{result.previous or 'none'}): {said}")
         return 0
     if args.command == "rollback":
         old, new = registry.rollback(client, name, args.reason)
@@ -344,7 +351,8 @@ def _registry_command(args: argparse.Namespace, cfg) -> int:
 def _monitoring_command(args: argparse.Namespace, cfg) -> int:
     import pandas as pd
 
-    from weakflow.tasks.monitor import log_url
+    def log_url(cfg) -> str:  # tasks.monitor's, without importing MLflow and the drift code for `alerts`
+        return cfg.serve.prediction_log_url or cfg.tracking.prediction_log_default
 
     if args.command == "alerts":
         from weakflow.monitoring.alerts import list_alerts
@@ -355,11 +363,16 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
         if frame.empty:
             print(f"no alerts in {log_url(cfg)}")
             return 0
-        cols = frame["drifted_columns"].map(lambda c: json.loads(c or "[]"))
-        frame["drifted_columns"] = cols.map(lambda c: f"{len(c)}: {', '.join(c[:3])}{' …' if len(c) > 3 else ''}")
+        from weakflow.monitoring.alerts import finding
+
+        frame["finding"] = [finding(kind, json.loads(cols or "[]"), message)
+                            for kind, cols, message in zip(frame["kind"], frame["drifted_columns"], frame["message"])]
+        drift = frame["kind"] == "drift"  # share and prediction drift mean nothing for a contamination alert
+        frame["drift_share"] = [f"{v:.2f}" if d else "-" for v, d in zip(frame["drift_share"], drift)]
+        frame["prediction_drifted"] = [str(bool(v)) if d else "-" for v, d in zip(frame["prediction_drifted"], drift)]
         frame["ts"] = pd.to_datetime(frame["ts"]).dt.strftime("%Y-%m-%d %H:%M:%S")
-        print(frame[["id", "ts", "kind", "model_name", "model_version", "drift_share", "drifted_columns", "prediction_drifted",
-                     "webhook"]].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(frame[["id", "ts", "kind", "model_name", "model_version", "drift_share", "prediction_drifted",
+                     "webhook", "finding"]].to_string(index=False, justify="left"))
         print(f"reports: {frame['report_uri'].iloc[0]} (latest)")
         return 0
     if args.command == "feedback":
@@ -387,13 +400,16 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
         mlflow.set_tracking_uri(uri)
         # before the flow starts: no model or alias is one line, not a failed flow run's traceback
         alias_version(None, cfg.tracking.model_name, cfg.serve.alias, uri)
-        from weakflow.flows.monitor import alert_text, monitoring_flow
+        from weakflow.flows import runtime
+        from weakflow.flows.monitor import monitoring_flow
 
+        runtime.start_prefect_api(cfg.limits.prefect_startup_seconds)
         result = monitoring_flow(cfg)
-        # the verdict is the command's output; a window below monitoring.min_rows ("not checked") is an
-        # answer, not an error, so it exits 0 like drift and no drift (see `weakflow monitor --help`)
-        print(f"{cfg.tracking.model_name} v{result.model_version}: {result.check.verdict.text}"
-              + (f" | alert {alert_text(result.alert)}" if result.alert else ""))
+        runtime.drain_prefect()
+        # the verdict is the command's output (its last line, after the contamination finding if any); a
+        # window below monitoring.min_rows ("not checked") is an answer, not an error, so it exits 0 like
+        # drift and no drift (see `weakflow monitor --help`)
+        print("\n".join(result.lines(cfg.tracking.model_name)))
         return 0
     from prefect.settings import PREFECT_API_URL
 
@@ -465,40 +481,14 @@ def _serve(args: argparse.Namespace, cfg) -> int:
     s = cfg.serve
     app = create_app(cfg.tracking.model_name, s.alias, s.max_body_bytes, s.max_batch, s.poll_seconds,
                      s.prediction_log_url or cfg.tracking.prediction_log_default,
-                     body_timeout_s=s.body_timeout_seconds, max_text_chars=s.max_text_chars)
+                     body_timeout_s=s.body_timeout_seconds, max_text_chars=s.max_text_chars,
+                     header_timeout_s=s.header_timeout_seconds, max_header_bytes=s.max_header_bytes)
     host, port = args.host or s.host, args.port or s.port
     print(f"serving {cfg.tracking.model_name}@{s.alias} (v{mlflow_version}) on http://{host}:{port} (POST /predict, GET /health, GET /model)",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # http=: the protocol that bounds each request's head (slow or huge headers), which the app never sees
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=app.http_protocol)
     return 0
-
-
-def _prestart_prefect_api():  # -> Callable[[], None]
-    """Start Prefect's temporary local API (a subprocess, ~3 s) while this process imports the
-    pipeline; the returned function waits for it. Prefect keeps one such server per process, so the
-    flow finds it running. Nothing happens when PREFECT_API_URL points at a real server."""
-    import threading
-
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    starter = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
-    starter.start()
-    return starter.join
-
-
-def _drain_prefect() -> None:
-    """Send queued run logs and events now, while the API is up. Left to interpreter exit, they were
-    drained after the temporary API had stopped, and logging.shutdown waited out its 5 s timeout."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all()
 
 
 def _warm_imports() -> None:
@@ -539,7 +529,10 @@ def _run(cfg) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    api_ready = _prestart_prefect_api()
+    from weakflow.flows import runtime
+
+    # Prefect's temporary API (a subprocess, seconds to start) comes up while this process imports the pipeline
+    api_ready = runtime.prestart_prefect_api(cfg.limits.prefect_startup_seconds)
     _warm_imports()
     from weakflow.flows import api
     import weakflow.flows.pipeline  # noqa: F401  (torch, MLflow, sklearn: ~3 s, imported while the API starts)
@@ -547,7 +540,7 @@ def _run(cfg) -> int:
     _quiet_expected_errors()
     api_ready()
     result = api.run(cfg)  # on the task runner parallel.runner names
-    _drain_prefect()
+    runtime.drain_prefect()
     table = Table(title="weakflow run summary", show_lines=False)
     table.add_column("stage", style="bold")
     table.add_column("result")
@@ -566,19 +559,17 @@ def _run(cfg) -> int:
 
 
 def entry() -> None:
-    """The console script: :func:`main`, then a fast exit. Everything registered to run at exit (log
-    handlers, Prefect's temporary API, GX's temporary folders) runs first; only the interpreter's
-    teardown of the imported modules (about 3.5 s with torch, MLflow, Prefect and GX loaded) is skipped.
+    """The console script. Run as a supervisor (flows/runtime.py): the command itself runs in a child
+    process of its own session, and when it ends nothing it started is left running (a Prefect API
+    server, a worker) or holding the caller's pipes, and a stage stuck in C code past its time limit, or
+    a command that ignores SIGTERM, is killed. Help and usage errors are answered here, with no child.
     Tests call :func:`main` and exit normally."""
-    import atexit
+    from weakflow.flows import runtime
 
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    if runtime.is_supervised_child() or not runtime.can_supervise():
+        runtime.run_child(main)
+    args = build_parser().parse_args()  # --help, a usage error: answered (and exited) here
+    runtime.exit_like(runtime.supervise(sys.argv[1:], args.command))
 
 
 if __name__ == "__main__":

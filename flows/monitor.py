@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, TrackingConfig
 from weakflow.tasks.monitor import (
-    Check, alert_task, contamination_task, drift_check_task, load_served_task, load_window_task,
+    Check, Contamination, alert_task, alert_text, contamination_task, drift_check_task, load_served_task,
+    load_window_task,
 )
 
 
@@ -22,14 +23,16 @@ class MonitorResult:
     model_version: str
     check: Check
     alert: dict | None
-    contamination: dict[str, int]
+    contamination: dict[str, int]  # rows equal/near test rows and training rows ({} when not checked)
+    contamination_check: Contamination | None = None  # with its alert and the line the console prints
 
-
-def alert_text(alert: dict) -> str:
-    if alert.get("suppressed"):
-        return f"suppressed: {alert['suppressed']}"
-    return (f"raised (alerts row {alert['alert_id']}, event {alert['event_id'] or 'not emitted'}, "
-            f"webhook {alert['webhook'] or 'not configured'})")
+    def lines(self, name: str) -> list[str]:
+        """What ``weakflow monitor`` prints: the contamination finding (when rows were found), then the
+        drift verdict as the last line."""
+        found = self.contamination_check
+        return ([found.line()] if found is not None and found.found else []) + [
+            f"{name} v{self.model_version}: {self.check.verdict.text}"
+            + (f" | alert {alert_text(self.alert)}" if self.alert else "")]
 
 
 @flow(name="weakflow-monitoring", log_prints=True)
@@ -40,7 +43,8 @@ def monitoring_flow(cfg: Config) -> MonitorResult:
     window = load_window_task(cfg, served)
     check = drift_check_task(cfg, served, window, experiment_id)
     alert = alert_task(cfg, served, check) if check.verdict.drift else None
-    contamination = contamination_task(cfg, served, window, experiment_id)
+    found = contamination_task(cfg, served, window, experiment_id)
+    contamination = found.counts
     r = check.result
     create_markdown_artifact(
         key="drift-verdict",
@@ -52,8 +56,10 @@ def monitoring_flow(cfg: Config) -> MonitorResult:
                      f"{r.quality['accuracy']:.3f}\n\n" if r.quality else "")
                   + (f"Report: {check.report_uri}\n" if check.report_uri else "No report: too few rows.\n")
                   + (f"\nAlert: {alert_text(alert)}\n" if alert else "")
-                  + (f"\nServed rows equal/near to: {contamination}\n" if contamination else "")),
+                  + (f"\n{found.line()}\n" if found.found else "")),
         description=f"drift verdict for {served.name} v{served.version}",
     )
+    if found.found:
+        print(found.line())
     print(check.verdict.text + (f" | alert {alert_text(alert)}" if alert else ""))
-    return MonitorResult(served.version, check, alert, contamination)
+    return MonitorResult(served.version, check, alert, contamination, found)

@@ -9,7 +9,7 @@ candidate (the select stage says so).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import mlflow
 from prefect import flow
@@ -42,14 +42,15 @@ class PipelineResult:
 @flow(name="weakflow-training", log_prints=True)
 def training_pipeline(cfg: Config) -> PipelineResult:
     experiment_id = tracking.configure(cfg.tracking)
-    started = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    with mlflow.start_run(run_name=f"pipeline-{started}", experiment_id=experiment_id,
-                          tags={"weakflow.stage": "pipeline"}) as parent:
+    started = datetime.now().astimezone()
+    with mlflow.start_run(run_name=tracking.pipeline_run_name(cfg, started), experiment_id=experiment_id,
+                          tags=tracking.pipeline_tags(cfg)) as parent:
         pid = parent.info.run_id
         mlflow.log_text(dump_config(cfg), "config.yaml")
         tracking.log_headline_params(cfg)
 
         data = validate(cfg, pid, experiment_id)
+        tracking.name_pipeline_run(pid, cfg, started, data)  # the row count and the files' hashes, once read
         data, checks = governance(data, cfg, pid, experiment_id)
         data, labels = weak_labels(data, cfg, pid, experiment_id)
         baseline = gold_only(data, cfg, pid, experiment_id)

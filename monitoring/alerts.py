@@ -187,6 +187,16 @@ def raise_once(url: str, event_name: str, alert: Alert, payload: dict[str, Any],
     return raised
 
 
+def finding(kind: str, drifted_columns: list[str], message: str) -> str:
+    """What an alert found, in a few words for ``weakflow alerts``: a drift alert's drifted columns
+    ("61 drifted: px_1, px_2, px_3 …"); a contamination alert's overlap counts, which its message holds
+    ("evaluation_contamination 3 of 500 served rows, memorisation_exposure 0 of 500 served rows")."""
+    if kind == "contamination":
+        return (message or "").split(" [event not emitted", 1)[0] or "-"
+    more = " …" if len(drifted_columns) > 3 else ""
+    return f"{len(drifted_columns)} drifted: {', '.join(drifted_columns[:3])}{more}"
+
+
 def list_alerts(url: str, limit: int = 50) -> pd.DataFrame:
     """The newest ``limit`` alerts; none (and nothing created) when the log database does not exist yet."""
     database = sa.engine.make_url(url).database

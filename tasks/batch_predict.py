@@ -1,12 +1,15 @@
 """Batch scoring (``weakflow predict``): a Parquet or CSV file of any size through a registered model, in
 chunks, with bounded memory.
 
-The input's columns are checked against the model's inputs before any row is scored; each chunk's values
-are checked as it is read (a NaN or a non-number in a numeric column, a missing text), naming the column and
-the file's row. The output (row id, class, confidence, one probability per class) is written to a temporary
-file beside ``output`` and renamed only when every row is scored, so a failed job leaves no half file and
-never replaces an earlier output. The job is one MLflow run (experiment ``<tracking.experiment>-predict``):
-the input's SHA-256, its rows, the model version, the duration and rows per second.
+An output that is the input (the same path, or the same file through a link) is refused before anything is
+read or written. The input's columns are checked against the model's inputs before any row is scored; each
+chunk's values are checked as it is read, by the rules the server applies (:mod:`deploy.inputs`: a number
+must be finite as float32, a text present and at most ``serve.max_text_chars`` characters), naming the column
+and the file's row. The output (row id, class, confidence, one probability per class) is written to a
+temporary file beside ``output`` and renamed only when every row is scored, so a failed job leaves no half
+file and never replaces an earlier output. The job is one MLflow run (experiment
+``<tracking.experiment>-predict``): the input's SHA-256 (hashed before anything is written), its rows, the
+model version, the duration and rows per second.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from weakflow.deploy.inputs import bad_values
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
-from weakflow.tasks.lib.data import ROW_ID, DataError
+from weakflow.tasks.lib.config import Config, ConfigError
+from weakflow.tasks.lib.data import ROW_ID, DataError, check_unique_columns, header_names, unreadable
 
 CHUNK_ROWS = 100_000
+INPUT = "predict --input"  # how a read error names the file's role (training names data.train_path)
 
 
 @dataclass(frozen=True)
@@ -41,18 +46,39 @@ class ScoringModel:
     text: list[str]
     classes: list
     python_model: object  # deploy.model.WeakflowClassifier (of the version's own code)
+    max_text_chars: int = 5000  # serve.max_text_chars: the longest text any entry point scores
 
     @property
     def inputs(self) -> list[str]:
         return [*self.numeric, *self.text]
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns)."""
+        """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns). A value
+        the server would refuse (not a finite float32 number, a missing or over-long text) is a DataError
+        naming the column and the row (positions from 0), not a row scored as nonsense."""
+        if not isinstance(frame, pd.DataFrame):
+            raise DataError(f"predict: expected a pandas DataFrame with the columns {self._shown_inputs()}, found "
+                            f"{type(frame).__name__} (pandas.DataFrame(records) makes one from a list of dicts)")
         missing = [c for c in self.inputs if c not in frame.columns]
         if missing:
             raise DataError(f"predict: the frame lacks input column(s) {missing}; {self.name} version {self.version} "
-                            f"takes {self.inputs}")
-        return self.python_model.predict(None, frame[self.inputs])  # type: ignore[attr-defined]
+                            f"takes {self._shown_inputs()}")
+        twice = sorted({c for c in frame.columns[frame.columns.duplicated()] if c in self.inputs})
+        if twice:
+            raise DataError(f"predict: the frame has the input column(s) {twice} more than once; which one is meant "
+                            "cannot be known")
+        checked = self.checked(frame, "predict: the frame's", 0, "rows by position, counted from 0")
+        return self.python_model.predict(None, checked.reset_index(drop=True))  # type: ignore[attr-defined]
+
+    def checked(self, frame: pd.DataFrame, where: str, first_row: int, rows_are: str) -> pd.DataFrame:
+        """The input columns as the model takes them, or one DataError: ``<where> column ... row(s) ...``."""
+        out, bad = bad_values(frame, self.numeric, self.text, self.max_text_chars)
+        if out is None:
+            raise DataError(f"{where} {bad.describe(first_row, rows_are)}")
+        return out
+
+    def _shown_inputs(self) -> str:
+        return f"{self.inputs[:10]}{' ...' if len(self.inputs) > 10 else ''}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +99,24 @@ class PredictJob:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
 
 
-def resolve_scoring_model(name: str, version: str | None, alias: str, uri: str) -> ScoringModel:
+def chosen_version(version: object, alias: object, default_alias: str) -> tuple[str | None, str]:
+    """``(version, alias)`` to look up: the version given, else the alias given, else ``default_alias``
+    (``serve.alias``). Both given, or an empty one, is a ConfigError: silently preferring one, or reading
+    ``alias=""`` as "the default", would score with a model the caller did not name."""
+    if version is not None and alias is not None:
+        raise ConfigError(f"give a model version or an alias, not both (version {version!r}, alias {alias!r})")
+    if alias is not None and (not isinstance(alias, str) or not alias.strip()):
+        raise ConfigError(f"alias {alias!r}: expected the name of a registry alias (e.g. 'champion'); leave it out "
+                          f"to use serve.alias ({default_alias!r})")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))
+                                or not str(version).strip()):
+        raise ConfigError(f"version {version!r}: expected a registered version number (e.g. '3'); leave it out to "
+                          f"use the alias ({default_alias!r})")
+    return (None if version is None else str(version).strip()), (alias if alias is not None else default_alias)
+
+
+def resolve_scoring_model(name: str, version: str | None, alias: str, uri: str,
+                          max_text_chars: int = 5000) -> ScoringModel:
     """The version given, else the one ``alias`` names, loaded for scoring from the registry at ``uri`` (the
     current tracking URI). No such model, alias or version: one line (RegistryError)."""
     from weakflow.deploy.registry import alias_version, model_version
@@ -81,10 +124,10 @@ def resolve_scoring_model(name: str, version: str | None, alias: str, uri: str) 
     if version is None:
         version = alias_version(None, name, alias, uri)  # a missing SQLite store is reported, not created
     model_version(mlflow.MlflowClient(uri), name, version)
-    return load_scoring_model(name, version)
+    return load_scoring_model(name, version, max_text_chars)
 
 
-def load_scoring_model(name: str, version: str) -> ScoringModel:
+def load_scoring_model(name: str, version: str, max_text_chars: int = 5000) -> ScoringModel:
     """The version's pyfunc, unwrapped; versions saved before text inputs take numbers only."""
     from weakflow.deploy.model_code import load_pyfunc
 
@@ -92,7 +135,7 @@ def load_scoring_model(name: str, version: str) -> ScoringModel:
     schema = getattr(getattr(inner, "loaded", None), "schema", None)
     numeric = list(schema.numeric) if schema is not None else list(inner.features)
     text = list(schema.text) if schema is not None else []
-    return ScoringModel(name, str(version), numeric, text, list(inner.classes), inner)
+    return ScoringModel(name, str(version), numeric, text, list(inner.classes), inner, max_text_chars)
 
 
 def _kind(path: Path) -> str:
@@ -104,56 +147,87 @@ def _kind(path: Path) -> str:
     raise DataError(f"predict: {path} must be a .parquet or .csv file (found {suffix or 'no suffix'!r})")
 
 
+def check_paths(input_path: Path, output_path: Path) -> tuple[Path, Path]:
+    """Both paths resolved, once the output cannot be the input: the same path, or the same file through a
+    symbolic or hard link (scoring would replace the data it reads). Nothing is read or written before."""
+    source, target = Path(input_path).resolve(), Path(output_path).resolve()
+    _kind(source)  # a .parquet or .csv file each: one line otherwise
+    _kind(target)
+    if not source.is_file():
+        raise DataError(f"predict: input file {input_path} does not exist")
+    same = source == target
+    if not same and target.exists():
+        try:
+            same = os.path.samefile(source, target)
+        except OSError:
+            same = False
+    if same:
+        how = "" if Path(input_path).absolute() == Path(output_path).absolute() else f" (both are {source})"
+        raise DataError(f"predict: --output {output_path} is the input file {input_path}{how}: the scores would "
+                        "replace the data they are read from; write them to another file")
+    if target.is_dir():
+        raise DataError(f"predict: --output {output_path} is a folder; expected a .parquet or .csv file path")
+    return source, target
+
+
 def check_columns(path: Path, model: ScoringModel) -> bool:
-    """Fail on a column the model needs and the file lacks, or a Parquet column of the wrong type, before
-    anything is scored. Returns whether the file carries its own ``row_id``."""
+    """Fail on a column the model needs and the file lacks, a column named twice, an empty or unreadable
+    file, or a Parquet column of the wrong type, before anything is scored. Returns whether the file carries
+    its own ``row_id``."""
     if not path.is_file():
         raise DataError(f"predict: input file {path} does not exist")
+    names = header_names(path, path.suffix.lower(), INPUT)  # one line for a file the reader fails on
+    if not names:
+        raise DataError(f"{INPUT}: cannot read {path} as {_kind(path)}: the file is empty (no header line); "
+                        f"expected the columns {model._shown_inputs()}")
+    check_unique_columns(names, path, INPUT)
     if _kind(path) == "parquet":
         schema = pq.read_schema(path)
-        names = schema.names
         for column in model.numeric:
             if column in names and not (pa.types.is_integer(t := schema.field(column).type) or pa.types.is_floating(t)):
                 raise DataError(f"predict: {path} column {column!r}: expected numbers; found type {t}")
         for column in model.text:
             if column in names and not (pa.types.is_string(t := schema.field(column).type) or pa.types.is_large_string(t)):
                 raise DataError(f"predict: {path} column {column!r}: expected text; found type {t}")
-    else:
-        names = list(pd.read_csv(path, nrows=0).columns)
     missing = [c for c in model.inputs if c not in names]
     if missing:
         raise DataError(f"predict: {path} lacks input column(s) {missing}; model {model.name} version "
-                        f"{model.version} takes {model.inputs[:10]}{' ...' if len(model.inputs) > 10 else ''}")
+                        f"{model.version} takes {model._shown_inputs()}")
     return ROW_ID in names
 
 
 def _chunks(path: Path, model: ScoringModel, has_ids: bool, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The file's chunks; a reader failure (bytes that are not UTF-8, a broken row or row group) is one line
+    naming the file and the data rows the failing chunk starts at."""
     columns = model.inputs + ([ROW_ID] if has_ids else [])
-    if _kind(path) == "parquet":  # pre_buffer would keep every row group read so far (the whole file, at the end)
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, columns=columns):
-            yield batch.to_pandas()
-    else:
-        dtypes = {c: str for c in model.text}
-        yield from pd.read_csv(path, usecols=columns, dtype=dtypes, keep_default_na=False, na_values=[""],
-                               chunksize=chunk_rows)
+
+    def read() -> Iterator[pd.DataFrame]:
+        if _kind(path) == "parquet":  # pre_buffer would keep every row group read so far (the whole file, at the end)
+            for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, columns=columns):
+                yield batch.to_pandas()
+        else:
+            dtypes = {c: str for c in model.text}
+            yield from pd.read_csv(path, usecols=columns, dtype=dtypes, keep_default_na=False, na_values=[""],
+                                   chunksize=chunk_rows)
+
+    reader, start = read(), 0
+    while True:
+        try:
+            frame = next(reader)
+        except StopIteration:
+            return
+        except Exception as exc:  # the CSV parser and pyarrow raise many types; all mean "unreadable"
+            error = unreadable(INPUT, path, path.suffix.lower(), exc)  # a bad byte: named by its line
+            where = "" if isinstance(exc, UnicodeDecodeError) else f" (in the data rows from {start}, counted from 0)"
+            raise DataError(f"{error}{where}") from exc
+        start += len(frame)
+        yield frame
 
 
 def _checked(frame: pd.DataFrame, path: Path, model: ScoringModel, start: int) -> pd.DataFrame:
-    """The chunk with numeric columns as float32; a bad value fails naming the column and the file's row."""
-    out = frame.copy()
-    for column in model.numeric:
-        values = pd.to_numeric(out[column], errors="coerce").to_numpy(np.float64)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            raise DataError(f"predict: {path} column {column!r} row(s) {(bad[:5] + start).tolist()} (data rows counted "
-                            f"from 0): expected a finite number; found {out[column].iloc[bad[:3]].tolist()}")
-        out[column] = values.astype(np.float32)
-    for column in model.text:
-        missing = np.flatnonzero(out[column].isna().to_numpy())
-        if len(missing):
-            raise DataError(f"predict: {path} column {column!r} row(s) {(missing[:5] + start).tolist()} (data rows "
-                            "counted from 0): expected text; found an empty cell")
-    return out
+    """The chunk's inputs as the model takes them (numbers as float32); a value the server would refuse
+    fails naming the column and the file's row."""
+    return model.checked(frame, f"predict: {path}", start, "data rows counted from 0")
 
 
 def file_sha256(path: Path, block: int = 1 << 23) -> str:
@@ -185,8 +259,9 @@ class _Writer:
 
 
 def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_rows: int = CHUNK_ROWS) -> int:
-    """Score ``input_path`` into ``output_path`` (both .parquet or .csv); returns the rows scored."""
-    input_path, output_path = Path(input_path), Path(output_path)
+    """Score ``input_path`` into ``output_path`` (both .parquet or .csv, not the same file); returns the rows
+    scored."""
+    input_path, output_path = check_paths(input_path, output_path)
     kind = _kind(output_path)
     has_ids = check_columns(input_path, model)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +270,8 @@ def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_r
     writer, rows = _Writer(tmp, kind), 0
     try:
         for frame in _chunks(input_path, model, has_ids, chunk_rows):
-            frame = _checked(frame, input_path, model, rows)
-            scored = model.python_model.predict(None, frame[model.inputs])  # type: ignore[attr-defined]
+            inputs = _checked(frame, input_path, model, rows)
+            scored = model.python_model.predict(None, inputs.reset_index(drop=True))  # type: ignore[attr-defined]
             ids = frame[ROW_ID].to_numpy() if has_ids else np.arange(rows, rows + len(frame), dtype=np.int64)
             writer.write(pd.concat([pd.DataFrame({ROW_ID: ids}), scored.reset_index(drop=True)], axis=1))
             rows += len(frame)
@@ -214,16 +289,18 @@ def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_r
 def batch_predict(cfg: Config, input_path: Path, output_path: Path, version: str | None = None,
                   alias: str | None = None, chunk_rows: int = CHUNK_ROWS) -> PredictJob:
     """Score a file with the version given (else the one ``alias`` names, else ``serve.alias``) and log
-    the job to MLflow."""
+    the job to MLflow. The paths and the choice of model are checked before anything is read or written;
+    the input is hashed before the output is written."""
+    input_path, output_path = check_paths(input_path, output_path)
+    version, alias = chosen_version(version, alias, cfg.serve.alias)
     experiment = cfg.tracking.model_copy(update={"experiment": f"{cfg.tracking.experiment}-predict"})
     experiment_id = tracking.configure(experiment)
     name = cfg.tracking.model_name
-    model = resolve_scoring_model(name, version, alias or cfg.serve.alias, mlflow.get_tracking_uri())
-    input_path, output_path = Path(input_path).resolve(), Path(output_path).resolve()
+    model = resolve_scoring_model(name, version, alias, mlflow.get_tracking_uri(), cfg.serve.max_text_chars)
+    digest = file_sha256(input_path)  # what was read, whatever happens to the path later
     started = time.perf_counter()
     rows = score_file(model, input_path, output_path, chunk_rows)
     seconds = time.perf_counter() - started
-    digest = file_sha256(input_path)
     with mlflow.start_run(run_name=f"predict-v{model.version}", experiment_id=experiment_id,
                           tags={"weakflow.stage": "predict", "model_name": name,
                                 "model_version": model.version}) as run:

@@ -64,7 +64,7 @@ def run_lfs(cfg: Config, rows: int | None = None, shards: int = 1, examples: int
     values = apply_sharded(train, spec, rules, refs, classes, abstain, shards)
     seconds = time.perf_counter() - start
     if spec.weak_label_columns:
-        values = pd.concat([weak_votes(train, spec), values], axis=1)
+        values = pd.concat([weak_votes(train, spec, classes), values], axis=1)
     names = list(values.columns)
     try:  # a weak column's cells are data: one outside the classes is bad input, not a bug
         votes = votes_matrix(values, names, classes, abstain)

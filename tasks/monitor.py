@@ -161,11 +161,39 @@ def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) 
     return out
 
 
-def handle_contamination(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> dict[str, int]:
+def alert_text(alert: dict) -> str:
+    """What one detection did, for the console: raised (row, event, webhook) or suppressed (why)."""
+    if alert.get("suppressed"):
+        return f"suppressed: {alert['suppressed']}"
+    return (f"raised (alerts row {alert['alert_id']}, event {alert['event_id'] or 'not emitted'}, "
+            f"webhook {alert['webhook'] or 'not configured'})")
+
+
+@dataclass
+class Contamination:
+    """What the post-deployment contamination check found and did (printed by ``weakflow monitor``)."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # evaluation_contamination / memorisation_exposure rows
+    text: str = ""  # "evaluation_contamination 3 of 500 served rows, ..." (also the alert's message)
+    policy: str = "off"
+    alert: dict[str, str | int | None] | None = None  # what raise_once did, under policy ``alert``
+
+    @property
+    def found(self) -> bool:
+        return any(self.counts.values())
+
+    def line(self) -> str:
+        """One line for the console: the overlap counts and the alert (or why there is none)."""
+        said = (f"alert {alert_text(self.alert)}" if self.alert else
+                "no alert (governance.production=warn: version tag governance_post_deploy only)")
+        return f"contamination: {self.text} | {said}"
+
+
+def handle_contamination(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> Contamination:
     """Run the post-deployment checks, log them, tag the model version; alert under policy ``alert``."""
     policy = cfg.governance.production
     if policy == "off" or window.empty:
-        return {}
+        return Contamination(policy=policy)
     found = production_contamination(cfg, served, window)
     counts = {k: int(len(v)) for k, v in found.items()}
     with mlflow.start_run(run_name=f"contamination-check-v{served.version}", experiment_id=experiment_id,
@@ -177,19 +205,22 @@ def handle_contamination(cfg: Config, served: Served, window: pd.DataFrame, expe
     text = ", ".join(f"{k} {v} of {len(window)} served rows" for k, v in counts.items())
     mlflow.MlflowClient().set_model_version_tag(served.name, served.version, "governance_post_deploy",
                                                 f"{run.info.run_id}: {text}")
-    if policy == "alert" and any(counts.values()):
+    found = Contamination(counts, text, policy)
+    if policy == "alert" and found.found:
         m = cfg.monitoring
         payload = {"model": served.name, "version": served.version, **counts, "mlflow_run_id": run.info.run_id}
+        # the alert row keeps the counts in its message (drift_share/drifted_columns are drift's own)
         raised = raise_once(log_url(cfg), CONTAMINATION_EVENT,
                             Alert("contamination", served.name, served.version, 0.0, [], False,
                                   run.info.artifact_uri, text),
                             payload, m.webhook_url, m.webhook_retries, m.alert_cooldown_minutes)
         mlflow.MlflowClient().set_tag(run.info.run_id, "alert", raised.text[:5000])
-    return counts
+        found.alert = raised.as_dict()
+    return found
 
 
 @stage_task("contamination_check")
-def contamination_task(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> dict[str, int]:
+def contamination_task(cfg: Config, served: Served, window: pd.DataFrame, experiment_id: str) -> Contamination:
     return handle_contamination(cfg, served, window, experiment_id)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from weakflow.deploy.registry import CHAMPION, move_champion
 from weakflow.tasks.lib import tracking
@@ -56,6 +57,29 @@ def _thresholds(pseudo: PseudoLabels) -> str:
     return f"{lo:.2f}" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}"
 
 
+SHOWN_SOURCES = 6  # weak sources named in the summary line; the rest are counted
+
+
+def source_accuracies(stats: pd.DataFrame, shown: int = SHOWN_SOURCES) -> str:
+    """Each weak source's accuracy on gold with its interval, the sources that vote on most rows first; past
+    ``shown`` sources, "… and N more" and where they all are (a table row per stage stays readable)."""
+    records = stats.to_dict("records")
+    if "coverage" in stats.columns:  # stable: equal coverage keeps the configured order
+        records.sort(key=lambda r: -(r["coverage"] if r["coverage"] == r["coverage"] else 0.0))
+
+    def one(r: dict) -> str:
+        a, lo, hi = r.get("accuracy"), r.get("accuracy_low"), r.get("accuracy_high")
+        if a is None or a != a:
+            return f"{r['source']} n/a"
+        return f"{r['source']} {a:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and lo == lo else "")
+
+    text = ", ".join(one(r) for r in records[:shown])
+    if len(records) > shown:
+        text += (f" … and {len(records) - shown} more (fewer rows covered; all in the weak_labels run's "
+                 "weak_labels/sources.csv, or weakflow lfs)")
+    return text
+
+
 def summary_lines(o: RunOutcome, cfg: Config) -> list[tuple[str, str]]:
     """(stage, one line of figures) for the run summary table and the pipeline run's description."""
     counts = o.data.provenance_counts()
@@ -63,12 +87,8 @@ def summary_lines(o: RunOutcome, cfg: Config) -> list[tuple[str, str]]:
              ("governance", ", ".join(f"{k} {r.found}" + ("" if r.action == "none" else f" ({r.action})")
                                       for k, r in o.governance.items()))]
     if o.labels is not None:
-        acc = {r["source"]: (r.get("accuracy"), r.get("accuracy_low"), r.get("accuracy_high"))
-               for r in o.labels.stats.to_dict("records")}
-        shown = ", ".join(f"{s} {a:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo == lo and lo is not None else "")
-                          if a is not None and a == a else f"{s} n/a" for s, (a, lo, hi) in list(acc.items())[:6])
         lines.append(("weak_labels", f"{len(o.labels.row_ids)} weak rows ({cfg.weak_labels.aggregation}); "
-                                     f"source accuracy on gold: {shown}"))
+                                     f"source accuracy on gold: {source_accuracies(o.labels.stats)}"))
     sel = o.selection.table.set_index("candidate")["oof_accuracy"]
     lines.append(("gold_only", f"cross-fitted gold accuracy {sel['gold_only']:.3f} ({o.data.folds} folds)"))
     if o.weak is not None:

@@ -12,7 +12,9 @@ from weakflow.data_checks.suite import DataValidationError, ValidationReport, ru
 from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config
-from weakflow.tasks.lib.data import DataError, PipelineData, assemble, class_set, read_raw, resolve_data_spec
+from weakflow.data_checks.labels import check_class_set, check_label_spelling
+from weakflow.tasks.lib.data import (DataError, PipelineData, assemble, class_set, read_label_columns, read_raw,
+                                     resolve_data_spec)
 from weakflow.tasks.lib.pool import pool_rows, scan_pool
 
 
@@ -23,6 +25,9 @@ def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[Pipeli
         scan_pool(spec.unlabeled_path, spec.feature_columns, cfg.pseudo_label.chunk_rows, spec.text_columns)
     raw = read_raw(spec)
     classes = class_set(raw)
+    check_class_set(raw, classes)  # one line each, before the suite: the class set, labels misspelt by case
+    check_label_spelling(raw, classes)
+    raw = read_label_columns(raw, classes)  # integer classes: a weak column of 0, 1 and "skip" holds integers
     report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir,
                        test_copies=cfg.governance.exact_duplicates == "fail",
                        repeated_rows=cfg.governance.repeated_rows)

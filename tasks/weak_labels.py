@@ -68,7 +68,7 @@ class WeakLabels:
 def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     spec, wl = data.spec, cfg.weak_labels
     rules = configured_rules(cfg)
-    frame = weak_votes(data.train, spec) if spec.weak_label_columns else pd.DataFrame(index=data.train.index)
+    frame = weak_votes(data.train, spec, data.classes) if spec.weak_label_columns else pd.DataFrame(index=data.train.index)
     if rules or wl.labeling_functions:  # they see each row's input columns (numbers and raw text), never labels
         frame = pd.concat([frame, apply_sources(data.train, spec, rules, wl.labeling_functions,
                                                 data.classes, spec.abstain)], axis=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from weakflow.tasks.core.names import LossName
 from weakflow.tasks.core.noise import NoiseKind
@@ -44,6 +44,26 @@ class DemoData(_Section):
 ClassValue = int | str
 
 
+def class_set_problem(classes: list, abstain: object, where: str) -> str | None:
+    """What is wrong with a class set and an abstain value, in words naming ``where`` the classes come from
+    and ``data.abstain``; None when nothing is. A class listed twice; a name with surrounding spaces (labels
+    are read stripped, so it could never match); the abstain value equal to a class, also as text or up to
+    case (``abstain: "1"`` beside class 1, ``Spam`` beside ``spam``): its votes would be read as no vote."""
+    twice = sorted({repr(c) for c in classes if classes.count(c) > 1})
+    if twice:
+        return f"{where} lists {', '.join(twice)} more than once; list every class once"
+    spaced = [c for c in classes if isinstance(c, str) and c != c.strip()]
+    if spaced:
+        return f"{where}: class name(s) {spaced} have surrounding spaces; labels are read without them"
+    if abstain is not None:
+        same = [c for c in classes if str(c).strip().casefold() == str(abstain).strip().casefold()]
+        if same:
+            how = "is" if same[0] == abstain else "reads as"
+            return (f"data.abstain {abstain!r} {how} the class {same[0]!r} of {where}; a vote for that class would "
+                    "count as no vote: set data.abstain to a value no class has (e.g. -1, '' or skip)")
+    return None
+
+
 class FilesData(_Section):
     """The user's own Parquet or CSV files (see the README's data contract)."""
 
@@ -63,6 +83,17 @@ class FilesData(_Section):
     unlabeled_path: Path | None = Field(
         None, description="an extra unlabeled pool (Parquet with the input columns), streamed by row group")
     seed: int = 0
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_distinct(cls, classes: list[int] | list[str] | None, info: ValidationInfo) -> list | None:
+        """Every class once, no name with surrounding spaces (a label is read stripped), and the abstain value
+        none of them: otherwise a vote for that class would silently count as no vote."""
+        if classes is not None:
+            problem = class_set_problem(classes, info.data.get("abstain"), "data.classes")
+            if problem:
+                raise ValueError(problem)
+        return classes
 
     @model_validator(mode="after")
     def _columns_distinct(self) -> FilesData:
@@ -120,7 +151,8 @@ class RuleConfig(_Section):
     """A labelling function written as data: a named rule votes ``label`` on the rows it fires on, else abstains.
 
     ``keywords``: any of ``keywords`` as a whole word or phrase in text ``column`` (case-insensitive);
-    ``regex``: ``pattern`` found in text ``column`` (case-insensitive unless ``case_sensitive``);
+    ``regex``: ``pattern`` (RE2 syntax: linear time, tasks/lib/patterns.py) found in text ``column``
+    (case-insensitive unless ``case_sensitive``);
     ``threshold``: numeric ``column`` above ``above`` and/or below ``below``."""
 
     name: str = Field(min_length=1)
@@ -133,19 +165,28 @@ class RuleConfig(_Section):
     above: float | None = None
     below: float | None = None
 
+    @field_validator("pattern")
+    @classmethod
+    def _linear_time(cls, pattern: str | None, info: ValidationInfo) -> str | None:
+        """A regex rule's pattern must compile for RE2 (linear time: no pattern can hang a run): refused at
+        load, naming the rule and the construct RE2 cannot run (look-arounds, backreferences, ...)."""
+        if pattern and info.data.get("kind") == "regex":
+            from weakflow.tasks.lib.patterns import PatternError, compile_pattern
+
+            try:
+                compile_pattern(pattern)
+            except PatternError as exc:
+                text = str(exc)
+                raise ValueError(f"rule {info.data.get('name')!r}: {'the pattern ' if text.startswith('is ') else ''}"
+                                 f"{text}") from None
+        return pattern
+
     @model_validator(mode="after")
     def _complete(self) -> RuleConfig:
         if self.kind == "keywords" and not self.keywords:
             raise ValueError(f"rule {self.name!r}: kind keywords needs a non-empty keywords list")
-        if self.kind == "regex":
-            import re
-
-            if not self.pattern:
-                raise ValueError(f"rule {self.name!r}: kind regex needs a pattern")
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"rule {self.name!r}: pattern {self.pattern!r} is not a regular expression: {exc}") from exc
+        if self.kind == "regex" and not self.pattern:
+            raise ValueError(f"rule {self.name!r}: kind regex needs a pattern")
         if self.kind == "threshold" and self.above is None and self.below is None:
             raise ValueError(f"rule {self.name!r}: kind threshold needs above, below or both")
         return self
@@ -291,7 +332,11 @@ class GovernanceConfig(_Section):
 
 
 class GateConfig(_Section):
-    min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    """Promotion gates. By default only relative ones: not worse than the gold-only model of the same run
+    and not worse than the champion on the same test split; an absolute floor is the user's choice."""
+
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="opt-in absolute floor on test accuracy "
+                                       "(default none: good accuracy depends on the data)")
     max_regression: float = Field(0.0, ge=0.0, le=1.0, description="allowed accuracy drop vs the champion")
 
 
@@ -302,6 +347,11 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=1, le=65535)
     body_timeout_seconds: float = Field(30.0, gt=0.0, description="a /predict body not complete within this many "
                                         "seconds gets 408 (a client that stalls holds no worker)")
+    header_timeout_seconds: float = Field(10.0, gt=0.0, description="a request line and headers not complete "
+                                          "within this many seconds of connecting (or of a keep-alive request's "
+                                          "first byte) get 408 and the connection is closed")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="a request line and headers larger than this "
+                                  "get 431 and the connection is closed")
     alias: str = Field("champion", min_length=1, description="registry alias whose version is served")
     max_body_bytes: int = Field(1 << 20, ge=64, description="larger request bodies get 413")
     max_batch: int = Field(1000, ge=1, description="more records per request get 422")
@@ -393,6 +443,9 @@ class LimitsConfig(_Section):
 
     stage_seconds: float = Field(7200.0, gt=0.0, description="a stage running longer fails the run with a message "
                                  "naming it (a deadlock or a stuck store must not hold a scheduled retraining forever)")
+    prefect_startup_seconds: float = Field(120.0, gt=0.0, description="how long a command or api.run waits for "
+                                           "Prefect's temporary API server to answer (flows/runtime.py) before it "
+                                           "fails in one line naming this setting; only when PREFECT_API_URL is unset")
 
 
 class TrackingConfig(_Section):

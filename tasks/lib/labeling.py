@@ -21,8 +21,25 @@ from weakflow.tasks.lib.rules import LabelingFunctionError, Rule, from_config  #
 MAX_SHOWN = 5  # distinct offending values quoted in an error message
 
 
+# What user code may raise that we turn into a LabelingFunctionError naming it: any exception, and SystemExit
+# (a module or function calling sys.exit() would otherwise end a run with exit 0 and nothing said).
+# KeyboardInterrupt is left alone: it is the user's Ctrl-C, which must stop the command as an interrupt.
+USER_CODE_ERRORS = (Exception, SystemExit)
+
+
+def _raised(exc: BaseException) -> str:
+    """``raised ValueError: why`` / ``called sys.exit(0)``, on one line."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    return f"raised {type(exc).__name__}{': ' + text if text else ''}"
+
+
 def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:
-    """Import the callable named by ``ref`` ("package.module:function"; the function part may be dotted)."""
+    """Import the callable named by ``ref`` ("package.module:function"; the function part may be dotted).
+
+    Whatever importing or looking it up raises, SystemExit included, becomes a LabelingFunctionError naming
+    ``ref``: user code must not end the run silently."""
     if not isinstance(ref, str) or ref.count(":") != 1:
         raise LabelingFunctionError(f"labelling function ref {ref!r} must look like 'module.path:function'")
     module_name, attr_path = ref.split(":")
@@ -32,14 +49,16 @@ def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise LabelingFunctionError(f"labelling function {ref}: module not found ({exc})") from exc
-    except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
-        raise LabelingFunctionError(
-            f"labelling function {ref}: importing {module_name} raised {type(exc).__name__}: {exc}"
-        ) from exc
+    except USER_CODE_ERRORS as exc:  # any import-time failure of user code, sys.exit() included
+        raise LabelingFunctionError(f"labelling function {ref}: importing {module_name} {_raised(exc)}") from exc
     for part in attr_path.split("."):
-        if not hasattr(target, part):
-            raise LabelingFunctionError(f"labelling function {ref}: {module_name} has no attribute {attr_path!r}")
-        target = getattr(target, part)
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise LabelingFunctionError(
+                f"labelling function {ref}: {module_name} has no attribute {attr_path!r}") from None
+        except USER_CODE_ERRORS as exc:  # a module __getattr__ or property is user code too
+            raise LabelingFunctionError(f"labelling function {ref}: looking up {attr_path} {_raised(exc)}") from exc
     if not callable(target):
         raise LabelingFunctionError(
             f"labelling function {ref}: {attr_path} is not callable (it is a {type(target).__name__})"
@@ -206,8 +225,8 @@ def _run_sources(
                 result = fn(batch)
             except LabelingFunctionError:
                 raise  # a rule's own message already names it and the column
-            except Exception as exc:
-                raise LabelingFunctionError(f"{who} raised {type(exc).__name__}: {exc}") from exc
+            except USER_CODE_ERRORS as exc:  # sys.exit() in a function too: never a silent end of the run
+                raise LabelingFunctionError(f"{who} {_raised(exc)}") from exc
             raw = np.asarray(result.to_numpy() if isinstance(result, (pd.Series, pd.Index)) else result)
             if raw.shape != (len(batch),):
                 raise LabelingFunctionError(

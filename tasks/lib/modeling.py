@@ -18,6 +18,7 @@ from weakflow.tasks.core.losses import LossName
 from weakflow.tasks.core.models import ModelSpec, build_model, replace_ensemble
 from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
 from weakflow.tasks.lib.data import PipelineData
+from weakflow.tasks.lib.progress import note_training
 
 
 @dataclass
@@ -97,7 +98,10 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
     trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
     run = _fold_training(data, table, targets, stage, cfg, weights=weights, train=train, rule=rule, build=build,
                          monitor=monitor)
+    note_training(f"cross-fitting {run.gold.k} fold models + the refit, {run.epochs} epochs", _rows(table, weights))
     run.advance(run.epochs, on_epoch)
+    if run.lazy:  # the refit trains after the folds, silently: say so
+        note_training(f"training the refit up to the chosen epoch {run.best_epoch + 1}")
     return _trained(run.result(), spec or model_spec(data, stage), run.gold.y, cfg)
 
 
@@ -112,7 +116,10 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
     out-of-fold probabilities at the probe, the kept model)."""
     runs = {name: _fold_training(data, table, targets, stage, cfg, train=train, rule=rule)
             for name, targets in candidates.items()}
-    gold_y = next(iter(runs.values())).gold.y
+    first = next(iter(runs.values()))
+    note_training(f"racing {len(runs)} candidates ({', '.join(runs)}): {first.gold.k} fold models each, "
+                  f"{probe} epochs, then the best one to {first.epochs} epochs and its refit", len(table))
+    gold_y = first.gold.y
     calibrated: dict[str, np.ndarray] = {}
 
     def judge(oof: dict[str, np.ndarray]) -> str:
@@ -121,6 +128,12 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
 
     kept, fitted = race(runs, probe, judge, on_epoch)
     return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, cfg)
+
+
+def _rows(table: pd.DataFrame, weights: PerFold | np.ndarray | None) -> int:
+    """Rows the refit trains on (a weight of 0 leaves a row out), what a progress line reports."""
+    refit_weights = weights(None) if callable(weights) else weights
+    return len(table) if refit_weights is None else int((np.asarray(refit_weights) > 0).sum())
 
 
 def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndarray, stage: TrainStageConfig,
@@ -135,8 +148,7 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
     def fresh(_fold: int | None, member: int = 0) -> nn.Module:
         return new_model(data, stage, cfg.seed + MEMBER_SEED * member)[0]
 
-    refit_weights = weights(None) if callable(weights) else weights
-    rows = len(table) if refit_weights is None else int((np.asarray(refit_weights) > 0).sum())
+    rows = _rows(table, weights)
     return FoldTraining(build or fresh, data.x(table), targets, gold, train or settings(stage, cfg), weights=weights,
                         rule=rule, monitor=monitor, refits=refit_count(cfg.selection.refits, rows),
                         member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,60 @@ def configure(cfg: TrackingConfig) -> str:
 
 @contextlib.contextmanager
 def stage_run(stage: str, parent_run_id: str, experiment_id: str) -> Iterator[mlflow.ActiveRun]:
-    """A nested run for one stage. Explicit ids, so it works from any thread Prefect runs a task in."""
-    with mlflow.start_run(
+    """A nested run for one stage. Explicit ids, so it works from any thread Prefect runs a task in. It
+    carries the pipeline run's model and data tags (:data:`INHERITED_TAGS`), so a stage run found by a
+    search still says whose run it is; outside a terminal the stage says it is still running when silent."""
+    from weakflow.tasks.lib.progress import stage_progress
+
+    parent_tags = mlflow.MlflowClient().get_run(parent_run_id).data.tags
+    inherited = {k: parent_tags[k] for k in INHERITED_TAGS if k in parent_tags}
+    with stage_progress(stage), mlflow.start_run(
         run_name=stage, experiment_id=experiment_id, parent_run_id=parent_run_id, nested=True,
-        tags={"weakflow.stage": stage},
+        tags={"weakflow.stage": stage} | inherited,
     ) as run:
         record_stage_run(run.info.run_id)  # closed as FAILED if the stage runs past its time limit
         yield run
+
+
+INHERITED_TAGS = ("weakflow.model_name", "weakflow.data_source")  # copied from the pipeline run to its stages
+
+
+def pipeline_run_name(cfg: Any, started: datetime, rows: int | None = None) -> str:
+    """What the MLflow run list shows for a pipeline run: model, rows (once validate read them), start time,
+    e.g. ``weakflow-sms-classifier · 5,574 rows · 2026-12-06 21:40``."""
+    parts = [cfg.tracking.model_name, *([f"{rows:,} rows"] if rows is not None else []), f"{started:%Y-%m-%d %H:%M}"]
+    return " · ".join(parts)
+
+
+def pipeline_tags(cfg: Any) -> dict[str, str]:
+    """The pipeline run's tags known before any data is read: the model it registers and the data source
+    (``demo``, ``demo_text`` or ``files``: a user's own files)."""
+    return {"weakflow.stage": "pipeline", "weakflow.model_name": cfg.tracking.model_name,
+            "weakflow.data_source": cfg.data.source}
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256 (what ``sha256sum`` prints), read in blocks so a large pool costs no memory."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def name_pipeline_run(run_id: str, cfg: Any, started: datetime, data: Any) -> None:
+    """Once validate has read the data: the run's name gets its row count (training and test rows), and
+    the run is tagged with each data file's resolved path and SHA-256, so runs on different data (or on
+    a changed file at the same path) can be told apart and filtered in the run list."""
+    spec = data.spec
+    rows = len(data.train) + len(data.test)
+    tags = {"weakflow.rows": str(rows)}
+    for role, path in (("train", spec.train_path), ("test", spec.test_path), ("unlabeled", spec.unlabeled_path)):
+        if path is not None:
+            tags[f"weakflow.{role}_path"] = str(Path(path).resolve())
+            tags[f"weakflow.{role}_sha256"] = file_sha256(Path(path))
+    from mlflow.entities import RunTag
+
+    client = mlflow.MlflowClient()
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    client.update_run(run_id, name=pipeline_run_name(cfg, started, rows))
 
 
 def flatten(section: Any, prefix: str) -> dict[str, Any]:

@@ -151,3 +151,52 @@ def test_the_text_demo_registers_under_its_own_name_unless_one_is_given():
     assert load_config(None, ["data.source=demo_text"]).tracking.model_name == TEXT_DEMO_MODEL != \
         load_config(None).tracking.model_name
     assert load_config(None, ["data.source=demo_text", "tracking.model_name=mine"]).tracking.model_name == "mine"
+
+
+def _files(*extra: str) -> list[str]:
+    return ["data.source=files", "data.train_path=t.csv", "data.test_path=s.csv", "data.text_columns=[text]",
+            "data.weak_label_columns=[moderator]", *extra]
+
+
+@pytest.mark.parametrize("abstain, classes, shown", [
+    ("ham", "[ham, spam]", "data.abstain 'ham' is the class 'ham'"),
+    ("Spam", "[ham, spam]", "data.abstain 'Spam' reads as the class 'spam'"),  # up to case
+    ("'1'", "[0, 1]", "data.abstain '1' reads as the class 1"),  # the text of an integer class
+])
+def test_an_abstain_value_that_is_a_class_is_a_config_error(abstain, classes, shown):
+    """Its votes would silently count as no vote (or the weak_labels stage fail with a traceback)."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, _files(f"data.abstain={abstain}", f"data.classes={classes}"))
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  - data.classes = "), lines
+    assert shown in lines[1] and "set data.abstain to a value no class has" in lines[1], lines
+
+
+def test_duplicate_or_padded_classes_are_a_config_error_naming_data_classes():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, _files("data.classes=[ham, spam, spam]"))
+    assert "data.classes = ['ham', 'spam', 'spam']: Value error, data.classes lists 'spam' more than once" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, _files("data.classes=[0, 1, 0]", "data.abstain=-1"))
+    assert "data.classes lists 0 more than once" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, _files("data.classes=['ham', ' spam']"))
+    assert "class name(s) [' spam'] have surrounding spaces" in str(exc.value)
+    assert load_config(None, _files("data.classes=[ham, spam]", "data.abstain=skip")).data.classes == ["ham", "spam"]
+
+
+def test_cli_validate_passes_integer_classes_with_a_text_abstain_value(tmp_path):
+    """The README's shape through the real console script: a weak column of 0, 1 and ``skip`` (text to
+    pandas) beside integer classes passes ``weakflow validate`` (it was refused: ``'0'`` is not in [0, 1])."""
+    rows = "".join(f"message {i} of its own,{i % 2 if i < 8 else ''},{['0', '1', 'skip', ''][i % 4]}\n" for i in range(16))
+    (tmp_path / "train.csv").write_text("text,label,moderator\n" + rows)
+    (tmp_path / "test.csv").write_text("text,label\n" + "".join(f"test message {i},{i % 2}\n" for i in range(4)))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "weakflow"), "validate", "--set", "data.source=files",
+         "--set", f"data.train_path={tmp_path / 'train.csv'}", "--set", f"data.test_path={tmp_path / 'test.csv'}",
+         "--set", "data.text_columns=[text]", "--set", "data.weak_label_columns=[moderator]",
+         "--set", "data.abstain=skip", "--set", "data.classes=[0, 1]", "--workspace", str(tmp_path / "ws")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation passed" in proc.stdout + proc.stderr
+    assert "rows {'gold': 8, 'weak': 4, 'unlabeled': 4}" in proc.stdout + proc.stderr

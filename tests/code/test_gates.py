@@ -62,3 +62,20 @@ def test_champion_stack_follows_promotions_and_rollbacks():
     assert champion_stack(history) == ["1"]
     history.append({"version": "5", "action": "promoted"})
     assert champion_stack(history) == ["1", "5"]
+
+
+def test_the_default_gates_are_relative_and_a_floor_is_opt_in():
+    """Under the default config a model that beats gold-only and the champion ships at any accuracy
+    (0.62 on hard data); a floor the user sets still refuses, saying how to pass it knowingly."""
+    from weakflow.tasks.lib.config import GateConfig
+
+    cfg = GateConfig()
+    better = GateInput(0.62, True, champion_version="1", champion_accuracy=0.60, vs_gold_only=(0.04, 0.01, 0.07))
+    default = decide(better, cfg.min_accuracy, cfg.max_regression)
+    assert default.passed and default.checked == ["validation", "governance", "champion", "gold_only"]
+    floored = decide(better, 0.9, cfg.max_regression)
+    assert [f.gate for f in floored.failures] == ["min_accuracy"]
+    assert floored.failures[0].forcible and "gates.min_accuracy=null" in floored.failures[0].setting
+    # relative gates still refuse under the defaults
+    worse = GateInput(0.62, True, champion_version="1", champion_accuracy=0.70, vs_gold_only=(-0.05, -0.08, -0.02))
+    assert [f.gate for f in decide(worse, cfg.min_accuracy, cfg.max_regression).failures] == ["champion", "gold_only"]

@@ -216,3 +216,38 @@ def test_example_lfs_beat_chance_on_digits():
         assert 0.01 < fired.mean() < 0.6, (column, fired.mean())
         assert (out[column].to_numpy()[fired] == digit).all()
         assert (digits.target[fired] == digit).mean() > 0.5, column
+
+
+EXITS_AT_IMPORT = "import sys\nsys.exit(0)\n\ndef vote(batch):\n    return [3] * len(batch)\n"
+EXITS_WHEN_CALLED = "import sys\n\ndef vote(batch):\n    sys.exit(0)\n"
+RAISES_WHEN_CALLED = "def vote(batch):\n    raise RuntimeError('table\\nmissing')\n"
+
+
+@pytest.mark.parametrize(("source", "line"), [
+    (EXITS_AT_IMPORT, "labelling function {m}:vote: importing {m} called sys.exit(0)"),
+    (EXITS_WHEN_CALLED, "labelling function {m}:vote called sys.exit(0)"),
+    (RAISES_WHEN_CALLED, "labelling function {m}:vote raised RuntimeError: table missing"),
+], ids=["exit-at-import", "exit-when-called", "raises"])
+def test_sys_exit_or_an_error_in_user_code_is_an_lf_error_naming_it(tmp_path, monkeypatch, source, line):
+    """A module or function calling sys.exit(0) would end the run with exit 0 and nothing said: it is a
+    labelling-function error naming the function, on one line, like any exception it raises — both where
+    ``weakflow lfs`` applies the sources and where the pipeline's weak_labels stage does (make_weak_labels)."""
+    from weakflow.tasks.lib.config import FilesData, load_config
+    from weakflow.tasks.lib.data import RawTables, assemble
+    from weakflow.tasks.weak_labels import make_weak_labels
+
+    module = f"user_lfs_{tmp_path.name.replace('-', '_')}"  # a fresh module name: nothing cached in sys.modules
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    expected = line.format(m=module)
+    frame = pd.DataFrame({"x": np.arange(10.0)})
+    with pytest.raises(LabelingFunctionError) as info:
+        apply_labeling_functions(frame, [f"{module}:vote"], CLASSES, -1)
+    assert str(info.value) == expected
+
+    spec = FilesData(train_path="t.csv", test_path="s.csv", feature_columns=["x"], label_column="y")
+    train = pd.DataFrame({"x": np.arange(8.0), "y": [0, 0, 1, 1, None, None, None, None]})
+    data = assemble(RawTables(train, pd.DataFrame({"x": [9.0, 10.0], "y": [0, 1]}), spec), [0, 1])
+    with pytest.raises(LabelingFunctionError) as info:
+        make_weak_labels(data, load_config(None, [f"weak_labels.labeling_functions=[{module}:vote]"]))
+    assert str(info.value) == expected

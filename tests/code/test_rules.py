@@ -60,6 +60,42 @@ def test_regex_is_case_insensitive_unless_asked():
     assert fired(regex("text", "FREE", 1)(frame())) == [0, 1, 2, 3]
 
 
+def test_word_edges_spaces_and_case_folding_match_pythons_unicode_rules():
+    """Rules run on RE2, whose \\w and \\s are ASCII: a keyword's edges and a phrase's gaps must still be
+    Python's Unicode \\w and \\s (so "café" is a whole word in "un café!", not in "cafés"), and
+    case-insensitive patterns must fold case as re.IGNORECASE does. Checked on every code point against
+    Python's own re (code points Python's Unicode tables leave unassigned are left out: RE2's are newer)."""
+    import re
+    import sys
+    import unicodedata
+
+    chars = [chr(c) for c in range(sys.maxunicode + 1)
+             if not 0xD800 <= c <= 0xDFFF and unicodedata.category(chr(c)) != "Cn"]
+    rows = pd.DataFrame({"text": [f"{c}ab" for c in chars] + [f"ab{c}" for c in chars] + [f"a{c}b" for c in chars]})
+    n = len(chars)
+    word = np.array([re.match(r"\w", c) is not None for c in chars])
+    space = np.array([re.match(r"\s", c) is not None for c in chars])
+    edge = keywords("text", ["ab"], 1)(rows) == 1
+    assert (edge[:n] == ~word).all() and (edge[n:2 * n] == ~word).all()  # fires unless a word character touches it
+    gap = keywords("text", ["a b"], 1)(rows.iloc[2 * n:]) == 1
+    assert (gap == space).all()
+    cafe = pd.DataFrame({"text": ["un CAFÉ!", "cafés", "écafé", "café"]})
+    assert fired(keywords("text", ["café"], 1)(cafe)) == [0, 3]
+
+    folded = [(c, v) for c in chars for v in {c.upper(), c.lower(), c.title(), c.casefold(), c.swapcase()} - {c}]
+    differ = set()
+    by_char: dict[str, list[str]] = {}
+    for c, v in folded:
+        by_char.setdefault(c, []).append(v)
+    for c, variants in by_char.items():
+        got = regex("text", re.escape(c), 1)(pd.DataFrame({"text": variants})) == 1
+        want = np.array([re.search(re.escape(c), v, re.IGNORECASE) is not None for v in variants])
+        differ |= {c for g, w in zip(got, want) if g != w}
+    # Only the Turkish dotted/dotless i: Python's re folds them with i/I, Unicode's simple case folding
+    # (RE2's) does not. README "Weak label sources" says so.
+    assert differ == {"\u0130", "\u0131"}
+
+
 def test_threshold_above_below_and_band_are_strict_and_nan_never_fires():
     data = frame()  # amount: 0, 1, 5, 10, 20, NaN, 7, 3, 4, 100
     assert fired(threshold("amount", 1, above=5)(data)) == [3, 4, 6, 9]
@@ -161,3 +197,34 @@ def test_string_votes_map_to_class_indices_with_every_kind_of_empty_as_abstain()
     assert votes_matrix(votes, ["a"], ["ham", "spam"], -1)[:, 0].tolist() == [1, -1, -1, -1, 0, -1]
     with pytest.raises(ValueError, match=r"vote column 'a' holds 'Spam', outside classes \['ham', 'spam'\]"):
         votes_matrix(pd.DataFrame({"a": ["spam", "Spam"]}), ["a"], ["ham", "spam"], "")
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("(?=free)win", "look-aheads ((?=...), (?!...)) are not supported"),
+    ("win(?!ner)", "look-aheads ((?=...), (?!...)) are not supported"),
+    (r"(?<=£)\d+", "look-behinds ((?<=...), (?<!...)) are not supported"),
+    ("(?<!no )free", "look-behinds ((?<=...), (?<!...)) are not supported"),
+    (r"(\w)\1", r"backreferences (\1) are not supported"),
+    ("(?P<x>a)(?P=x)", "backreferences ((?P=name)) are not supported"),
+    ("a++b", "possessive quantifiers (++) are not supported"),
+    ("(?>ab|a)c", "atomic groups (?>...) are not supported"),
+    ("(?(1)a|b)", "conditionals (?(...)yes|no) are not supported"),
+    (r"free\Z", r"\Z is not supported: write \z for the end of the text"),
+    ("x{,3}", "{,3} means {0,3} only to Python (RE2 reads it as text): write {0,3}"),
+])
+def test_a_construct_rules_cannot_run_in_linear_time_is_a_config_error_naming_the_rule(pattern, why):
+    """Python's re accepts each of these; RE2 (linear time, so no rule can hang a run) does not: the config
+    is refused when loaded, naming the rule (index and name), its pattern and the construct, on one line."""
+    from weakflow.tasks.lib.config import ConfigError, load_config
+
+    rules = ("weak_labels.rules=[{name: fine, kind: keywords, column: text, label: spam, keywords: [win]}, "
+             f"{{name: free_offer, kind: regex, column: text, label: spam, pattern: '{pattern}'}}]")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [rules])
+    (line,) = [x for x in str(info.value).splitlines() if "weak_labels.rules" in x]
+    assert line.startswith(f"  - weak_labels.rules.1.pattern = {pattern!r}: ")
+    assert f"rule 'free_offer': {why}" in line
+    assert "(rules run on RE2, a linear-time engine, so that no pattern can hang a run; syntax: " in line
+    with pytest.raises(LabelingFunctionError) as made:  # the Python API says the same
+        regex("text", pattern, 1, name="r")
+    assert str(made.value).startswith(f"rule 'r': pattern {pattern!r}: {why}")

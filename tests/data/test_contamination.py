@@ -116,3 +116,68 @@ def test_a_reference_of_one_distinct_row_warns_instead_of_silently_finding_nothi
     with pytest.warns(UserWarning, match="1 distinct row"):
         index = NearDuplicateIndex(reference)
     assert index.threshold == 0.0 and index.near_pairs(reference[:3] + 0.01).empty
+
+
+# --- text copies disguised with Unicode (issue 26, item 5) ----------------------------------------------------
+
+MESSAGE = "Congratulations! You have won a free café voucher: reply WIN to claim your résumé prize now"
+HOMOGLYPHS = str.maketrans("aceopxyCOP", "асеорхуСОР")  # Latin letters -> Cyrillic look-alikes
+
+
+def _inside_words(text: str, mark: str) -> str:
+    """``mark`` after the second letter of every word of three letters or more."""
+    return " ".join(w[:2] + mark + w[2:] if len(w) > 2 else w for w in text.split(" "))
+
+
+DISGUISES = {
+    "full-width": lambda t: "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in t),
+    "zero-width spaces": lambda t: _inside_words(t, "\u200b"),
+    "soft hyphens": lambda t: _inside_words(t, "\u00ad"),
+    "joiners": lambda t: " ".join(w[:1] + "\u200d" + w[1:2] + "\u200c" + w[2:] for w in t.split(" ")),
+    "NFD": lambda t: __import__("unicodedata").normalize("NFD", t),
+    "Cyrillic look-alikes": lambda t: t.translate(HOMOGLYPHS),
+}
+OTHER_MESSAGES = ["Are we still on for dinner tonight? I can bring the salad", "Sorry, running late. See you at 8",
+                  "Your parcel is waiting at the depot, opening hours are 9 to 5"]
+
+
+@pytest.mark.parametrize("kind", list(DISGUISES))
+def test_a_disguised_copy_of_a_test_message_is_an_exact_copy(kind):
+    import pandas as pd
+
+    from weakflow.data_checks.contamination import exact_text_pairs
+
+    disguised = DISGUISES[kind](MESSAGE)
+    assert disguised != MESSAGE
+    test = pd.DataFrame({"text": [OTHER_MESSAGES[0], MESSAGE]})
+    train = pd.DataFrame({"text": [*OTHER_MESSAGES[1:], disguised]})
+    pairs = exact_text_pairs(test, train, [], ["text"])
+    assert pairs.values.tolist() == [[1, 2]], kind  # test row 1 is training row 2, and nothing else matches
+
+
+@pytest.mark.parametrize("kind", list(DISGUISES))
+def test_a_disguised_near_copy_of_a_test_message_is_a_near_copy(kind):
+    import pandas as pd
+
+    from weakflow.data_checks.contamination import near_text_pairs
+
+    edited = MESSAGE.replace("now", "today")  # one word changed: not an exact copy, a near one
+    test = pd.Series([OTHER_MESSAGES[0], MESSAGE])
+    train = pd.Series([*OTHER_MESSAGES[1:], DISGUISES[kind](edited)])
+    pairs = near_text_pairs(test, train)
+    assert pairs[["reference_index", "row_index"]].values.tolist() == [[1, 2]], kind
+    assert 0 < pairs["distance"].iloc[0] <= 0.1
+
+
+def test_a_genuinely_different_message_is_not_a_copy_whatever_its_script():
+    """The negative control: the same words in another order, and a message in Cyrillic script, are neither
+    exact nor near copies of the test message or of each other."""
+    import pandas as pd
+
+    from weakflow.data_checks.contamination import exact_text_pairs, near_text_pairs
+
+    test = pd.DataFrame({"text": [MESSAGE, "Привет, как дела? Увидимся вечером"]})
+    train = pd.DataFrame({"text": ["Claim your free prize now: reply WIN, you have won a café voucher and résumé",
+                                   "Привет, всё хорошо, до завтра", *OTHER_MESSAGES]})
+    assert exact_text_pairs(test, train, [], ["text"]).empty
+    assert near_text_pairs(test["text"], train["text"]).empty

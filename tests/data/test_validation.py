@@ -224,3 +224,92 @@ def test_unknown_named_labels_are_named_with_their_column_and_values(tmp_path):
     assert any(f.startswith("train.label: expected a class in ['ham', 'spam'] or empty (no gold label); found 1 bad "
                             "value(s), e.g. ['eggs'] at row [4]") for f in found), found
     assert any(f.startswith("train.annotator: ") and "['Spam'] at row [7]" in f for f in found), found
+
+
+def test_unicode_disguised_copies_of_test_messages_fail_validation(tmp_path):
+    """Six test messages copied into training, each disguised another way (full-width, zero-width spaces,
+    soft hyphens, joiners, NFD, Cyrillic look-alikes): the test-copy expectation names all six test rows."""
+    import unicodedata
+
+    from weakflow.tasks.lib.config import FilesData
+
+    spec = FilesData(train_path=tmp_path / "train.parquet", test_path=tmp_path / "test.parquet", text_columns=["text"],
+                     classes=["ham", "spam"])
+    messages = [f"Message number {w}: the café is open until late, see you at the résumé workshop"
+                for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+    inside = lambda t, mark: " ".join(w[:2] + mark + w[2:] if len(w) > 2 else w for w in t.split(" "))  # noqa: E731
+    disguised = ["".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in messages[0]),
+                 inside(messages[1], "\u200b"), inside(messages[2], "\u00ad"), inside(messages[3], "\u200d\u200c"),
+                 unicodedata.normalize("NFD", messages[4]), messages[5].translate(str.maketrans("aceopxy", "асеорху"))]
+    train = pd.DataFrame({"text": [f"training message {i} about something else entirely" for i in range(20)] + disguised,
+                          "label": ["ham", "spam"] * 13})
+    test = pd.DataFrame({"text": messages, "label": ["ham", "spam"] * 4})
+    found = failures(RawTables(train, test, spec))
+    assert len(found) == 1 and found[0].startswith("test_rows_in_training.training_copies: expected no test row whose "
+                                                   "features equal a training row's; found 6 bad value(s)"), found
+    assert "at test row [0, 1, 2, 3, 4]" in found[0], found  # the first five are shown
+
+
+def _csv_config(tmp_path, train: pd.DataFrame, test: pd.DataFrame, *extra: str):
+    """Write the two CSV files and a files-source config naming them (text, one weak column)."""
+    from weakflow.tasks.lib.config import load_config
+
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    return load_config(None, ["data.source=files", f"data.train_path={tmp_path / 'train.csv'}",
+                              f"data.test_path={tmp_path / 'test.csv'}", "data.text_columns=[text]",
+                              "data.weak_label_columns=[moderator]", f"tracking.workspace={tmp_path / 'ws'}", *extra])
+
+
+def _messages(n: int, start: int = 0) -> list[str]:
+    return [f"message number {i} says something of its own" for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("column, spelt", [("label", "Spam"), ("label", " spam "), ("moderator", "SPAM")])
+def test_labels_that_differ_from_a_class_by_case_or_spaces_are_one_data_error(tmp_path, column, spelt):
+    """Not read as that class (a vote silently lost) nor refused with an unexplained "not in the set": one
+    line naming the file, the column, example rows and the classes expected."""
+    from weakflow.tasks.validate import load_and_validate
+
+    train = pd.DataFrame({"text": _messages(40), "label": ["ham", "spam"] * 10 + [None] * 20,
+                          "moderator": ["ham", "spam", "skip", ""] * 10})
+    train.loc[[3, 21], column] = spelt
+    test = pd.DataFrame({"text": _messages(6, 100), "label": ["ham", "spam"] * 3})
+    cfg = _csv_config(tmp_path, train, test, "data.abstain=skip", "data.classes=[ham, spam]")
+    with pytest.raises(DataError) as exc:
+        load_and_validate(cfg)
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith(f"data.train_path {tmp_path / 'train.csv'} column {column!r}: 2 value(s) "
+                                                "differ from the expected ['ham', 'spam'"), text
+    assert f"{spelt!r} at row 3, {spelt!r} at row 21" in text and "only by case or surrounding spaces" in text
+
+
+def test_an_abstain_value_among_the_test_files_labels_is_a_data_error(tmp_path):
+    """Classes taken from the test file: abstain ``ham`` would turn every ham vote into no vote."""
+    from weakflow.tasks.validate import load_and_validate
+
+    train = pd.DataFrame({"text": _messages(20), "label": ["ham", "spam"] * 5 + [None] * 10,
+                          "moderator": ["ham", "spam", ""] * 6 + ["", ""]})
+    test = pd.DataFrame({"text": _messages(6, 100), "label": ["ham", "spam"] * 3})
+    with pytest.raises(DataError) as exc:
+        load_and_validate(_csv_config(tmp_path, train, test, "data.abstain=ham"))
+    assert str(exc.value).startswith("data.abstain 'ham' is the class 'ham' of the labels in column 'label' of "
+                                     f"data.test_path {tmp_path / 'test.csv'}"), str(exc.value)
+
+
+def test_integer_classes_with_a_text_abstain_value_pass_and_are_read_as_integers(tmp_path):
+    """The README's shape: a CSV weak column of 0, 1 and ``skip`` is text to pandas; its 0 and 1 are the
+    classes, and the weak labels the run builds from it are those votes (``skip`` and empty: no vote)."""
+    from weakflow.tasks.lib.data import weak_votes
+    from weakflow.tasks.lib.labeling import votes_matrix
+    from weakflow.tasks.validate import load_and_validate
+
+    moderator = ["0", "1", "skip", ""] * 10
+    train = pd.DataFrame({"text": _messages(40), "label": [0, 1] * 10 + [None] * 20, "moderator": moderator})
+    test = pd.DataFrame({"text": _messages(6, 100), "label": [0, 1] * 3})
+    for classes in ("data.classes=[0, 1]", "data.classes=null"):  # declared, or the test file's labels
+        data, report = load_and_validate(_csv_config(tmp_path, train, test, "data.abstain=skip", classes))
+        assert report.success and data.classes == [0, 1], report.summary()
+        votes = votes_matrix(weak_votes(data.train, data.spec, data.classes), ["moderator"], data.classes, "skip")
+        assert votes[:, 0].tolist() == [0, 1, -1, -1] * 10
+        assert data.provenance_counts() == {"gold": 20, "weak": 10, "unlabeled": 10}

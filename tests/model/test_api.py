@@ -72,3 +72,67 @@ def test_run_returns_what_it_registered_and_the_model_predicts_like_it(prefect_h
         api.load_model(cfg, version="7")
     with pytest.raises(DataError, match=r"lacks input column\(s\) \['px_0'\]"):
         api.load_model(cfg).predict(test.drop(columns=["px_0"]))
+
+
+def test_misuse_raises_the_documented_errors_with_a_clear_message(tmp_path):
+    """Each raised TypeError, AttributeError or a silent choice before issue 26; nothing here needs a model."""
+    with pytest.raises(ConfigError, match=r"overrides: expected a dict of dotted keys and values, e\.g\. "
+                                          r"\{'weak_train.epochs': 20\}, found list \['a=1'\]"):
+        api.config(overrides=["a=1"])
+    with pytest.raises(ConfigError, match=r"overrides: every key is a dotted setting name"):
+        api.config(overrides={("weak_train", "epochs"): 3})
+    with pytest.raises(ConfigError, match=r"run: expected a Config \(from weakflow.flows.api.config\(\.\.\.\)\) or "
+                                          r"None, found str 'not a config'; .* pass api.config\('not a config'\)"):
+        api.run("not a config")
+    with pytest.raises(ConfigError, match=r"load_model: expected a Config .* found dict"):
+        api.load_model({"seed": 1})
+    cfg = api.config(tracking__workspace=str(tmp_path / "ws"))
+    with pytest.raises(ConfigError, match=r"give a model version or an alias, not both \(version '1', alias "
+                                          r"'champion'\)"):
+        api.load_model(cfg, version="1", alias="champion")
+    with pytest.raises(ConfigError, match=r"alias '': expected the name of a registry alias .* serve.alias "
+                                          r"\('champion'\)"):
+        api.load_model(cfg, alias="")
+    with pytest.raises(ConfigError, match=r"version '': expected a registered version number"):
+        api.load_model(cfg, version="")
+    assert not (tmp_path / "ws").exists()  # refused before the registry was looked at
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A registered tiny model (tests/tiny_model.py, no training) and a config that reads its registry."""
+    from tests.tiny_model import register_tiny, use_registry
+
+    uri = use_registry(tmp_path_factory.mktemp("api") / "registry")
+    register_tiny("tiny", alias="champion")
+    return api.config(tracking__tracking_uri=uri, tracking__model_name="tiny")
+
+
+def test_model_predict_refuses_what_the_server_refuses_naming_column_and_row(tiny):
+    import re
+    import warnings
+
+    import numpy as np
+
+    from tests.tiny_model import FEATURES, frozen_split
+    from weakflow.tasks.lib.data import DataError
+
+    model = api.load_model(tiny)
+    frame = frozen_split()
+    assert (model.predict(frame)["prediction"] == frame["label"]).all()
+    with pytest.raises(DataError, match=r"predict: expected a pandas DataFrame with the columns \['px_0', .* found "
+                                        r"list \(pandas.DataFrame\(records\) makes one"):
+        model.predict(frame.to_dict("records"))
+    for value, shown in ((1e39, "1e+39"), (np.inf, "inf"), (-np.inf, "-inf"), (np.nan, "nan"), ("x", "'x'"),
+                         (True, "True")):
+        bad = frame.astype({"px_4": object})
+        bad.loc[11, "px_4"] = value
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # refused by the check, not after numpy overflowed
+            with pytest.raises(DataError, match=rf"predict: the frame's column 'px_4' row\(s\) \[11\] \(rows by "
+                                                rf"position, counted from 0\): expected a finite number .*; found "
+                                                rf"{re.escape(shown)}"):
+                model.predict(bad)
+    assert model.predict(frame.iloc[5:9])["prediction"].tolist() == frame["label"].iloc[5:9].tolist()
+    assert model.predict(frame.astype({f: np.int64 for f in FEATURES}))["prediction"].tolist() == \
+        frame["label"].tolist()  # integers are numbers

@@ -98,6 +98,24 @@ def test_a_bad_value_is_named_and_nothing_is_stored(feedback, tmp_path, rows, pr
     assert stored(log_url) == {}  # the good rows of the file were not stored either
 
 
+@pytest.mark.parametrize("rows, problem", [
+    # no version answered r9: its label cannot be judged, so the unknown key is the row's only problem
+    # (a named label such as 'spam' used to add "'spam' is not an integer class label")
+    ("r1,0,1\nr9,0,spam\n", "column 'request_id,row_index' row 2: no logged prediction for ('r9', 0)"),
+    # an extra field is not shifted into the other columns (pandas made 'r1' the index of the first row)
+    ("r1,0,3,oops\nr1,1,2\n", "row 1: one field too many: 4 fields, the header has 3 (request_id,row_index,label)"),
+    ("r1,0,3\nr1,1,2,x,y\n", "row 2: 2 fields too many: 5 fields, the header has 3 (request_id,row_index,label)"),
+    ("r1,0,3\nr1,1\n", "row 2: one field too few: 2 fields, the header has 3 (request_id,row_index,label)"),
+    (",x,cat\n", "column 'request_id,row_index' row 1: request_id empty; row_index 'x'; expected an integer >= 0"),
+])
+def test_a_bad_row_is_one_problem(feedback, tmp_path, rows, problem):
+    run, log_url = feedback
+    code, out, err = run(csv(tmp_path, HEADER + rows))
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert f": 1 problem, nothing stored ({ROWS_NOTE}): {problem}" in err, err
+    assert stored(log_url) == {}
+
+
 def test_every_problem_of_a_file_is_listed_and_nothing_is_stored(feedback, tmp_path):
     run, log_url = feedback
     code, _, err = run(csv(tmp_path, HEADER + "r1,0,1\nr1,1,2.5\nr1,2,42\nr2,0,cat\nr2,1,2\n"))

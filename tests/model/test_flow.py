@@ -138,6 +138,31 @@ def test_run_tree_metrics_artifacts_and_champion(first_run):
     assert "reference/reference.parquet" in artifact_paths(client, stages["register"].info.run_id)
 
 
+def test_the_pipeline_run_is_named_and_tagged_by_model_and_data(first_run):
+    import hashlib
+
+    cfg, result = first_run
+    client = MlflowClient(cfg.tracking.resolved_uri)
+    parent = client.get_run(result.run_id)
+    stages = children(client, result.experiment_id, result.run_id)
+    m = stages["validate"].data.metrics
+    rows = int(m["rows_gold"] + m["rows_weak"] + m["rows_unlabeled"] + m["rows_test"])  # 1,797 digits
+    assert parent.info.run_name.startswith(f"{cfg.tracking.model_name} · {rows:,} rows · 20"), parent.info.run_name
+    tags = parent.data.tags
+    assert (tags["weakflow.model_name"], tags["weakflow.data_source"], tags["weakflow.rows"]) == \
+        (cfg.tracking.model_name, "demo", str(rows))
+    spec = materialize_demo(cfg.data, cfg.tracking.workspace / "data")
+    for role, path in (("train", spec.train_path), ("test", spec.test_path)):
+        assert tags[f"weakflow.{role}_path"] == str(Path(path).resolve())
+        assert tags[f"weakflow.{role}_sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    # the stage runs say whose they are, and the run list filters by model
+    assert {r.data.tags.get("weakflow.model_name") for r in stages.values()} == {cfg.tracking.model_name}
+    mine = client.search_runs([result.experiment_id], f"tags.`weakflow.model_name` = '{cfg.tracking.model_name}' "
+                                                      "and tags.`weakflow.stage` = 'pipeline'")
+    assert result.run_id in {r.info.run_id for r in mine}
+    assert client.search_runs([result.experiment_id], "tags.`weakflow.model_name` = 'another-model'") == []
+
+
 def test_registered_model_serves_raw_features(first_run):
     cfg, result = first_run
     mlflow.set_tracking_uri(cfg.tracking.resolved_uri)

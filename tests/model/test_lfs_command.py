@@ -1,11 +1,13 @@
 """`weakflow lfs` in-process on a hand-made CSV: the printed table against hand counts (Wilson interval
 included), example rows, the MLflow run's logged table, --rows, --shards, numeric-only data, and one-line
-errors for bad input."""
+errors for bad input; a pattern that would backtrack for ever and labelling functions that call sys.exit()."""
 
 from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,40 @@ def test_bad_input_is_one_line_and_exit_1(config, capsys, extra, line):
     line = line.replace("DIR", here)
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and err.startswith("lfs: ") and line in err, err
+
+
+def test_a_pattern_that_backtracks_for_ever_in_python_completes_in_seconds(config):
+    """The issue's case: ``(a+)+$`` on forty a's and a b takes Python's re longer than the universe's age, inside C
+    code that holds the GIL (the run ignored its time limit and SIGTERM). Rules run on RE2, in linear time. The real
+    command runs in a subprocess so that a regression fails at the timeout instead of hanging the suite."""
+    train = config.parent / "backtrack.csv"
+    pd.DataFrame({"text": ["a" * 40 + "b", "aaaa", "hello"], "amount": [1, 2, 3], "label": ["ham", "spam", None],
+                  "annotator": [None, None, None]}).to_csv(train, index=False)
+    rule = "weak_labels.rules=[{name: runaway, kind: regex, column: text, label: spam, pattern: '(a+)+$'}]"
+    done = subprocess.run([str(Path(sys.executable).parent / "weakflow"), "lfs", "--config", str(config), "--no-log",
+                           "--set", f"data.train_path={train}", "--set", rule,
+                           "--set", "weak_labels.labeling_functions=[]"],
+                          capture_output=True, text=True, timeout=120, cwd=config.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 source(s) applied to 3 rows of "), done.stdout
+    low, high = wilson(1, 1)  # it fires on "aaaa" only (gold spam), not on the 41 characters ending in b
+    assert table_rows(done.stdout)["rule:runaway"] == ["spam", "0.333", "0.000", "0.000", "1", "1/1",
+                                                      f"1.000 [{low:.3f}, {high:.3f}]"]
+
+
+@pytest.mark.parametrize(("source", "shards", "line"), [
+    ("import sys\nsys.exit(0)\n\ndef vote(batch):\n    return ['ham'] * len(batch)\n", 1,
+     "labelling function {m}:vote: importing {m} called sys.exit(0)"),
+    ("import sys\n\ndef vote(batch):\n    sys.exit(0)\n", 1, "labelling function {m}:vote called sys.exit(0)"),
+    ("import sys\n\ndef vote(batch):\n    sys.exit('bye')\n", 2, "labelling function {m}:vote called sys.exit('bye')"),
+], ids=["exit-at-import", "exit-when-called", "exit-in-a-shard"])
+def test_a_labelling_function_calling_sys_exit_is_one_line_and_exit_1(config, capsys, monkeypatch, source, shards,
+                                                                     line):
+    """sys.exit(0) in a labelling function's module or body made `lfs` exit 0 with nothing said: now exit 1 and
+    one line naming the function (in spawned shard processes too)."""
+    module = f"exiting_lf_{config.parent.name.replace('-', '_')}"  # fresh per test: nothing cached in sys.modules
+    (config.parent / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(config.parent))
+    code, out, err = lfs(capsys, "--config", str(config), "--no-log", "--shards", str(shards),
+                         "--set", f"weak_labels.labeling_functions=[{module}:vote]")
+    assert (code, out, err) == (1, "", f"lfs: {line.format(m=module)}\n")

@@ -277,8 +277,11 @@ def test_too_few_rows_make_no_report_and_no_alert(champion, tmp_path):
     assert client.get_run(result.check.run_id).data.tags["verdict"] == "not_checked" and list_alerts(log_url).empty
 
 
-def test_served_test_and_training_rows_raise_a_contamination_alert(champion, tmp_path):
-    from weakflow.flows.monitor import monitoring_flow
+def test_served_test_and_training_rows_raise_a_contamination_alert(champion, tmp_path, capfd):
+    """Through the console script, as a user runs it: `weakflow monitor` prints the contamination alert
+    with its overlap counts, and `weakflow alerts` lists them on the alert's line."""
+    from weakflow.flows.cli import main
+    from tests.conftest import FAST
 
     cfg, spec, test = champion
     train = pd.read_parquet(spec.train_path)
@@ -287,11 +290,19 @@ def test_served_test_and_training_rows_raise_a_contamination_alert(champion, tmp
     rows = pd.concat([test.head(100), unlabeled[test.columns], noise], ignore_index=True)
     log_url = f"sqlite:///{tmp_path / 'log.db'}"
     assert serve_traffic(cfg, log_url, rows, spec).answered == 15
-    run_cfg = fast_config(cfg.tracking.workspace, f"serve.prediction_log_url={log_url}", "monitoring.window_rows=300",
-                          f"monitoring.evidently_workspace={tmp_path / 'evidently'}")  # the default policy: alert
-    result = monitoring_flow(run_cfg)
-    assert result.contamination == {"evaluation_contamination": 100, "memorisation_exposure": 50}
+    args = ["--workspace", str(cfg.tracking.workspace), *sum((["--set", o] for o in FAST), []),
+            "--set", f"serve.prediction_log_url={log_url}", "--set", "monitoring.window_rows=300",
+            "--set", f"monitoring.evidently_workspace={tmp_path / 'evidently'}"]  # the default policy: alert
+    capfd.readouterr()
+    assert main(["monitor", *args]) == 0
+    out = capfd.readouterr().out.splitlines()
     alerts = list_alerts(log_url)
-    assert (alerts["kind"] == "contamination").sum() == 1
+    [alert] = alerts[alerts["kind"] == "contamination"].to_dict("records")
+    counts = "evaluation_contamination 100 of 300 served rows, memorisation_exposure 50 of 300 served rows"
+    assert out[-2].startswith(f"contamination: {counts} | alert raised (alerts row {alert['id']}, event "), out
+    assert out[-1].startswith(f"{cfg.tracking.model_name} v1: ")  # the drift verdict stays the last line
     tag = MlflowClient(cfg.tracking.resolved_uri).get_model_version(cfg.tracking.model_name, "1").tags
-    assert "evaluation_contamination 100 of 300 served rows" in tag["governance_post_deploy"]
+    assert counts in tag["governance_post_deploy"] and alert["message"] == counts
+    assert main(["alerts", *args]) == 0
+    [line] = [x for x in capfd.readouterr().out.splitlines() if x.lstrip().startswith(f"{alert['id']} ")]
+    assert " contamination " in line and line.rstrip().endswith(counts), line

@@ -37,9 +37,10 @@ def state(client: MlflowClient) -> tuple:
     return registry.champion_version(client, NAME), model.tags.get("champion_history"), dict(model.aliases)
 
 
-def promote(client, version, test_digest=SPLIT, max_regression=0.0, score=None):
+def promote(client, version, test_digest=SPLIT, max_regression=0.0, score=None, min_accuracy=0.4, force=False):
     return registry.promote(client, NAME, version, "test", score or accuracy_scorer(NAME, frozen_split()),
-                            min_accuracy=0.4, max_regression=max_regression, test_digest=test_digest, user="test")
+                            min_accuracy=min_accuracy, max_regression=max_regression, test_digest=test_digest,
+                            user="test", force=force)
 
 
 def test_a_version_evaluated_on_another_split_is_refused(client):
@@ -71,9 +72,14 @@ def test_a_version_tagged_failed_is_refused(client, tag, gate):
     before = state(client)
     with pytest.raises(RegistryError) as refused:
         promote(client, failed)
-    assert str(refused.value) == f"{NAME} v{failed} not promoted: {gate}"  # the only failing gate
+    # the only failing gate, which --force does not pass: its data or findings must be fixed
+    assert str(refused.value) == (f"{NAME} v{failed} not promoted: {gate} [cannot be overridden: fix the version's "
+                                  f"{tag} (its tag {tag}=failed)]")
     assert state(client) == before
     assert client.get_model_version(NAME, failed).tags["last_promotion_check"].endswith(gate)
+    with pytest.raises(RegistryError, match="cannot be overridden"):
+        promote(client, failed, force=True)
+    assert state(client) == before
     assert promote(client, twin).decision.reason == "all gates passed"
 
 
@@ -85,7 +91,9 @@ def test_the_re_scored_champion_decides(client):
     with pytest.raises(RegistryError) as refused:
         promote(client, worse, max_regression=0.0)
     assert str(refused.value) == (f"{NAME} v{worse} not promoted: champion: test accuracy 0.5000 is worse than "
-                                  "champion v1's 1.0000 on the same test split (allowed drop 0.0000)")
+                                  "champion v1's 1.0000 on the same test split (allowed drop 0.0000) [to promote "
+                                  "anyway, knowingly: --set gates.max_regression=0.5000 (the drop this version "
+                                  "makes), or --force (recorded on the version as gate_override)]")
     assert state(client) == before
     done = promote(client, worse, max_regression=0.5)
     assert (done.version, done.previous, done.decision.passed) == (worse, "1", True)
@@ -115,3 +123,34 @@ def test_a_champion_that_moved_during_scoring_refuses_the_promotion(client):
     assert [h["version"] for h in history] == ["1", meanwhile]  # the candidate never became champion
     assert not {"promoted_by", "gate_verdict"} & set(client.get_model_version(NAME, candidate).tags)
     assert promote(client, candidate).previous == meanwhile  # run again: checked against the new champion
+
+
+def test_by_default_a_first_model_ships_whatever_its_accuracy_and_a_floor_is_opt_in(tmp_path):
+    """A user's first model on hard data (0.5 here) becomes champion under the default gates (only relative
+    ones: there is no champion to be worse than). A floor the user sets refuses, naming the gate, the
+    setting and --force; --force then promotes and records the override on the version."""
+    from weakflow.tasks.lib.config import GateConfig
+
+    use_registry(tmp_path)
+    client = MlflowClient()
+    first = register_tiny(NAME, correct_classes=5, tags={"test_set_digest": SPLIT})
+    defaults = GateConfig()
+    done = promote(client, first, min_accuracy=defaults.min_accuracy, max_regression=defaults.max_regression)
+    assert (done.version, done.decision.passed, registry.champion_version(client, NAME)) == (first, True, first)
+    assert "min_accuracy" not in done.decision.checked
+
+    second = register_tiny(NAME, correct_classes=5, tags={"test_set_digest": SPLIT})
+    before = state(client)
+    with pytest.raises(RegistryError) as refused:
+        promote(client, second, min_accuracy=0.9)
+    assert str(refused.value) == (f"{NAME} v{second} not promoted: min_accuracy: test accuracy 0.5000 is below the "
+                                  "minimum 0.9000 [to promote anyway, knowingly: --set gates.min_accuracy=null (no "
+                                  "floor) or a lower floor, or --force (recorded on the version as gate_override)]")
+    assert state(client) == before
+    forced = promote(client, second, min_accuracy=0.9, force=True)
+    assert (forced.previous, registry.champion_version(client, NAME)) == (first, second)
+    tags = client.get_model_version(NAME, second).tags
+    assert tags["gate_verdict"] == "overridden" and tags["gate_override"].endswith(
+        "by test: min_accuracy: test accuracy 0.5000 is below the minimum 0.9000")
+    history = json.loads(client.get_registered_model(NAME).tags["champion_history"])
+    assert history[-1]["reason"] == "test [forced past: min_accuracy]"

@@ -1,6 +1,7 @@
 """The real model server (uvicorn on a free port, a tiny real registered model) against hostile or broken
 input: a non-JSON content type, a request with tens of thousands of bad fields, a body that never
-completes; and its prediction log while the SQLite file is locked by another connection."""
+completes, headers that never complete or never end; and its prediction log while the SQLite file is
+locked by another connection."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from tests.conftest import free_port
 from tests.tiny_model import FEATURES, frozen_split, register_tiny, use_registry
 
 BODY_TIMEOUT = 5.0  # serve.body_timeout_seconds for this server
+HEADER_TIMEOUT = 2.0  # serve.header_timeout_seconds for this server
 
 
 @contextlib.contextmanager
-def uvicorn_server(app, port: int) -> Iterator[str]:
-    """``app`` on uvicorn (the server `weakflow serve` runs) in a thread; stopped, lifespan and all, after."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+def uvicorn_server(app, port: int, http=None) -> Iterator[str]:
+    """``app`` on uvicorn (the server `weakflow serve` runs, with the app's own HTTP protocol, or ``http``)
+    in a thread; stopped, lifespan and all, after."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           http=http or app.http_protocol))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -52,9 +56,24 @@ def server(tmp_path_factory):
     register_tiny("tiny", alias="champion")
     log_db = folder / "log.db"
     log_url = f"sqlite:///{log_db}?timeout=0.05"
-    app = create_app("tiny", max_batch=1000, poll_seconds=0, log_url=log_url, body_timeout_s=BODY_TIMEOUT)
+    app = create_app("tiny", max_batch=1000, poll_seconds=0, log_url=log_url, body_timeout_s=BODY_TIMEOUT,
+                     header_timeout_s=HEADER_TIMEOUT)
     with uvicorn_server(app, free_port()) as url:
         yield url, app, log_db, log_url
+
+
+@pytest.fixture(scope="module")
+def server_h11(server, tmp_path_factory):
+    """The same model behind uvicorn's pure-Python h11 parser (what uvicorn uses without httptools)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from weakflow.deploy.http_limits import bounded_protocol
+    from weakflow.deploy.serve import create_app
+
+    log_url = f"sqlite:///{tmp_path_factory.mktemp('serve-h11') / 'log.db'}"
+    app = create_app("tiny", poll_seconds=0, log_url=log_url, header_timeout_s=HEADER_TIMEOUT)
+    with uvicorn_server(app, free_port(), http=bounded_protocol(HEADER_TIMEOUT, 16 * 1024, H11Protocol)) as url:
+        yield url
 
 
 def good_records(n: int) -> list[dict]:
@@ -139,6 +158,75 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_others_are_served_m
     assert f"not complete within {BODY_TIMEOUT:g} s" in detail
     assert f"got {len(partial)} bytes of the 1000 declared" in detail
     assert health(url)["rows_predicted"] == before + 3  # the stalled request never reached the model
+
+
+def slow_head(port: int, first: bytes = b"", lines: int = 15) -> tuple[bytes, int]:
+    """``first`` (e.g. a complete request on the same keep-alive connection), then a request line and one
+    header line a second, never the blank line that ends the headers, until the server answers or closes
+    (at most ``lines``); returns everything the server sent until it closed, and how many header lines
+    went out."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sent, answered = 0, b""
+    try:
+        if first:  # its whole answer first (Content-Length tells where it ends); the connection stays open
+            sock.sendall(first)
+            while b"\r\n\r\n" not in answered:
+                answered += sock.recv(65536)
+            head = answered.split(b"\r\n\r\n", 1)[0].lower()
+            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            while len(answered) < len(head) + 4 + length:
+                answered += sock.recv(65536)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n")
+        while sent < lines and not select.select([sock], [], [], 1.0)[0]:
+            try:
+                sock.sendall(b"X-Slow-%d: 1\r\n" % sent)
+            except OSError:  # closed between the select and the send
+                break
+            sent += 1
+        return answered + read_response(sock), sent  # with no bound: no answer, the read times out, the test fails
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+def test_headers_sent_slowly_get_408_and_the_connection_is_closed(request, server, parser):
+    """A "slowloris" (header lines 1 s apart, never ending) is closed once serve.header_timeout_seconds
+    have passed since it connected, also as the second request of a keep-alive connection (the bound
+    restarts at that request's first byte); a client that never sends a byte is closed without an answer;
+    requests that send their headers at once are served meanwhile and after."""
+    url = request.getfixturevalue("server_h11") if parser == "h11" else server[0]
+    port = int(url.rsplit(":", 1)[1])
+    raw, sent = slow_head(port)
+    assert sent < 15, f"{sent} header lines went out and the connection was still open"
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), raw[:300]
+    assert b"connection: close" in head.lower()
+    detail = json.loads(payload)["detail"]
+    assert detail.startswith(f"request headers not complete within {HEADER_TIMEOUT:g} s (serve.header_timeout_seconds)")
+    # keep-alive: one request answered, then the next one's headers trickle
+    raw, sent = slow_head(port, first=b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert sent < 15 and raw.startswith(b"HTTP/1.1 200") and b"}HTTP/1.1 408 Request Timeout" in raw, raw[:400]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:  # never sends: closed, no answer
+        assert read_response(idle) == b""
+    r = httpx.post(f"{url}/predict", json={"records": good_records(2)}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_headers_larger_than_the_limit_get_431_and_the_connection_is_closed(server):
+    url, _, _, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:  # 64 KiB of one header, never ended: the server answers and closes before the end
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (64 * 1024))
+        except OSError:
+            pass
+        raw = read_response(sock)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and b"connection: close" in head.lower(), raw[:300]
+    assert json.loads(payload)["detail"] == "request headers exceed 16384 bytes (serve.max_header_bytes)"
+    # a request with headers within the limit is served
+    r = httpx.get(f"{url}/health", headers={"x-fine": "a" * 8000}, timeout=10)
+    assert r.status_code == 200
 
 
 def test_health_is_degraded_while_the_log_is_locked_and_the_rows_land_after(server):

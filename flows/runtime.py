@@ -1,0 +1,483 @@
+"""How a ``weakflow`` command runs as processes: a supervisor that leaves nothing behind, the hard stage
+limit, and Prefect's temporary API server.
+
+**The supervisor.** The console script (``flows/cli.py`` :func:`entry`) is this module's :func:`supervise`:
+a small standard-library process that runs the real command as a child in a session (process group) of
+its own, with the terminal's stdin/stdout/stderr, forwards SIGINT/SIGTERM/SIGHUP to it, and when the child
+exits stops whatever is left of its group (SIGTERM, a short grace, SIGKILL) and of anything else that
+descended from it (the supervisor is the "child subreaper" on Linux, so orphans are re-parented to it,
+not to init) before it exits with the child's status. So no Prefect API server, Dask worker or other
+child of a command can outlive it or hold the caller's pipes open, whatever the cause.
+
+**The hard stage limit.** A limited stage (``tasks/lib/stage.py``) runs in a worker thread under a
+deadline; when it is stuck inside C code that holds the GIL (a catastrophic regular expression), no thread
+of the process runs again and neither that watchdog nor a SIGTERM handler ever fires. So each limited
+stage also leaves a small record (``tasks/lib/stage.py`` ``StageRecord``: stage, limit, deadline, pid,
+its MLflow run) in the folder named by ``WEAKFLOW_STAGE_DEADLINES``; the supervisor, which holds no GIL of the child's, kills the child's process
+group when a deadline has passed by :data:`STOP_GRACE_SECONDS` and the stage is still running, prints one
+line naming the stage, the limit and the setting, marks the stage's and the pipeline's MLflow runs FAILED
+and exits 1. The Python API (``weakflow.flows.api``) has no supervisor and keeps the thread-based limit.
+
+**Prefect's temporary API server.** With no ``PREFECT_API_URL`` Prefect starts a local API server
+subprocess on first use and stops it at interpreter exit. Two ways it was left running (issue 26): a
+start-up that timed out (Prefect's 20 s default, on a loaded machine) left the process starting while
+Prefect marked it not running, so the next client started a second one on the same port, got its
+answers from the first and later stopped only the second; and any Prefect client used after the exit
+handler had stopped the server (a late log flush, the events worker) started a new one that nothing
+stopped. :func:`start_prefect_api` starts it once, waits ``limits.prefect_startup_seconds``, stops it if it
+did not answer (one line naming the setting), and then pins ``PREFECT_API_URL`` to it for the rest of the
+process, so no later Prefect call can start another.
+
+Nothing here imports anything outside the standard library at module level (``tasks/lib/stage.py``,
+imported for its record format, imports Prefect only when a stage runs): the supervisor must start in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from weakflow.tasks.lib.stage import STAGES_ENV  # the folder where limited stages leave deadline records
+
+SUPERVISOR_ENV = "WEAKFLOW_SUPERVISOR_PID"  # set in the child: the pid of the supervisor that runs it
+STOP_GRACE_SECONDS = 10.0  # after a forwarded SIGTERM/SIGINT, or a stage deadline, before SIGKILL
+LEFTOVER_GRACE_SECONDS = 5.0  # leftovers of an exited command: SIGTERM, then SIGKILL after this
+FAIL_RUNS_SECONDS = 30.0  # bound on marking a killed stage's MLflow runs FAILED (a further signal: at once)
+POLL_SECONDS = 0.2
+STARTUP_SETTING = "limits.prefect_startup_seconds"
+_CHILD_CODE = "from weakflow.flows.cli import entry; entry()"
+
+
+# --------------------------------------------------------------------------------------------------------
+# the supervisor (stdlib only)
+
+
+def is_supervised_child() -> bool:
+    """True in the process a supervisor started for the command (the supervisor is its parent)."""
+    return os.environ.get(SUPERVISOR_ENV) == str(os.getppid())
+
+
+def can_supervise() -> bool:
+    return os.name == "posix"
+
+
+def supervise(argv: list[str], command: str = "weakflow") -> int:
+    """Run ``weakflow <argv>`` as a supervised child (:func:`supervise_process`); ``command`` (the
+    sub-command) names it in messages."""
+    # -P: the working directory is not put on sys.path (as for the console script itself), so a file there
+    # named like a library (json.py, mlflow.py) cannot shadow it
+    return supervise_process([sys.executable, "-P", "-c", _CHILD_CODE, *argv], command)
+
+
+def supervise_process(cmd: list[str], command: str) -> int:
+    """Run ``cmd`` as a child in its own session, with this process's stdio, and return its exit status
+    (``-N`` for a child ended by signal N, as :mod:`subprocess` says it) once nothing of it is left running;
+    :func:`exit_like` exits with it."""
+    import tempfile
+
+    stage_dir = tempfile.mkdtemp(prefix="weakflow-stages-")
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), STAGES_ENV: stage_dir}
+    _become_subreaper()
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    supervisor = _Supervisor(child, Path(stage_dir), command)
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.clean_up()
+        import shutil
+
+        shutil.rmtree(stage_dir, ignore_errors=True)
+
+
+class _Supervisor:
+    def __init__(self, child: subprocess.Popen, stage_dir: Path, command: str) -> None:
+        self.child, self.stage_dir, self.command = child, stage_dir, command
+        self.signals: list[int] = []
+        self.stop_deadline: float | None = None  # set when a signal was forwarded
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (nohup, a background job): left so
+                signal.signal(sig, self._on_signal)
+        next_reap = 0.0
+        while True:
+            try:
+                return self.child.wait(timeout=POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if self.stop_deadline is not None and (now > self.stop_deadline or len(self.signals) > 1):
+                return self._killed_after_signal()
+            stuck = self._stuck_stages()
+            main = [r for r in stuck if r.get("pid") == self.child.pid]
+            if main:
+                return self._killed_for_stage(main[0], stuck)
+            for record in stuck:  # a stage in another process (a Prefect flow-run process of `deploy`)
+                self._kill_stage_process(record)
+            if now > next_reap:  # orphans re-parented to us while the command runs: no zombies pile up
+                _reap_adopted(exclude=self.child.pid)
+                next_reap = now + 2.0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1:
+            self.stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+            try:
+                os.kill(self.child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def _killed_after_signal(self) -> int:
+        sig = self.signals[0]
+        why = "a second signal came" if len(self.signals) > 1 else f"it did not end within {STOP_GRACE_SECONDS:g} s"
+        open_stages = self._records()
+        _stop_group(self.child.pid, 0.0)
+        self.child.wait()
+        _say(f"weakflow {self.command}: stopped by {signal.Signals(sig).name}; {why}, so it was killed"
+             + (f" (in stage {open_stages[0]['stage']})" if open_stages else ""))
+        self._fail_runs(open_stages, f"stopped by {signal.Signals(sig).name} and killed")
+        return -sig
+
+    def _killed_for_stage(self, record: dict, stuck: list[dict]) -> int:
+        _stop_group(self.child.pid, 2.0)
+        self.child.wait()
+        message = _stage_message(record)
+        _say(f"weakflow {self.command}: {message}")
+        self._fail_runs(stuck, message)
+        return 1
+
+    def _kill_stage_process(self, record: dict) -> None:
+        pid = int(record["pid"])
+        _say(f"weakflow {self.command}: {_stage_message(record, process=pid)}")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._forget(record)
+        self._fail_runs([record], _stage_message(record, process=pid))
+
+    def _records(self) -> list[dict]:
+        records = []
+        for path in self.stage_dir.glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):  # being replaced right now: read it on the next tick
+                continue
+            record["path"] = str(path)
+            if not _alive(int(record.get("pid", 0))):  # its process is gone (killed): nothing to enforce
+                path.unlink(missing_ok=True)
+                continue
+            records.append(record)
+        return records
+
+    def _stuck_stages(self) -> list[dict]:
+        now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+        return [r for r in self._records() if now > float(r["deadline"]) + STOP_GRACE_SECONDS]
+
+    def _forget(self, record: dict) -> None:
+        Path(record["path"]).unlink(missing_ok=True)
+
+    def _fail_runs(self, records: list[dict], message: str) -> None:
+        """Mark the killed stages' MLflow runs (and their pipeline runs) FAILED, from a short-lived
+        process of our own (this one imports nothing heavy), bounded in time."""
+        runs = [{"run_id": r["run_id"], "tracking_uri": r["tracking_uri"]} for r in records if r.get("run_id")]
+        if not runs:
+            return
+        helper = subprocess.Popen(
+            [sys.executable, "-c", "from weakflow.flows.runtime import fail_runs_main; fail_runs_main()",
+             json.dumps({"runs": runs, "message": message})],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        signals, deadline = len(self.signals), time.monotonic() + FAIL_RUNS_SECONDS
+        while helper.poll() is None:
+            if time.monotonic() > deadline or len(self.signals) > signals:  # bounded; a signal ends it now
+                helper.kill()
+                helper.wait()
+                return
+            time.sleep(0.05)
+
+    def clean_up(self) -> None:
+        """Whatever is left of the command: its process group, and processes re-parented to us."""
+        if self.child.poll() is None:  # we are leaving early (an exception here): never leave it running
+            _stop_group(self.child.pid, 0.0)
+            self.child.wait()
+        _stop_group(self.child.pid, LEFTOVER_GRACE_SECONDS)
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        while True:  # descendants that left the group (their own session), adopted once their parent ended
+            adopted = _adopted_children()
+            if not adopted:
+                break
+            hard = time.monotonic() > deadline
+            for pid in adopted:
+                _signal_tree(pid, signal.SIGKILL if hard else signal.SIGTERM)
+            time.sleep(0.1)
+            _reap_adopted()
+
+
+def exit_like(code: int) -> None:
+    """Exit as the command did: with its status, or killed by the same signal (a shell then shows 128+N and
+    :mod:`subprocess` -N, as if there were no supervisor)."""
+    if code < 0:
+        _flush()
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        time.sleep(1.0)  # the signal arrives; if it is blocked, fall back to the shell's convention
+        os._exit(128 - code)
+    sys.exit(code)
+
+
+def _stage_message(record: dict, process: int | None = None) -> str:
+    where = "" if process is None else f" (process {process} was killed)"
+    return (f"stage {record['stage']} ran past its time limit of {float(record['seconds']):g} s (setting "
+            f"limits.stage_seconds) and did not stop within {STOP_GRACE_SECONDS:g} s more (stuck inside C code), "
+            f"so the command was killed{where}; {record.get('note') or 'the run failed'}")
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stdout.flush()
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # no stderr left to say it on: the exit status still says it
+        pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stop_group(pgid: int, grace: float) -> None:
+    """SIGTERM the process group, wait up to ``grace`` s for it to empty, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        if grace <= 0 and sig == signal.SIGTERM:
+            continue
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap_adopted()
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # zombies answer kill(0) too: the group is alive while one member is not a zombie
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return not Path("/proc/self").exists()  # no /proc to look in: trust kill(0)
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants are re-parented to this process instead of init, so the clean-up
+    finds those that left the command's process group too."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _adopted_children() -> list[int]:
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _reap_adopted(exclude: int | None = None) -> None:
+    """Collect exited children (orphans re-parented to us), never the command's own process (Popen
+    waits for that one)."""
+    if exclude is None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(stat.parent.name)
+        if int(fields[1]) == me and fields[0] == "Z" and pid != exclude:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    """``sig`` to a process and, when it leads one, its process group."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_child(main: Callable[[], int]) -> None:
+    """The command's own process: :func:`main`, then a fast exit. Everything registered to run at exit
+    (log handlers, Prefect's temporary API, GX's temporary folders) runs first; only the interpreter's
+    teardown of the imported modules (about 3.5 s with torch, MLflow, Prefect and GX loaded) is skipped."""
+    import atexit
+
+    code = main()
+    _flush()
+    drain_prefect()
+    atexit._run_exitfuncs()
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# the supervisor's helper: a killed stage's MLflow runs
+
+
+def fail_runs_main() -> None:
+    """The supervisor's helper: ``argv[1]`` is ``{"runs": [{run_id, tracking_uri}], "message": ...}``."""
+    import mlflow
+
+    payload = json.loads(sys.argv[1])
+    for run in payload["runs"]:
+        client = mlflow.MlflowClient(run["tracking_uri"])
+        try:
+            parent = client.get_run(run["run_id"]).data.tags.get("mlflow.parentRunId")
+        except Exception:  # a store that cannot be read: nothing to mark
+            continue
+        for run_id in filter(None, (run["run_id"], parent)):
+            try:
+                client.set_tag(run_id, "weakflow.failure", payload["message"][:5000])
+                client.set_terminated(run_id, status="FAILED")
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# Prefect's temporary API server
+
+
+class PrefectStartupError(RuntimeError):
+    """Prefect's temporary API server did not answer in time; the message names the setting."""
+
+
+_PREFECT_LOCK = threading.Lock()
+
+
+def start_prefect_api(seconds: float) -> str | None:
+    """Start Prefect's temporary local API for this process if it uses one (no ``PREFECT_API_URL``),
+    waiting at most ``seconds`` for it to answer, and pin ``PREFECT_API_URL`` to it from then on; returns
+    its URL (``None`` when a real server is configured). A server that did not answer in time is stopped
+    and :class:`PrefectStartupError` names the setting. Safe to call again (and from several threads)."""
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = str(max(1, round(seconds)))
+    with _PREFECT_LOCK:
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+        if settings.api.url or not settings.server.ephemeral.enabled:
+            return str(settings.api.url) if settings.api.url else None
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the per-process instance Prefect's own clients would start
+        if not server.running:
+            try:
+                server.start(timeout=seconds)
+            except RuntimeError as exc:
+                if "Timed out" not in str(exc):
+                    raise
+                server.stop()  # the process that did not answer in time is never left starting
+                raise PrefectStartupError(
+                    f"Prefect's temporary API server did not answer within {seconds:g} s (setting {STARTUP_SETTING}): "
+                    f"raise it on a loaded machine, e.g. --set {STARTUP_SETTING}=300, or point PREFECT_API_URL at a "
+                    "running Prefect server") from None
+        os.environ["PREFECT_API_URL"] = server.api_url
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()  # every thread and later Prefect call now uses this server
+        return server.api_url
+
+
+def prestart_prefect_api(seconds: float) -> Callable[[], None]:
+    """:func:`start_prefect_api` in a thread (the server takes seconds to start; the caller imports the
+    pipeline meanwhile); the returned function waits for it and raises its error, if any."""
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            start_prefect_api(seconds)
+        except BaseException as exc:  # re-raised by the caller's wait
+            failure.append(exc)
+
+    starter = threading.Thread(target=start, name="weakflow-prefect-api", daemon=True)
+    starter.start()
+
+    def wait() -> None:
+        starter.join()
+        if failure:
+            raise failure[0]
+
+    return wait
+
+
+def drain_prefect() -> None:
+    """Send queued run logs and events now, while the API is up (left to interpreter exit they were
+    drained after the temporary API had stopped, and logging.shutdown waited out its 5 s timeout).
+    Nothing to do in a command that never loaded Prefect's workers."""
+    if "prefect.logging.handlers" not in sys.modules and "prefect.events.worker" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all()
