@@ -27,10 +27,10 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
       say "installing torch==2.13.0 first (the CPU wheel)"
-      "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+      ticking "installing torch" "$VENV/bin/python" -m pip install -q "torch==2.13.0"
     fi
     say "installing weakflow and its dependencies (pip install -e .[dev], about 2 minutes)"
-    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    ticking "installing weakflow" "$VENV/bin/python" -m pip install -q -e ".[dev]"
     touch "$stamp"
     say "set-up done in $((SECONDS - setup_started)) s"
   fi
@@ -38,6 +38,21 @@ setup() {
 
 # One line per set-up step on stderr, so a log shows what a silent pip is doing.
 say() { echo "bootstrap: $(date +%H:%M:%S) $*" >&2; }
+
+# Run "$@" with a "still ..." line every 30 s while it lasts (pip -q says nothing for minutes). The ticker's
+# own sleep is killed with it, so nothing is left holding the caller's stderr.
+ticking() {
+  local what=$1 rc=0 ticker
+  shift
+  ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    start=$SECONDS
+    while :; do sleep 30 & nap=$!; wait "$nap"; say "still $what ($((SECONDS - start)) s)"; done ) &
+  ticker=$!
+  "$@" || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  return "$rc"
+}
 setup_started=$SECONDS
 
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=false

@@ -13,18 +13,18 @@ child of a command can outlive it or hold the caller's pipes open, whatever the 
 deadline; when it is stuck inside C code that holds the GIL (a catastrophic regular expression), no thread
 of the process runs again and neither that watchdog nor a SIGTERM handler ever fires. So each limited
 stage also leaves a small record (``tasks/lib/stage.py`` ``StageRecord``: stage, limit, deadline, pid,
-its MLflow run) in the folder named by ``WEAKFLOW_STAGE_DEADLINES``; the supervisor, which holds no GIL of the child's, kills the child's process
-group when a deadline has passed by :data:`STOP_GRACE_SECONDS` and the stage is still running, prints one
-line naming the stage, the limit and the setting, marks the stage's and the pipeline's MLflow runs FAILED
-and exits 1. The Python API (``weakflow.flows.api``) has no supervisor and keeps the thread-based limit.
+its MLflow run) in the folder named by ``WEAKFLOW_STAGE_DEADLINES``; the supervisor, which shares no GIL
+with the child, kills the child's process group when a deadline has passed by :data:`STOP_GRACE_SECONDS`
+and the stage is still running, prints one line naming the stage, the limit and the setting, marks the
+stage's and the pipeline's MLflow runs FAILED and exits 1. The Python API (``weakflow.flows.api``) has no supervisor and keeps the thread-based limit.
 
 **Prefect's temporary API server.** With no ``PREFECT_API_URL`` Prefect starts a local API server
-subprocess on first use and stops it at interpreter exit. Two ways it was left running (issue 26): a
-start-up that timed out (Prefect's 20 s default, on a loaded machine) left the process starting while
-Prefect marked it not running, so the next client started a second one on the same port, got its
-answers from the first and later stopped only the second; and any Prefect client used after the exit
-handler had stopped the server (a late log flush, the events worker) started a new one that nothing
-stopped. :func:`start_prefect_api` starts it once, waits ``limits.prefect_startup_seconds``, stops it if it
+subprocess on first use and stops it at interpreter exit. It was left running (issue 26) when a start-up
+timed out (Prefect's 20 s default, on a loaded machine; reproduced with a 1 s wait): Prefect marks the
+server not running but leaves its process starting, so the next client started a second one on the same
+port, got its answers from the first, and at exit stopped only the second. Prefect's code has a second
+way: a client created after the exit handler stopped the server (a late log flush, the events worker)
+makes a new instance and starts a new server that nothing stops. :func:`start_prefect_api` starts it once, waits ``limits.prefect_startup_seconds``, stops it if it
 did not answer (one line naming the setting), and then pins ``PREFECT_API_URL`` to it for the rest of the
 process, so no later Prefect call can start another.
 

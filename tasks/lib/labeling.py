@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,23 @@ def _raised(exc: BaseException) -> str:
     return f"raised {type(exc).__name__}{': ' + text if text else ''}"
 
 
+def _import_user_module(module_name: str) -> Any:
+    """``importlib.import_module``, and where the module is not on the Python path, from the working directory:
+    the README's ``my_lfs.py`` beside the config works as written (the console script, like any installed
+    script, does not put the working directory on ``sys.path``). Spawned ``--shards`` workers inherit it."""
+    import sys
+
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        here = Path.cwd()
+        if exc.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+            raise
+    sys.path.append(str(here))  # appended: it never shadows an installed library
+    return importlib.import_module(module_name)
+
+
 def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:
     """Import the callable named by ``ref`` ("package.module:function"; the function part may be dotted).
 
@@ -46,9 +64,10 @@ def load_labeling_function(ref: str) -> Callable[[pd.DataFrame], Any]:
     if not module_name or not attr_path:
         raise LabelingFunctionError(f"labelling function ref {ref!r} must look like 'module.path:function'")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = _import_user_module(module_name)
     except ModuleNotFoundError as exc:
-        raise LabelingFunctionError(f"labelling function {ref}: module not found ({exc})") from exc
+        raise LabelingFunctionError(f"labelling function {ref}: module not found ({exc}); it is looked for on the "
+                                    f"Python path and in the working directory {Path.cwd()}") from exc
     except USER_CODE_ERRORS as exc:  # any import-time failure of user code, sys.exit() included
         raise LabelingFunctionError(f"labelling function {ref}: importing {module_name} {_raised(exc)}") from exc
     for part in attr_path.split("."):

@@ -251,3 +251,19 @@ def test_sys_exit_or_an_error_in_user_code_is_an_lf_error_naming_it(tmp_path, mo
     with pytest.raises(LabelingFunctionError) as info:
         make_weak_labels(data, load_config(None, [f"weak_labels.labeling_functions=[{module}:vote]"]))
     assert str(info.value) == expected
+
+
+def test_a_module_in_the_working_directory_loads_without_pythonpath(tmp_path, monkeypatch):
+    """The README's ``my_lfs.py`` beside the config: the console script does not put the working directory on
+    sys.path, so without this a first-time user's ``my_lfs:vote`` is "module not found". A module that is in
+    neither place still is, and the message says where it was looked for."""
+    import sys
+
+    module = f"cwd_lfs_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text("def vote(batch):\n    return [3] * len(batch)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    out = apply_labeling_functions(pd.DataFrame({"x": np.arange(4.0)}), [f"{module}:vote"], CLASSES, -1)
+    assert out.iloc[:, 0].tolist() == [3, 3, 3, 3]
+    with pytest.raises(LabelingFunctionError, match=f"working directory {tmp_path}"):
+        load_labeling_function("no_such_module_here_at_all:vote")
