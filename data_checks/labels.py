@@ -2,7 +2,7 @@
 
 The suite's "a class in [...]" expectation would list ``'Spam'`` or ``' spam '`` as bad values without
 saying why; a label that differs from a class only by case or surrounding spaces is a spelling the user
-must fix (it is never read as that class: a vote silently lost is worse than a refusal), so it gets its
+must fix (a vote silently lost or a label silently re-read is worse than a refusal), so it gets its
 own message naming the file, the column, example rows and the classes. The class set itself (declared in
 ``data.classes``, which the configuration checks, or taken from the test file's labels, checked here)
 must list every class once and not contain the abstain value.
@@ -20,13 +20,14 @@ from weakflow.tasks.lib.data import DataError, RawTables
 SHOWN = 3  # example rows per column
 
 
-def check_class_set(raw: RawTables, classes: list) -> None:
-    """The class set taken from the test file: distinct up to case, and without the abstain value."""
+def check_class_set(raw: RawTables, classes: list, voting: bool = True) -> None:
+    """The class set taken from the test file: distinct up to case, and without the abstain value where any
+    weak source votes (weak columns, rules or labelling functions: ``voting``)."""
     spec = raw.spec
     if spec.classes is not None or not classes:
         return  # declared classes were checked with the configuration; none: the suite says where to get them
     where = f"the labels in column {spec.label_column!r} of data.test_path {Path(spec.test_path).absolute()}"
-    problem = class_set_problem(classes, spec.abstain if spec.weak_label_columns else None, where)
+    problem = class_set_problem(classes, spec.abstain if voting else None, where)
     folded: dict[str, list] = {}
     for c in classes:
         folded.setdefault(str(c).casefold(), []).append(c)

@@ -39,14 +39,17 @@ setup() {
 # One line per set-up step on stderr, so a log shows what a silent pip is doing.
 say() { echo "bootstrap: $(date +%H:%M:%S) $*" >&2; }
 
-# Run "$@" with a "still ..." line every 30 s while it lasts (pip -q says nothing for minutes). The ticker's
-# own sleep is killed with it, so nothing is left holding the caller's stderr.
+# Run "$@" with a "still ..." line every 30 s while it lasts (pip -q says nothing for minutes). The ticker
+# naps a second at a time and ends once this script is gone (Ctrl-C, which a background job ignores, or a
+# SIGTERM to the script alone), so it never holds the caller's stderr for more than a second after it.
 ticking() {
   local what=$1 rc=0 ticker
   shift
-  ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-    start=$SECONDS
-    while :; do sleep 30 & nap=$!; wait "$nap"; say "still $what ($((SECONDS - start)) s)"; done ) &
+  ( n=0
+    while kill -0 "$$" 2>/dev/null; do
+      sleep 1; n=$((n + 1))
+      if [ $((n % 30)) -eq 0 ] && kill -0 "$$" 2>/dev/null; then say "still $what ($n s)"; fi
+    done ) &
   ticker=$!
   "$@" || rc=$?
   kill "$ticker" 2>/dev/null || true

@@ -49,6 +49,7 @@ from typing import Any
 from weakflow.tasks.lib.stage import STAGES_ENV  # the folder where limited stages leave deadline records
 
 SUPERVISOR_ENV = "WEAKFLOW_SUPERVISOR_PID"  # set in the child: the pid of the supervisor that runs it
+GUARD_ENV = "WEAKFLOW_SUPERVISOR_GUARD_FD"  # set in the child: a pipe's read end that closes when the supervisor dies
 STOP_GRACE_SECONDS = 10.0  # after a forwarded SIGTERM/SIGINT, or a stage deadline, before SIGKILL
 LEFTOVER_GRACE_SECONDS = 5.0  # leftovers of an exited command: SIGTERM, then SIGKILL after this
 FAIL_RUNS_SECONDS = 30.0  # bound on marking a killed stage's MLflow runs FAILED (a further signal: at once)
@@ -85,14 +86,22 @@ def supervise_process(cmd: list[str], command: str) -> int:
     import tempfile
 
     stage_dir = tempfile.mkdtemp(prefix="weakflow-stages-")
-    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), STAGES_ENV: stage_dir}
+    # Only this process holds the write end: if it dies (SIGKILL, the OOM killer), the child's guard reads EOF
+    # and kills the command's whole process group (:func:`_start_guard`), so a killed supervisor leaves
+    # nothing running either.
+    guard_read, guard_write = os.pipe()
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), STAGES_ENV: stage_dir, GUARD_ENV: str(guard_read)}
     _become_subreaper()
-    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        child = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(guard_read,))
+    finally:
+        os.close(guard_read)
     supervisor = _Supervisor(child, Path(stage_dir), command)
     try:
         return supervisor.run()
     finally:
         supervisor.clean_up()
+        os.close(guard_write)
         import shutil
 
         shutil.rmtree(stage_dir, ignore_errors=True)
@@ -105,7 +114,7 @@ class _Supervisor:
         self.stop_deadline: float | None = None  # set when a signal was forwarded
 
     def run(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (nohup, a background job): left so
                 signal.signal(sig, self._on_signal)
         next_reap = 0.0
@@ -193,7 +202,7 @@ class _Supervisor:
         if not runs:
             return
         helper = subprocess.Popen(
-            [sys.executable, "-c", "from weakflow.flows.runtime import fail_runs_main; fail_runs_main()",
+            [sys.executable, "-P", "-c", "from weakflow.flows.runtime import fail_runs_main; fail_runs_main()",
              json.dumps({"runs": runs, "message": message})],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -212,7 +221,8 @@ class _Supervisor:
             self.child.wait()
         _stop_group(self.child.pid, LEFTOVER_GRACE_SECONDS)
         deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
-        while True:  # descendants that left the group (their own session), adopted once their parent ended
+        give_up = deadline + LEFTOVER_GRACE_SECONDS  # one that SIGKILL cannot end (uninterruptible I/O) is left
+        while time.monotonic() < give_up:  # descendants that left the group (their own session), adopted once their parent ended
             adopted = _adopted_children()
             if not adopted:
                 break
@@ -228,7 +238,8 @@ def exit_like(code: int) -> None:
     :mod:`subprocess` -N, as if there were no supervisor)."""
     if code < 0:
         _flush()
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         time.sleep(1.0)  # the signal arrives; if it is blocked, fall back to the shell's convention
         os._exit(128 - code)
@@ -365,12 +376,30 @@ def run_child(main: Callable[[], int]) -> None:
     teardown of the imported modules (about 3.5 s with torch, MLflow, Prefect and GX loaded) is skipped."""
     import atexit
 
+    _start_guard()
     code = main()
     _flush()
     drain_prefect()
     atexit._run_exitfuncs()
     _flush()
     os._exit(code)
+
+
+def _start_guard() -> None:
+    """In the supervised command: a tiny shell in the command's process group that waits on the supervisor's
+    pipe and, when it reads EOF (the supervisor died without cleaning up: SIGKILL, the OOM killer), kills
+    the whole group, this process and a Prefect API server included. A normal end never triggers it: the
+    supervisor stops the group (the guard with it) before it closes the pipe."""
+    fd = os.environ.pop(GUARD_ENV, None)
+    if fd is None:
+        return
+    try:
+        subprocess.Popen(["/bin/sh", "-c", "read _; kill -9 0"], stdin=int(fd), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    except OSError:  # no /bin/sh: the supervisor still cleans up whenever it lives to
+        pass
+    finally:
+        os.close(int(fd))
 
 
 def _flush() -> None:
@@ -436,7 +465,14 @@ def start_prefect_api(seconds: float) -> str | None:
             except RuntimeError as exc:
                 if "Timed out" not in str(exc):
                     raise
+                process = getattr(server, "server_process", None)
+                exited = process.poll() if process is not None else None
                 server.stop()  # the process that did not answer in time is never left starting
+                if exited is not None and exited != 3:  # it died (3: port taken, Prefect retries): waiting longer won't help
+                    raise PrefectStartupError(
+                        f"Prefect's temporary API server did not answer within {seconds:g} s (setting {STARTUP_SETTING}): "
+                        f"its process exited with status {exited} while starting, so a longer wait would not help; check "
+                        "PREFECT_HOME and its database, or point PREFECT_API_URL at a running Prefect server") from None
                 raise PrefectStartupError(
                     f"Prefect's temporary API server did not answer within {seconds:g} s (setting {STARTUP_SETTING}): "
                     f"raise it on a loaded machine, e.g. --set {STARTUP_SETTING}=300, or point PREFECT_API_URL at a "
@@ -452,6 +488,10 @@ def prestart_prefect_api(seconds: float) -> Callable[[], None]:
     """:func:`start_prefect_api` in a thread (the server takes seconds to start; the caller imports the
     pipeline meanwhile); the returned function waits for it and raises its error, if any."""
     failure: list[BaseException] = []
+    # imported here, in the caller's thread: importing them in the thread while the caller imports the pipeline
+    # (Prefect again, MLflow, torch) could meet a partly initialised module
+    import prefect.server.api.server  # noqa: F401
+    import prefect.settings  # noqa: F401
 
     def start() -> None:
         try:

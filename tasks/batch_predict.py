@@ -14,7 +14,6 @@ model version, the duration and rows per second.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 from weakflow.deploy.inputs import bad_values
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, ConfigError
-from weakflow.tasks.lib.data import ROW_ID, DataError, check_unique_columns, header_names, unreadable
+from weakflow.tasks.lib.data import ROW_ID, DataError, check_unique_columns, file_sha256, header_names, unreadable
 
 CHUNK_ROWS = 100_000
 INPUT = "predict --input"  # how a read error names the file's role (training names data.train_path)
@@ -230,12 +229,6 @@ def _checked(frame: pd.DataFrame, path: Path, model: ScoringModel, start: int) -
     return model.checked(frame, f"predict: {path}", start, "data rows counted from 0")
 
 
-def file_sha256(path: Path, block: int = 1 << 23) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Writer:

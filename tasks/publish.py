@@ -76,7 +76,7 @@ def source_accuracies(stats: pd.DataFrame, shown: int = SHOWN_SOURCES) -> str:
     text = ", ".join(one(r) for r in records[:shown])
     if len(records) > shown:
         text += (f" … and {len(records) - shown} more (fewer rows covered; all in the weak_labels run's "
-                 "weak_labels/sources.csv, or weakflow lfs)")
+                 "weak_labels/sources.json, or weakflow lfs)")
     return text
 
 

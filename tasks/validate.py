@@ -25,7 +25,8 @@ def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[Pipeli
         scan_pool(spec.unlabeled_path, spec.feature_columns, cfg.pseudo_label.chunk_rows, spec.text_columns)
     raw = read_raw(spec)
     classes = class_set(raw)
-    check_class_set(raw, classes)  # one line each, before the suite: the class set, labels misspelt by case
+    voting = bool(spec.weak_label_columns or cfg.weak_labels.rules or cfg.weak_labels.labeling_functions)
+    check_class_set(raw, classes, voting)  # one line each, before the suite: the class set, labels misspelt by case
     check_label_spelling(raw, classes)
     raw = read_label_columns(raw, classes)  # integer classes: a weak column of 0, 1 and "skip" holds integers
     report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir,

@@ -177,7 +177,9 @@ def _ascii_table() -> bytes:
     for code, key in _table().items():
         if code < 128 and bytes([code]) not in _ASCII_MULTI:
             table[code] = ord(key)
-    assert {bytes([c]): k.encode() for c, k in _table().items() if c < 128 and len(k) > 1} == _ASCII_MULTI
+    if {bytes([c]): k.encode() for c, k in _table().items() if c < 128 and len(k) > 1} != _ASCII_MULTI:
+        raise RuntimeError("the confusables data maps ASCII letters differently from the fast path's "
+                           "_ASCII_MULTI: update it with the library")
     return bytes(table)
 
 

@@ -79,7 +79,7 @@ class FilesData(_Section):
     classes: list[int] | list[str] | None = Field(None, description="the class set (integers or names); default: "
                                                   "the test file's labels")
     image_shape: tuple[int, int, int] | None = None
-    text_max_chars: int = Field(5000, ge=1, description="longest text a row may carry (validation; serving has serve.max_text_chars)")
+    text_max_chars: int = Field(5000, ge=1, description="longest text a row may carry, in training and (unless serve.max_text_chars is set) in every entry point that scores: the server, predict, the Python API")
     unlabeled_path: Path | None = Field(
         None, description="an extra unlabeled pool (Parquet with the input columns), streamed by row group")
     seed: int = 0
@@ -355,7 +355,7 @@ class ServeConfig(_Section):
     alias: str = Field("champion", min_length=1, description="registry alias whose version is served")
     max_body_bytes: int = Field(1 << 20, ge=64, description="larger request bodies get 413")
     max_batch: int = Field(1000, ge=1, description="more records per request get 422")
-    max_text_chars: int = Field(5000, ge=1, description="a text field longer than this gets 422 (text models)")
+    max_text_chars: int = Field(5000, ge=1, description="a text field longer than this is refused by the server (422), predict and the Python API (default: data.text_max_chars of your own files, else 5000)")
     poll_seconds: float = Field(10.0, ge=0.0, description="registry poll interval for hot reload (0: never)")
     prediction_log_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<workspace>/predictions.db")
 
@@ -504,6 +504,15 @@ class Config(_Section):
         challenger). An explicit ``tracking.model_name`` always wins."""
         if isinstance(self.data, DemoTextData) and "model_name" not in self.tracking.model_fields_set:
             self.tracking = self.tracking.model_copy(update={"model_name": TEXT_DEMO_MODEL})
+        return self
+
+    @model_validator(mode="after")
+    def _one_text_limit(self) -> Config:
+        """The longest text is one setting: the server, ``weakflow predict`` and the Python API score texts as
+        long as training accepted (``data.text_max_chars``) unless ``serve.max_text_chars`` is set itself."""
+        limit = getattr(self.data, "text_max_chars", None)
+        if limit is not None and "max_text_chars" not in self.serve.model_fields_set:
+            self.serve = self.serve.model_copy(update={"max_text_chars": limit})
         return self
 
 

@@ -6,6 +6,7 @@ only then does :func:`assemble` turn them into :class:`PipelineData`.
 
 from __future__ import annotations
 
+import re
 import hashlib
 import json
 from collections.abc import Callable
@@ -40,6 +41,9 @@ class RawTables:
     spec: FilesData
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # what a CSV cell of an integer class spells ("+-5" does not)
+
+
 def as_class(value: object, integers: bool = False) -> object:
     """A label as a class value: an integer stored as a float (a CSV column with empty cells) becomes the
     integer, text is stripped; anything empty is None. With ``integers`` (the classes are integers) text that
@@ -52,7 +56,7 @@ def as_class(value: object, integers: bool = False) -> object:
         return int(value)
     if isinstance(value, str):
         text = value.strip()
-        if integers and text.lstrip("+-").isdigit() and text.isascii():
+        if integers and _INTEGER.fullmatch(text):
             return int(text)
         return text or None
     return value
@@ -233,7 +237,7 @@ def header_names(path: Path, suffix: str, field: str) -> list[str]:
         if suffix == ".csv":
             import csv
 
-            with open(path, newline="") as handle:
+            with open(path, newline="", encoding="utf-8-sig") as handle:  # as pandas reads it: a BOM is no name
                 return next(csv.reader(handle), [])
         import pyarrow.parquet as pq
 
@@ -425,3 +429,9 @@ def materialize_demo(cfg: DemoData, root: Path) -> FilesData:
     test_frame.to_parquet(spec.test_path, index=False)
     pd.DataFrame({ROW_ID: idx, "true_label": y}).to_parquet(folder / "truth.parquet", index=False)
     return spec
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256 (what ``sha256sum`` prints), read in blocks so a large file costs no memory."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

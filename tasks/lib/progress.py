@@ -60,9 +60,12 @@ class _Stage:
             now = self.clock()
             self.last_line = now
             stamp = time.strftime("%H:%M:%S")
-            self.stream.write(f"{stamp} | weakflow | {who or self.name}: {text}, "
-                              f"{elapsed_text(now - self.started)} elapsed\n")
-            self.stream.flush()
+            try:
+                self.stream.write(f"{stamp} | weakflow | {who or self.name}: {text}, "
+                                  f"{elapsed_text(now - self.started)} elapsed\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed or broken pipe (`weakflow run 2>&1 | head`): progress is optional
+                pass
 
 
 _current: contextvars.ContextVar[_Stage | None] = contextvars.ContextVar("weakflow_progress_stage", default=None)

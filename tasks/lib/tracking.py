@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -17,6 +16,7 @@ import mlflow
 import pandas as pd
 
 from weakflow.tasks.lib.config import TrackingConfig
+from weakflow.tasks.lib.data import file_sha256
 from weakflow.tasks.lib.stage import record_stage_run
 
 
@@ -71,10 +71,9 @@ def pipeline_tags(cfg: Any) -> dict[str, str]:
             "weakflow.data_source": cfg.data.source}
 
 
-def file_sha256(path: Path) -> str:
-    """A file's SHA-256 (what ``sha256sum`` prints), read in blocks so a large pool costs no memory."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+# An unlabeled pool is the input meant to be huge (streamed by row group): above this size the run records its
+# path and size, not a hash (reading it all again, outside any stage's limit, would cost every run minutes).
+HASHED_POOL_BYTES = 256 << 20
 
 
 def name_pipeline_run(run_id: str, cfg: Any, started: datetime, data: Any) -> None:
@@ -86,8 +85,11 @@ def name_pipeline_run(run_id: str, cfg: Any, started: datetime, data: Any) -> No
     tags = {"weakflow.rows": str(rows)}
     for role, path in (("train", spec.train_path), ("test", spec.test_path), ("unlabeled", spec.unlabeled_path)):
         if path is not None:
-            tags[f"weakflow.{role}_path"] = str(Path(path).resolve())
-            tags[f"weakflow.{role}_sha256"] = file_sha256(Path(path))
+            path = Path(path)
+            tags[f"weakflow.{role}_path"] = str(path.resolve())
+            tags[f"weakflow.{role}_bytes"] = str(path.stat().st_size)
+            if role != "unlabeled" or path.stat().st_size <= HASHED_POOL_BYTES:
+                tags[f"weakflow.{role}_sha256"] = file_sha256(path)
     from mlflow.entities import RunTag
 
     client = mlflow.MlflowClient()

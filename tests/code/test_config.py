@@ -200,3 +200,14 @@ def test_cli_validate_passes_integer_classes_with_a_text_abstain_value(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation passed" in proc.stdout + proc.stderr
     assert "rows {'gold': 8, 'weak': 4, 'unlabeled': 4}" in proc.stdout + proc.stderr
+
+
+def test_the_longest_text_is_one_setting_for_training_and_every_scoring_entry_point():
+    """``data.text_max_chars`` raised for training: the server, predict and the API take texts as long (they
+    read ``serve.max_text_chars``), unless that is set itself."""
+    from weakflow.tasks.lib.config import load_config
+
+    files = ["data.source=files", "data.train_path=a.csv", "data.test_path=b.csv", "data.text_columns=[t]"]
+    assert load_config(None, [*files, "data.text_max_chars=20000"]).serve.max_text_chars == 20000
+    assert load_config(None, [*files, "data.text_max_chars=20000", "serve.max_text_chars=100"]).serve.max_text_chars == 100
+    assert load_config(None, files).serve.max_text_chars == load_config(None).serve.max_text_chars == 5000

@@ -23,7 +23,7 @@ def test_past_six_sources_the_line_says_how_many_more_and_keeps_the_most_coverin
     shown = re.findall(r"(rule:r\d+) ", line.split(" … ")[0])
     assert shown == ["rule:r8", "rule:r7", "rule:r6", "rule:r5", "rule:r4", "rule:r3"]  # highest coverage first
     assert "rule:r8 0.58 [0.40, 0.60]" in line
-    assert " … and 3 more " in line and "weak_labels/sources.csv" in line
+    assert " … and 3 more " in line and "weak_labels/sources.json" in line
 
 
 def test_up_to_six_sources_are_all_shown_without_a_count():

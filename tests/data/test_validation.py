@@ -284,15 +284,20 @@ def test_labels_that_differ_from_a_class_by_case_or_spaces_are_one_data_error(tm
     assert f"{spelt!r} at row 3, {spelt!r} at row 21" in text and "only by case or surrounding spaces" in text
 
 
-def test_an_abstain_value_among_the_test_files_labels_is_a_data_error(tmp_path):
-    """Classes taken from the test file: abstain ``ham`` would turn every ham vote into no vote."""
+@pytest.mark.parametrize("voters", [[], ["data.weak_label_columns=[]", "weak_labels.labeling_functions=[my_lfs:vote]"]],
+                         ids=["weak-column", "labelling-function-only"])
+def test_an_abstain_value_among_the_test_files_labels_is_a_data_error(tmp_path, voters):
+    """Classes taken from the test file: abstain ``ham`` would turn every ham vote into no vote, whether the
+    votes come from a weak column or only from a labelling function (or rule)."""
     from weakflow.tasks.validate import load_and_validate
 
     train = pd.DataFrame({"text": _messages(20), "label": ["ham", "spam"] * 5 + [None] * 10,
                           "moderator": ["ham", "spam", ""] * 6 + ["", ""]})
+    if voters:
+        train = train.drop(columns="moderator")
     test = pd.DataFrame({"text": _messages(6, 100), "label": ["ham", "spam"] * 3})
     with pytest.raises(DataError) as exc:
-        load_and_validate(_csv_config(tmp_path, train, test, "data.abstain=ham"))
+        load_and_validate(_csv_config(tmp_path, train, test, "data.abstain=ham", *voters))
     assert str(exc.value).startswith("data.abstain 'ham' is the class 'ham' of the labels in column 'label' of "
                                      f"data.test_path {tmp_path / 'test.csv'}"), str(exc.value)
 
@@ -313,3 +318,12 @@ def test_integer_classes_with_a_text_abstain_value_pass_and_are_read_as_integers
         votes = votes_matrix(weak_votes(data.train, data.spec, data.classes), ["moderator"], data.classes, "skip")
         assert votes[:, 0].tolist() == [0, 1, -1, -1] * 10
         assert data.provenance_counts() == {"gold": 20, "weak": 10, "unlabeled": 10}
+
+
+def test_only_a_whole_integer_spelling_is_read_as_an_integer_class():
+    """With integer classes a CSV cell spelling an integer is that integer; "+-5" or "--1" stay text (the
+    suite then names them as values outside the class set) instead of ending validate with a traceback."""
+    from weakflow.tasks.lib.data import as_class
+
+    assert [as_class(v, integers=True) for v in ["3", " -1 ", "+2", "skip", "+-5", "--1", "٣", ""]] == \
+        [3, -1, 2, "skip", "+-5", "--1", "٣", None]
