@@ -117,6 +117,9 @@ class _Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (nohup, a background job): left so
                 signal.signal(sig, self._on_signal)
+        if signal.getsignal(signal.SIGTSTP) is not signal.SIG_IGN:  # Ctrl-Z: the command stops with us
+            signal.signal(signal.SIGTSTP, self._on_stop)
+            signal.signal(signal.SIGCONT, self._on_continue)
         next_reap = 0.0
         while True:
             try:
@@ -135,6 +138,16 @@ class _Supervisor:
             if now > next_reap:  # orphans re-parented to us while the command runs: no zombies pile up
                 _reap_adopted(exclude=self.child.pid)
                 next_reap = now + 2.0
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        """Ctrl-Z: the command is in a session of its own, out of the terminal's reach (and the kernel drops
+        SIGTSTP for such an orphaned group), so stop it with SIGSTOP, then stop ourselves as the shell expects."""
+        _signal_group(self.child.pid, signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _on_continue(self, signum: int, frame: Any) -> None:
+        """``fg`` / ``bg``: the command goes on with us."""
+        _signal_group(self.child.pid, signal.SIGCONT)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
@@ -357,6 +370,13 @@ def _reap_adopted(exclude: int | None = None) -> None:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_tree(pid: int, sig: int) -> None:

@@ -227,6 +227,37 @@ def test_a_killed_supervisor_takes_the_command_and_its_children_with_it():
     assert left == []
 
 
+def state_of(pid: int) -> str:
+    """A process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_command_and_fg_continues_it():
+    """SIGTSTP (Ctrl-Z) reaches only the supervisor (the command is in a session of its own): the command must
+    stop with it, not go on writing to the terminal behind a shell that says "Stopped", and continue with it."""
+    command = ("import os, time\nprint(os.getpid(), flush=True)\n"
+               "for _ in range(600):\n    time.sleep(0.1)\nprint('done', flush=True)")
+    proc = subprocess.Popen(supervised(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        child = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 10
+        while not (state_of(child) == "T" and state_of(proc.pid) == "T") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped = state_of(child), state_of(proc.pid)
+        proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while state_of(child) == "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        resumed = state_of(child)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()  # the supervisor ends the command and cleans up
+        proc.communicate(timeout=60)
+    assert stopped == ("T", "T")
+    assert resumed != "T"
+
+
 def test_a_stage_stuck_in_c_code_past_its_limit_ends_the_command_with_one_line():
     mark = uuid.uuid4().hex
     started = time.monotonic()
