@@ -108,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Reads the input in chunks (bounded memory, any size), checks its columns against the model's inputs\n"
         "before scoring, and writes row_id (the input's own row_id column, else the row's position from 0),\n"
         "prediction, confidence and prob_<class> per class. The output appears only when every row is scored\n"
-        "(a failed job leaves none behind). The job is logged as a run of the MLflow experiment\n"
+        "(a failed job leaves none behind); an output that is the input (the same path or file) is refused.\n"
+        "Values are checked as the server checks them (finite float32 numbers; texts at most\n"
+        "serve.max_text_chars). The job is logged as a run of the MLflow experiment\n"
         "<tracking.experiment>-predict: input SHA-256, rows, model version, duration, rows/s.\n\n"
         "exit status: 0; 1 for bad input (a missing column or a bad value: one line naming the file, column and\n"
-        "rows) or no such model/version/alias; 2 for a config error.")
+        "rows) or no such model/version/alias; 2 for a config error (e.g. an empty --alias).")
     predict.add_argument("--input", required=True, type=Path, help="Parquet (.parquet) or CSV (.csv) file to score")
     predict.add_argument("--output", required=True, type=Path, help="where to write the scores (.parquet or .csv)")
     which = predict.add_mutually_exclusive_group()
