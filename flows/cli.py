@@ -353,17 +353,14 @@ def _registry_command(args: argparse.Namespace, cfg) -> int:
 def _monitoring_command(args: argparse.Namespace, cfg) -> int:
     import pandas as pd
 
-    def log_url(cfg) -> str:  # tasks.monitor's, without importing MLflow and the drift code for `alerts`
-        return cfg.serve.prediction_log_url or cfg.tracking.prediction_log_default
-
     if args.command == "alerts":
         from weakflow.monitoring.alerts import list_alerts
 
         import json
 
-        frame = list_alerts(log_url(cfg))
+        frame = list_alerts(cfg.prediction_log_url())
         if frame.empty:
-            print(f"no alerts in {log_url(cfg)}")
+            print(f"no alerts in {cfg.prediction_log_url()}")
             return 0
         from weakflow.monitoring.alerts import finding
 
@@ -385,11 +382,11 @@ def _monitoring_command(args: argparse.Namespace, cfg) -> int:
 
         mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the class set of the version behind each row
         try:
-            stored = record_feedback(log_url(cfg), read_feedback(args.file))
+            stored = record_feedback(cfg.prediction_log_url(), read_feedback(args.file))
         except FeedbackError as exc:  # the whole file is checked first: one line, nothing stored, exit 1
             print(f"feedback: {args.file}: {exc}", file=sys.stderr)
             return 1
-        print(f"stored {stored} feedback label(s) in {log_url(cfg)}")
+        print(f"stored {stored} feedback label(s) in {cfg.prediction_log_url()}")
         return 0
     if args.command == "simulate-traffic":
         return _simulate(args, cfg)
@@ -448,20 +445,19 @@ def _simulate(args: argparse.Namespace, cfg) -> int:
         import mlflow
 
         from weakflow.deploy.prediction_log import wait_logged
-        from weakflow.tasks.monitor import log_url
 
         feedback = pd.DataFrame(result.feedback)
         # the server logs off the request path: wait (bounded) for the answered rows to be committed
-        missing = wait_logged(log_url(cfg), list(zip(feedback["request_id"], feedback["row_index"].astype(int))))
+        missing = wait_logged(cfg.prediction_log_url(), list(zip(feedback["request_id"], feedback["row_index"].astype(int))))
         if missing:
-            print(f"{len(missing)} answered row(s) not in the prediction log {log_url(cfg)} after 30 s, e.g. "
+            print(f"{len(missing)} answered row(s) not in the prediction log {cfg.prediction_log_url()} after 30 s, e.g. "
                   f"{missing[:3]}; is the server logging to this database (serve.prediction_log_url)?", file=sys.stderr)
             return 1
         from weakflow.monitoring.feedback import FeedbackError
 
         mlflow.set_tracking_uri(cfg.tracking.resolved_uri)  # the class set of the version behind each row
         try:
-            print(f"stored {record_feedback(log_url(cfg), feedback)} feedback labels")
+            print(f"stored {record_feedback(cfg.prediction_log_url(), feedback)} feedback labels")
         except FeedbackError as exc:
             print(f"simulate-traffic: feedback not stored: {exc}", file=sys.stderr)
             return 1
@@ -482,7 +478,7 @@ def _serve(args: argparse.Namespace, cfg) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     s = cfg.serve
     app = create_app(cfg.tracking.model_name, s.alias, s.max_body_bytes, s.max_batch, s.poll_seconds,
-                     s.prediction_log_url or cfg.tracking.prediction_log_default,
+                     cfg.prediction_log_url(),
                      body_timeout_s=s.body_timeout_seconds, max_text_chars=s.max_text_chars,
                      header_timeout_s=s.header_timeout_seconds, max_header_bytes=s.max_header_bytes)
     host, port = args.host or s.host, args.port or s.port

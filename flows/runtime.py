@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,14 +312,19 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     # zombies answer kill(0) too: the group is alive while one member is not a zombie
+    if any(group == pgid and state != "Z" for _, state, _, group in _processes()):
+        return True
+    return not Path("/proc/self").exists()  # no /proc to look in: trust kill(0)
+
+
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process in /proc; those that vanish are skipped."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            yield int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return not Path("/proc/self").exists()  # no /proc to look in: trust kill(0)
 
 
 def _become_subreaper() -> None:
@@ -336,15 +341,8 @@ def _become_subreaper() -> None:
 
 
 def _adopted_children() -> list[int]:
-    me, found = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == me and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    me = os.getpid()
+    return [pid for pid, state, parent, _ in _processes() if parent == me and state != "Z"]
 
 
 def _reap_adopted(exclude: int | None = None) -> None:
@@ -359,13 +357,8 @@ def _reap_adopted(exclude: int | None = None) -> None:
             if pid == 0:
                 return
     me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(stat.parent.name)
-        if int(fields[1]) == me and fields[0] == "Z" and pid != exclude:
+    for pid, state, parent, _ in list(_processes()):
+        if parent == me and state == "Z" and pid != exclude:
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:

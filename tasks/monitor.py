@@ -45,7 +45,7 @@ class Check:
 
 
 def log_url(cfg: Config) -> str:
-    return cfg.serve.prediction_log_url or cfg.tracking.prediction_log_default
+    return cfg.prediction_log_url()
 
 
 def load_served(cfg: Config) -> Served:

@@ -506,6 +506,10 @@ class Config(_Section):
             self.tracking = self.tracking.model_copy(update={"model_name": TEXT_DEMO_MODEL})
         return self
 
+    def prediction_log_url(self) -> str:
+        """Where the server logs predictions and monitoring, feedback and alerts read them."""
+        return self.serve.prediction_log_url or self.tracking.prediction_log_default
+
     @model_validator(mode="after")
     def _one_text_limit(self) -> Config:
         """The longest text is one setting: the server, ``weakflow predict`` and the Python API score texts as
