@@ -11,6 +11,11 @@ subclasses the HTTP protocol uvicorn would pick (httptools when installed, else 
   byte on a keep-alive connection) until that request's headers are complete: past it the client gets
   ``408`` (nothing, if it never sent a byte) and the connection is closed;
 - a cap on the bytes of a head still incomplete: past it, ``431`` and the connection is closed.
+
+A refusal closes gently ("lingering close", as Apache and nginx do): the answer is written, the write side
+is shut (FIN), and what the client still sends is read and dropped for up to :data:`LINGER_S` or until it
+closes. Closing at once with unread input would make the kernel answer with a reset, which a client may
+see instead of the 408/431 (it did: ``ConnectionResetError`` after a header line crossed the deadline).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import logging
 from typing import Any
 
 log = logging.getLogger("weakflow.serve")
+
+LINGER_S = 2.0  # how long a refused connection's further input is read and dropped before it is closed
 
 
 def _answer(status: int, phrase: str, detail: str) -> bytes:
@@ -39,6 +46,8 @@ class HeadLimits:
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes: int = 0  # bytes received while waiting for the current head
+    _tail: bytes = b""  # the head's last 3 bytes so far: its blank line may span two reads
+    _refused: bool = False  # answered with a refusal: input is dropped until the connection closes
 
     # uvicorn's protocol interface -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -50,25 +59,35 @@ class HeadLimits:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: the parser's state no longer matters
         cycle = self.cycle  # type: ignore[attr-defined]
         if self._head_timer is None and (cycle is None or cycle.response_complete):
             self._arm_head()  # the first byte of the next request on a keep-alive connection
         waiting = self._head_timer is not None
         if waiting:
-            self._head_bytes += len(data)
+            if self._head_over_limit(data):  # decided before the parser, which has caps of its own (h11: 400)
+                self._refuse(431, "Request Header Fields Too Large",
+                             f"request headers exceed {self.max_header_bytes} bytes (serve.max_header_bytes)")
+                return
         super().data_received(data)  # type: ignore[misc]
-        if not waiting:
-            return
-        if self.cycle is not cycle or self.transport.is_closing():  # type: ignore[attr-defined]
+        if waiting and (self.cycle is not cycle or self.transport.is_closing()):  # type: ignore[attr-defined]
             self._disarm_head()  # the head is complete (or the parser refused it and closed)
-        elif self._head_bytes > self.max_header_bytes:
-            self._refuse(431, "Request Header Fields Too Large",
-                         f"request headers exceed {self.max_header_bytes} bytes (serve.max_header_bytes)")
+
+    def _head_over_limit(self, data: bytes) -> bool:
+        """Whether the head being received, with ``data``, is longer than ``max_header_bytes``: measured to
+        its blank line when ``data`` holds it (a body or a pipelined request after it does not count)."""
+        seen = self._tail + data
+        end = seen.find(b"\r\n\r\n")
+        before = self._head_bytes - len(self._tail)  # head bytes received before ``seen`` starts
+        self._head_bytes += len(data)
+        self._tail = seen[-3:]
+        return (self._head_bytes if end < 0 else before + end + 4) > self.max_header_bytes
 
     # the head's deadline ----------------------------------------------------------------------------
     def _arm_head(self) -> None:
         self._disarm_head()
-        self._head_bytes = 0
+        self._head_bytes, self._tail = 0, b""
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)  # type: ignore[attr-defined]
 
     def _disarm_head(self) -> None:
@@ -90,8 +109,13 @@ class HeadLimits:
         if transport.is_closing():
             return
         log.info("closing a connection from %s: %s", getattr(self, "client", None), detail)
+        self._refused = True
         transport.write(_answer(status, phrase, detail))
-        transport.close()
+        if transport.can_write_eof():
+            transport.write_eof()  # the client reads the answer, then EOF; its own EOF closes the transport
+            self.loop.call_later(LINGER_S, transport.close)  # type: ignore[attr-defined]
+        else:
+            transport.close()
 
 
 def bounded_protocol(header_timeout_s: float, max_header_bytes: int, base: Any = None) -> type:
