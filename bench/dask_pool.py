@@ -43,15 +43,16 @@ def measure(pool: Path, workers: int, shards: int) -> dict:
     import torch
 
     from weakflow.tasks.lib.config import load_config, parse_config
-    from weakflow.tasks.pseudo_label import make_pseudo_labels
     from weakflow.tasks.validate import load_and_validate
     from weakflow.tasks.weak_labels import make_weak_labels
-    from weakflow.tasks.weak_train import train_weak
+    from weakflow.tasks import weak_train
+    from weakflow.tasks.lib.steps import RunContext
 
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         demo = load_config(None, ["data.image=false", "weak_train.epochs=15", f"tracking.workspace={tmp}"])
         data, _ = load_and_validate(demo)
-        weak = train_weak(data, make_weak_labels(data, demo), demo)
+        weak = weak_train.compute(RunContext.of(demo), data, make_weak_labels(data, demo), None, demo.weak_train,
+                                  demo.selection, demo.weak_labels.confusion_strength)
         data = replace(data, spec=data.spec.model_copy(update={"unlabeled_path": pool}))
         parallel = {"shards": 1} if workers == 0 else {"runner": "dask", "n_workers": workers, "shards": shards}
         cfg = parse_config({"data": data.spec.model_dump(mode="json"), "tracking": {"workspace": tmp},
@@ -60,7 +61,7 @@ def measure(pool: Path, workers: int, shards: int) -> dict:
         timing: dict = {}
         if workers == 0:
             t = time.perf_counter()
-            pseudo = make_pseudo_labels(data, weak.model, cfg, out, spec=weak.spec)
+            pseudo = refit_set(data, weak, cfg, out)
             timing["label_s"] = time.perf_counter() - t
             worker_peak = 0.0
         else:
@@ -72,8 +73,17 @@ def measure(pool: Path, workers: int, shards: int) -> dict:
             "threads": torch.get_num_threads(), "shards": cfg.parallel.resolved_shards, **timing}
 
 
+def refit_set(data, weak, cfg, out: Path):
+    """The refit weak model's pseudo set (judged on every gold row's out-of-fold prediction)."""
+    from weakflow.tasks.lib.pseudo_labels import calibration_of, judges, make_pseudo_labels
+
+    return make_pseudo_labels(data, weak.model, cfg.pseudo_label, cfg.parallel, cfg.device, judges(data, weak)[0],
+                              calibration_of(data, weak), out, soft=cfg.full_train.strategy == "distill",
+                              spec=weak.spec)
+
+
 def _warm() -> None:
-    import weakflow.tasks.pseudo_shards  # noqa: F401 - torch, pyarrow, prefect's task engine
+    import weakflow.tasks.lib.pseudo_shards  # noqa: F401 - torch, pyarrow, prefect's task engine
 
 
 def on_dask(data, weak, cfg, out: Path):
@@ -82,7 +92,6 @@ def on_dask(data, weak, cfg, out: Path):
     from prefect.context import FlowRunContext
 
     from weakflow.tasks.lib.parallel import with_runner
-    from weakflow.tasks.pseudo_label import make_pseudo_labels
 
     @flow(name="bench-dask-pool")
     def label():
@@ -90,7 +99,7 @@ def on_dask(data, weak, cfg, out: Path):
         client.wait_for_workers(cfg.parallel.n_workers)
         client.run(_warm)  # imports on every worker, so the timing is the labelling, not torch's import
         t = time.perf_counter()
-        pseudo = make_pseudo_labels(data, weak.model, cfg, out, spec=weak.spec)
+        pseudo = refit_set(data, weak, cfg, out)
         label_s = time.perf_counter() - t
         peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return pseudo, max(peaks.values()), label_s

@@ -1,11 +1,15 @@
 """Weak-training methods matrix: datasets x noise x methods (+ clean oracle and gold-only), seeds.
 
-Each cell trains the weak model only (the stage the methods differ in) on the demo's splits: 20% test,
-10% gold (a third of it dev), the rest 70% weak / 30% unlabeled; test accuracy of the weak model.
+Each cell runs the pipeline's weak_train stage (``tasks/weak_train.py``: the method looked up in the
+registry of ``tasks/lib/weak_methods.py``, cross-fitted over the gold rows, the epoch chosen on their
+out-of-fold predictions) on the demo's splits: 20% test, 10% gold (3 cross-fitting folds), the rest 70% weak /
+30% unlabeled; test accuracy of the weak model (its refit on all gold). ``oracle`` is the stage's ``ce`` with
+the weak rows' true labels, ``gold_only`` the pipeline's gold-only stage, ``ce_last`` plain CE on the weak
+rows alone to the last epoch (no gold, no early stopping: what memorising the noise costs).
 All cells are logged to one MLflow experiment (bench/results/mlflow.db) and summarised in
 docs/benchmarks.md.
 
-    python -m bench.methods            # full matrix, 3 seeds (~20 min on 2 cores)
+    python -m bench.methods            # full matrix, 3 seeds (each cell cross-fits 3 folds and the refit)
     python -m bench.methods --quick    # smoke: 1 seed, 2 noise settings, 15 epochs
     python -m bench.methods --dask-workers 4          # cells as Prefect tasks on a local Dask cluster
     python -m bench.methods --dask-address tcp://host:8786
@@ -20,25 +24,36 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from prefect import flow
 
 from bench.common import ROOT, mean_std, write_section
 from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
-from weakflow.tasks.core.methods import METHODS, train_weak_model
+from weakflow.tasks.core.folds import gold_folds
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.noise import corrupt_labels
 from weakflow.tasks.core.training import TrainSettings, fit, predict_proba
+from weakflow.tasks.lib.config import (
+    ClidMuConfig, FilesData, GoldOnlyConfig, SelectionConfig, WeakLabelsConfig, WeakTrainConfig,
+)
+from weakflow.tasks.lib.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData
+from weakflow.tasks.lib.results import WeakLabels
 from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib.steps import RunContext
 
+# the registry's methods this matrix compares on aggregated weak labels (anchored and glc need the
+# gold-anchored evidence of several sources: the pipeline benchmarks measure them)
+METHODS: tuple[str, ...] = ("ce", "gce", "confident_learning", "clid_mu")
 NOISES = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("pairflip", 0.4), ("instance", 0.4)]
 # CLID-MU beside its default: the other virtual-step scope ("full": the look-ahead moves every parameter;
 # "head": the classifier head only, a cheap meta step), meta step every step.
-CLID_ALT_SCOPE = "full" if ClidMuSettings().virtual_scope == "head" else "head"
+CLID_ALT_SCOPE = "full" if ClidMuConfig().virtual_scope == "head" else "head"
 CLID_ALT = f"clid_mu_{CLID_ALT_SCOPE}"
 
 
@@ -49,8 +64,6 @@ class Split:
     x_unlabeled: np.ndarray
     x_gold: np.ndarray
     y_gold: np.ndarray
-    x_dev: np.ndarray
-    y_dev: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     spec: ModelSpec
@@ -70,38 +83,68 @@ def load(dataset: str, seed: int) -> Split:
     x = x.astype(np.float32)
     rest, test = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
     other, gold = train_test_split(rest, test_size=0.1, stratify=y[rest], random_state=seed)
-    gold_train, dev = train_test_split(gold, test_size=1 / 3, stratify=y[gold], random_state=seed)
     weak, unlabeled = train_test_split(other, test_size=0.3, stratify=y[other], random_state=seed)
-    return Split(x[weak], y[weak], x[unlabeled], x[gold_train], y[gold_train], x[dev], y[dev], x[test], y[test], spec)
+    return Split(x[weak], y[weak], x[unlabeled], x[gold], y[gold], x[test], y[test], spec)
 
 
-def run_cell(split: Split, kind: str, rate: float, method: str, seed: int, epochs: int,
-             clid: ClidMuSettings) -> tuple[float, float, dict]:
+def as_pipeline(x_gold: np.ndarray, y_gold: np.ndarray, x_weak: np.ndarray, weak_y: np.ndarray,
+                x_unlabeled: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, classes: int,
+                image_shape: tuple[int, int, int] | None = None, seed: int = 0, folds: int = 3,
+                weak_on_gold: np.ndarray | None = None) -> tuple[PipelineData, WeakLabels]:
+    """Arrays as the pipeline's data and weak labels (one weak column): gold rows (in ``folds`` stratified
+    cross-fitting folds), weak rows labelled ``weak_y``, unlabeled rows. ``weak_on_gold``: the weak column's
+    label on the gold rows too (confident learning then measures its removals there)."""
+    features = [f"x{i}" for i in range(x_gold.shape[1])]
+    sizes = (len(x_gold), len(x_weak), len(x_unlabeled))
+    train = pd.DataFrame(np.concatenate([x_gold, x_weak, x_unlabeled]), columns=features)
+    train["label"] = pd.array([*y_gold, *[pd.NA] * (sizes[1] + sizes[2])], dtype="Int64")
+    gold_votes = np.full(sizes[0], -1) if weak_on_gold is None else np.asarray(weak_on_gold)
+    train["weak_label"] = np.concatenate([gold_votes, weak_y, np.full(sizes[2], -1)]).astype(np.int64)
+    train[PROVENANCE] = np.repeat(["gold", "weak", "unlabeled"], sizes)
+    train[SPLIT] = train[PROVENANCE]
+    train[FOLD] = np.concatenate([gold_folds(np.asarray(y_gold), folds, seed), np.full(sizes[1] + sizes[2], -1)])
+    train[ROW_ID] = np.arange(len(train))
+    test = pd.DataFrame(x_test, columns=features).assign(label=pd.array(y_test, dtype="Int64"))
+    spec = FilesData(train_path=Path("in-memory-train.parquet"), test_path=Path("in-memory-test.parquet"),
+                     feature_columns=features, weak_label_columns=["weak_label"], classes=list(range(classes)),
+                     image_shape=image_shape, seed=seed)
+    data = PipelineData(train=train, test=test, spec=spec, classes=list(range(classes)))
+    labels = WeakLabels(row_ids=np.arange(sizes[0], sizes[0] + sizes[1]), hard=np.asarray(weak_y, np.int64),
+                        soft=None, stats=pd.DataFrame({"source": ["weak_label"]}))
+    return data, labels
+
+
+def stage_section(spec: ModelSpec, method: str, epochs: int, scope: str | None = None) -> WeakTrainConfig:
+    """The weak_train section of a cell: the matrix's network (``spec``), per-epoch CLID for every method."""
+    clid = ClidMuConfig(virtual_scope=scope) if scope else ClidMuConfig()
+    return WeakTrainConfig(method=method, model=spec.kind, hidden=list(spec.hidden), cnn_width=spec.hidden[0],
+                           epochs=epochs, batch_size=TrainSettings.batch_size, clid_mu=clid, clid_monitor=True)
+
+
+def run_cell(split: Split, kind: str, rate: float, method: str, seed: int, epochs: int) -> tuple[float, float, dict]:
     """(test accuracy, seconds per epoch, figures) of one method on one noisy split."""
+    from weakflow.tasks import gold_only, weak_train
+
     noisy = corrupt_labels(split.y_weak_true, split.spec.num_classes, rate, kind, seed, features=split.x_weak)
-    all_x = np.concatenate([split.x_weak, split.x_unlabeled, split.x_gold, split.x_dev])
-
-    def build():
-        model = build_model(split.spec)
-        model.scale.fit(all_x)
-        return model
-
-    settings = TrainSettings(epochs=epochs, seed=seed)
-    meta_x = np.concatenate([split.x_unlabeled, split.x_weak])[:1000]
-    dev = {"x_dev": split.x_dev, "y_dev": split.y_dev}
-    torch.manual_seed(seed)
+    weak_y = split.y_weak_true if method == "oracle" else noisy
+    data, labels = as_pipeline(split.x_gold, split.y_gold, split.x_weak, weak_y, split.x_unlabeled, split.x_test,
+                               split.y_test, split.spec.num_classes, split.spec.image_shape, seed)
+    name = "clid_mu" if method == CLID_ALT else method if method in METHODS else "ce"  # oracle: ce, true labels
+    section = stage_section(split.spec, name, epochs, CLID_ALT_SCOPE if method == CLID_ALT else None)
+    ctx = RunContext(seed=seed, device="auto", workspace=ROOT / "bench" / "results")
     t = time.perf_counter()
     figures: dict = {}
-    if method == "ce_last":  # no gold-dev early stopping: the last epoch, after memorising the noise
-        model = fit(build(), split.x_weak, noisy, settings).model
-    elif method == "oracle":
-        model = fit(build(), split.x_weak, split.y_weak_true, settings, **dev).model
-    elif method == "gold_only":
-        model = fit(build(), split.x_gold, split.y_gold, replace(settings, batch_size=32), **dev).model
+    if method == "ce_last":  # no gold, no early stopping: the last epoch, after memorising the noise
+        torch.manual_seed(seed)
+        model = build_model(split.spec)
+        model.scale.fit(data.x(data.train))
+        model = fit(model, split.x_weak, noisy, TrainSettings(epochs=epochs, seed=seed)).model
+    elif method == "gold_only":  # the pipeline's gold-only stage under its default settings
+        model = gold_only.compute(ctx, data, GoldOnlyConfig().resolved(section), SelectionConfig()).model
     else:
-        name = "clid_mu" if method.startswith("clid_mu") else method
-        fitted = train_weak_model(name, build, split.x_weak, noisy, settings, meta_x=meta_x, clid=clid, **dev)
-        model, figures = fitted.result.model, fitted.figures
+        weak = weak_train.compute(ctx, data, labels, None, section, SelectionConfig(),
+                                  WeakLabelsConfig().confusion_strength)
+        model, figures = weak.model, weak.figures
     per_epoch = (time.perf_counter() - t) / epochs
     acc = float((predict_proba(model, split.x_test).argmax(1) == split.y_test).mean())
     return acc, per_epoch, figures
@@ -112,8 +155,7 @@ Cell = tuple[str, int, str, float, str]  # (dataset, seed, noise kind, rate, met
 
 def cell_result(cell: Cell, epochs: int, split: Split | None = None) -> tuple[float, float, dict]:
     dataset, seed, kind, rate, method = cell
-    clid = ClidMuSettings(seed=seed) if method != CLID_ALT else ClidMuSettings(virtual_scope=CLID_ALT_SCOPE, seed=seed)
-    return run_cell(split if split is not None else load(dataset, seed), kind, rate, method, seed, epochs, clid)
+    return run_cell(split if split is not None else load(dataset, seed), kind, rate, method, seed, epochs)
 
 
 @stage_task("methods_cell", limited=False)
@@ -237,16 +279,18 @@ def main() -> None:
     body = (
         f"## Weak-training methods ({'quick smoke' if args.quick else 'full matrix'}: {seeds} seed(s), {epochs} epochs; "
         "weak-model test accuracy %, mean ± std)\n\n"
-        "`ce_last` is cross-entropy without gold-dev early stopping (last epoch); every other method keeps its "
-        "best gold-dev epoch, except CLID-MU, which selects snapshots by CLID without labels. "
-        f"`clid_mu` runs with its default look-ahead (`virtual_scope: {ClidMuSettings().virtual_scope}`), `{CLID_ALT}` "
+        "Every method runs the pipeline's weak_train stage: the gold rows and the weak rows, cross-fitted over the "
+        "gold (3 folds and the refit), the epoch best on the out-of-fold gold predictions (CLID-MU ensembles the "
+        "snapshots CLID picks, without labels); `ce_last` is cross-entropy on the weak rows alone to the last epoch "
+        "(no gold, no early stopping). "
+        f"`clid_mu` runs with its default look-ahead (`virtual_scope: {ClidMuConfig().virtual_scope}`), `{CLID_ALT}` "
         f"with the other one (`virtual_scope: {CLID_ALT_SCOPE}`; `full` moves every parameter in the virtual step, "
         "`head` only the classifier head), both with a meta step every step; `oracle` trains on the weak rows' true labels, "
         "`gold_only` on the gold split alone. Best weak method per row in bold. Datasets: scikit-learn digits "
         "(CNN) and a generated 6-class problem (`make_classification`, 3000 rows, MLP).\n\n"
         + "\n".join(lines) + "\n\n### Cost\n\n" + "\n".join(epoch_rows)
-        + "\n\nWall per epoch inside the matrix (includes per-epoch CLID and dev scoring; confident learning includes its "
-        "cross-validation folds):\n\n" + "\n".join(cost_rows) + "\n"
+        + "\n\nWall per epoch inside the matrix (includes the fold models and the refit, per-epoch CLID and "
+        "out-of-fold scoring; confident learning includes its cross-validation folds):\n\n" + "\n".join(cost_rows) + "\n"
     )
     if args.no_write:
         print(body)

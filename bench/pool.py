@@ -65,23 +65,27 @@ def measure(pool: Path, overrides: list[str]) -> dict:
     import torch
 
     from weakflow.tasks.lib.config import load_config, parse_config
-    from weakflow.tasks.pseudo_label import make_pseudo_labels
+    from weakflow.tasks.lib.pseudo_labels import calibration_of, judges, make_pseudo_labels
     from weakflow.tasks.lib.data import resolve_data_spec
     from weakflow.tasks.validate import load_and_validate
     from weakflow.tasks.weak_labels import make_weak_labels
-    from weakflow.tasks.weak_train import train_weak
+    from weakflow.tasks import weak_train
+    from weakflow.tasks.lib.steps import RunContext
 
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         demo = load_config(None, ["data.image=false", "weak_train.epochs=15", f"tracking.workspace={tmp}"])
         data, _ = load_and_validate(demo)
-        weak = train_weak(data, make_weak_labels(data, demo), demo)
+        weak = weak_train.compute(RunContext.of(demo), data, make_weak_labels(data, demo), None, demo.weak_train,
+                                  demo.selection, demo.weak_labels.confusion_strength)
         files = resolve_data_spec(demo).model_copy(update={"unlabeled_path": pool}).model_dump(mode="json")
         cfg = parse_config({"data": files, "tracking": {"workspace": tmp}, **_nested(overrides)})
         before = rss_mib()
         t0 = time.perf_counter()
         data, _ = load_and_validate(cfg)  # streams the pool once: NaN/inf check
         t1 = time.perf_counter()
-        pseudo = make_pseudo_labels(data, weak.model, cfg, Path(tmp) / "pseudo")
+        pseudo = make_pseudo_labels(data, weak.model, cfg.pseudo_label, cfg.parallel, cfg.device, judges(data, weak)[0],
+                                    calibration_of(data, weak), Path(tmp) / "pseudo",
+                                    soft=cfg.full_train.strategy == "distill")
         t2 = time.perf_counter()
         out_size = pseudo.path.stat().st_size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -28,11 +28,12 @@ from weakflow.tasks.lib.config import load_config
 from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import ROW_ID
 from weakflow.tasks.gold_only import train_gold_only
-from weakflow.tasks.full_train import train_full
-from weakflow.tasks.pseudo_label import make_pseudo_labels
+from weakflow.tasks.full_train import FinalSetup, train_full
+from weakflow.tasks.lib.pseudo_labels import label_all
+from weakflow.tasks.lib.steps import RunContext
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
-from weakflow.tasks.weak_train import train_weak
+from weakflow.tasks import weak_train
 
 NOISES = [("symmetric", 0.2), ("symmetric", 0.4), ("symmetric", 0.6), ("instance", 0.4)]
 POLICIES = ["fixed", "per_class", "target_precision"]
@@ -70,7 +71,9 @@ def run_setting(kind: str, rate: float, seed: int, extra: list[str], workspace: 
     def accuracy(model) -> float:
         return float((predict_proba(model, x_test, device=cfg.device).argmax(1) == y_test).mean())
 
-    weak = train_weak(data, make_weak_labels(data, cfg), cfg)
+    labels = make_weak_labels(data, cfg)
+    weak = weak_train.compute(RunContext.of(cfg), data, labels, None, cfg.weak_train, cfg.selection,
+                              cfg.weak_labels.confusion_strength)
     context = {"weak": accuracy(weak.model), "gold_only": accuracy(train_gold_only(data, cfg).model)}
     for policy, strategy in cells():
         key = (kind, rate, seed, policy, strategy)
@@ -82,8 +85,12 @@ def run_setting(kind: str, rate: float, seed: int, extra: list[str], workspace: 
             overrides.append("pseudo_label.calibrate=false")
         cell_cfg = load_config(None, overrides)
         t0 = time.perf_counter()
-        pseudo = make_pseudo_labels(data, weak.model, cell_cfg, workspace / "pseudo")
-        final = train_full(data, pseudo, cell_cfg)
+        sets = label_all(data, weak, cell_cfg.pseudo_label, cell_cfg.parallel, cell_cfg.device, workspace / "pseudo",
+                         soft=strategy == "distill")
+        pseudo = sets.refit
+        final = train_full(data, labels, weak, sets, FinalSetup(RunContext.of(cell_cfg), cell_cfg.full_train,
+                                                                cell_cfg.selection, cell_cfg.pseudo_label,
+                                                                cell_cfg.parallel, cell_cfg.governance))
         wall = time.perf_counter() - t0
         # the set the returned model trained on: for self_train the chosen round's, else the weak model's
         trained = final.pseudo if final.pseudo is not None else pseudo

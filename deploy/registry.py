@@ -20,14 +20,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from weakflow.tasks.lib.errors import RegistryError  # noqa: F401 (raised here; defined apart, light)
 from weakflow.deploy.gates import GateDecision, GateInput, decide
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_CHARS = 5000  # MLflow stores tag values in String(5000): PostgreSQL and MySQL enforce it
-
-
-class RegistryError(RuntimeError):
-    """A registry operation that cannot go ahead; the message says which model/version and why."""
 
 
 def now() -> str:

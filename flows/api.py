@@ -1,18 +1,17 @@
-"""The Python API: what the CLI does, for notebooks and other programs.
+"""The Python API: what the CLI does, for notebooks and other programs; reached as ``import weakflow``.
 
-    from weakflow.flows import api
+    import weakflow
 
-    cfg = api.config("my.yaml", weak_train__epochs=20)      # or api.config({"data": {...}}), or api.config()
-    result = api.run(cfg)                                   # the whole pipeline (Prefect + MLflow)
+    cfg = weakflow.config("my.yaml", weak_train__epochs=20)  # or weakflow.config({"data": {...}}), or config()
+    result = weakflow.run(cfg)                               # the whole pipeline (Prefect + MLflow)
     print(result.version, result.alias, result.shipped, result.metrics["test_accuracy"])
-    model = api.load_model(cfg)                             # the champion (or version=..., alias=...)
-    scores = model.predict(frame)                           # prediction, confidence, prob_<class>
+    model = weakflow.load_model(cfg)                         # the champion (or version=..., alias=...)
+    scores = model.predict(frame)                            # prediction, confidence, prob_<class>
 
-Every function raises the same errors the CLI reports in one line: ``weakflow.tasks.lib.config.ConfigError`` for
-a bad setting, ``weakflow.tasks.lib.data.DataError`` for bad data (nothing is registered then),
-``weakflow.deploy.registry.RegistryError`` for a missing model, version or alias. :func:`run` raises
-``weakflow.flows.runtime.PrefectStartupError`` when Prefect's temporary API server does not answer within
-``limits.prefect_startup_seconds`` (only without ``PREFECT_API_URL``).
+Every function raises the same errors the CLI reports in one line: ``weakflow.ConfigError`` for a bad
+setting, ``weakflow.DataError`` for bad data (nothing is registered then), ``weakflow.RegistryError`` for a
+missing model, version or alias. :func:`run` raises ``weakflow.PrefectStartupError`` when Prefect's temporary
+API server does not answer within ``limits.prefect_startup_seconds`` (only without ``PREFECT_API_URL``).
 """
 
 from __future__ import annotations
@@ -120,9 +119,9 @@ def _config_argument(cfg: object, function: str) -> Config:
     if cfg is None:
         return config()
     if not isinstance(cfg, Config):
-        raise ConfigError(f"{function}: expected a Config (from weakflow.flows.api.config(...)) or None, found "
+        raise ConfigError(f"{function}: expected a Config (from weakflow.config(...)) or None, found "
                           f"{type(cfg).__name__} {_short(cfg)}; for a YAML file or a dict, pass "
-                          f"api.config({_short(cfg)})")
+                          f"weakflow.config({_short(cfg)})")
     return cfg
 
 

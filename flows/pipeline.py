@@ -1,10 +1,5 @@
-"""The training pipeline: validate -> governance -> weak_labels -> gold_only -> weak_train -> pseudo_label ->
-pseudo_governance -> full_train -> select -> evaluate -> register -> publish.
-
-Only wiring lives here; each stage is a Prefect task over plain functions in ``tasks/``. When no row
-outside the gold set carries a weak vote, the weak side is skipped and the gold-only model is the one
-candidate (the select stage says so).
-"""
+"""The training pipeline as a Prefect flow: the one composition (``flows/compose.py``) run with
+:class:`tasks.lib.recorded.RecordedSteps`, under one MLflow pipeline run."""
 
 from __future__ import annotations
 
@@ -14,19 +9,12 @@ from datetime import datetime
 import mlflow
 from prefect import flow
 
+from weakflow.flows.compose import compose
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, dump_config
-from weakflow.tasks.evaluate import Evaluation, evaluate
-from weakflow.tasks.full_train import full_train
-from weakflow.tasks.gold_only import gold_only
-from weakflow.tasks.governance import governance, pseudo_governance
-from weakflow.tasks.publish import RunOutcome, publish
-from weakflow.tasks.pseudo_label import pseudo_label
-from weakflow.tasks.register import Registration, register
-from weakflow.tasks.select import select
-from weakflow.tasks.validate import validate
-from weakflow.tasks.weak_labels import weak_labels
-from weakflow.tasks.weak_train import weak_train
+from weakflow.tasks.lib.recorded import RecordedSteps
+from weakflow.tasks.lib.results import Evaluation, Registration
+from weakflow.tasks.lib.steps import RunContext
 
 
 @dataclass
@@ -41,35 +29,17 @@ class PipelineResult:
 
 @flow(name="weakflow-training", log_prints=True)
 def training_pipeline(cfg: Config) -> PipelineResult:
+    """The composition with every stage a Prefect task in its own MLflow run, under one pipeline run."""
     experiment_id = tracking.configure(cfg.tracking)
     started = datetime.now().astimezone()
-    with mlflow.start_run(run_name=tracking.pipeline_run_name(cfg, started), experiment_id=experiment_id,
-                          tags=tracking.pipeline_tags(cfg)) as parent:
-        pid = parent.info.run_id
+    with mlflow.start_run(run_name=tracking.pipeline_run_name(cfg.tracking.model_name, started),
+                          experiment_id=experiment_id, tags=tracking.pipeline_tags(cfg)) as parent:
         mlflow.log_text(dump_config(cfg), "config.yaml")
         tracking.log_headline_params(cfg)
-
-        data = validate(cfg, pid, experiment_id)
-        tracking.name_pipeline_run(pid, cfg, started, data)  # the row count and the files' hashes, once read
-        data, checks = governance(data, cfg, pid, experiment_id)
-        data, labels = weak_labels(data, cfg, pid, experiment_id)
-        baseline = gold_only(data, cfg, pid, experiment_id)
-        candidates, missing = {"gold_only": baseline}, labels.missing()
-        weak = pseudo = final = pseudo_checks = None
-        if not missing:
-            weak = weak_train(data, labels, baseline, cfg, pid, experiment_id)
-            pseudo = pseudo_label(data, weak, cfg, pid, experiment_id)
-            pseudo, pseudo_checks = pseudo_governance(data, pseudo, cfg, pid, experiment_id)
-            final = full_train(data, labels, weak, pseudo, cfg, pid, experiment_id)
-            candidates |= {"weak": weak, "final": final}
-        selection = select(data, candidates, cfg, pid, experiment_id, missing)
-        shipped_pseudo = getattr(selection.model, "pseudo", None)
-        evaluation = evaluate(data, candidates, selection, cfg, pid, experiment_id, labels, shipped_pseudo)
-        registration = register(data, selection, evaluation, cfg, pid, experiment_id, labels, checks, pseudo_checks)
-        published = publish(RunOutcome(data, labels, weak, pseudo.refit if pseudo else None, final, selection,
-                                       evaluation, registration, checks, pseudo_checks), cfg, pid, experiment_id)
-    return PipelineResult(mlflow.get_tracking_uri(), experiment_id, pid, published.stages, published.registration,
-                          evaluation)
+        ctx = RunContext.of(cfg, parent.info.run_id, experiment_id, started)
+        published, outcome = compose(cfg, ctx, RecordedSteps(ctx))
+    return PipelineResult(mlflow.get_tracking_uri(), experiment_id, ctx.parent_run_id, published.stages,
+                          published.registration, outcome.evaluation)
 
 
 def run_training(cfg: Config) -> PipelineResult:

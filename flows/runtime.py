@@ -1,22 +1,6 @@
-"""How a ``weakflow`` command runs as processes: a supervisor that leaves nothing behind, the hard stage
-limit, and Prefect's temporary API server.
-
-**The supervisor.** The console script (``flows/cli.py`` :func:`entry`) is this module's :func:`supervise`:
-a small standard-library process that runs the real command as a child in a session (process group) of
-its own, with the terminal's stdin/stdout/stderr, forwards SIGINT/SIGTERM/SIGHUP to it, and when the child
-exits stops whatever is left of its group (SIGTERM, a short grace, SIGKILL) and of anything else that
-descended from it (the supervisor is the "child subreaper" on Linux, so orphans are re-parented to it,
-not to init) before it exits with the child's status. So no Prefect API server, Dask worker or other
-child of a command can outlive it or hold the caller's pipes open, whatever the cause.
-
-**The hard stage limit.** A limited stage (``tasks/lib/stage.py``) runs in a worker thread under a
-deadline; when it is stuck inside C code that holds the GIL (a catastrophic regular expression), no thread
-of the process runs again and neither that watchdog nor a SIGTERM handler ever fires. So each limited
-stage also leaves a small record (``tasks/lib/stage.py`` ``StageRecord``: stage, limit, deadline, pid,
-its MLflow run) in the folder named by ``WEAKFLOW_STAGE_DEADLINES``; the supervisor, which shares no GIL
-with the child, kills the child's process group when a deadline has passed by :data:`STOP_GRACE_SECONDS`
-and the stage is still running, prints one line naming the stage, the limit and the setting, marks the
-stage's and the pipeline's MLflow runs FAILED and exits 1. The Python API (``weakflow.flows.api``) has no supervisor and keeps the thread-based limit.
+"""How a ``weakflow`` command's own process runs: offline defaults, Prefect's temporary API server, a
+terminal kept to the command's own one-line reasons, and a fast exit. (The process that supervises it is
+``flows/supervisor.py``.)
 
 **Prefect's temporary API server.** With no ``PREFECT_API_URL`` Prefect starts a local API server
 subprocess on first use and stops it at interpreter exit. It was left running (issue 26) when a start-up
@@ -24,363 +8,79 @@ timed out (Prefect's 20 s default, on a loaded machine; reproduced with a 1 s wa
 server not running but leaves its process starting, so the next client started a second one on the same
 port, got its answers from the first, and at exit stopped only the second. Prefect's code has a second
 way: a client created after the exit handler stopped the server (a late log flush, the events worker)
-makes a new instance and starts a new server that nothing stops. :func:`start_prefect_api` starts it once, waits ``limits.prefect_startup_seconds``, stops it if it
-did not answer (one line naming the setting), and then pins ``PREFECT_API_URL`` to it for the rest of the
-process, so no later Prefect call can start another.
+makes a new instance and starts a new server that nothing stops. :func:`start_prefect_api` starts it once,
+waits ``limits.prefect_startup_seconds``, stops it if it did not answer (one line naming the setting), and
+then pins ``PREFECT_API_URL`` to it for the rest of the process, so no later Prefect call can start another.
+``weakflow run`` starts it in the background while it imports the pipeline (:func:`run_pipeline`).
 
-Nothing here imports anything outside the standard library at module level (``tasks/lib/stage.py``,
-imported for its record format, imports Prefect only when a stage runs): the supervisor must start in
-milliseconds.
+**The command's exit** (:func:`run_child`): everything registered to run at exit runs, queued Prefect logs
+and events are sent while the API is still up, and the interpreter's slow teardown is skipped.
+
+Nothing is imported at module level beyond the standard library: the command line imports this module
+before it knows which command runs.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from weakflow.tasks.lib.stage import STAGES_ENV  # the folder where limited stages leave deadline records
+if TYPE_CHECKING:
+    pass
 
-SUPERVISOR_ENV = "WEAKFLOW_SUPERVISOR_PID"  # set in the child: the pid of the supervisor that runs it
-GUARD_ENV = "WEAKFLOW_SUPERVISOR_GUARD_FD"  # set in the child: a pipe's read end that closes when the supervisor dies
-STOP_GRACE_SECONDS = 10.0  # after a forwarded SIGTERM/SIGINT, or a stage deadline, before SIGKILL
-LEFTOVER_GRACE_SECONDS = 5.0  # leftovers of an exited command: SIGTERM, then SIGKILL after this
-FAIL_RUNS_SECONDS = 30.0  # bound on marking a killed stage's MLflow runs FAILED (a further signal: at once)
-POLL_SECONDS = 0.2
 STARTUP_SETTING = "limits.prefect_startup_seconds"
-_CHILD_CODE = "from weakflow.flows.cli import entry; entry()"
+EXPECTED = ("DataError", "DataValidationError", "GovernanceError", "LabelingFunctionError", "ConfigError",
+            "RegistryError", "StageTimeout")  # errors the command reports itself, in one line
 
 
 # --------------------------------------------------------------------------------------------------------
-# the supervisor (stdlib only)
+# the command's process
 
 
-def is_supervised_child() -> bool:
-    """True in the process a supervisor started for the command (the supervisor is its parent)."""
-    return os.environ.get(SUPERVISOR_ENV) == str(os.getppid())
+def quiet_telemetry() -> None:
+    """Offline defaults, set at command time (never at import)."""
+    for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                       "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+        os.environ.setdefault(key, value)
+    import multiprocessing
+
+    # A library's process pool must never fork this process: Prefect's and MLflow's threads may hold a lock
+    # at that instant, and the child waits on it forever (tasks/core/label_issues.py). Spawn starts clean.
+    if multiprocessing.get_start_method(allow_none=True) is None:
+        multiprocessing.set_start_method("spawn")
 
 
-def can_supervise() -> bool:
-    return os.name == "posix"
+def warm_imports() -> None:
+    """Import Great Expectations in the background while Prefect starts its temporary API (~5 s of
+    waiting on a subprocess); the validate stage then finds it loaded. Python's import lock makes a
+    concurrent import safe: the stage's own import waits for this one to finish."""
+    import importlib
+
+    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
 
 
-def supervise(argv: list[str], command: str = "weakflow") -> int:
-    """Run ``weakflow <argv>`` as a supervised child (:func:`supervise_process`); ``command`` (the
-    sub-command) names it in messages."""
-    # -P: the working directory is not put on sys.path (as for the console script itself), so a file there
-    # named like a library (json.py, mlflow.py) cannot shadow it
-    return supervise_process([sys.executable, "-P", "-c", _CHILD_CODE, *argv], command)
+def quiet_expected_errors() -> None:
+    """Keep the terminal to the command's own one-line reason: Prefect logs a task's or flow's exception with
+    its traceback (twice, 76-129 lines) before the command could say what went wrong. Only the console
+    handlers are filtered; the run's logs in the Prefect API keep everything."""
+    import logging
 
+    class ExpectedErrors(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not record.name.startswith("prefect"):
+                return True
+            exc = record.exc_info[1] if record.exc_info else None
+            names = {type(exc).__name__} if exc is not None else set()
+            return not (names & set(EXPECTED) or any(f"{n}(" in record.getMessage() or f"{n}:" in record.getMessage()
+                                                     for n in EXPECTED))
 
-def supervise_process(cmd: list[str], command: str) -> int:
-    """Run ``cmd`` as a child in its own session, with this process's stdio, and return its exit status
-    (``-N`` for a child ended by signal N, as :mod:`subprocess` says it) once nothing of it is left running;
-    :func:`exit_like` exits with it."""
-    import tempfile
-
-    stage_dir = tempfile.mkdtemp(prefix="weakflow-stages-")
-    # Only this process holds the write end: if it dies (SIGKILL, the OOM killer), the child's guard reads EOF
-    # and kills the command's whole process group (:func:`_start_guard`), so a killed supervisor leaves
-    # nothing running either.
-    guard_read, guard_write = os.pipe()
-    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), STAGES_ENV: stage_dir, GUARD_ENV: str(guard_read)}
-    _become_subreaper()
-    try:
-        child = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(guard_read,))
-    finally:
-        os.close(guard_read)
-    supervisor = _Supervisor(child, Path(stage_dir), command)
-    try:
-        return supervisor.run()
-    finally:
-        supervisor.clean_up()
-        os.close(guard_write)
-        import shutil
-
-        shutil.rmtree(stage_dir, ignore_errors=True)
-
-
-class _Supervisor:
-    def __init__(self, child: subprocess.Popen, stage_dir: Path, command: str) -> None:
-        self.child, self.stage_dir, self.command = child, stage_dir, command
-        self.signals: list[int] = []
-        self.stop_deadline: float | None = None  # set when a signal was forwarded
-
-    def run(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored (nohup, a background job): left so
-                signal.signal(sig, self._on_signal)
-        if signal.getsignal(signal.SIGTSTP) is not signal.SIG_IGN:  # Ctrl-Z: the command stops with us
-            signal.signal(signal.SIGTSTP, self._on_stop)
-            signal.signal(signal.SIGCONT, self._on_continue)
-        next_reap = 0.0
-        while True:
-            try:
-                return self.child.wait(timeout=POLL_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            if self.stop_deadline is not None and (now > self.stop_deadline or len(self.signals) > 1):
-                return self._killed_after_signal()
-            stuck = self._stuck_stages()
-            main = [r for r in stuck if r.get("pid") == self.child.pid]
-            if main:
-                return self._killed_for_stage(main[0], stuck)
-            for record in stuck:  # a stage in another process (a Prefect flow-run process of `deploy`)
-                self._kill_stage_process(record)
-            if now > next_reap:  # orphans re-parented to us while the command runs: no zombies pile up
-                _reap_adopted(exclude=self.child.pid)
-                next_reap = now + 2.0
-
-    def _on_stop(self, signum: int, frame: Any) -> None:
-        """Ctrl-Z: the command is in a session of its own, out of the terminal's reach (and the kernel drops
-        SIGTSTP for such an orphaned group), so stop it with SIGSTOP, then stop ourselves as the shell expects."""
-        _signal_group(self.child.pid, signal.SIGSTOP)
-        os.kill(os.getpid(), signal.SIGSTOP)
-
-    def _on_continue(self, signum: int, frame: Any) -> None:
-        """``fg`` / ``bg``: the command goes on with us."""
-        _signal_group(self.child.pid, signal.SIGCONT)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signals.append(signum)
-        if len(self.signals) == 1:
-            self.stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
-            try:
-                os.kill(self.child.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def _killed_after_signal(self) -> int:
-        sig = self.signals[0]
-        why = "a second signal came" if len(self.signals) > 1 else f"it did not end within {STOP_GRACE_SECONDS:g} s"
-        open_stages = self._records()
-        _stop_group(self.child.pid, 0.0)
-        self.child.wait()
-        _say(f"weakflow {self.command}: stopped by {signal.Signals(sig).name}; {why}, so it was killed"
-             + (f" (in stage {open_stages[0]['stage']})" if open_stages else ""))
-        self._fail_runs(open_stages, f"stopped by {signal.Signals(sig).name} and killed")
-        return -sig
-
-    def _killed_for_stage(self, record: dict, stuck: list[dict]) -> int:
-        _stop_group(self.child.pid, 2.0)
-        self.child.wait()
-        message = _stage_message(record)
-        _say(f"weakflow {self.command}: {message}")
-        self._fail_runs(stuck, message)
-        return 1
-
-    def _kill_stage_process(self, record: dict) -> None:
-        pid = int(record["pid"])
-        _say(f"weakflow {self.command}: {_stage_message(record, process=pid)}")
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._forget(record)
-        self._fail_runs([record], _stage_message(record, process=pid))
-
-    def _records(self) -> list[dict]:
-        records = []
-        for path in self.stage_dir.glob("*.json"):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):  # being replaced right now: read it on the next tick
-                continue
-            record["path"] = str(path)
-            if not _alive(int(record.get("pid", 0))):  # its process is gone (killed): nothing to enforce
-                path.unlink(missing_ok=True)
-                continue
-            records.append(record)
-        return records
-
-    def _stuck_stages(self) -> list[dict]:
-        now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
-        return [r for r in self._records() if now > float(r["deadline"]) + STOP_GRACE_SECONDS]
-
-    def _forget(self, record: dict) -> None:
-        Path(record["path"]).unlink(missing_ok=True)
-
-    def _fail_runs(self, records: list[dict], message: str) -> None:
-        """Mark the killed stages' MLflow runs (and their pipeline runs) FAILED, from a short-lived
-        process of our own (this one imports nothing heavy), bounded in time."""
-        runs = [{"run_id": r["run_id"], "tracking_uri": r["tracking_uri"]} for r in records if r.get("run_id")]
-        if not runs:
-            return
-        helper = subprocess.Popen(
-            [sys.executable, "-P", "-c", "from weakflow.flows.runtime import fail_runs_main; fail_runs_main()",
-             json.dumps({"runs": runs, "message": message})],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-        signals, deadline = len(self.signals), time.monotonic() + FAIL_RUNS_SECONDS
-        while helper.poll() is None:
-            if time.monotonic() > deadline or len(self.signals) > signals:  # bounded; a signal ends it now
-                helper.kill()
-                helper.wait()
-                return
-            time.sleep(0.05)
-
-    def clean_up(self) -> None:
-        """Whatever is left of the command: its process group, and processes re-parented to us."""
-        if self.child.poll() is None:  # we are leaving early (an exception here): never leave it running
-            _stop_group(self.child.pid, 0.0)
-            self.child.wait()
-        _stop_group(self.child.pid, LEFTOVER_GRACE_SECONDS)
-        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
-        give_up = deadline + LEFTOVER_GRACE_SECONDS  # one that SIGKILL cannot end (uninterruptible I/O) is left
-        while time.monotonic() < give_up:  # descendants that left the group (their own session), adopted once their parent ended
-            adopted = _adopted_children()
-            if not adopted:
-                break
-            hard = time.monotonic() > deadline
-            for pid in adopted:
-                _signal_tree(pid, signal.SIGKILL if hard else signal.SIGTERM)
-            time.sleep(0.1)
-            _reap_adopted()
-
-
-def exit_like(code: int) -> None:
-    """Exit as the command did: with its status, or killed by the same signal (a shell then shows 128+N and
-    :mod:`subprocess` -N, as if there were no supervisor)."""
-    if code < 0:
-        _flush()
-        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
-            signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
-        time.sleep(1.0)  # the signal arrives; if it is blocked, fall back to the shell's convention
-        os._exit(128 - code)
-    sys.exit(code)
-
-
-def _stage_message(record: dict, process: int | None = None) -> str:
-    where = "" if process is None else f" (process {process} was killed)"
-    return (f"stage {record['stage']} ran past its time limit of {float(record['seconds']):g} s (setting "
-            f"limits.stage_seconds) and did not stop within {STOP_GRACE_SECONDS:g} s more (stuck inside C code), "
-            f"so the command was killed{where}; {record.get('note') or 'the run failed'}")
-
-
-def _say(line: str) -> None:
-    try:
-        sys.stdout.flush()
-        print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # no stderr left to say it on: the exit status still says it
-        pass
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _stop_group(pgid: int, grace: float) -> None:
-    """SIGTERM the process group, wait up to ``grace`` s for it to empty, then SIGKILL what is left."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        if grace <= 0 and sig == signal.SIGTERM:
-            continue
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            _reap_adopted()
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.05)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # zombies answer kill(0) too: the group is alive while one member is not a zombie
-    if any(group == pgid and state != "Z" for _, state, _, group in _processes()):
-        return True
-    return not Path("/proc/self").exists()  # no /proc to look in: trust kill(0)
-
-
-def _processes() -> Iterator[tuple[int, str, int, int]]:
-    """(pid, state, parent pid, process group) of every process in /proc; those that vanish are skipped."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            yield int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])
-        except (OSError, IndexError, ValueError):
-            continue
-
-
-def _become_subreaper() -> None:
-    """Linux: orphaned descendants are re-parented to this process instead of init, so the clean-up
-    finds those that left the command's process group too."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
-def _adopted_children() -> list[int]:
-    me = os.getpid()
-    return [pid for pid, state, parent, _ in _processes() if parent == me and state != "Z"]
-
-
-def _reap_adopted(exclude: int | None = None) -> None:
-    """Collect exited children (orphans re-parented to us), never the command's own process (Popen
-    waits for that one)."""
-    if exclude is None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-    me = os.getpid()
-    for pid, state, parent, _ in list(_processes()):
-        if parent == me and state == "Z" and pid != exclude:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_tree(pid: int, sig: int) -> None:
-    """``sig`` to a process and, when it leads one, its process group."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for handler in logging.getLogger().handlers:
+        if "APILog" not in type(handler).__name__:
+            handler.addFilter(ExpectedErrors())
 
 
 def run_child(main: Callable[[], int]) -> None:
@@ -389,61 +89,15 @@ def run_child(main: Callable[[], int]) -> None:
     teardown of the imported modules (about 3.5 s with torch, MLflow, Prefect and GX loaded) is skipped."""
     import atexit
 
-    _start_guard()
+    from weakflow.flows.supervisor import flush_stdio, start_guard
+
+    start_guard()
     code = main()
-    _flush()
+    flush_stdio()
     drain_prefect()
     atexit._run_exitfuncs()
-    _flush()
+    flush_stdio()
     os._exit(code)
-
-
-def _start_guard() -> None:
-    """In the supervised command: a tiny shell in the command's process group that waits on the supervisor's
-    pipe and, when it reads EOF (the supervisor died without cleaning up: SIGKILL, the OOM killer), kills
-    the whole group, this process and a Prefect API server included. A normal end never triggers it: the
-    supervisor stops the group (the guard with it) before it closes the pipe."""
-    fd = os.environ.pop(GUARD_ENV, None)
-    if fd is None:
-        return
-    try:
-        subprocess.Popen(["/bin/sh", "-c", "read _; kill -9 0"], stdin=int(fd), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    except OSError:  # no /bin/sh: the supervisor still cleans up whenever it lives to
-        pass
-    finally:
-        os.close(int(fd))
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
-# --------------------------------------------------------------------------------------------------------
-# the supervisor's helper: a killed stage's MLflow runs
-
-
-def fail_runs_main() -> None:
-    """The supervisor's helper: ``argv[1]`` is ``{"runs": [{run_id, tracking_uri}], "message": ...}``."""
-    import mlflow
-
-    payload = json.loads(sys.argv[1])
-    for run in payload["runs"]:
-        client = mlflow.MlflowClient(run["tracking_uri"])
-        try:
-            parent = client.get_run(run["run_id"]).data.tags.get("mlflow.parentRunId")
-        except Exception:  # a store that cannot be read: nothing to mark
-            continue
-        for run_id in filter(None, (run["run_id"], parent)):
-            try:
-                client.set_tag(run_id, "weakflow.failure", payload["message"][:5000])
-                client.set_terminated(run_id, status="FAILED")
-            except Exception:
-                pass
 
 
 # --------------------------------------------------------------------------------------------------------

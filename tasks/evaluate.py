@@ -5,38 +5,23 @@ Nothing here chooses anything: the select stage decided on the gold rows; the te
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from dataclasses import replace
 
 import mlflow
 import numpy as np
 
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import ReportConfig
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.training import predict_logits
 from weakflow.tasks.lib.data import PipelineData
-from weakflow.tasks.lib.scores import ModelScores, score
+from weakflow.tasks.lib.scores import score
 from weakflow.tasks.lib.modeling import TrainedModel
-from weakflow.tasks.lib.stage import stage_task
-
-
-@dataclass
-class Evaluation:
-    shipped: ModelScores  # the model the select stage chose (what register logs)
-    gold_only: ModelScores
-    weak: ModelScores | None  # None: no weak model could be trained (no weak vote anywhere)
-    final: ModelScores | None
-    shipped_name: str = "final"
-    # shipped minus gold-only test accuracy on paired bootstrap resamples: (estimate, low, high) (the gate's)
-    vs_gold_only: tuple[float, float, float] | None = None
-    run_id: str | None = None  # the evaluate stage run
-    tags: dict[str, str] = field(default_factory=dict)  # the weakflow.* tags set on that run
-    review: Any = None  # tasks.report.Review when report.enabled
-
-    @property
-    def lift_over_gold_only(self) -> float:
-        return self.shipped.accuracy - self.gold_only.accuracy
+from weakflow.tasks.lib.pseudo_labels import PseudoLabels
+from weakflow.tasks.lib.results import Evaluation, Selection, WeakLabels
+from weakflow.tasks.report.review import Champion
+from weakflow.tasks.lib.steps import RunContext, Stage
 
 
 def test_probs(data: PipelineData, model: TrainedModel, device: str = "auto") -> np.ndarray:
@@ -103,39 +88,65 @@ def evaluation_metrics(evaluation: Evaluation, classes: list) -> dict[str, float
     return metrics
 
 
-@stage_task("evaluate")
-def evaluate(data: PipelineData, candidates: dict[str, TrainedModel], selection: Any, cfg: Config, parent_run_id: str,
-             experiment_id: str, labels: Any = None, pseudo: Any = None) -> Evaluation:
-    """``selection`` (tasks.select.Selection) names the shipped candidate; ``labels`` (WeakLabels) and
-    ``pseudo`` (the pseudo set the final refit trained on) feed the report's label-noise view."""
+def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel], selection: Selection,
+            section: ReportConfig, champion: Champion, labels: WeakLabels | None = None,
+            pseudo: PseudoLabels | None = None) -> Evaluation:
+    """Every candidate on the test split; with ``report.enabled`` the review (challenger vs ``champion``,
+    robustness, label noise); ``labels`` and ``pseudo`` (the set the shipped model trained on) feed its
+    label-noise view."""
+    from weakflow.tasks.core.models import calibrated
+    from weakflow.tasks.report import build as report
+
+    probs: dict[str, np.ndarray] = {}
+    evaluation = evaluate_models(data, candidates, selection.chosen, ctx.device, probs, section.bootstrap_samples,
+                                 ctx.seed)
+    evaluation.tags = report.basic_tags(data, labels) | selection.tags
+    if section.enabled:  # challenger vs champion, robustness, label noise: evaluation/report.html
+        shipped, gold_only, weak = selection.model, candidates["gold_only"], candidates.get("weak")
+        network = calibrated(shipped.model, shipped.spec, shipped.temperature)[0]
+        judge = calibrated(gold_only.model, gold_only.spec, gold_only.temperature)[0]
+        review = report.build_review(data, section, ctx, network, probs, champion, labels, pseudo, selection, judge,
+                                     getattr(weak, "refined_sources", None))
+        review.seconds = {"champion_load": champion.seconds, **review.seconds}
+        evaluation.review = review
+        evaluation.tags = report.review_tags(review) | selection.tags
+    return evaluation
+
+
+def record(evaluation: Evaluation, ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel],
+           selection: Selection, section: ReportConfig, champion: Champion, labels: WeakLabels | None = None,
+           pseudo: PseudoLabels | None = None) -> Evaluation:
+    """Metrics, reports, the confusion matrices and the review into the evaluate run, which the result then
+    names (the register stage writes the gate's verdict back into it)."""
     import matplotlib.pyplot as plt
 
     from weakflow.tasks.report import build as report
 
-    with tracking.stage_run("evaluate", parent_run_id, experiment_id) as run:
-        probs: dict[str, np.ndarray] = {}
-        evaluation = evaluate_models(data, candidates, selection.chosen, cfg.device, probs,
-                                     cfg.report.bootstrap_samples, cfg.seed)
-        mlflow.log_metrics(evaluation_metrics(evaluation, data.classes))
-        tracking.log_json({name: s.report for name, s in (("shipped", evaluation.shipped), ("gold_only", evaluation.gold_only),
-                                                          ("weak_model", evaluation.weak), ("final", evaluation.final))
-                           if s is not None}, "evaluation/classification_report.json")
-        rows = [{"model": n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
-                for n, s in (("gold_only", evaluation.gold_only), ("weak_model", evaluation.weak),
-                             ("final", evaluation.final)) if s is not None]
-        mlflow.log_table(rows_to_columns(rows), "evaluation/side_by_side.json")
-        fig = confusion_figure(evaluation, data.classes)
-        mlflow.log_figure(fig, "evaluation/confusion_matrix.png")
-        plt.close(fig)
-        evaluation.run_id = run.info.run_id
-        evaluation.tags = report.basic_tags(data, labels) | selection.tags
-        if cfg.report.enabled:  # challenger vs champion, robustness, label noise: evaluation/report.html
-            evaluation.review = review = report.review_run(data, cfg, selection.model, probs, parent_run_id,
-                                                           run.info.run_id, labels, pseudo, selection,
-                                                           candidates["gold_only"], candidates.get("weak"))
-            evaluation.tags = report.review_tags(review) | selection.tags
-        mlflow.set_tags(evaluation.tags)
-        return evaluation
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_metrics(evaluation_metrics(evaluation, data.classes))
+    tracking.log_json({name: s.report for name, s in (("shipped", evaluation.shipped), ("gold_only", evaluation.gold_only),
+                                                      ("weak_model", evaluation.weak), ("final", evaluation.final))
+                       if s is not None}, "evaluation/classification_report.json")
+    rows = [{"model": n, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ece": s.ece}
+            for n, s in (("gold_only", evaluation.gold_only), ("weak_model", evaluation.weak),
+                         ("final", evaluation.final)) if s is not None]
+    mlflow.log_table(rows_to_columns(rows), "evaluation/side_by_side.json")
+    fig = confusion_figure(evaluation, data.classes)
+    mlflow.log_figure(fig, "evaluation/confusion_matrix.png")
+    plt.close(fig)
+    review = evaluation.review
+    if review is not None:
+        t = time.perf_counter()
+        review = replace(review, run_id=run_id)
+        report.log_review(review)
+        report.log_test_input(data)
+        review.seconds = {**review.seconds, "logging": time.perf_counter() - t}
+        mlflow.log_metric("report_seconds", sum(review.seconds.values()))
+    mlflow.set_tags(evaluation.tags)
+    return replace(evaluation, run_id=run_id, review=review)
+
+
+STAGE = Stage("evaluate", compute, record)
 
 
 def rows_to_columns(rows: list[dict]) -> dict[str, list]:

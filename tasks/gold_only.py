@@ -2,48 +2,47 @@
 
 Two jobs: it is the baseline every other candidate must beat (and may be what ships, when weak labels do
 not help), and its calibrated p(class | x) is the prior the gold-anchored weak labels are combined with
-(each fold's weak model uses the gold-only fold model that did not see that fold's gold rows).
+(each fold's weak model uses the gold-only fold model that did not see that fold's gold rows). Its training
+settings are the ``gold_only`` section, each one left out following ``weak_train``'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import mlflow
-
-from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
 from weakflow.tasks.core.training import EpochStats
+from weakflow.tasks.lib import tracking
+from weakflow.tasks.lib.config import Config, SelectionConfig, TrainStageConfig
 from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.lib.modeling import TrainedModel, crossfit, gold_first, settings
-from weakflow.tasks.lib.progress import epoch_bar
-from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib.recording import log_candidate
+from weakflow.tasks.lib.steps import RunContext, Stage
 
 
-def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
-    """The weak-training network and schedule on the gold rows only (plain CE, batches of at most 32: the set is
-    small)."""
-    stage = cfg.weak_train
+def compute(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig,
+            on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
+    """Plain CE on the gold rows only (``section``: ``gold_only.resolved(weak_train)``)."""
     table = gold_first(data)
-    return crossfit(data, table, data.y(table), stage, cfg,
-                    train=settings(stage, cfg, batch_size=min(stage.batch_size, 32), loss="ce"), on_epoch=on_epoch)
+    return crossfit(data, table, data.y(table), section, ctx, selection, train=settings(section, ctx, loss="ce"),
+                    on_epoch=on_epoch)
 
 
-def log_candidate(trained: TrainedModel, data: PipelineData) -> None:
-    """What every cross-fitted stage logs: the per-epoch curve, the chosen epoch, the out-of-fold gold
-    accuracy and the temperature fitted on it, and the spec."""
-    tracking.log_history(trained.history)
-    mlflow.log_metrics({"best_epoch": trained.best_epoch, "oof_gold_accuracy": trained.best_dev_accuracy or 0.0,
-                        "temperature": trained.temperature, "gold_folds": float(data.folds),
-                        "gold_rows": float(len(data.rows("gold")))})
-    mlflow.log_dict(trained.spec.to_dict(), "model_spec.json")
+def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None
+                    ) -> TrainedModel:
+    """:func:`compute` on a whole config (benchmarks, tests)."""
+    return compute(RunContext.of(cfg), data, cfg.gold_only.resolved(cfg.weak_train), cfg.selection, on_epoch)
 
 
-@stage_task("gold_only")
-def gold_only(data: PipelineData, cfg: Config, parent_run_id: str, experiment_id: str) -> TrainedModel:
-    with tracking.stage_run("gold_only", parent_run_id, experiment_id):
-        tracking.log_section(cfg.selection, "selection")
-        with epoch_bar("gold_only (cross-fitted)", cfg.weak_train.epochs) as bar:
-            trained = train_gold_only(data, cfg, on_epoch=bar)
-        log_candidate(trained, data)
-        return trained
+def record(trained: TrainedModel, ctx: RunContext, data: PipelineData, section: TrainStageConfig,
+           selection: SelectionConfig) -> None:
+    tracking.log_section(selection, "selection")
+    tracking.log_section(section, "gold_only")
+    log_candidate(trained, data)
+
+
+def progress(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig
+             ) -> tuple[str, int]:
+    return "gold_only (cross-fitted)", section.epochs
+
+
+STAGE = Stage("gold_only", compute, record, progress=progress)

@@ -3,7 +3,7 @@ and measured against its gold rows, in seconds: nothing is validated beyond what
 
 Only the columns the sources and the measurement need are read (inputs, label, weak columns), optionally
 just the first rows; the test file is read only for the class set when ``data.classes`` is not given.
-Big files can be applied in shards, each in a process started with spawn (never fork: see flows/cli.py).
+Big files can be applied in shards, each in a process started with spawn (never fork: see flows/runtime.py, quiet_telemetry).
 """
 
 from __future__ import annotations

@@ -8,30 +8,32 @@ from __future__ import annotations
 import getpass
 import tempfile
 import warnings
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
+from torch import nn
 from mlflow.models import infer_signature
 
-from weakflow.deploy.gates import GateDecision, GateInput, decide
+from weakflow.deploy.gates import GateInput, decide
 from weakflow.deploy import model_code
 from weakflow.deploy.model import output_frame, save_weights
-from weakflow.deploy.registry import CHALLENGER, CHAMPION, champion_version
+from weakflow.deploy.registry import CHALLENGER, CHAMPION
 from weakflow.monitoring.reference import reference_sample
-from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib.checks import CheckResult, Findings
+from weakflow.tasks.lib.results import Evaluation, Registration, Selection, Validated, WeakLabels
+from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
-from weakflow.tasks.core.models import calibrated
+from weakflow.tasks.lib.config import Config, GateConfig
+from weakflow.tasks.core.models import ModelSpec, calibrated
 from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import PipelineData, dataset_digest
-from weakflow.tasks.evaluate import Evaluation
-from weakflow.tasks.governance import CheckResult, Findings
-from weakflow.tasks.select import Selection
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.report.build import after_register
+from weakflow.tasks.report.review import Champion
 
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
 MODEL_ENTRY = model_code.ROOT / "deploy" / "pyfunc_entry.py"  # the model's code: deploy/model_code.py
@@ -44,17 +46,6 @@ def model_requirements() -> list[str]:
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pandas=={pandas.__version__}",
             f"mlflow=={mlflow.__version__}"]
-
-
-@dataclass(frozen=True)
-class Registration:
-    model_name: str
-    version: str
-    alias: str  # the alias the gates give it (champion or challenger); publish moves it
-    decision: GateDecision
-    champion_before: str | None
-    # for the pipeline run: the evaluate run's review tags, the gate verdict, where the report is
-    review_tags: dict[str, str] = field(default_factory=dict)
 
 
 def input_example(data: PipelineData, rows: int = 5):  # -> pd.DataFrame
@@ -73,17 +64,6 @@ def score_version(name: str, version: str, data: PipelineData) -> float:
     test[data.schema.numeric] = test[data.schema.numeric].astype(np.float64)
     pred = model.predict(test)["prediction"].to_numpy()
     return float((pred == data.test[data.label].to_numpy()).mean())
-
-
-def score_champion(client: mlflow.MlflowClient, name: str, data: PipelineData) -> tuple[str | None, float | None, str | None]:
-    """(version, accuracy on this run's test split, error) of the current champion, if there is one."""
-    version = champion_version(client, name)
-    if version is None:
-        return None, None, None
-    try:
-        return version, score_version(name, version, data), None
-    except Exception as exc:  # a champion with another feature schema, or unloadable: the gate says so
-        return version, None, f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -113,28 +93,35 @@ class ValidationResult:
     text: str
 
 
-def validation_result(client: mlflow.MlflowClient, experiment_id: str, parent_run_id: str, cfg: Config) -> ValidationResult:
-    """Read the validate stage run of this pipeline run; say whether the test-overlap expectation ran
-    (it does only under ``governance.exact_duplicates = fail``; otherwise the governance stage's
+def validation_result(validated: Validated, exact_duplicates: str) -> ValidationResult:
+    """What the validate stage found, for the gate and the card; says whether the test-overlap expectation
+    ran (it does only under ``governance.exact_duplicates = fail``; otherwise the governance stage's
     exact_duplicates check handles test copies by its policy)."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-                                                             "tags.`weakflow.stage` = 'validate'", max_results=1)
-    policy = cfg.governance.exact_duplicates
-    overlap = ("test rows copied into training: expectation ran" if policy == "fail" else
-               f"test rows copied into training: expectation off (governance.exact_duplicates = {policy}); "
+    overlap = ("test rows copied into training: expectation ran" if exact_duplicates == "fail" else
+               f"test rows copied into training: expectation off (governance.exact_duplicates = {exact_duplicates}); "
                "the governance stage's exact_duplicates check applied its policy instead")
-    if not runs:
-        return ValidationResult(True, f"not recorded: no validate stage run under pipeline run {parent_run_id}. {overlap}.")
-    run = runs[0]
-    status = run.data.tags.get("validation", "not recorded")
-    evaluated = run.data.metrics.get("expectations_evaluated")
-    failed = run.data.metrics.get("expectations_failed")
-    counts = (f"{int(evaluated)} expectations evaluated, {int(failed or 0)} failed" if evaluated is not None
-              else "expectation counts not recorded")
-    return ValidationResult(status != "failed",
-                            f"{status}: Great Expectations suite before any training ({counts}; validate run "
-                            f"{run.info.run_id}): columns, types, finite features, label sets, gold rows per "
-                            f"class; {overlap}.")
+    report = validated.report
+    where = f"; validate run {validated.run_id}" if validated.run_id else ""
+    status = "passed" if report.success else "failed"
+    return ValidationResult(report.success,
+                            f"{status}: Great Expectations suite before any training ({report.evaluated} expectations "
+                            f"evaluated, {len(report.failures)} failed{where}): columns, types, finite features, label "
+                            f"sets, gold rows per class; {overlap}.")
+
+
+def champion_figures(champion: Champion, data: PipelineData) -> tuple[str | None, float | None, str | None]:
+    """(version, accuracy on this run's test split, why it could not be scored) of the current champion,
+    through its own input schema (its text features are its own)."""
+    if champion.version is None:
+        return None, None, None
+    if champion.model is None:
+        return champion.version, None, champion.error or "not loaded"
+    try:
+        probs = (champion.loaded.predict_proba(data.test) if champion.loaded is not None
+                 else predict_proba(champion.model, data.x(data.test)))
+    except Exception as exc:  # a champion that cannot read these rows: the gate says so
+        return champion.version, None, f"{type(exc).__name__}: {exc}"
+    return champion.version, float((probs.argmax(1) == data.y(data.test)).mean()), None
 
 
 def trained_pseudo(final: TrainedModel | None, prov: Provenance) -> tuple[int, float | None, str]:
@@ -162,9 +149,23 @@ def round_governance(final: TrainedModel | None) -> tuple[dict[str, CheckResult]
     return summary, dropped
 
 
-def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Provenance, version: str, alias: str,
-               gate_reason: str, validation: ValidationResult | None = None, final: TrainedModel | None = None,
-               shipped_reason: str = "") -> str:
+@dataclass(frozen=True)
+class Methods:
+    """How the candidates were made, as the card names it (from the weak_train, full_train and pseudo_label
+    sections)."""
+
+    weak_method: str
+    strategy: str
+    pseudo_policy: str
+
+    @classmethod
+    def of(cls, cfg: Config) -> Methods:
+        return cls(cfg.weak_train.method, cfg.full_train.strategy, cfg.pseudo_label.policy)
+
+
+def model_card(data: PipelineData, evaluation: Evaluation, model_name: str, methods: Methods, prov: Provenance,
+               version: str, alias: str, gate_reason: str, validation: ValidationResult | None = None,
+               final: TrainedModel | None = None, shipped_reason: str = "") -> str:
     from weakflow.deploy.model_card import CardInputs, render
 
     e = evaluation
@@ -172,8 +173,8 @@ def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Pr
     rounds, round_drops = round_governance(final)
     governance = prov.governance | rounds
     return render(CardInputs(
-        model_name=cfg.tracking.model_name, version=version, alias=alias, gate_reason=gate_reason,
-        provenance=data.provenance_counts(), pseudo_kept=kept, pseudo_policy=cfg.pseudo_label.policy,
+        model_name=model_name, version=version, alias=alias, gate_reason=gate_reason,
+        provenance=data.provenance_counts(), pseudo_kept=kept, pseudo_policy=methods.pseudo_policy,
         pseudo_precision=precision, pseudo_set=which, sources=prov.sources,
         validation=validation.text if validation is not None else "not recorded",
         governance=governance, governance_verdict=governance_verdict(governance),
@@ -181,11 +182,11 @@ def model_card(data: PipelineData, evaluation: Evaluation, cfg: Config, prov: Pr
         metrics={"accuracy": e.shipped.accuracy, "macro_f1": e.shipped.macro_f1, "ece": e.shipped.ece,
                  "gold_only_accuracy": e.gold_only.accuracy, "gold_only_macro_f1": e.gold_only.macro_f1,
                  "weak_accuracy": e.weak.accuracy if e.weak is not None else float("nan")},
-        weak_method=cfg.weak_train.method, strategy=cfg.full_train.strategy, test_rows=len(data.test),
+        weak_method=methods.weak_method, strategy=methods.strategy, test_rows=len(data.test),
         shipped=e.shipped_name, shipped_reason=shipped_reason))
 
 
-def provenance_of(labels: Any, shipped: TrainedModel, checks: Findings | None,
+def provenance_of(labels: WeakLabels | None, shipped: TrainedModel, checks: Findings | None,
                   pseudo_checks: Findings | None) -> Provenance:
     """What the model card needs from the stages before: the sources' table, the shipped model's pseudo set,
     every check's result and the rows dropped."""
@@ -198,73 +199,106 @@ def provenance_of(labels: Any, shipped: TrainedModel, checks: Findings | None,
                       governance, dropped)
 
 
-@stage_task("register")
-def register(data: PipelineData, selection: Selection, evaluation: Evaluation, cfg: Config, parent_run_id: str,
-             experiment_id: str, labels: Any = None, checks: Findings | None = None,
-             pseudo_checks: Findings | None = None) -> Registration:
-    """Log the shipped model (its temperature inside it, so every consumer gets calibrated confidences),
-    register a version, decide the gates and tag the version with the verdict: everything but the alias."""
-    shipped, shipped_reason = selection.model, selection.reason
+@dataclass(frozen=True)
+class Release:
+    """What the register stage decided and built: the gates' verdict on the shipped model, the calibrated
+    network and what goes beside it; ``registration`` gets its version once recorded."""
+
+    registration: Registration
+    network: nn.Module  # calibrated (the temperature inside), on the CPU, in eval mode
+    spec: ModelSpec
+    reference: pd.DataFrame  # the drift reference sample
+    validation: ValidationResult
+    provenance: Provenance
+    card: Callable[[str, str], str]  # (version, alias) -> the model card
+    champion_accuracy: float | None
+
+
+def compute(ctx: RunContext, data: PipelineData, selection: Selection, evaluation: Evaluation, section: GateConfig,
+            champion: Champion, validated: Validated, exact_duplicates: str, methods: Methods,
+            labels: WeakLabels | None = None, checks: Findings | None = None,
+            pseudo_checks: Findings | None = None) -> Release:
+    """The gates' decision (the champion re-scored on this test split) and the release it is about."""
+    shipped = selection.model
     provenance = provenance_of(labels, shipped, checks, pseudo_checks)
-    name = cfg.tracking.model_name
+    champ_version, champ_acc, champ_error = champion_figures(champion, data)
+    validation = validation_result(validated, exact_duplicates)
+    # governance_passed keeps its default: a `fail` finding raised in its stage, before registration.
+    # The gate matters for `weakflow promote`, which refuses a version tagged governance=failed.
+    decision = decide(
+        GateInput(evaluation.shipped.accuracy, validation_passed=validation.passed, champion_version=champ_version,
+                  champion_accuracy=champ_acc, champion_error=champ_error, vs_gold_only=evaluation.vs_gold_only),
+        section.min_accuracy, section.max_regression,
+    )
+    network, spec = calibrated(shipped.model, shipped.spec, shipped.temperature)
+    network = network.cpu().eval()
+    reference = reference_sample(data, network, seed=ctx.seed, device=ctx.device)
+
+    def card(version: str, alias: str) -> str:
+        return model_card(data, evaluation, ctx.model_name, methods, provenance, version, alias, decision.reason,
+                          validation, shipped, selection.reason)
+
+    alias = CHAMPION if decision.passed else CHALLENGER
+    registration = Registration(ctx.model_name, None, alias, decision, champ_version)
+    return Release(registration, network, spec, reference, validation, provenance, card, champ_acc)
+
+
+def record(release: Release, ctx: RunContext, data: PipelineData, selection: Selection, evaluation: Evaluation,
+           section: GateConfig, champion: Champion, validated: Validated, exact_duplicates: str, methods: Methods,
+           labels: WeakLabels | None = None, checks: Findings | None = None,
+           pseudo_checks: Findings | None = None) -> Release:
+    """Log the model (its temperature inside it, so every consumer gets calibrated confidences), register a
+    version and tag it with the verdict: everything but the alias (the publish stage moves it)."""
+    name, network, decision = ctx.model_name, release.network, release.registration.decision
     client = mlflow.MlflowClient()
-    with tracking.stage_run("register", parent_run_id, experiment_id):
-        champ_version, champ_acc, champ_error = score_champion(client, name, data)
-        validation = validation_result(client, experiment_id, parent_run_id, cfg)
-        # governance_passed keeps its default: a `fail` finding raised in its stage, before registration.
-        # The gate matters for `weakflow promote`, which refuses a version tagged governance=failed.
-        decision = decide(
-            GateInput(evaluation.shipped.accuracy, validation_passed=validation.passed, champion_version=champ_version,
-                      champion_accuracy=champ_acc, champion_error=champ_error, vs_gold_only=evaluation.vs_gold_only),
-            cfg.gates.min_accuracy, cfg.gates.max_regression,
-        )
-        network, spec = calibrated(shipped.model, shipped.spec, shipped.temperature)
-        network = network.cpu().eval()
-        example = input_example(data)  # training rows: no test data in artifacts
+    example = input_example(data)  # training rows: no test data in artifacts
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*integer column.*")
+        signature = infer_signature(example, output_frame(predict_proba(network, data.x(example)), data.classes))
+    with tempfile.TemporaryDirectory() as tmp:
+        code = model_code.stage(Path(tmp) / "code")  # weakflow/, only what loading the model imports
+        weights = Path(tmp) / "model.pt"
+        save_weights(weights, network, release.spec, data.schema, data.classes)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*integer column.*")
-            signature = infer_signature(example, output_frame(predict_proba(network, data.x(example)), data.classes))
-        with tempfile.TemporaryDirectory() as tmp:
-            code = model_code.stage(Path(tmp) / "code")  # weakflow/, only what loading the model imports
-            weights = Path(tmp) / "model.pt"
-            save_weights(weights, network, spec, data.schema, data.classes)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*integer column.*")  # our int output never has NaN
-                info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
-                                               artifacts={"weights": str(weights)}, signature=signature,
-                                               input_example=example, pip_requirements=model_requirements(),
-                                               code_paths=[str(code)])
-        tracking.log_frame(reference_sample(data, network, seed=cfg.seed, device=cfg.device), "reference", "reference")
-        version = str(mlflow.register_model(info.model_uri, name).version)
-        alias = CHAMPION if decision.passed else CHALLENGER
-        tags = {
-            "gate_verdict": "passed" if decision.passed else "failed",
-            "gate_reason": decision.reason,
-            "test_accuracy": f"{evaluation.shipped.accuracy:.4f}",
-            "gold_only_accuracy": f"{evaluation.gold_only.accuracy:.4f}",
-            "shipped": evaluation.shipped_name,
-            "champion_before": champ_version or "none",
-            "champion_before_accuracy_same_split": f"{champ_acc:.4f}" if champ_acc is not None else "n/a",
-            "test_set_digest": dataset_digest(data.test),
-            "pipeline_run_id": parent_run_id,
-            "registered_by": getpass.getuser(),
-            "validation": "passed" if validation.passed else "failed",
-        }
-        if provenance is not None:  # passed or warned (a failed check never gets here)
-            tags["governance"] = governance_verdict(provenance.governance | round_governance(shipped)[0])
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        if provenance is not None:  # the card: an artifact of the run and the version's description
-            card = model_card(data, evaluation, cfg, provenance, version, alias, decision.reason, validation, shipped,
-                              shipped_reason)
-            mlflow.log_text(card, "model_card.md")
-            client.update_model_version(name, version, description=card)
-        mlflow.set_tags({"gate_verdict": tags["gate_verdict"], "model_version": version, "model_alias": alias})
-        mlflow.log_metrics({"gate_passed": float(decision.passed)} |
-                           ({"champion_before_test_accuracy": champ_acc} if champ_acc is not None else {}))
-        tracking.log_json({"passed": decision.passed, "checked": decision.checked,
-                           "failures": [{"gate": f.gate, "reason": f.reason} for f in decision.failures]},
-                          "gates/decision.json")
-        registration = Registration(name, version, alias, decision, champ_version)
-        # the verdict into the review report
-        return replace(registration, review_tags=after_register(evaluation, registration))
+            warnings.filterwarnings("ignore", message=".*integer column.*")  # our int output never has NaN
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
+                                           artifacts={"weights": str(weights)}, signature=signature,
+                                           input_example=example, pip_requirements=model_requirements(),
+                                           code_paths=[str(code)])
+    tracking.log_frame(release.reference, "reference", "reference")
+    version = str(mlflow.register_model(info.model_uri, name).version)
+    alias, champ_version, champ_acc = release.registration.alias, release.registration.champion_before, \
+        release.champion_accuracy
+    tags = {
+        "gate_verdict": "passed" if decision.passed else "failed",
+        "gate_reason": decision.reason,
+        "test_accuracy": f"{evaluation.shipped.accuracy:.4f}",
+        "gold_only_accuracy": f"{evaluation.gold_only.accuracy:.4f}",
+        "shipped": evaluation.shipped_name,
+        "champion_before": champ_version or "none",
+        "champion_before_accuracy_same_split": f"{champ_acc:.4f}" if champ_acc is not None else "n/a",
+        "test_set_digest": dataset_digest(data.test),
+        "pipeline_run_id": ctx.parent_run_id or "",
+        "registered_by": getpass.getuser(),
+        "validation": "passed" if release.validation.passed else "failed",
+        # passed or warned (a failed check never gets here)
+        "governance": governance_verdict(release.provenance.governance | round_governance(selection.model)[0]),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    card = release.card(version, alias)  # an artifact of the run and the version's description
+    mlflow.log_text(card, "model_card.md")
+    client.update_model_version(name, version, description=card)
+    mlflow.set_tags({"gate_verdict": tags["gate_verdict"], "model_version": version, "model_alias": alias})
+    mlflow.log_metrics({"gate_passed": float(decision.passed)} |
+                       ({"champion_before_test_accuracy": champ_acc} if champ_acc is not None else {}))
+    tracking.log_json({"passed": decision.passed, "checked": decision.checked,
+                       "failures": [{"gate": f.gate, "reason": f.reason} for f in decision.failures]},
+                      "gates/decision.json")
+    registration = replace(release.registration, version=version)
+    # the verdict into the review report
+    registration = replace(registration, review_tags=after_register(evaluation, registration))
+    return replace(release, registration=registration)
+
+
+STAGE = Stage("register", compute, record)

@@ -10,53 +10,21 @@ words, goes to the run summary, the pipeline run's tags and the review report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import mlflow
 import numpy as np
 import pandas as pd
 
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import SelectionConfig
 from weakflow.tasks.core.bootstrap import BootstrapResult, paired_bootstrap
+from weakflow.tasks.core.selection import best_out_of_fold
 from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.lib.modeling import TrainedModel
-from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib.results import Selection
+from weakflow.tasks.lib.steps import RunContext, Stage
 
 ORDER = ("gold_only", "weak", "final")  # simplest first: a tie ships the simpler model
 LABELS = {"gold_only": "gold-only model", "weak": "weak model", "final": "final (pseudo-labelled) model"}
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The shipped candidate, why, and every candidate's cross-fitted gold figures."""
-
-    chosen: str
-    reason: str
-    table: pd.DataFrame  # candidate, oof_accuracy (+ interval), oof_log_loss, delta vs chosen (+ interval)
-    boot: BootstrapResult | None
-    model: TrainedModel
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return {"weakflow.shipped": self.chosen, "weakflow.shipped_reason": self.reason[:5000]}
-
-
-def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-
-
-def best_out_of_fold(probs: dict[str, np.ndarray], y_gold: np.ndarray
-                     ) -> tuple[str, dict[str, float], dict[str, float]]:
-    """The selection rule on calibrated out-of-fold gold probabilities (listed simplest first): of the models
-    within one gold row of the best accuracy, the lowest log-loss (ties: the first listed). Also returns
-    every model's accuracy and log-loss."""
-    acc = {n: float((p.argmax(1) == y_gold).mean()) for n, p in probs.items()}
-    nll = {n: log_loss(p, y_gold) for n, p in probs.items()}
-    top = max(acc.values())
-    contenders = [n for n in probs if acc[n] >= top - 1.0 / len(y_gold) - 1e-12]
-    order = list(probs)
-    return min(contenders, key=lambda n: (nll[n], order.index(n))), acc, nll
 
 
 def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = "best", samples: int = 1000,
@@ -116,14 +84,17 @@ def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, fl
     return f"{lead}; {figures}{sure}{absent}"
 
 
-@stage_task("select")
-def select(data: PipelineData, candidates: dict[str, TrainedModel], cfg: Config, parent_run_id: str,
-           experiment_id: str, missing: dict[str, str] | None = None) -> Selection:
-    with tracking.stage_run("select", parent_run_id, experiment_id):
-        tracking.log_section(cfg.selection, "selection")
-        selection = choose(candidates, data.y(data.rows("gold")), cfg.selection.ship, cfg.selection.bootstrap_samples,
-                           cfg.seed, missing)
-        tracking.log_frame(selection.table, "selection", "candidates")
-        mlflow.log_metrics({f"oof_accuracy_{r.candidate}": r.oof_accuracy for r in selection.table.itertuples()})
-        mlflow.set_tags(selection.tags | {"mlflow.note.content": selection.reason})
-        return selection
+def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel], section: SelectionConfig,
+            missing: dict[str, str] | None = None) -> Selection:
+    return choose(candidates, data.y(data.rows("gold")), section.ship, section.bootstrap_samples, ctx.seed, missing)
+
+
+def record(selection: Selection, ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel],
+           section: SelectionConfig, missing: dict[str, str] | None = None) -> None:
+    tracking.log_section(section, "selection")
+    tracking.log_frame(selection.table, "selection", "candidates")
+    mlflow.log_metrics({f"oof_accuracy_{r.candidate}": r.oof_accuracy for r in selection.table.itertuples()})
+    mlflow.set_tags(selection.tags | {"mlflow.note.content": selection.reason})
+
+
+STAGE = Stage("select", compute, record)

@@ -1,67 +1,107 @@
-"""Stage 1, validate: read the data, run the Great Expectations suite, stop the run on failure."""
+"""Stage validate: read the data, run the Great Expectations suite, stop the run on failure."""
 
 from __future__ import annotations
 
 import tempfile
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 
 from weakflow.data_checks.suite import DataValidationError, ValidationReport, run_suite
-from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import Config, DemoData, DemoTextData, FilesData, ValidationConfig
+from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.data_checks.labels import check_class_set, check_label_spelling
-from weakflow.tasks.lib.data import (DataError, PipelineData, assemble, class_set, read_label_columns, read_raw,
-                                     resolve_data_spec)
+from weakflow.tasks.lib.data import (DataError, PipelineData, assemble, class_set, data_files, read_label_columns,
+                                     read_raw, resolve_data_spec)
 from weakflow.tasks.lib.pool import pool_rows, scan_pool
+from weakflow.tasks.lib.results import Validated
+
+DataSource = DemoData | DemoTextData | FilesData  # the data section
 
 
-def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
-    """Plain-function stage: raises DataError (unreadable file) or DataValidationError (failed suite)."""
-    spec = resolve_data_spec(cfg)
+@dataclass(frozen=True)
+class InputChecks:
+    """What the data checks need from sections other than ``data`` and ``validation``, said explicitly."""
+
+    voting: bool  # a weak label column, rule or labelling function votes (the class set must admit it)
+    chunk_rows: int  # pseudo_label.chunk_rows: an unlabeled pool is scanned in batches of this many rows
+    folds: int  # selection.folds: the gold rows' folds are assigned when the data is assembled
+    test_copies: bool  # governance.exact_duplicates == fail: test rows copied into training fail the suite
+    repeated_rows: str  # governance.repeated_rows
+
+    @classmethod
+    def of(cls, cfg: Config) -> InputChecks:
+        voting = bool(cfg.weak_labels.rules or cfg.weak_labels.labeling_functions)
+        return cls(voting, cfg.pseudo_label.chunk_rows, cfg.selection.folds, cfg.governance.exact_duplicates == "fail",
+                   cfg.governance.repeated_rows)
+
+
+def check_data(spec: FilesData, validation: ValidationConfig, checks: InputChecks,
+               docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
+    """Read the files and run the suite: raises DataError (unreadable file) or DataValidationError (failed
+    suite)."""
     if spec.unlabeled_path is not None:  # streamed: columns, types and finiteness, never all in memory
-        scan_pool(spec.unlabeled_path, spec.feature_columns, cfg.pseudo_label.chunk_rows, spec.text_columns)
+        scan_pool(spec.unlabeled_path, spec.feature_columns, checks.chunk_rows, spec.text_columns)
     raw = read_raw(spec)
     classes = class_set(raw)
-    voting = bool(spec.weak_label_columns or cfg.weak_labels.rules or cfg.weak_labels.labeling_functions)
+    voting = bool(spec.weak_label_columns) or checks.voting
     check_class_set(raw, classes, voting)  # one line each, before the suite: the class set, labels misspelt by case
     check_label_spelling(raw, classes)
     raw = read_label_columns(raw, classes)  # integer classes: a weak column of 0, 1 and "skip" holds integers
-    report = run_suite(raw, classes, cfg.validation.min_gold_per_class, docs_dir,
-                       test_copies=cfg.governance.exact_duplicates == "fail",
-                       repeated_rows=cfg.governance.repeated_rows)
+    report = run_suite(raw, classes, validation.min_gold_per_class, docs_dir, test_copies=checks.test_copies,
+                       repeated_rows=checks.repeated_rows)
     if not report.success:
         raise DataValidationError(report)
-    return assemble(raw, classes, cfg.selection.folds), report
+    return assemble(raw, classes, checks.folds), report
 
 
-@stage_task("validate")
-def validate(cfg: Config, parent_run_id: str, experiment_id: str) -> PipelineData:
-    with tracking.stage_run("validate", parent_run_id, experiment_id), tempfile.TemporaryDirectory() as tmp:
-        docs = Path(tmp) / "data_docs"
-        try:
-            data, report = load_and_validate(cfg, docs)
-        except DataValidationError as exc:
-            _log_report(exc.report)
-            raise
-        except DataError as exc:  # unreadable file: nothing to validate, but the reviewer sees why
-            mlflow.set_tag("validation", "failed")
-            mlflow.log_text(f"{exc}\n", "validation/summary.txt")
-            raise
-        _log_report(report)
-        for frame, path, name, context in ((data.train, data.spec.train_path, "train", "training"),
-                                           (data.test, data.spec.test_path, "test", "testing")):
-            log_dataset(frame, path, name, context, data.label)
-        counts = data.provenance_counts()
-        mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
-        if data.spec.unlabeled_path is not None:
-            mlflow.log_metric("rows_pool", pool_rows(data.spec.unlabeled_path))
-        split_counts = data.train["split"].value_counts().to_dict()
-        mlflow.log_metrics({f"rows_{k}": int(v) for k, v in split_counts.items()})
-        tracking.log_json({"provenance": counts, "splits": split_counts, "classes": data.classes}, "data/provenance.json")
-        return data
+def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
+    """:func:`check_data` on a whole config (the ``validate`` command, benchmarks, tests)."""
+    return check_data(resolve_data_spec(cfg), cfg.validation, InputChecks.of(cfg), docs_dir)
+
+
+def compute(ctx: RunContext, source: DataSource, validation: ValidationConfig, checks: InputChecks) -> Validated:
+    """The stage's computing half: the data as files (a demo is written to the workspace), read and checked."""
+    docs = tempfile.TemporaryDirectory(prefix="weakflow-data-docs-")
+    data, report = check_data(data_files(source, ctx.workspace), validation, checks, Path(docs.name) / "data_docs")
+    return Validated(data, report, docs)
+
+
+def record(result: Validated, ctx: RunContext, source: DataSource, validation: ValidationConfig,
+           checks: InputChecks) -> Validated:
+    """The report and Data Docs, the tables as MLflow datasets, the row counts; the pipeline run is named
+    after the rows and tagged with the files' hashes."""
+    data = result.data
+    _log_report(result.report)
+    for frame, path, name, context in ((data.train, data.spec.train_path, "train", "training"),
+                                       (data.test, data.spec.test_path, "test", "testing")):
+        log_dataset(frame, path, name, context, data.label)
+    counts = data.provenance_counts()
+    mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
+    if data.spec.unlabeled_path is not None:
+        mlflow.log_metric("rows_pool", pool_rows(data.spec.unlabeled_path))
+    split_counts = data.train["split"].value_counts().to_dict()
+    mlflow.log_metrics({f"rows_{k}": int(v) for k, v in split_counts.items()})
+    tracking.log_json({"provenance": counts, "splits": split_counts, "classes": data.classes}, "data/provenance.json")
+    if ctx.parent_run_id is not None:  # the row count and the files' hashes, once read
+        tracking.name_pipeline_run(ctx.parent_run_id, ctx.model_name, ctx.started, data)
+    return replace(result, run_id=mlflow.active_run().info.run_id)
+
+
+def record_error(error: Exception, ctx: RunContext, source: DataSource, validation: ValidationConfig,
+                 checks: InputChecks) -> None:
+    """A failed suite's report; an unreadable file's message (nothing to validate, but the reviewer sees why)."""
+    if isinstance(error, DataValidationError):
+        _log_report(error.report)
+    elif isinstance(error, DataError):
+        mlflow.set_tag("validation", "failed")
+        mlflow.log_text(f"{error}\n", "validation/summary.txt")
+
+
+STAGE = Stage("validate", compute, record, record_error)
 
 
 def log_dataset(frame, path: Path, name: str, context: str, label: str) -> None:

@@ -12,15 +12,15 @@ stage hands on (assembly saw only the weak label columns).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import mlflow
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.lib.stage import stage_task
+from weakflow.tasks.lib.results import WeakLabels
+from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import Config, RuleConfig, WeakLabelsConfig
 from weakflow.tasks.core.aggregate import dawid_skene, majority_vote, source_statistics
 from weakflow.tasks.core.trusted import SourceNoise, anchor, rank_stability, source_noise_records
 from weakflow.tasks.lib.data import FOLD, PROVENANCE, ROW_ID, PipelineData, weak_votes
@@ -28,46 +28,15 @@ from weakflow.tasks.lib.labeling import apply_sources, votes_matrix
 from weakflow.tasks.lib.rules import configured_rules
 
 
-@dataclass
-class WeakLabels:
-    row_ids: np.ndarray  # the weak training rows
-    hard: np.ndarray  # class index per row
-    soft: np.ndarray | None  # (rows, classes) when weak_labels.soft_labels
-    stats: pd.DataFrame  # one row per source
-    figures: dict[str, float] = field(default_factory=dict)
-    confusion: dict[str, list] = field(default_factory=dict)  # Dawid-Skene per-source confusion matrices
-    label_source: np.ndarray | None = None  # per row: "weak:<the sources whose vote is the row's label>"
-    # gold_anchored: each source measured on every gold row, and the rows' vote log-likelihood (rows, C)
-    # from those estimates (refit) and, per gold fold, from the gold rows outside it
-    sources: list[SourceNoise] = field(default_factory=list)
-    log_likelihood: np.ndarray | None = None
-    fold_log_likelihood: list[np.ndarray] = field(default_factory=list)
-    # gold_anchored: how surely the gold rows pin down what each vote points to (tasks/core/trusted.py)
-    stability: float | None = None
-    votes: np.ndarray | None = None  # gold_anchored: (weak rows, sources) the votes, -1 = abstain
-    fold_sources: list[list[SourceNoise]] = field(default_factory=list)  # gold_anchored: measured without fold f
-
-    def evidence(self, fold: int | None, num_classes: int) -> np.ndarray:
-        """(weak rows, C) what their votes say about each class, as a log-likelihood a model of ``fold`` may
-        use (None: the refit on all gold): gold_anchored measures it without that fold's gold rows; the
-        other aggregations ignore gold and give the log of their vote shares (or one label)."""
-        if self.log_likelihood is not None:
-            return self.log_likelihood if fold is None else self.fold_log_likelihood[fold]
-        shares = self.soft if self.soft is not None else np.eye(num_classes)[self.hard]
-        return np.log(np.clip(shares, 1e-4, None))
-
-    def missing(self) -> dict[str, str]:
-        """The candidates weak labels cannot make, and why: empty when there are weak rows to learn from."""
-        if len(self.row_ids):
-            return {}
-        why = ("no weak label column, rule or labelling function is configured" if self.stats.empty else
-               "no row outside the gold set carries a weak vote (every source abstains there)")
-        return {"weak": why, "final": why}
-
-
 def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
-    spec, wl = data.spec, cfg.weak_labels
-    rules = configured_rules(cfg)
+    """:func:`weak_evidence` on a whole config (benchmarks, tests)."""
+    return weak_evidence(data, cfg.weak_labels, configured_rules(cfg), cfg.seed)
+
+
+def weak_evidence(data: PipelineData, wl: WeakLabelsConfig, rules: list[RuleConfig], seed: int) -> WeakLabels:
+    """Every source's votes on the training rows, measured and aggregated (``rules``: the configured rules,
+    or the text demo's own)."""
+    spec = data.spec
     frame = weak_votes(data.train, spec, data.classes) if spec.weak_label_columns else pd.DataFrame(index=data.train.index)
     if rules or wl.labeling_functions:  # they see each row's input columns (numbers and raw text), never labels
         frame = pd.concat([frame, apply_sources(data.train, spec, rules, wl.labeling_functions,
@@ -75,7 +44,7 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     sources = list(frame.columns)
     if not sources:  # nothing to aggregate: the gold-only model is the one candidate (WeakLabels.missing)
         empty = np.zeros(0, dtype=np.int64)
-        return WeakLabels(empty, empty, None, pd.DataFrame(), {"weak_training_rows": 0.0})
+        return WeakLabels(empty, empty, None, pd.DataFrame(), {"weak_training_rows": 0.0}, aggregation=wl.aggregation)
     votes = votes_matrix(frame, sources, data.classes, spec.abstain)
     is_gold = (data.train[PROVENANCE] == "gold").to_numpy()
     gold = np.full(len(votes), -1)
@@ -103,7 +72,7 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
         stats["estimated_accuracy_ds"] = ds.source_accuracy
         confusion = {name: ds.confusion[i].round(4).tolist() for i, name in enumerate(sources)}
     else:
-        mv = majority_vote(votes[~is_gold], num_classes, tie_break=wl.tie_break, seed=cfg.seed)
+        mv = majority_vote(votes[~is_gold], num_classes, tie_break=wl.tie_break, seed=seed)
         hard, soft = mv.labels, mv.soft
         figures |= {"ties": float(mv.ties), "all_abstain": float(mv.all_abstain)}
     keep = hard >= 0  # a vote was decided (no all-abstain row, no tie broken to abstain)
@@ -114,7 +83,7 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
     weak_ll = {k: a.log_likelihood[~is_gold][keep] for k, a in anchored.items()}
     if anchored:
         stability = rank_stability(anchored["all"].sources, votes[~is_gold][keep], anchored["all"].prior,
-                                   wl.confusion_strength, seed=cfg.seed)
+                                   wl.confusion_strength, seed=seed)
         figures["vote_rank_stability"] = stability
     return WeakLabels(
         row_ids=data.train.loc[~is_gold, ROW_ID].to_numpy()[keep],
@@ -127,6 +96,7 @@ def make_weak_labels(data: PipelineData, cfg: Config) -> WeakLabels:
         stability=figures.get("vote_rank_stability"),
         votes=votes[~is_gold][keep] if anchored else None,
         fold_sources=[anchored[f].sources for f in range(data.folds)] if anchored else [],
+        aggregation=wl.aggregation,
     )
 
 
@@ -148,36 +118,41 @@ def _noise_table(sources: list[SourceNoise]) -> pd.DataFrame:
     } for s in sources])
 
 
-@stage_task("weak_labels")
-def weak_labels(data: PipelineData, cfg: Config, parent_run_id: str,
-                experiment_id: str) -> tuple[PipelineData, WeakLabels]:
+def compute(ctx: RunContext, data: PipelineData, section: WeakLabelsConfig, rules: list[RuleConfig]
+            ) -> tuple[PipelineData, WeakLabels]:
     """The evidence, and the data with every non-gold row some source voted on counted as weak."""
-    with tracking.stage_run("weak_labels", parent_run_id, experiment_id):
-        rules = configured_rules(cfg)  # as an artifact: a long list outgrows an MLflow parameter
-        tracking.log_section(cfg.weak_labels, "weak_labels", exclude={"rules"}, extra={"weak_labels.rules": len(rules)})
-        if rules:
-            tracking.log_json([r.model_dump(mode="json") for r in rules], "weak_labels/rules.json")
-        labels = make_weak_labels(data, cfg)
-        data = data.with_weak_rows(labels.row_ids)
-        mlflow.log_metrics(labels.figures)
-        for row in labels.stats.to_dict("records"):
-            name = _metric_name(row["source"])
-            mlflow.log_metrics({f"{name}_coverage": row["coverage"], f"{name}_conflict": row["conflict"]})
-            if row.get("accuracy") is not None and not pd.isna(row.get("accuracy")):
-                mlflow.log_metric(f"{name}_gold_accuracy", row["accuracy"])
-        if labels.missing():
-            mlflow.set_tag("weak_labels.missing", labels.missing()["weak"])
-            return data, labels
-        mlflow.log_table(labels.stats, "weak_labels/sources.json")
-        tracking.log_frame(labels.stats, "weak_labels", "sources")
-        if labels.sources:  # gold_anchored: counts, smoothed confusion and its interval, per source
-            tracking.log_json(source_noise_records(labels.sources, data.classes), "weak_labels/source_noise.json")
-        elif labels.confusion:
-            tracking.log_json(labels.confusion, "weak_labels/dawid_skene_confusion.json")
-        classes = np.asarray(data.classes)
-        tracking.log_provenance(pd.DataFrame({ROW_ID: labels.row_ids, "label": classes[labels.hard],
-                                              "label_source": labels.label_source}), "weak_training_set")
-        return data, labels
+    labels = weak_evidence(data, section, rules, ctx.seed)
+    return data.with_weak_rows(labels.row_ids), labels
+
+
+def record(result: tuple[PipelineData, WeakLabels], ctx: RunContext, data: PipelineData, section: WeakLabelsConfig,
+           rules: list[RuleConfig]) -> None:
+    data, labels = result
+    # the rules as an artifact: a long list outgrows an MLflow parameter
+    tracking.log_section(section, "weak_labels", exclude={"rules"}, extra={"weak_labels.rules": len(rules)})
+    if rules:
+        tracking.log_json([r.model_dump(mode="json") for r in rules], "weak_labels/rules.json")
+    mlflow.log_metrics(labels.figures)
+    for row in labels.stats.to_dict("records"):
+        name = _metric_name(row["source"])
+        mlflow.log_metrics({f"{name}_coverage": row["coverage"], f"{name}_conflict": row["conflict"]})
+        if row.get("accuracy") is not None and not pd.isna(row.get("accuracy")):
+            mlflow.log_metric(f"{name}_gold_accuracy", row["accuracy"])
+    if labels.missing():
+        mlflow.set_tag("weak_labels.missing", labels.missing()["weak"])
+        return
+    mlflow.log_table(labels.stats, "weak_labels/sources.json")
+    tracking.log_frame(labels.stats, "weak_labels", "sources")
+    if labels.sources:  # gold_anchored: counts, smoothed confusion and its interval, per source
+        tracking.log_json(source_noise_records(labels.sources, data.classes), "weak_labels/source_noise.json")
+    elif labels.confusion:
+        tracking.log_json(labels.confusion, "weak_labels/dawid_skene_confusion.json")
+    classes = np.asarray(data.classes)
+    tracking.log_provenance(pd.DataFrame({ROW_ID: labels.row_ids, "label": classes[labels.hard],
+                                          "label_source": labels.label_source}), "weak_training_set")
+
+
+STAGE = Stage("weak_labels", compute, record)
 
 
 def _metric_name(source: str) -> str:

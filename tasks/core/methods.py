@@ -1,14 +1,14 @@
-"""Weak-training methods over the one training loop: ce, gce, confident_learning, clid_mu.
+"""The torch pieces of the weak-training methods: confident learning's row filter, Gold Loss Correction's
+corruption matrix and loss, the evidence loss (anchored), and CLID's rank correlation with gold accuracy.
 
-Arrays in, a trained network and a few method-specific figures out; no config, no tracking, so the
-stage and the benchmark matrix call the very same code.
+Arrays in, arrays or update rules out; no config, no tracking. Which method trains what is said once, in the
+registry of ``tasks/lib/weak_methods.py``, which the weak_train stage (and the benchmark matrix through it) runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -16,67 +16,15 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
-from weakflow.tasks.core.device import autocast, resolve_device
+from weakflow.tasks.core.device import autocast
 from weakflow.tasks.core.label_issues import find_label_issues
-from weakflow.tasks.core.training import EpochStats, FitResult, TrainSettings, WeightedLoss, fit, predict_proba
-
-Method = Literal["ce", "gce", "confident_learning", "clid_mu"]
-METHODS: tuple[str, ...] = ("ce", "gce", "confident_learning", "clid_mu")
+from weakflow.tasks.core.training import EpochStats, TrainSettings, WeightedLoss, fit, predict_proba
 
 
 @dataclass(frozen=True)
 class ConfidentLearningSettings:
     folds: int = 3
     filter_by: str = "prune_by_noise_rate"  # cleanlab.filter.find_label_issues(filter_by=...)
-
-
-@dataclass
-class WeakFit:
-    result: FitResult
-    figures: dict[str, float] = field(default_factory=dict)  # logged as metrics
-
-
-def train_weak_model(
-    method: Method,
-    build: Callable[[], nn.Module],
-    x: np.ndarray,
-    y: np.ndarray,
-    settings: TrainSettings,
-    meta_x: np.ndarray,
-    x_dev: np.ndarray | None = None,
-    y_dev: np.ndarray | None = None,
-    clid: ClidMuSettings = ClidMuSettings(),
-    cl: ConfidentLearningSettings = ConfidentLearningSettings(),
-    gold_check: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-) -> WeakFit:
-    """Train on weak targets ``y`` (class indices, or soft labels for ce/gce/clid_mu).
-
-    ``meta_x`` are unlabeled features: CLID-MU's meta set and, for every method, the rows on which the
-    per-epoch CLID is measured. ``gold_check`` = (x, weak label, gold label) of gold rows that also carry
-    a weak label: confident learning reports the precision of its removals on them.
-    """
-    device = resolve_device(settings.device)
-    meta = torch.as_tensor(np.asarray(meta_x, dtype=np.float32)).to(device)
-    dev = {"x_dev": x_dev, "y_dev": y_dev}
-    figures: dict[str, float] = {}
-    if method in ("ce", "gce"):
-        result = fit(build(), x, y, replace(settings, loss=method), on_epoch=on_epoch,
-                     monitor=ClidMonitor(meta, clid.meta_batch, clid.tau), **dev)
-    elif method == "clid_mu":
-        rule = ClidMu(meta, replace(clid, seed=settings.seed))
-        result = fit(build(), x, y, settings, on_epoch=on_epoch, rule=rule, **dev)
-        figures["selected_epochs"] = float(len(rule.selected_epochs))
-        figures["meta_steps"] = float(rule.meta_steps)
-        if x_dev is not None and y_dev is not None and len(y_dev):
-            figures["ensemble_dev_accuracy"] = float((predict_proba(result.model, x_dev).argmax(1) == y_dev).mean())
-    elif method == "confident_learning":
-        result, figures = _confident_learning(build, x, y, settings, meta, clid, cl, gold_check, on_epoch, dev)
-    else:
-        raise ValueError(f"unknown weak-training method {method!r}; expected one of {METHODS}")
-    figures |= clid_dev_correlation(result.history)
-    return WeakFit(result, figures)
 
 
 def clid_dev_correlation(history: list[EpochStats]) -> dict[str, float]:
@@ -126,14 +74,6 @@ def confident_learning_keep(build: Callable[[], nn.Module], x: np.ndarray, y: np
         if wrong.any():
             figures["cl_removal_recall_gold"] = float(flagged[wrong].mean())
     return ~issues, figures
-
-
-def _confident_learning(build, x, y, settings, meta, clid, cl, gold_check, on_epoch, dev) -> tuple[FitResult, dict]:
-    """cleanlab on out-of-fold probabilities: drop the label issues, train with CE on the rest."""
-    keep, figures = confident_learning_keep(build, x, y, settings, cl, gold_check)
-    result = fit(build(), x[keep], np.asarray(y)[keep], replace(settings, loss="ce"), on_epoch=on_epoch,
-                 monitor=ClidMonitor(meta, clid.meta_batch, clid.tau), **dev)
-    return result, figures
 
 
 # --- Gold Loss Correction (Hendrycks et al., NeurIPS 2018) ---------------------------------------

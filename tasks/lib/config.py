@@ -11,12 +11,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from weakflow.tasks.lib.errors import ConfigError  # noqa: F401 (raised here; defined apart, light)
 from weakflow.tasks.core.names import LossName
 from weakflow.tasks.core.noise import NoiseKind
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as ``key = value: what was expected``."""
 
 
 class _Section(BaseModel):
@@ -237,6 +234,26 @@ class TrainStageConfig(_Section):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     gce_q: float = Field(0.7, gt=0.0, le=1.0)
+
+
+class GoldOnlyConfig(_Section):
+    """The gold-only model's training (the baseline every candidate must beat, and the weak model's prior).
+    A setting left out follows ``weak_train``'s, so by default both share network and schedule."""
+
+    model: Literal["auto", "mlp", "cnn"] | None = Field(None, description="default: weak_train.model")
+    hidden: list[int] | None = Field(None, min_length=1, description="default: weak_train.hidden")
+    cnn_width: int | None = Field(None, ge=4, description="default: weak_train.cnn_width")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="default: weak_train.dropout")
+    epochs: int | None = Field(None, ge=1, description="default: weak_train.epochs")
+    batch_size: int | None = Field(None, ge=2, description="default: weak_train.batch_size, at most 32 (the gold "
+                                   "set is small)")
+    lr: float | None = Field(None, gt=0.0, description="default: weak_train.lr")
+    weight_decay: float | None = Field(None, ge=0.0, description="default: weak_train.weight_decay")
+
+    def resolved(self, weak: TrainStageConfig) -> TrainStageConfig:
+        """The training settings the gold-only stage uses: these, else ``weak``'s (plain CE either way)."""
+        base = weak.model_dump(include=set(TrainStageConfig.model_fields)) | {"batch_size": min(weak.batch_size, 32)}
+        return TrainStageConfig(**base | self.model_dump(exclude_none=True))
 
 
 class WeakTrainConfig(TrainStageConfig):
@@ -475,6 +492,7 @@ class Config(_Section):
     validation: ValidationConfig = ValidationConfig()
     selection: SelectionConfig = SelectionConfig()
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()
+    gold_only: GoldOnlyConfig = GoldOnlyConfig()
     weak_train: WeakTrainConfig = WeakTrainConfig()
     pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
     full_train: FullTrainConfig = FullTrainConfig()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from weakflow.tasks.lib.errors import DataError  # noqa: F401 (raised here; defined apart, light)
 from weakflow.tasks.lib.config import Config, DemoData, DemoTextData, FilesData
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.noise import corrupt_labels
@@ -28,10 +29,6 @@ SPLIT = "split"  # gold | weak | unlabeled
 FOLD = "fold"  # gold rows: their cross-fitting fold (0..k-1); other rows: -1
 ROW_ID = "row_id"
 DEMO_WEAK_COLUMN = "weak_label"
-
-
-class DataError(ValueError):
-    """A data file that cannot be read or used; the message names the file and the problem."""
 
 
 @dataclass
@@ -261,13 +258,18 @@ def check_unique_columns(names: list[str], path: Path, field: str) -> None:
 def resolve_data_spec(cfg: Config) -> FilesData:
     """The data as files: the demos are written to Parquet in the workspace (once per settings), then
     read like any user's files."""
-    if isinstance(cfg.data, DemoData):
-        return materialize_demo(cfg.data, cfg.tracking.workspace / "data")
-    if isinstance(cfg.data, DemoTextData):
+    return data_files(cfg.data, cfg.tracking.workspace)
+
+
+def data_files(source: DemoData | DemoTextData | FilesData, workspace: Path) -> FilesData:
+    """:func:`resolve_data_spec` on the ``data`` section and the workspace alone."""
+    if isinstance(source, DemoData):
+        return materialize_demo(source, Path(workspace) / "data")
+    if isinstance(source, DemoTextData):
         from weakflow.tasks.lib.demo_text import materialize_demo_text
 
-        return materialize_demo_text(cfg.data, cfg.tracking.workspace / "data")
-    return cfg.data
+        return materialize_demo_text(source, Path(workspace) / "data")
+    return source
 
 
 def read_raw(spec: FilesData) -> RawTables:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from weakflow.tasks.lib.config import Config, TrainStageConfig
+from weakflow.tasks.lib.config import SelectionConfig, TrainStageConfig
 from weakflow.tasks.core.calibration import fit_temperature, softmax_t
 from weakflow.tasks.core.crossfit import MEMBER_SEED, CrossFit, FoldTraining, PerFold, race, refit_count
 from weakflow.tasks.core.losses import LossName
@@ -19,6 +19,7 @@ from weakflow.tasks.core.models import ModelSpec, build_model, replace_ensemble
 from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
 from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.lib.progress import note_training
+from weakflow.tasks.lib.steps import RunContext
 
 
 @dataclass
@@ -69,11 +70,11 @@ def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[n
     return model, spec
 
 
-def settings(stage: TrainStageConfig, cfg: Config, *, epochs: int | None = None, lr: float | None = None,
+def settings(stage: TrainStageConfig, ctx: RunContext, *, epochs: int | None = None, lr: float | None = None,
              loss: LossName = "ce", batch_size: int | None = None) -> TrainSettings:
     return TrainSettings(epochs=epochs or stage.epochs, batch_size=batch_size or stage.batch_size, lr=lr or stage.lr,
                          weight_decay=stage.weight_decay, loss=getattr(stage, "loss", loss), gce_q=stage.gce_q,
-                         seed=cfg.seed, device=cfg.device)
+                         seed=ctx.seed, device=ctx.device)
 
 
 def gold_first(data: PipelineData, *others: pd.DataFrame) -> pd.DataFrame:
@@ -87,8 +88,8 @@ def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndarray,
-             stage: TrainStageConfig, cfg: Config, *, weights: PerFold | np.ndarray | None = None,
-             train: TrainSettings | None = None, rule: Callable[[int | None], UpdateRule | None] | None = None,
+             stage: TrainStageConfig, ctx: RunContext, selection: SelectionConfig, *,
+             weights: PerFold | np.ndarray | None = None, train: TrainSettings | None = None, rule: Callable[[int | None], UpdateRule | None] | None = None,
              build: Callable[[int | None], nn.Module] | None = None, spec: ModelSpec | None = None,
              monitor: Callable[[nn.Module], dict[str, float]] | None = None,
              on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
@@ -96,17 +97,17 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
     refit, stopped at the epoch best on the out-of-fold gold predictions, then a temperature fitted on those
     predictions under ``selection.temperature_prior_sd``. ``build(fold)`` overrides the fresh network each
     trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
-    run = _fold_training(data, table, targets, stage, cfg, weights=weights, train=train, rule=rule, build=build,
-                         monitor=monitor)
+    run = _fold_training(data, table, targets, stage, ctx, selection, weights=weights, train=train, rule=rule,
+                         build=build, monitor=monitor)
     note_training(f"cross-fitting {run.gold.k} fold models + the refit, {run.epochs} epochs", _rows(table, weights))
     run.advance(run.epochs, on_epoch)
     if run.lazy:  # the refit trains after the folds, silently: say so
         note_training(f"training the refit up to the chosen epoch {run.best_epoch + 1}")
-    return _trained(run.result(), spec or model_spec(data, stage), run.gold.y, cfg)
+    return _trained(run.result(), spec or model_spec(data, stage), run.gold.y, selection)
 
 
 def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str, PerFold | np.ndarray],
-                  stage: TrainStageConfig, cfg: Config, *, probe: int, choose: Callable[[dict[str, np.ndarray]], str],
+                  stage: TrainStageConfig, ctx: RunContext, selection: SelectionConfig, *, probe: int, choose: Callable[[dict[str, np.ndarray]], str],
                   train: TrainSettings | None = None, rule: Callable[[int | None], UpdateRule | None] | None = None,
                   on_epoch: Callable[[EpochStats], None] | None = None
                   ) -> tuple[str, dict[str, np.ndarray], TrainedModel]:
@@ -114,7 +115,7 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
     keep the one ``choose`` names from their calibrated out-of-fold gold probabilities so far, and finish only
     that one (:func:`tasks.core.crossfit.race`). Returns (the kept name, every candidate's calibrated
     out-of-fold probabilities at the probe, the kept model)."""
-    runs = {name: _fold_training(data, table, targets, stage, cfg, train=train, rule=rule)
+    runs = {name: _fold_training(data, table, targets, stage, ctx, selection, train=train, rule=rule)
             for name, targets in candidates.items()}
     first = next(iter(runs.values()))
     note_training(f"racing {len(runs)} candidates ({', '.join(runs)}): {first.gold.k} fold models each, "
@@ -123,11 +124,11 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
     calibrated: dict[str, np.ndarray] = {}
 
     def judge(oof: dict[str, np.ndarray]) -> str:
-        calibrated.update({name: softmax_t(logits, _temperature(logits, gold_y, cfg)) for name, logits in oof.items()})
+        calibrated.update({name: softmax_t(logits, _temperature(logits, gold_y, selection)) for name, logits in oof.items()})
         return choose(calibrated)
 
     kept, fitted = race(runs, probe, judge, on_epoch)
-    return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, cfg)
+    return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, selection)
 
 
 def _rows(table: pd.DataFrame, weights: PerFold | np.ndarray | None) -> int:
@@ -137,7 +138,7 @@ def _rows(table: pd.DataFrame, weights: PerFold | np.ndarray | None) -> int:
 
 
 def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndarray, stage: TrainStageConfig,
-                   cfg: Config, *, weights: PerFold | np.ndarray | None = None, train: TrainSettings | None = None,
+                   ctx: RunContext, selection: SelectionConfig, *, weights: PerFold | np.ndarray | None = None, train: TrainSettings | None = None,
                    rule: Callable[[int | None], UpdateRule | None] | None = None,
                    build: Callable[[int | None], nn.Module] | None = None,
                    monitor: Callable[[nn.Module], dict[str, float]] | None = None) -> FoldTraining:
@@ -146,19 +147,19 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
         raise ValueError("crossfit needs the gold rows first in the training table (use gold_first)")
 
     def fresh(_fold: int | None, member: int = 0) -> nn.Module:
-        return new_model(data, stage, cfg.seed + MEMBER_SEED * member)[0]
+        return new_model(data, stage, ctx.seed + MEMBER_SEED * member)[0]
 
     rows = _rows(table, weights)
-    return FoldTraining(build or fresh, data.x(table), targets, gold, train or settings(stage, cfg), weights=weights,
-                        rule=rule, monitor=monitor, refits=refit_count(cfg.selection.refits, rows),
+    return FoldTraining(build or fresh, data.x(table), targets, gold, train or settings(stage, ctx), weights=weights,
+                        rule=rule, monitor=monitor, refits=refit_count(selection.refits, rows),
                         member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)))
 
 
-def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, cfg: Config) -> float:
-    return fit_temperature(oof_logits, gold_y, prior_sd=cfg.selection.temperature_prior_sd) if len(gold_y) else 1.0
+def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, selection: SelectionConfig) -> float:
+    return fit_temperature(oof_logits, gold_y, prior_sd=selection.temperature_prior_sd) if len(gold_y) else 1.0
 
 
-def _trained(fitted: CrossFit, spec: ModelSpec, gold_y: np.ndarray, cfg: Config) -> TrainedModel:
+def _trained(fitted: CrossFit, spec: ModelSpec, gold_y: np.ndarray, selection: SelectionConfig) -> TrainedModel:
     assert fitted.refit is not None
     return TrainedModel(fitted.refit, replace_ensemble(spec, fitted.refit), fitted.history, fitted.best_epoch,
-                        fitted.folds, fitted.oof_logits, _temperature(fitted.oof_logits, gold_y, cfg))
+                        fitted.folds, fitted.oof_logits, _temperature(fitted.oof_logits, gold_y, selection))

@@ -11,7 +11,7 @@ process right after).
 
 A stage stuck inside C code that holds the GIL (a catastrophic regular expression) stops every thread of
 the process, this watchdog included. Under the ``weakflow`` command each limited stage therefore also
-tells the command's supervisor (``flows/runtime.py``) its deadline (:class:`StageRecord`); the supervisor
+tells the command's supervisor (``flows/supervisor.py``) its deadline (:class:`StageRecord`); the supervisor
 kills the command when the stage is still running ``STOP_GRACE_SECONDS`` after it. Prefect is imported when a stage first runs, not when its module is imported (``weakflow
 validate`` reads and checks data with the validate stage's module and never starts a flow).
 """
@@ -38,7 +38,7 @@ DEFAULT_LIMIT_SECONDS = 7200.0  # when a task gets no Config (limits.stage_secon
 _open_run: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("weakflow_stage_run", default=None)
 
 
-STAGES_ENV = "WEAKFLOW_STAGE_DEADLINES"  # set by the weakflow command's supervisor (flows/runtime.py)
+STAGES_ENV = "WEAKFLOW_STAGE_DEADLINES"  # set by the weakflow command's supervisor (flows/supervisor.py)
 
 
 class StageRecord:
@@ -203,7 +203,7 @@ class LazyTask:
         return getattr(self.task, attr)
 
 
-def _prefect_task(name: str, fn: Callable[..., Any]) -> Any:
+def prefect_task(name: str, fn: Callable[..., Any]) -> Any:
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
@@ -217,12 +217,12 @@ def stage_task(name: str, *, limited: bool = True) -> Callable[[F], F]:
 
     def wrap(fn: F) -> F:
         if not limited:
-            return LazyTask(lambda: _prefect_task(name, fn), fn)  # type: ignore[return-value]
+            return LazyTask(lambda: prefect_task(name, fn), fn)  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def within_limit(*args: Any, **kwargs: Any) -> Any:
             return run_limited(name, fn, args, kwargs, _limit_of(args, kwargs))
 
-        return LazyTask(lambda: _prefect_task(name, within_limit), fn)  # type: ignore[return-value]
+        return LazyTask(lambda: prefect_task(name, within_limit), fn)  # type: ignore[return-value]
 
     return wrap

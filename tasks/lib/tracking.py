@@ -57,10 +57,10 @@ def stage_run(stage: str, parent_run_id: str, experiment_id: str) -> Iterator[ml
 INHERITED_TAGS = ("weakflow.model_name", "weakflow.data_source")  # copied from the pipeline run to its stages
 
 
-def pipeline_run_name(cfg: Any, started: datetime, rows: int | None = None) -> str:
+def pipeline_run_name(model_name: str, started: datetime, rows: int | None = None) -> str:
     """What the MLflow run list shows for a pipeline run: model, rows (once validate read them), start time,
     e.g. ``weakflow-sms-classifier · 5,574 rows · 2026-12-06 21:40``."""
-    parts = [cfg.tracking.model_name, *([f"{rows:,} rows"] if rows is not None else []), f"{started:%Y-%m-%d %H:%M}"]
+    parts = [model_name, *([f"{rows:,} rows"] if rows is not None else []), f"{started:%Y-%m-%d %H:%M}"]
     return " · ".join(parts)
 
 
@@ -76,7 +76,7 @@ def pipeline_tags(cfg: Any) -> dict[str, str]:
 HASHED_POOL_BYTES = 256 << 20
 
 
-def name_pipeline_run(run_id: str, cfg: Any, started: datetime, data: Any) -> None:
+def name_pipeline_run(run_id: str, model_name: str, started: datetime, data: Any) -> None:
     """Once validate has read the data: the run's name gets its row count (training and test rows), and
     the run is tagged with each data file's resolved path and SHA-256, so runs on different data (or on
     a changed file at the same path) can be told apart and filtered in the run list."""
@@ -94,7 +94,7 @@ def name_pipeline_run(run_id: str, cfg: Any, started: datetime, data: Any) -> No
 
     client = mlflow.MlflowClient()
     client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
-    client.update_run(run_id, name=pipeline_run_name(cfg, started, rows))
+    client.update_run(run_id, name=pipeline_run_name(model_name, started, rows))
 
 
 def flatten(section: Any, prefix: str) -> dict[str, Any]:

@@ -31,12 +31,16 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import ReportConfig
 from weakflow.tasks.core.bootstrap import paired_bootstrap
 from weakflow.tasks.core.robustness import IMAGE_CORRUPTIONS, corruptions_for, robustness_table
 from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import ROW_ID, PipelineData, dataset_digest
+from weakflow.tasks.core.trusted import SourceNoise
+from weakflow.tasks.lib.pseudo_labels import PseudoLabels
+from weakflow.tasks.lib.results import Evaluation, Registration, Selection, WeakLabels
 from weakflow.tasks.lib.scores import score
+from weakflow.tasks.lib.steps import RunContext
 from weakflow.tasks.report.render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
 from weakflow.tasks.report.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
 
@@ -107,7 +111,7 @@ def source_noise(stats: pd.DataFrame | None) -> tuple[pd.DataFrame, float | None
 ISSUE_TEXT_CHARS = 160  # of a suspect row's text in the report's label-noise view
 
 
-def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str) -> tuple[pd.DataFrame, str, int]:
+def label_issues(data: PipelineData, labels: WeakLabels | None, model: nn.Module, device: str) -> tuple[pd.DataFrame, str, int]:
     """Weak training rows whose weak label ``model`` disputes, most suspicious first.
 
     ``model`` is the calibrated gold-only model: it never saw a weak row or a weak label, so its
@@ -152,20 +156,20 @@ def label_issues(data: PipelineData, labels: Any, model: nn.Module, device: str)
     return out, method, len(given)
 
 
-def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: dict[str, np.ndarray],
-                 champion: Champion, parent_run_id: str, labels: Any = None, pseudo: Any = None,
-                 selection: Any = None, issue_model: nn.Module | None = None, refined: Any = None) -> Review:
+def build_review(data: PipelineData, rc: ReportConfig, ctx: RunContext, final: nn.Module,
+                 test_probs: dict[str, np.ndarray], champion: Champion, labels: WeakLabels | None = None,
+                 pseudo: PseudoLabels | None = None, selection: Selection | None = None,
+                 issue_model: nn.Module | None = None, refined: list[SourceNoise] | None = None) -> Review:
     """Every number and figure of the report (no MLflow writes).
 
     ``final``: the challenger network (the shipped model, calibrated); ``test_probs``: the evaluate stage's
     test-split probabilities per candidate (``gold_only``, ``weak``, ``final``); ``labels``/``pseudo``: the
     weak_labels result and the pseudo set the final refit trained on; ``selection``: the select stage's
-    choice (tasks.select.Selection; None: the final model is the challenger); ``issue_model``: the network
+    choice (None: the final model is the challenger); ``issue_model``: the network
     whose probabilities judge the weak labels (the calibrated gold-only model; default ``final``);
     ``refined``: the weak model's confusions refined on the weak rows (WeakModel.refined_sources), shown beside
     the gold-measured ones."""
-    rc = cfg.report
-    seed = cfg.seed if rc.seed is None else rc.seed
+    seed = ctx.seed if rc.seed is None else rc.seed
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     x, y = data.x(data.test), data.y(data.test)
@@ -174,7 +178,7 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
     probs = {CHALLENGER: test_probs[shipped]}
     if champion.model is not None:  # through its own input schema: its text features are its own
         probs[CHAMPION] = (champion.loaded.predict_proba(data.test) if champion.loaded is not None
-                           else predict_proba(champion.model, x, device=cfg.device))
+                           else predict_proba(champion.model, x, device=ctx.device))
     probs |= {name: test_probs[key] for name, key in ((GOLD_ONLY, "gold_only"), (WEAK, "weak"), (FINAL, "final"))
               if key in test_probs and key != shipped}  # the shipped candidate is the challenger
     scores = {k: score(p, y, data.classes) for k, p in probs.items()}
@@ -192,7 +196,7 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
         skipped = [k for k in kinds if k in IMAGE_CORRUPTIONS and image_shape is None]
         kinds = [k for k in kinds if k not in skipped]
         robust = pd.DataFrame(robustness_table(
-            {k: (lambda a, m=m: predict_proba(m, a, device=cfg.device).argmax(1)) for k, m in models.items()},
+            {k: (lambda a, m=m: predict_proba(m, a, device=ctx.device).argmax(1)) for k, m in models.items()},
             x, y, kinds, rc.severities, seed=seed, image_shape=image_shape))
         note = (f"{len(kinds)} corruption(s) x {len(rc.severities)} severities on the {len(y)} test rows, seed {seed}"
                 + (f"; skipped {', '.join(skipped)}: the data has no image shape" if skipped else ""))
@@ -211,7 +215,7 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
                        "temperature": trained_on.calibration.temperature, "policy": trained_on.policy.kind,
                        "round": trained_on.round}
         per_class = trained_on.per_class[[c for c in trained_on.per_class.columns if not c.endswith("_rows")]]
-    issues, method, weak_rows = label_issues(data, labels, issue_model or final, cfg.device)
+    issues, method, weak_rows = label_issues(data, labels, issue_model or final, ctx.device)
     basis = "gold"
     if noise is None and weak_rows:  # no source labelled a gold row: the model-based estimate instead
         noise, basis = len(issues) / weak_rows, "model"
@@ -219,7 +223,7 @@ def build_review(data: PipelineData, cfg: Config, final: nn.Module, test_probs: 
 
     from weakflow.tasks.core.trusted import source_noise_records
 
-    review = Review(cfg.tracking.model_name, parent_run_id, list(data.classes), len(y), data_version(data),
+    review = Review(ctx.model_name, ctx.parent_run_id or "unrecorded", list(data.classes), len(y), data_version(data),
                     dataset_digest(data.test), champion, scores, boot, robust, note, sources, noise, pseudo_info,
                     per_class, issues, method, weak_rows, rc.top_k, seconds=seconds, noise_basis=basis,
                     shipped=shipped, selection_reason=selection.reason if selection is not None else "",
@@ -275,14 +279,14 @@ def review_metrics(review: Review) -> dict[str, float]:
     return m
 
 
-def basic_tags(data: PipelineData, labels: Any = None) -> dict[str, str]:
+def basic_tags(data: PipelineData, labels: WeakLabels | None = None) -> dict[str, str]:
     """The filterable tags that need no report: data version, test split, noise estimate against gold."""
     _, noise = source_noise(getattr(labels, "stats", None))
     return {"weakflow.data_version": data_version(data), "weakflow.test_set_digest": dataset_digest(data.test),
             "weakflow.noise_estimate": f"{noise:.2f}" if noise is not None else "n/a"}
 
 
-def after_register(evaluation: Any, registration: Any) -> dict[str, str]:
+def after_register(evaluation: Evaluation, registration: Registration) -> dict[str, str]:
     """Called by the register task once the gate decided: the verdict into the report and onto the evaluate
     run (``weakflow.gate``); returns the tags for the pipeline run (the evaluate run's, the verdict, where
     the report is)."""
@@ -297,7 +301,7 @@ def after_register(evaluation: Any, registration: Any) -> dict[str, str]:
     return tags
 
 
-def pipeline_note(evaluation: Any) -> str:
+def pipeline_note(evaluation: Evaluation) -> str:
     """A paragraph for the pipeline run's description: the verdict and where the report is."""
     if evaluation.review is None:
         return ""
@@ -361,31 +365,6 @@ def log_test_input(data: PipelineData) -> None:
         warnings.simplefilter("ignore")
         mlflow.log_input(mlflow.data.from_pandas(data.test, source=str(Path(data.spec.test_path).resolve()), name="test",
                                                  targets=data.label), context="evaluation")
-
-
-def review_run(data: PipelineData, cfg: Config, shipped: Any, test_probs: dict[str, np.ndarray],
-               parent_run_id: str, run_id: str, labels: Any = None, pseudo: Any = None,
-               selection: Any = None, gold_only: Any = None, weak: Any = None) -> Review:
-    """Load the champion, build the review, log it into the active (evaluate) run; ``report_seconds``
-    is what it all cost. ``shipped`` / ``gold_only`` / ``weak``: those candidates (tasks.modeling.TrainedModel;
-    the weak one for the confusions it refined)."""
-    from weakflow.tasks.core.models import calibrated
-
-    start = time.perf_counter()
-    champion = load_champion(cfg.tracking.model_name, data)
-    loaded = time.perf_counter() - start
-    network = calibrated(shipped.model, shipped.spec, shipped.temperature)[0]
-    judge = calibrated(gold_only.model, gold_only.spec, gold_only.temperature)[0] if gold_only is not None else None
-    review = build_review(data, cfg, network, test_probs, champion, parent_run_id, labels, pseudo, selection, judge,
-                          getattr(weak, "refined_sources", None))
-    review.seconds = {"champion_load": loaded, **review.seconds}
-    review.run_id = run_id
-    t = time.perf_counter()
-    log_review(review)
-    log_test_input(data)
-    review.seconds["logging"] = time.perf_counter() - t
-    mlflow.log_metric("report_seconds", time.perf_counter() - start)
-    return review
 
 
 def record_gate(review: Review, verdict: str, reason: str, version: str, alias: str) -> Review:

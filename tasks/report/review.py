@@ -25,6 +25,7 @@ class Champion:
     error: str | None = None  # why it could not be scored on this split
     run_id: str | None = None
     loaded: Any = None  # deploy.model.Loaded: the network with its own input schema (text featuriser)
+    seconds: float = 0.0  # what finding and loading it cost (the report's cost table)
 
 
 @dataclass

@@ -118,7 +118,7 @@ def test_the_meta_set_holds_no_gold_row():
 
     from weakflow.tasks.lib.config import FilesData
     from weakflow.tasks.lib.data import FOLD, PipelineData
-    from weakflow.tasks.weak_train import meta_features
+    from weakflow.tasks.lib.weak_methods import meta_features
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(300, 2)), columns=["a", "b"])

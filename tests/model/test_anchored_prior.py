@@ -13,9 +13,10 @@ import torch
 from weakflow.tasks.gold_only import train_gold_only
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
-from weakflow.tasks.weak_train import (
-    PRIOR_NAMES, STABLE, epoch_count, evidence_note, prior_options, probe_epochs, train_weak,
-)
+from weakflow.tasks import weak_train
+from weakflow.tasks.lib.results import PRIOR_NAMES, evidence_note
+from weakflow.tasks.lib.steps import RunContext
+from weakflow.tasks.lib.weak_methods import STABLE, epoch_count, prior_options, probe_epochs
 from tests.conftest import fast_config
 
 
@@ -53,8 +54,9 @@ def test_auto_probes_both_and_trains_on_the_one_the_out_of_fold_gold_rows_prefer
     y_gold = data.y(data.rows("gold"))
 
     def fitted(setting: str):
-        return train_weak(data, stable, cfg.model_copy(update={"weak_train": cfg.weak_train.model_copy(
-            update={"anchored_prior": setting})}), gold_only=gold_only)
+        section = cfg.weak_train.model_copy(update={"anchored_prior": setting})
+        return weak_train.compute(RunContext.of(cfg), data, stable, gold_only, section, cfg.selection,
+                                  cfg.weak_labels.confusion_strength)
 
     auto, votes, prior = fitted("auto"), fitted("never"), fitted("always")
     probe = probe_epochs(cfg.weak_train)

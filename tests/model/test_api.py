@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from weakflow.flows import api
+import weakflow as api  # the package is the API (flows/weakflow/__init__.py)
 from weakflow.tasks.lib.config import ConfigError
 
 
@@ -81,8 +81,8 @@ def test_misuse_raises_the_documented_errors_with_a_clear_message(tmp_path):
         api.config(overrides=["a=1"])
     with pytest.raises(ConfigError, match=r"overrides: every key is a dotted setting name"):
         api.config(overrides={("weak_train", "epochs"): 3})
-    with pytest.raises(ConfigError, match=r"run: expected a Config \(from weakflow.flows.api.config\(\.\.\.\)\) or "
-                                          r"None, found str 'not a config'; .* pass api.config\('not a config'\)"):
+    with pytest.raises(ConfigError, match=r"run: expected a Config \(from weakflow.config\(\.\.\.\)\) or "
+                                          r"None, found str 'not a config'; .* pass weakflow.config\('not a config'\)"):
         api.run("not a config")
     with pytest.raises(ConfigError, match=r"load_model: expected a Config .* found dict"):
         api.load_model({"seed": 1})

@@ -15,10 +15,11 @@ import pytest
 
 from weakflow.tasks.lib.config import Config, ParallelConfig, parse_config
 from weakflow.tasks.lib.data import ROW_ID
-from weakflow.tasks.pseudo_label import PseudoLabels, calibration_of, judges, make_pseudo_labels
+from weakflow.tasks.lib.pseudo_labels import PseudoLabels, calibration_of, judges, make_pseudo_labels
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
-from weakflow.tasks.weak_train import train_weak
+from weakflow.tasks import weak_train
+from weakflow.tasks.lib.steps import RunContext
 from tests.conftest import fast_config
 
 POOL_ROWS = 50_000
@@ -41,7 +42,8 @@ def setup(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     demo = fast_config(ws, "data.image=false", "weak_train.epochs=5")
     data, _ = load_and_validate(demo)
-    weak = train_weak(data, make_weak_labels(data, demo), demo)
+    weak = weak_train.compute(RunContext.of(demo), data, make_weak_labels(data, demo), None, demo.weak_train,
+                              demo.selection, demo.weak_labels.confusion_strength)
     pool = write_pool(data.spec.train_path, data.features, ws / "pool.parquet")
     data = replace(data, spec=data.spec.model_copy(update={"unlabeled_path": pool}))
     base = {"data": data.spec.model_dump(mode="json"), "tracking": {"workspace": str(ws)},
@@ -51,8 +53,8 @@ def setup(tmp_path_factory):
 
 def label(data, weak, cfg: Config, out: Path) -> PseudoLabels:
     """The refit weak model's pseudo set (judged on every gold row's out-of-fold prediction)."""
-    return make_pseudo_labels(data, weak.model, cfg, judges(data, weak)[0], calibration_of(data, weak), out,
-                              spec=weak.spec)
+    return make_pseudo_labels(data, weak.model, cfg.pseudo_label, cfg.parallel, cfg.device, judges(data, weak)[0],
+                              calibration_of(data, weak), out, soft=cfg.full_train.strategy == "distill", spec=weak.spec)
 
 
 def config(base: dict, parallel: dict | None = None, **pseudo) -> Config:

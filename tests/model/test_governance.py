@@ -21,8 +21,10 @@ from sklearn.datasets import load_digits
 from weakflow.tasks.lib.config import Config, DemoData, FilesData, load_config
 from weakflow.tasks.core.pseudo import HIST_BINS, StreamResult, ThresholdPolicy
 from weakflow.tasks.lib.data import FOLD, PROVENANCE, ROW_ID, SPLIT, PipelineData, materialize_demo
-from weakflow.tasks.governance import GovernanceError, check_pseudo, check_training, run_logged
-from weakflow.tasks.pseudo_label import Calibration, PseudoLabels
+from weakflow.tasks import governance
+from weakflow.tasks.lib.checks import GovernanceError, check_pseudo
+from weakflow.tasks.lib.pseudo_labels import Calibration, PseudoLabels
+from weakflow.tasks.lib.steps import RunContext
 from tests.conftest import fast_config
 
 FEATURES = [f"px_{i}" for i in range(64)]
@@ -84,7 +86,7 @@ def policy(*overrides: str) -> Config:
 def test_pseudo_near_test_finds_the_planted_rows_and_drop_removes_exactly_them(hand_data, tmp_path):
     pseudo = planted_pseudo(hand_data, tmp_path)
     planted_ids = set(pseudo.kept[ROW_ID].head(7))
-    out, findings = check_pseudo(hand_data, pseudo, policy("governance.pseudo_near_test=drop"))
+    out, findings = check_pseudo(hand_data, pseudo, policy("governance.pseudo_near_test=drop").governance)
     table = findings.tables["pseudo_near_test"]
     assert findings.count("pseudo_near_test") == 7
     assert sorted(table["test_index"]) == sorted(EXACT_TEST_ROWS + NEAR_TEST_ROWS)
@@ -101,18 +103,18 @@ def test_pseudo_near_test_finds_the_planted_rows_and_drop_removes_exactly_them(h
 
 def test_pseudo_near_test_warn_keeps_the_rows_and_clean_sets_find_nothing(hand_data, tmp_path):
     pseudo = planted_pseudo(hand_data, tmp_path)
-    out, findings = check_pseudo(hand_data, pseudo, policy("governance.pseudo_near_test=warn"))
+    out, findings = check_pseudo(hand_data, pseudo, policy("governance.pseudo_near_test=warn").governance)
     assert findings.count("pseudo_near_test") == 7 and findings.actions["pseudo_near_test"] == "warned"
     assert findings.dropped == {} and out.kept_count == 40 and len(pd.read_parquet(out.path)) == 40
     clean = planted_pseudo(hand_data, tmp_path, rows=6, seed=2)  # fewer than 7 rows: nothing planted
-    _, none = check_pseudo(hand_data, clean, policy("governance.pseudo_near_test=drop"))
+    _, none = check_pseudo(hand_data, clean, policy("governance.pseudo_near_test=drop").governance)
     assert none.count("pseudo_near_test") == 0 and none.actions["pseudo_near_test"] == "none"
 
 
 def test_pseudo_near_test_fail_raises_with_the_findings_and_leaves_the_set(hand_data, tmp_path):
     pseudo = planted_pseudo(hand_data, tmp_path)
     with pytest.raises(GovernanceError, match=r"pseudo_near_test: 7 pseudo-labelled row\(s\)") as err:
-        check_pseudo(hand_data, pseudo, policy("governance.pseudo_near_test=fail"))
+        check_pseudo(hand_data, pseudo, policy("governance.pseudo_near_test=fail").governance)
     assert err.value.findings.count("pseudo_near_test") == 7
     assert len(pd.read_parquet(pseudo.path)) == 40
 
@@ -142,8 +144,13 @@ def test_a_failed_check_still_logs_every_finding_table(hand_data, local_mlflow):
     rng = np.random.default_rng(5)
     data.train.loc[near, FEATURES] = data.x(data.test)[[7, 8, 9]] + rng.normal(0, 0.05, (3, 64))
     cfg = policy("governance.near_duplicates=fail", "governance.exact_duplicates=drop", "governance.label_leakage=warn")
+    ctx = RunContext.of(cfg)
     with mlflow.start_run(experiment_id=exp) as run, pytest.raises(GovernanceError, match="near_duplicates: 3"):
-        run_logged(check_training, data, cfg)
+        try:
+            governance.STAGE.compute(ctx, data, cfg.governance)
+        except GovernanceError as exc:  # what the flow's runner does with a failed stage: record, re-raise
+            governance.STAGE.record_error(exc, ctx, data, cfg.governance)
+            raise
     logged = client.get_run(run.info.run_id).data
     assert logged.tags["governance"] == "failed" and logged.tags["governance.near_duplicates"] == "failed"
     assert logged.metrics["near_duplicates_found"] == 3 and logged.metrics["exact_duplicates_found"] == 0
@@ -157,16 +164,18 @@ def test_a_failed_check_still_logs_every_finding_table(hand_data, local_mlflow):
 def real_weak(hand_data, tmp_path_factory):
     """A tiny real cross-fitted weak model on the hand-made rows, and its pseudo sets with every candidate
     kept (threshold 0), the planted test copies included; then the same sets after pseudo_near_test=drop."""
-    from weakflow.tasks.governance import check_all_pseudo
-    from weakflow.tasks.pseudo_label import label_all
+    from weakflow.tasks.lib.checks import check_all_pseudo
+    from weakflow.tasks.lib.pseudo_labels import label_all
     from weakflow.tasks.weak_labels import make_weak_labels
-    from weakflow.tasks.weak_train import train_weak
+    from weakflow.tasks import weak_train
 
     cfg = self_train_config(tmp_path_factory.mktemp("ws"), "drop")
     labels = make_weak_labels(hand_data, cfg)
-    weak = train_weak(hand_data, labels, cfg)
-    raw = label_all(hand_data, weak, cfg, tmp_path_factory.mktemp("pseudo"))
-    clean, findings = check_all_pseudo(hand_data, raw, cfg)
+    weak = weak_train.compute(RunContext.of(cfg), hand_data, labels, None, cfg.weak_train, cfg.selection,
+                              cfg.weak_labels.confusion_strength)
+    raw = label_all(hand_data, weak, cfg.pseudo_label, cfg.parallel, cfg.device, tmp_path_factory.mktemp("pseudo"),
+                    soft=False)
+    clean, findings = check_all_pseudo(hand_data, raw, cfg.governance)
     return labels, weak, raw, clean, findings
 
 
@@ -175,6 +184,11 @@ def self_train_config(workspace: Path, policy_: str, *more: str) -> Config:
                               "full_train.model=mlp", "full_train.hidden=[32]", "weak_train.epochs=3",
                               "full_train.epochs=2", "pseudo_label.policy=fixed", "pseudo_label.threshold=0.0",
                               "full_train.strategy=self_train", f"governance.pseudo_near_test={policy_}", *more])
+
+
+def final_sections(cfg: Config) -> tuple:
+    """The full_train stage's sections after its inputs, as the composition passes them."""
+    return cfg.full_train, cfg.selection, cfg.pseudo_label, cfg.parallel, cfg.governance
 
 
 def test_the_pseudo_sets_of_every_weak_model_are_checked(hand_data, real_weak):
@@ -190,13 +204,14 @@ def test_the_pseudo_sets_of_every_weak_model_are_checked(hand_data, real_weak):
 
 def test_every_self_training_round_passes_its_relabelled_sets_through_pseudo_near_test(hand_data, real_weak,
                                                                                       tmp_path):
-    from weakflow.tasks.full_train import self_training
+    from weakflow.tasks.full_train import FinalSetup, self_training
 
     labels, weak, _, clean, _ = real_weak
     cfg = self_train_config(tmp_path, "drop", "full_train.self_train.max_rounds=2",
                             "full_train.self_train.min_growth=0", "full_train.self_train.dev_tolerance=1")
     seen = []
-    final = self_training(hand_data, labels, weak, clean, cfg, on_round=seen.append)
+    final = self_training(hand_data, labels, weak, clean, FinalSetup(RunContext.of(cfg), *final_sections(cfg)),
+                          on_round=seen.append)
     planted_ids = set(hand_data.rows("unlabeled").head(7)[ROW_ID])
     # round 1's students relabelled every candidate, the planted copies too: the check found and dropped them
     found = seen[0].model.relabel_findings
@@ -210,44 +225,45 @@ def test_every_self_training_round_passes_its_relabelled_sets_through_pseudo_nea
 
 def test_a_failed_round_check_is_logged_in_the_round_run_and_stops_training(hand_data, real_weak, tmp_path,
                                                                              local_mlflow):
-    from weakflow.tasks.full_train import log_round, self_training
+    from weakflow.tasks import full_train
 
     client, exp = local_mlflow
     labels, weak, _, clean, _ = real_weak
     cfg = self_train_config(tmp_path, "fail", "full_train.self_train.max_rounds=3")
-    seen = []
-
-    def on_round(rnd):
-        seen.append(rnd)
-        log_round(rnd, hand_data, parent.info.run_id, exp)
-
-    with mlflow.start_run(experiment_id=exp) as parent, pytest.raises(GovernanceError, match="pseudo_near_test: 7"):
-        self_training(hand_data, labels, weak, clean, cfg, on_round=on_round)
-    assert len(seen) == 1  # round 2 never trained on the contaminated sets
+    args = (RunContext.of(cfg), hand_data, labels, weak, clean, *final_sections(cfg))
+    with (mlflow.start_run(experiment_id=exp) as parent,
+          pytest.raises(GovernanceError, match="pseudo_near_test: 7") as failed):
+        try:
+            full_train.STAGE.compute(*args)
+        except GovernanceError as exc:  # what the flow's runner does with a failed stage: record, re-raise
+            full_train.STAGE.record_error(exc, *args)
+            raise
+    assert [r.index for r in failed.value.rounds] == [1]  # round 2 never trained on the contaminated sets
     (rnd,) = client.search_runs([exp], "tags.`weakflow.stage` = 'self_train_round_1'")
+    assert rnd.data.tags["mlflow.parentRunId"] == parent.info.run_id  # nested under the full_train stage run
     assert rnd.data.tags["governance"] == "failed" and rnd.data.metrics["pseudo_near_test_found"] == 7
     table = pd.read_parquet(client.download_artifacts(rnd.info.run_id, "governance/pseudo_near_test.parquet"))
     assert sorted(table["test_index"]) == sorted(EXACT_TEST_ROWS + NEAR_TEST_ROWS)
 
 
 def test_the_model_card_describes_the_set_the_final_model_trained_on_and_the_recorded_validation(
-        hand_data, tmp_path, local_mlflow):
+        hand_data, tmp_path):
     """Self-training chose round 2, which trained on round 1's relabelled set: the card gives that set's
     size (not the weak model's), says its precision was not measured, lists each round's check; the
-    validation text comes from the validate run and says the test-overlap expectation was off."""
+    validation text comes from the validate stage's report (and names its run) and says the test-overlap
+    expectation was off."""
     from types import SimpleNamespace
 
     from weakflow.tasks.core.selftrain import Round, SelfTrainResult
-    from weakflow.tasks.full_train import FullModel
-    from weakflow.tasks.governance import CheckResult, Findings
-    from weakflow.tasks.register import Provenance, model_card, validation_result
+    from weakflow.tasks.lib.checks import CheckResult, Findings
+    from weakflow.tasks.lib.results import FullModel
+    from weakflow.data_checks.suite import ValidationReport
+    from weakflow.tasks.lib.results import Validated
+    from weakflow.tasks.register import Methods, Provenance, model_card, validation_result
 
-    client, exp = local_mlflow
-    with mlflow.start_run(experiment_id=exp) as parent:
-        with mlflow.start_run(experiment_id=exp, nested=True, tags={"weakflow.stage": "validate", "validation": "passed"}):
-            mlflow.log_metrics({"expectations_evaluated": 431, "expectations_failed": 0})
+    validated = Validated(hand_data, ValidationReport(True, 431), run_id="validate-run-7")
     cfg = policy("governance.exact_duplicates=drop", "full_train.strategy=self_train")
-    validation = validation_result(client, exp, parent.info.run_id, cfg)
+    validation = validation_result(validated, cfg.governance.exact_duplicates)
     assert validation.passed
     round1_set = planted_pseudo(hand_data, tmp_path, rows=57, round_=1)
     checked = Findings({"pseudo_near_test": pd.DataFrame({ROW_ID: [1, 2]})}, {"pseudo_near_test": "dropped 2 row(s)"},
@@ -260,18 +276,20 @@ def test_the_model_card_describes_the_set_the_final_model_trained_on_and_the_rec
                                  weak=SimpleNamespace(accuracy=0.8502), shipped_name="final")
     prov = Provenance([{"source": "weak_label", "coverage": 0.61, "accuracy": 0.83}], 40, 0.912,
                       {"pseudo_near_test": CheckResult(0, "none")}, {})
-    card = model_card(hand_data, evaluation, cfg, prov, "3", "challenger", "all gates passed", validation, final)
+    card = model_card(hand_data, evaluation, cfg.tracking.model_name, Methods.of(cfg), prov, "3", "challenger",
+                      "all gates passed", validation, final)
     assert f"| pseudo-labelled ({cfg.pseudo_label.policy}; the set relabelled by self-training round 1's student) | 57 |" in card
     assert "(the set relabelled by self-training round 1's student): n/a (not measured" in card
     assert "0.912" not in card and "| 40 |" not in card  # the weak model's set is not what it trained on
     assert "pseudo_near_test (round 1 relabel) | 2 found; dropped 2 row(s)" in card
     assert "pseudo_round_1': 2" in card and "| weak_label | 0.61 | 0.17 |" in card
     assert "| this model | 0.9321 | 0.9288 | 0.0417 |" in card and "| gold-only baseline | 0.8811 | 0.8765 |" in card
-    assert "passed: Great Expectations suite before any training (431 expectations evaluated, 0 failed" in card
+    assert ("passed: Great Expectations suite before any training (431 expectations evaluated, 0 failed; validate "
+            "run validate-run-7)") in card
     assert "expectation off (governance.exact_duplicates = drop)" in card
-    assert "expectation ran" in validation_result(client, exp, parent.info.run_id, policy()).text
-    missing = validation_result(client, exp, "no-such-run", cfg)
-    assert missing.text.startswith("not recorded")
+    assert "expectation ran" in validation_result(validated, policy().governance.exact_duplicates).text
+    failed = validation_result(Validated(hand_data, ValidationReport(False, 431)), "drop")
+    assert not failed.passed and failed.text.startswith("failed: ")
 
 
 def planted(spec, folder):

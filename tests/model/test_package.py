@@ -145,10 +145,14 @@ def test_the_wheel_installs_alone_and_runs_outside_the_checkout(tmp_path):
         "                                   code_paths=[str(model_code.stage(tmp / 'code'))], pip_requirements=[])\n"
         "rows = pd.DataFrame(json.loads(%r))\n"
         "out = mlflow.pyfunc.load_model(info.model_uri).predict(rows)\n"
-        "print(json.dumps({'cli': weakflow.flows.cli.__file__, 'pred': out['prediction'].tolist()}))\n"
+        "import weakflow\n"  # the package is the API, also after a model's code went first on sys.path
+        "api = {'file': weakflow.__file__, 'seed': weakflow.config(seed=4).seed, 'run': weakflow.run.__module__}\n"
+        "print(json.dumps({'cli': weakflow.flows.cli.__file__, 'pred': out['prediction'].tolist(), 'api': api}))\n"
     ) % ROWS.to_json(orient="records")
     ran = subprocess.run([str(python), "-c", script], cwd=outside, env=env, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr[-3000:]
     found = json.loads(ran.stdout.strip().splitlines()[-1])
     assert found["cli"].startswith(fresh_site) and str(ROOT) not in found["cli"]
     assert found["pred"] == ["cat", "dog", "eel"]
+    assert found["api"] == {"file": str(Path(fresh_site, "weakflow", "__init__.py")), "seed": 4,
+                            "run": "weakflow.flows.api"}

@@ -156,7 +156,7 @@ def assert_clean(done: Finished, what: str) -> None:
 def supervised(script: str, *args: str) -> list[str]:
     """``script`` (Python code) run as a command under the same supervisor as the console script."""
     return [sys.executable, "-c",
-            "import sys\nfrom weakflow.flows.runtime import exit_like, supervise_process\n"
+            "import sys\nfrom weakflow.flows.supervisor import exit_like, supervise_process\n"
             f"exit_like(supervise_process([sys.executable, '-c', {script!r}, *sys.argv[1:]], 'run'))", *args]
 
 
@@ -209,7 +209,7 @@ def test_a_killed_supervisor_takes_the_command_and_its_children_with_it():
     supervisor cannot clean up: the command's guard sees the supervisor's pipe close and kills the command's
     whole process group, so the command, its children and the caller's pipes all end."""
     mark = uuid.uuid4().hex
-    command = ("from weakflow.flows.runtime import _start_guard\n_start_guard()\nimport subprocess, time\n"
+    command = ("from weakflow.flows.supervisor import start_guard\nstart_guard()\nimport subprocess, time\n"
                "subprocess.Popen(['sleep', '300'])\nprint('ready', flush=True)\ntime.sleep(300)")
     proc = subprocess.Popen(supervised(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, MARK: mark})

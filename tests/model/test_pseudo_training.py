@@ -11,13 +11,14 @@ import torch
 from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import FOLD, ROW_ID
 from weakflow.tasks.core.methods import as_evidence
-from weakflow.tasks.full_train import final_table, train_full
+from weakflow.tasks.full_train import FinalSetup, final_table, train_full
 from weakflow.tasks.gold_only import train_gold_only
 from weakflow.tasks.lib.modeling import new_model
-from weakflow.tasks.pseudo_label import label_all
+from weakflow.tasks.lib import pseudo_labels
+from weakflow.tasks.lib.steps import RunContext
 from weakflow.tasks.validate import load_and_validate
 from weakflow.tasks.weak_labels import make_weak_labels
-from weakflow.tasks.weak_train import train_weak
+from weakflow.tasks import weak_train
 from tests.conftest import fast_config
 
 
@@ -27,7 +28,8 @@ def weak_setup(tmp_path_factory):
     cfg = fast_config(ws, "full_train.epochs=6", "full_train.finetune_epochs=3")
     data, _ = load_and_validate(cfg)
     labels = make_weak_labels(data, cfg)
-    weak = train_weak(data, labels, cfg)
+    weak = weak_train.compute(RunContext.of(cfg), data, labels, None, cfg.weak_train, cfg.selection,
+                              cfg.weak_labels.confusion_strength)
     return cfg, data, labels, weak
 
 
@@ -37,6 +39,17 @@ def with_(cfg, *overrides):
 
     return load_config(None, [*FAST, f"tracking.workspace={cfg.tracking.workspace}", "full_train.epochs=6",
                               "full_train.finetune_epochs=3", *overrides])
+
+
+def label_all(data, weak, cfg, out):
+    """Every weak model's pseudo set under ``cfg``'s sections, as the pseudo_label stage makes it."""
+    return pseudo_labels.label_all(data, weak, cfg.pseudo_label, cfg.parallel, cfg.device, out,
+                                   soft=cfg.full_train.strategy == "distill")
+
+
+def setup(cfg) -> FinalSetup:
+    """What the full_train stage's trainers read of ``cfg``."""
+    return FinalSetup(RunContext.of(cfg), cfg.full_train, cfg.selection, cfg.pseudo_label, cfg.parallel, cfg.governance)
 
 
 def test_new_model_is_seeded_whatever_ran_before(weak_setup):
@@ -100,8 +113,8 @@ def test_self_train_with_one_round_is_augment(weak_setup, tmp_path):
     cfg, data, labels, weak = weak_setup
     aug_cfg, st_cfg = with_(cfg), with_(cfg, "full_train.strategy=self_train", "full_train.self_train.max_rounds=1")
     pseudo = label_all(data, weak, aug_cfg, tmp_path)
-    a = train_full(data, labels, weak, pseudo, aug_cfg)
-    b = train_full(data, labels, weak, pseudo, st_cfg)
+    a = train_full(data, labels, weak, pseudo, setup(aug_cfg))
+    b = train_full(data, labels, weak, pseudo, setup(st_cfg))
     x = data.x(data.test)
     assert np.array_equal(predict_proba(a.model, x), predict_proba(b.model, x))
     assert b.rounds is not None and len(b.rounds.rounds) == 1 and "max_rounds=1" in b.rounds.stop_reason
@@ -113,7 +126,7 @@ def test_self_train_rounds_relabel_with_the_students(weak_setup, tmp_path):
                    "full_train.self_train.min_growth=0.0", "full_train.self_train.dev_tolerance=1.0")
     pseudo = label_all(data, weak, st_cfg, tmp_path)
     seen = []
-    final = train_full(data, labels, weak, pseudo, st_cfg, on_round=seen.append)
+    final = train_full(data, labels, weak, pseudo, setup(st_cfg), on_round=seen.append)
     rounds, reason = final.rounds.rounds, final.rounds.stop_reason
     assert [r.index for r in seen] == [r.index for r in rounds]
     # round 1 trains on the weak models' sets and, with max_rounds > 1, always relabels with its students
@@ -134,25 +147,26 @@ def test_final_trains_on_weak_rows_unless_relabelled_and_warm_starts(weak_setup,
     cfg, data, labels, weak = weak_setup
     aug = with_(cfg)
     pseudo = label_all(data, weak, aug, tmp_path)
-    final = train_full(data, labels, weak, pseudo, aug)
+    final = train_full(data, labels, weak, pseudo, setup(aug))
     relabelled = set(pseudo.refit.kept.loc[pseudo.refit.kept["source"] == "train", ROW_ID])
     assert final.train_rows == {"gold": len(data.rows("gold")), "pseudo": pseudo.refit.kept_count,
                                 "weak": int(sum(r not in relabelled for r in weak.row_ids))}
     sources = final.provenance["label_source"].str.split(":").str[0].value_counts().to_dict()
     assert sources == {k: v for k, v in final.train_rows.items() if v}
     # init: weak starts from the weak models, fresh from new networks: different models
-    fresh = train_full(data, labels, weak, pseudo, with_(cfg, "full_train.init=fresh"))
+    fresh = train_full(data, labels, weak, pseudo, setup(with_(cfg, "full_train.init=fresh")))
     x = data.x(data.test)
     assert not np.array_equal(predict_proba(final.model, x), predict_proba(fresh.model, x))
 
 
 def test_final_learns_the_weak_rows_through_the_weak_models_refined_evidence(weak_setup, tmp_path):
     cfg, data, labels, _ = weak_setup
-    weak = train_weak(data, labels, cfg, gold_only=train_gold_only(data, cfg))  # anchored_refine: on by default
+    weak = weak_train.compute(RunContext.of(cfg), data, labels, train_gold_only(data, cfg), cfg.weak_train,
+                              cfg.selection, cfg.weak_labels.confusion_strength)  # anchored_refine: on by default
     trainers = [*range(data.folds), None]
     assert set(weak.evidence) == set(trainers) and len(weak.refined_sources) == len(labels.sources)
     assert weak.figures["anchored_refined"] == 1.0
-    table = final_table(data, labels, weak, label_all(data, weak, with_(cfg), tmp_path), with_(cfg))
+    table = final_table(data, labels, weak, label_all(data, weak, with_(cfg), tmp_path), with_(cfg).full_train)
     n_gold, n_weak, k = len(data.rows("gold")), len(weak.row_ids), len(data.classes)
     for t in trainers:
         own = table.weights[t][n_gold:n_gold + n_weak] > 0  # weak rows no pseudo label replaced
@@ -173,9 +187,9 @@ def test_distill_trains_on_soft_labels_and_pretrain_finetune_on_both_phases(weak
     # soft rows are rescored in pass 2 in other batches than pass 1's confidences: equal up to float32 noise
     confidence = pd.read_parquet(pseudo.refit.path)["confidence"].to_numpy()
     np.testing.assert_allclose(soft.max(axis=1), confidence, rtol=0, atol=1e-5)
-    assert train_full(data, labels, weak, pseudo, d_cfg).best_dev_accuracy > 0.5
+    assert train_full(data, labels, weak, pseudo, setup(d_cfg)).best_dev_accuracy > 0.5
     with pytest.raises(ValueError, match="soft labels"):
-        train_full(data, labels, weak, label_all(data, weak, with_(cfg), tmp_path / "hard"), d_cfg)
+        train_full(data, labels, weak, label_all(data, weak, with_(cfg), tmp_path / "hard"), setup(d_cfg))
     p_cfg = with_(cfg, "full_train.strategy=pretrain_finetune")
-    pf = train_full(data, labels, weak, label_all(data, weak, p_cfg, tmp_path / "pf"), p_cfg)
+    pf = train_full(data, labels, weak, label_all(data, weak, p_cfg, tmp_path / "pf"), setup(p_cfg))
     assert len(pf.history) == 6 + 3 and pf.best_epoch >= 6  # fine-tuning epochs come after pre-training

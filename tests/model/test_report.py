@@ -17,8 +17,9 @@ from weakflow.tasks.lib.config import DemoData
 from weakflow.tasks.core.training import fit, predict_proba
 from weakflow.tasks.lib.data import assemble, class_set, materialize_demo, read_raw
 from weakflow.tasks.lib.modeling import new_model, settings
+from weakflow.tasks.lib.steps import RunContext
 from weakflow.tasks.core.pseudo import DevSet
-from weakflow.tasks.pseudo_label import Calibration, Judge, make_pseudo_labels
+from weakflow.tasks.lib.pseudo_labels import Calibration, Judge, make_pseudo_labels
 from weakflow.tasks.register import MODEL_ENTRY
 from weakflow.tasks.report.build import (
     HTML_FILE,
@@ -48,7 +49,7 @@ def setup(demo_root, tmp_path_factory):
     def train(epochs: int):
         model, spec = new_model(data, cfg.full_train, cfg.seed)
         stage = cfg.full_train.model_copy(update={"epochs": epochs, "batch_size": 32})
-        return fit(model, data.x(gold), data.y(gold), settings(stage, cfg), x_dev=data.x(dev), y_dev=data.y(dev)).model, spec
+        return fit(model, data.x(gold), data.y(gold), settings(stage, RunContext.of(cfg)), x_dev=data.x(dev), y_dev=data.y(dev)).model, spec
 
     good, spec = train(20)
     poor, _ = train(1)
@@ -57,7 +58,8 @@ def setup(demo_root, tmp_path_factory):
     labels = make_weak_labels(data, cfg)
     held = predict_proba(good, data.x(dev))
     judge = Judge(1.0, DevSet(held.argmax(1), held.max(1), data.y(dev)), DevSet(held.argmax(1), held.max(1), data.y(dev)))
-    pseudo = make_pseudo_labels(data, good, cfg, judge, Calibration(1.0, {}, {}), ws / "pseudo")
+    pseudo = make_pseudo_labels(data, good, cfg.pseudo_label, cfg.parallel, cfg.device, judge, Calibration(1.0, {}, {}),
+                                ws / "pseudo", soft=False)
     return cfg, data, good, poor, spec, probs, labels, pseudo
 
 
@@ -70,7 +72,7 @@ def assert_self_contained(page: str) -> None:
 
 def test_report_without_champion_says_so_and_shows_the_rest(setup):
     cfg, data, good, poor, spec, probs, labels, pseudo = setup
-    review = build_review(data, cfg, good, probs, Champion(None), "run-1", labels, pseudo)
+    review = build_review(data, cfg.report, RunContext.of(cfg, "run-1"), good, probs, Champion(None), labels, pseudo)
     page, md = render_html(review), render_markdown(review)
     assert_self_contained(page)
     for section in SECTIONS:
@@ -101,7 +103,7 @@ def test_label_noise_view_shows_the_refined_confusions_beside_the_gold_ones(setu
     cfg, data, good, _, _, probs, labels, pseudo = setup
     x_weak = data.x(data.train.set_index(ROW_ID).loc[labels.row_ids].reset_index())
     refined, _ = refine(labels.sources, labels.votes, predict_proba(good, x_weak))
-    review = build_review(data, cfg, good, probs, Champion(None), "run-r", labels, pseudo, refined=refined)
+    review = build_review(data, cfg.report, RunContext.of(cfg, "run-r"), good, probs, Champion(None), labels, pseudo, refined=refined)
     md = render_markdown(review)
     gold, learnt = review.source_noise[0], review.refined_noise[0]
     assert learnt["basis"] == "gold+refined" and learnt["counts"] == gold["counts"]
@@ -110,7 +112,7 @@ def test_label_noise_view_shows_the_refined_confusions_beside_the_gold_ones(setu
     first = "| " + " | ".join([str(data.classes[0]), *(f"{m:.2f}" for m in learnt["confusion"][0])]) + " |"
     assert first in md
     # no refined sources (another method, or anchored_refine off): only the gold-measured view
-    without = render_markdown(build_review(data, cfg, good, probs, Champion(None), "run-r", labels, pseudo))
+    without = render_markdown(build_review(data, cfg.report, RunContext.of(cfg, "run-r"), good, probs, Champion(None), labels, pseudo))
     assert "as the weak training learnt it" not in without and first not in without
 
 
@@ -135,7 +137,7 @@ def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
     assert refused.model is None and "trained on other input columns" in refused.error and "['px_0'" in refused.error
 
     with mlflow.start_run(experiment_id=experiment) as run:
-        review = build_review(data, cfg, good, probs, champion, "parent-1", labels, pseudo)
+        review = build_review(data, cfg.report, RunContext.of(cfg, "parent-1"), good, probs, champion, labels, pseudo)
         review.run_id = run.info.run_id
         log_review(review)
     assert review.vs_champion == "better"  # 25 epochs vs 1: the paired interval clears 0
@@ -178,6 +180,6 @@ def test_report_against_a_registered_champion_and_what_it_logs(setup, tmp_path):
 def test_champion_that_cannot_be_scored_is_reported(setup, tmp_path):
     cfg, data, good, poor, spec, probs, labels, pseudo = setup
     champion = Champion("7", error="it was trained on other input columns")
-    review = build_review(data, cfg, good, probs, champion, "run-3", labels, None)
+    review = build_review(data, cfg.report, RunContext.of(cfg, "run-3"), good, probs, champion, labels, None)
     assert review.vs_champion == "champion not scored"
     assert "The champion (v7) could not be scored on this test split" in render_markdown(review)

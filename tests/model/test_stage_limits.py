@@ -16,7 +16,7 @@ from prefect import flow
 
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, FilesData
-from weakflow.tasks.core.methods import ConfidentLearningSettings, train_weak_model
+from weakflow.tasks.core.methods import ConfidentLearningSettings, confident_learning_keep
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.training import TrainSettings
 from weakflow.tasks.lib.data import PipelineData
@@ -68,9 +68,9 @@ def _repeat_label_issues(times: int) -> list[int]:
     found = [len(label_issues(data, labels, model, "cpu")[0]) for _ in range(times)]
     # the confident_learning weak-training method calls the same cleanlab filter (twice per fit)
     x, y = data.x(data.train), labels.hard
-    fitted = train_weak_model("confident_learning", lambda: build_model(spec), x, y, TrainSettings(epochs=2),
-                              meta_x=x[:50], cl=ConfidentLearningSettings(folds=2))
-    found.append(int(fitted.figures["cl_removed"]))
+    _, figures = confident_learning_keep(lambda: build_model(spec), x, y, TrainSettings(epochs=2),
+                                         ConfidentLearningSettings(folds=2))
+    found.append(int(figures["cl_removed"]))
     return found
 
 
