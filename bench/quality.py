@@ -39,9 +39,8 @@ def one_seed(seed: int, overrides: list[str], workspace: Path) -> dict[str, floa
     x_test, y_test = data.x(data.test), data.y(data.test)
     truth = pd.read_parquet(Path(data.spec.train_path).parent / "truth.parquet").set_index(ROW_ID)["true_label"]
     model, _ = new_model(data, cfg.full_train, cfg.seed)
-    gold = data.rows("gold")
     oracle = fit(model, data.x(data.train), truth.loc[data.train[ROW_ID]].to_numpy(),
-                 settings(cfg.full_train, RunContext.of(cfg)), x_dev=data.x(gold), y_dev=data.y(gold))
+                 settings(cfg.full_train, RunContext.of(cfg)))  # every epoch: no held-out rows to stop on
     oracle_acc = float((predict_proba(oracle.model, x_test).argmax(1) == y_test).mean())
     kept = pseudo.kept if pseudo is not None else pd.DataFrame({ROW_ID: [], "pseudo_label": []})
     true_kept = truth.loc[kept[ROW_ID]].to_numpy()

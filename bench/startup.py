@@ -105,7 +105,7 @@ def main() -> None:
             f"1-minute load average while measuring: {min(loads):.2f} to {max(loads):.2f} (2 cores). "
             "Heavy imports: which of " + ", ".join(HEAVY) + " the command's own process loaded. `--help` and usage "
             "errors are answered by the supervisor process itself; every other command runs in a child process "
-            "that the supervisor starts (flows/runtime.py), which the 'after' times include.")
+            "that the supervisor starts (flows/supervisor.py), which the 'after' times include.")
     publish("startup", body, args.no_write)
 
 

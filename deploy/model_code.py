@@ -74,7 +74,7 @@ def load_pyfunc(uri: str) -> Any:  # -> mlflow.pyfunc.PyFuncModel
     from every later import, and from a spawned worker's (``weakflow.tasks.core.noise`` not found), even at
     the end of ``sys.path`` under an editable install, whose finder comes after the path-based one. Loading
     has imported the model's modules by then, so such a folder is removed. A folder of a model saved before
-    the namespace (top-level ``tasks/`` and ``deploy/``) moves to the end instead: that code stays findable
+    the weakflow.* names (top-level ``tasks/`` and ``deploy/``) moves to the end instead: that code stays findable
     and shadows nothing of weakflow."""
     import mlflow
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 EXAMPLES = """\
 examples:
   weakflow run                                   # the demo: digits, 40% symmetric weak-label noise
-  weakflow run --config my.yaml                  # your own Parquet/CSV files (docs: guides/tables)
+  weakflow run --config my.yaml                  # your own Parquet/CSV files (docs/pages/guides/tables.md)
   weakflow run --set data.noise.rate=0.6 --set weak_train.method=clid_mu
   weakflow run --tracking-uri http://127.0.0.1:5000
   weakflow validate --config my.yaml             # only the data checks, no training
@@ -205,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from weakflow.flows import runtime
 
     runtime.quiet_telemetry()
-    from weakflow.tasks.lib.config import ConfigError
-    from weakflow.tasks.lib.data import DataError
+    from weakflow.tasks.lib.errors import ConfigError, DataError, RegistryError
 
     try:
         return HANDLERS[args.command](args, _load(args))  # flows/commands.py
@@ -214,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # RegistryError, StageTimeout, PrefectStartupError: a clear one-line reason
-        from weakflow.deploy.registry import RegistryError
         from weakflow.flows.runtime import PrefectStartupError
         from weakflow.tasks.lib.stage import StageTimeout
 

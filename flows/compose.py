@@ -43,6 +43,6 @@ def compose(cfg: Config, ctx: RunContext, steps: Steps) -> tuple[Published, RunO
                            shipped_pseudo)
     release = steps.run(register.STAGE, ctx, data, selection, evaluation, cfg.gates, champion, validated,
                         cfg.governance.exact_duplicates, register.Methods.of(cfg), labels, checks, pseudo_checks)
-    outcome = RunOutcome(validated, labels, weak, pseudo.refit if pseudo else None, final, selection, evaluation,
+    outcome = RunOutcome(validated, data, labels, weak, pseudo.refit if pseudo else None, final, selection, evaluation,
                          release.registration, checks, pseudo_checks)
     return steps.run(publish.STAGE, ctx, outcome), outcome

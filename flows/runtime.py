@@ -11,13 +11,13 @@ way: a client created after the exit handler stopped the server (a late log flus
 makes a new instance and starts a new server that nothing stops. :func:`start_prefect_api` starts it once,
 waits ``limits.prefect_startup_seconds``, stops it if it did not answer (one line naming the setting), and
 then pins ``PREFECT_API_URL`` to it for the rest of the process, so no later Prefect call can start another.
-``weakflow run`` starts it in the background while it imports the pipeline (:func:`run_pipeline`).
+``weakflow run`` starts it in the background while it imports the pipeline (``flows/commands.py``).
 
 **The command's exit** (:func:`run_child`): everything registered to run at exit runs, queued Prefect logs
 and events are sent while the API is still up, and the interpreter's slow teardown is skipped.
 
-Nothing is imported at module level beyond the standard library: the command line imports this module
-before it knows which command runs.
+Nothing is imported at module level beyond the standard library: every command imports this module, also
+those that never start a flow.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 STARTUP_SETTING = "limits.prefect_startup_seconds"
 EXPECTED = ("DataError", "DataValidationError", "GovernanceError", "LabelingFunctionError", "ConfigError",

@@ -263,7 +263,8 @@ def train_full(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: 
         trained = self_training(data, labels, weak, pseudo, setup, on_epoch, on_round)
     else:
         trained = STRATEGIES[strategy](data, labels, weak, pseudo, setup, on_epoch)
-    return replace(trained, strategy=strategy)
+    trained.strategy = strategy  # this stage's own, new result (a self-training round's model is the same object)
+    return trained
 
 
 def log_round(rnd: Round[FullModel, CrossPseudo], data: PipelineData, parent_run_id: str, experiment_id: str) -> None:
@@ -303,7 +304,6 @@ def compute(ctx: RunContext, data: PipelineData, labels: WeakLabels, weak: WeakM
 def record(trained: FullModel, ctx: RunContext, data: PipelineData, labels: WeakLabels, weak: WeakModel,
            pseudo: CrossPseudo, section: FullTrainConfig, selection: SelectionConfig, pseudo_label: PseudoLabelConfig,
            parallel: ParallelConfig, governance: GovernanceConfig) -> None:
-    tracking.log_section(section, "full_train")
     if trained.rounds is not None:
         _log_rounds(trained.rounds.rounds, data)
     log_candidate(trained, data)
@@ -319,9 +319,8 @@ def record(trained: FullModel, ctx: RunContext, data: PipelineData, labels: Weak
 def record_error(error: Exception, ctx: RunContext, data: PipelineData, labels: WeakLabels, weak: WeakModel,
                  pseudo: CrossPseudo, section: FullTrainConfig, selection: SelectionConfig,
                  pseudo_label: PseudoLabelConfig, parallel: ParallelConfig, governance: GovernanceConfig) -> None:
-    """The settings, and when a round's relabelled set failed its check every round done so far (the
-    failing round's run holds the findings)."""
-    tracking.log_section(section, "full_train")
+    """When a round's relabelled set failed its check, every round done so far (the failing round's run
+    holds the findings)."""
     if isinstance(error, RoundCheckFailed):
         _log_rounds(error.rounds, data)
 
@@ -334,4 +333,9 @@ def progress(ctx: RunContext, data: PipelineData, labels: WeakLabels, weak: Weak
     return f"full_train ({section.strategy}, cross-fitted)", total
 
 
-STAGE = Stage("full_train", compute, record, record_error=record_error, progress=progress)
+def log_settings(ctx: RunContext, data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo,
+             section: FullTrainConfig, *others: object) -> None:
+    tracking.log_section(section, "full_train")
+
+
+STAGE = Stage("full_train", compute, record, record_error=record_error, progress=progress, settings=log_settings)

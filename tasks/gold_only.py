@@ -33,10 +33,13 @@ def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochSt
     return compute(RunContext.of(cfg), data, cfg.gold_only.resolved(cfg.weak_train), cfg.selection, on_epoch)
 
 
-def record(trained: TrainedModel, ctx: RunContext, data: PipelineData, section: TrainStageConfig,
-           selection: SelectionConfig) -> None:
+def log_settings(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig) -> None:
     tracking.log_section(selection, "selection")
     tracking.log_section(section, "gold_only")
+
+
+def record(trained: TrainedModel, ctx: RunContext, data: PipelineData, section: TrainStageConfig,
+           selection: SelectionConfig) -> None:
     log_candidate(trained, data)
 
 
@@ -45,4 +48,4 @@ def progress(ctx: RunContext, data: PipelineData, section: TrainStageConfig, sel
     return "gold_only (cross-fitted)", section.epochs
 
 
-STAGE = Stage("gold_only", compute, record, progress=progress)
+STAGE = Stage("gold_only", compute, record, progress=progress, settings=log_settings)

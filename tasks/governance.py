@@ -72,20 +72,22 @@ def compute(ctx: RunContext, data: PipelineData, section: GovernanceConfig) -> t
     return check_training(data, section, ctx.seed)
 
 
+def log_settings(ctx: RunContext, data: PipelineData, section: GovernanceConfig) -> None:
+    tracking.log_section(section, "governance")
+
+
 def record(result: tuple[PipelineData, Findings], ctx: RunContext, data: PipelineData,
            section: GovernanceConfig) -> None:
-    tracking.log_section(section, "governance")
     log_findings(result[1])
 
 
 def record_error(error: Exception, ctx: RunContext, data: PipelineData, section: GovernanceConfig) -> None:
-    """The settings, and a failed check's findings and reason (the error then stops the run)."""
-    tracking.log_section(section, "governance")
+    """A failed check's findings and reason (the error then stops the run)."""
     if isinstance(error, GovernanceError):
         log_failure(error)
 
 
-STAGE = Stage("governance", compute, record, record_error=record_error)
+STAGE = Stage("governance", compute, record, record_error=record_error, settings=log_settings)
 
 
 # --- pseudo_governance: on every weak model's pseudo set -------------------------------------------------

@@ -26,22 +26,16 @@ def compute(ctx: RunContext, data: PipelineData, weak: TrainedModel, section: Ps
     return label_all(data, weak, section, parallel, ctx.device, ctx.folder("pseudo"), soft=soft)
 
 
-def _log_settings(section: PseudoLabelConfig, parallel: ParallelConfig) -> None:
+def log_settings(ctx: RunContext, data: PipelineData, weak: TrainedModel, section: PseudoLabelConfig,
+             parallel: ParallelConfig, soft: bool) -> None:
     tracking.log_section(section, "pseudo_label")
     mlflow.log_params({"parallel.runner": parallel.runner, "parallel.shards": parallel.resolved_shards})
 
 
 def record(pseudo: CrossPseudo, ctx: RunContext, data: PipelineData, weak: TrainedModel, section: PseudoLabelConfig,
            parallel: ParallelConfig, soft: bool) -> None:
-    _log_settings(section, parallel)
     log_pseudo_labels(pseudo.refit, data)
     mlflow.log_metrics({f"fold{f}_kept": p.kept_count for f, p in enumerate(pseudo.folds)})
 
 
-def record_error(error: Exception, ctx: RunContext, data: PipelineData, weak: TrainedModel,
-                 section: PseudoLabelConfig, parallel: ParallelConfig, soft: bool) -> None:
-    """The settings the failed labelling ran under (e.g. a pool file that could not be read)."""
-    _log_settings(section, parallel)
-
-
-STAGE = Stage("pseudo_label", compute, record, record_error=record_error)
+STAGE = Stage("pseudo_label", compute, record, settings=log_settings)

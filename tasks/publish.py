@@ -20,13 +20,13 @@ def summary_lines(o: RunOutcome) -> list[tuple[str, str]]:
     """(stage, one line of figures) for the run summary table and the pipeline run's description: each
     result's own summary."""
     sel = o.selection
-    lines = [("validate", o.validated.summary()),
+    lines = [("validate", o.validated.summary(o.data)),
              ("governance", ", ".join(f"{k} {r.found}" + ("" if r.action == "none" else f" ({r.action})")
                                       for k, r in o.governance.items()))]
     if o.labels is not None:
         lines.append(("weak_labels", o.labels.summary()))
     lines.append(("gold_only", f"cross-fitted gold accuracy {sel.oof_accuracy('gold_only'):.3f} "
-                               f"({o.validated.data.folds} folds)"))
+                               f"({o.data.folds} folds)"))
     if o.weak is not None:
         lines.append(("weak_train", o.weak.summary(sel.oof_accuracy("weak"))))
     if o.pseudo is not None:

@@ -91,10 +91,14 @@ def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedMo
 
 def record(selection: Selection, ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel],
            section: SelectionConfig, missing: dict[str, str] | None = None) -> None:
-    tracking.log_section(section, "selection")
     tracking.log_frame(selection.table, "selection", "candidates")
     mlflow.log_metrics({f"oof_accuracy_{r.candidate}": r.oof_accuracy for r in selection.table.itertuples()})
     mlflow.set_tags(selection.tags | {"mlflow.note.content": selection.reason})
 
 
-STAGE = Stage("select", compute, record)
+def log_settings(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel], section: SelectionConfig,
+             missing: dict[str, str] | None = None) -> None:
+    tracking.log_section(section, "selection")
+
+
+STAGE = Stage("select", compute, record, settings=log_settings)

@@ -88,7 +88,9 @@ def record(result: Validated, ctx: RunContext, source: DataSource, validation: V
     tracking.log_json({"provenance": counts, "splits": split_counts, "classes": data.classes}, "data/provenance.json")
     if ctx.parent_run_id is not None:  # the row count and the files' hashes, once read
         tracking.name_pipeline_run(ctx.parent_run_id, ctx.model_name, ctx.started, data)
-    return replace(result, run_id=mlflow.active_run().info.run_id)
+    if result.docs is not None:  # logged: the Data Docs folder is not needed any more
+        result.docs.cleanup()
+    return replace(result, docs=None, run_id=mlflow.active_run().info.run_id)
 
 
 def record_error(error: Exception, ctx: RunContext, source: DataSource, validation: ValidationConfig,

@@ -128,10 +128,6 @@ def compute(ctx: RunContext, data: PipelineData, section: WeakLabelsConfig, rule
 def record(result: tuple[PipelineData, WeakLabels], ctx: RunContext, data: PipelineData, section: WeakLabelsConfig,
            rules: list[RuleConfig]) -> None:
     data, labels = result
-    # the rules as an artifact: a long list outgrows an MLflow parameter
-    tracking.log_section(section, "weak_labels", exclude={"rules"}, extra={"weak_labels.rules": len(rules)})
-    if rules:
-        tracking.log_json([r.model_dump(mode="json") for r in rules], "weak_labels/rules.json")
     mlflow.log_metrics(labels.figures)
     for row in labels.stats.to_dict("records"):
         name = _metric_name(row["source"])
@@ -152,7 +148,14 @@ def record(result: tuple[PipelineData, WeakLabels], ctx: RunContext, data: Pipel
                                           "label_source": labels.label_source}), "weak_training_set")
 
 
-STAGE = Stage("weak_labels", compute, record)
+def log_settings(ctx: RunContext, data: PipelineData, section: WeakLabelsConfig, rules: list[RuleConfig]) -> None:
+    # the rules as an artifact: a long list outgrows an MLflow parameter
+    tracking.log_section(section, "weak_labels", exclude={"rules"}, extra={"weak_labels.rules": len(rules)})
+    if rules:
+        tracking.log_json([r.model_dump(mode="json") for r in rules], "weak_labels/rules.json")
+
+
+STAGE = Stage("weak_labels", compute, record, settings=log_settings)
 
 
 def _metric_name(source: str) -> str:

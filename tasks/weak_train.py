@@ -87,8 +87,6 @@ def _weak_model(trained: TrainedModel, figures: dict[str, float], plan: Plan, fo
 def record(trained: WeakModel, ctx: RunContext, data: PipelineData, labels: WeakLabels,
            gold_only: TrainedModel | None, section: WeakTrainConfig, selection: SelectionConfig,
            confusion_strength: float) -> None:
-    mlflow.set_tag("method", section.method)
-    tracking.log_section(section, "weak_train")
     log_candidate(trained, data)
     mlflow.log_metrics(trained.figures)
     if trained.refined_sources:  # the confusions the weak rows were learnt through, beside the gold-only ones
@@ -101,4 +99,10 @@ def progress(ctx: RunContext, data: PipelineData, labels: WeakLabels, gold_only:
     return f"weak_train ({section.method}, cross-fitted)", epoch_count(section, labels, gold_only)
 
 
-STAGE = Stage("weak_train", compute, record, progress=progress)
+def log_settings(ctx: RunContext, data: PipelineData, labels: WeakLabels, gold_only: TrainedModel | None,
+             section: WeakTrainConfig, selection: SelectionConfig, confusion_strength: float) -> None:
+    mlflow.set_tag("method", section.method)
+    tracking.log_section(section, "weak_train")
+
+
+STAGE = Stage("weak_train", compute, record, progress=progress, settings=log_settings)

@@ -9,11 +9,15 @@ epoch bar for a training stage, computes, and records (or records what a failed 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from weakflow.tasks.lib.stage import prefect_task, run_limited
 from weakflow.tasks.lib.steps import RunContext, Stage
+
+if TYPE_CHECKING:
+    from weakflow.tasks.lib.data import PipelineData
+    from weakflow.tasks.report.review import Champion
 
 R = TypeVar("R")
 
@@ -30,14 +34,16 @@ class RecordedSteps:
             self._tasks[stage.name] = prefect_task(stage.name, self._limited(stage))
         return self._tasks[stage.name](*args, **kwargs)
 
-    def champion(self, data: Any) -> Any:
-        from dataclasses import replace
-
+    def champion(self, data: PipelineData) -> Champion:
+        """The registry's champion, loaded under the stage time limit (a hung registry fails the run)."""
         from weakflow.tasks.report.build import load_champion
 
-        start = time.perf_counter()
-        found = load_champion(self.ctx.model_name, data)
-        return replace(found, seconds=time.perf_counter() - start)
+        def load() -> Champion:
+            start = time.perf_counter()
+            found = load_champion(self.ctx.model_name, data)
+            return replace(found, seconds=time.perf_counter() - start)
+
+        return run_limited("champion", load, (), {}, self.ctx.stage_seconds)
 
     def _limited(self, stage: Stage[R]) -> Any:
         seconds = self.ctx.stage_seconds
@@ -45,7 +51,7 @@ class RecordedSteps:
         def within_limit(*args: Any, **kwargs: Any) -> R:
             return run_limited(stage.name, self._body, (stage, args, kwargs), {}, seconds)
 
-        within_limit.__name__ = stage.name
+        within_limit.__name__ = within_limit.__qualname__ = stage.name  # Prefect's task key and run names
         return within_limit
 
     def _body(self, stage: Stage[R], args: tuple, kwargs: dict) -> R:
@@ -54,6 +60,8 @@ class RecordedSteps:
 
         assert self.ctx.parent_run_id is not None and self.ctx.experiment_id is not None
         with tracking.stage_run(stage.name, self.ctx.parent_run_id, self.ctx.experiment_id):
+            if stage.settings is not None:
+                stage.settings(*args, **kwargs)
             try:
                 if stage.progress is not None:
                     description, total = stage.progress(*args, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.lib.pseudo_labels import PseudoLabels
 from weakflow.tasks.lib.scores import ModelScores
+
+if TYPE_CHECKING:
+    from weakflow.tasks.report.review import Review
 
 
 @dataclass
@@ -131,7 +134,7 @@ class Evaluation:
     vs_gold_only: tuple[float, float, float] | None = None
     run_id: str | None = None  # the evaluate stage run
     tags: dict[str, str] = field(default_factory=dict)  # the weakflow.* tags set on that run
-    review: Any = None  # tasks.report.Review when report.enabled
+    review: Review | None = None  # the review report, when report.enabled
 
     @property
     def lift_over_gold_only(self) -> float:
@@ -190,9 +193,9 @@ class Validated:
     docs: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
     run_id: str | None = None  # the validate stage's MLflow run, once recorded
 
-    def summary(self) -> str:
-        """The run summary's line."""
-        return "passed; rows " + ", ".join(f"{k} {v}" for k, v in self.data.provenance_counts().items())
+    def summary(self, data: PipelineData) -> str:
+        """The run summary's line, with the rows of ``data`` as the stages after it left them."""
+        return "passed; rows " + ", ".join(f"{k} {v}" for k, v in data.provenance_counts().items())
 
 
 SHOWN_SOURCES = 6  # weak sources named in the summary line; the rest are counted
@@ -223,6 +226,7 @@ class RunOutcome:
     """What each stage produced, as the summary needs it (any of the weak side may be missing)."""
 
     validated: Validated
+    data: PipelineData  # after governance's drops and weak_labels' weak rows: what the candidates trained on
     labels: WeakLabels | None
     weak: WeakModel | None
     pseudo: PseudoLabels | None
@@ -232,10 +236,6 @@ class RunOutcome:
     registration: Registration
     checks: Findings
     pseudo_checks: Findings | None
-
-    @property
-    def data(self) -> PipelineData:
-        return self.validated.data
 
     @property
     def governance(self) -> dict[str, CheckResult]:

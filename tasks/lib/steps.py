@@ -16,7 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from weakflow.tasks.lib.data import PipelineData
+    from weakflow.tasks.report.review import Champion
 
 R = TypeVar("R")
 
@@ -59,15 +63,18 @@ class Stage(Generic[R]):
     logs what the stage did into the active (the stage's own) MLflow run and returns the result as recorded
     (the same object, or a copy with what the store assigned, e.g. a registered version).
 
-    ``record_error(error, *args, **kwargs)`` logs a failed stage's findings before the error goes on (a
-    reviewer of a failed run needs them most). ``progress(*args, **kwargs) -> (description, epochs)``: the
-    stage trains; the flow's runner shows an epoch bar and hands ``compute`` its callback as ``on_epoch``."""
+    ``settings(*args, **kwargs)`` logs what the stage runs under (its config section) before it computes, so
+    a stage that fails or runs out of time still shows it. ``record_error(error, *args, **kwargs)`` logs a
+    failed stage's findings before the error goes on (a reviewer of a failed run needs them most).
+    ``progress(*args, **kwargs) -> (description, epochs)``: the stage trains; the flow's runner shows an
+    epoch bar and hands ``compute`` its callback as ``on_epoch``."""
 
     name: str
     compute: Callable[..., R]
     record: Callable[..., R | None] | None = None
     record_error: Callable[..., None] | None = None
     progress: Callable[..., tuple[str, int]] | None = None
+    settings: Callable[..., None] | None = None
 
 
 class Steps(Protocol):
@@ -75,8 +82,8 @@ class Steps(Protocol):
 
     def run(self, stage: Stage[R], *args: Any, **kwargs: Any) -> R: ...
 
-    def champion(self, data: Any) -> Any:
-        """The current champion (``tasks.report.review.Champion``): none when nothing is recorded."""
+    def champion(self, data: PipelineData) -> Champion:
+        """The current champion (none when nothing is recorded)."""
         ...
 
 
@@ -90,7 +97,7 @@ class PlainSteps:
         with self.timed(stage.name):
             return stage.compute(*args, **kwargs)
 
-    def champion(self, data: Any) -> Any:
+    def champion(self, data: PipelineData) -> Champion:
         from weakflow.tasks.report.review import Champion
 
         return Champion(None)

@@ -54,10 +54,15 @@ def graph() -> dict[str, set[str]]:
     return {name: {m for m in imported(path) if m in mods and m != name} for name, path in mods.items()}
 
 
+# Entry points stand with the flows: the package itself (its API names flows' functions) and the file MLflow
+# loads a registered model from (it imports the installed package before the model's own code).
+ENTRY_POINTS = {"weakflow", "weakflow.deploy.pyfunc_entry"}
+
+
 def layer(name: str, stages: set[str]) -> int:
     if name.startswith("weakflow.tasks.core"):
         return 0
-    if name.startswith("weakflow.flows") or name == "weakflow":  # the package's API names flows' functions
+    if name.startswith("weakflow.flows") or name in ENTRY_POINTS:
         return 3
     return 2 if name in stages else 1
 
@@ -143,8 +148,26 @@ def test_each_layer_imports_only_layers_below_it():
     assert upward(edges, stages) == []
 
 
+# Modules that make Prefect tasks but are no pipeline stage: the pseudo_label stage's shard sub-tasks (they may
+# run on Dask workers, so they are tasks of their own), a library below the stages.
+NOT_STAGES = {"weakflow.tasks.lib.pseudo_shards"}
+
+
 def test_no_stage_imports_another():
     assert stage_to_stage(graph(), stage_modules()) == []
+
+
+def test_every_module_defining_a_stage_counts_as_one():
+    """A stage defined anywhere but the stage floor (say under tasks/lib) would escape the rules above."""
+    defining = {name for name, path in modules().items() if defines_stage(path)}
+    assert defining - NOT_STAGES == stage_modules(), defining ^ stage_modules()
+
+
+def test_nothing_imports_the_package_front_as_a_flows_module():
+    """flows/weakflow/ is the ``weakflow`` package itself; imported as ``weakflow.flows.weakflow`` it would be
+    a second copy of the API module."""
+    found = {name for name, path in modules().items() if "weakflow.flows.weakflow" in imported(path)}
+    assert found == set()
 
 
 def test_core_imports_no_orchestration_or_tracking():
@@ -167,4 +190,14 @@ def test_the_checks_see_a_violation(tmp_path):
     assert heavy_in_core({"weakflow.tasks.core.planted": imported(planted)}) == [
         "weakflow.tasks.core.planted imports mlflow.pyfunc", "weakflow.tasks.core.planted imports prefect",
         "weakflow.tasks.core.planted imports prefect.flow"]
+    gx = tmp_path / "gx.py"
+    gx.write_text("import great_expectations as gx\nfrom evidently import Report\nimport numpy\n")
+    assert heavy_in_core({"weakflow.tasks.core.gx": imported(gx)}) == [
+        "weakflow.tasks.core.gx imports evidently", "weakflow.tasks.core.gx imports evidently.Report",
+        "weakflow.tasks.core.gx imports great_expectations"]
     assert defines_stage(planted)
+    task = tmp_path / "task.py"
+    task.write_text("@stage_task('y')\ndef y():\n    pass\n")
+    plain = tmp_path / "plain.py"
+    plain.write_text("STAGES = ('a', 'b')\ndef stage():\n    return Stage\n")
+    assert defines_stage(task) and not defines_stage(plain)

@@ -6,7 +6,7 @@ import re
 
 import pandas as pd
 
-from weakflow.tasks.publish import source_accuracies
+from weakflow.tasks.lib.results import source_accuracies
 
 
 def sources(n: int) -> pd.DataFrame:

@@ -82,6 +82,34 @@ def test_after_loading_a_new_model_a_spawned_worker_still_imports_all_of_weakflo
         sys.path[:] = path
 
 
+def test_a_model_loaded_first_in_a_fresh_process_leaves_import_weakflow_the_api(tmp_path):
+    """``mlflow.pyfunc.load_model`` (as ``mlflow models serve`` or a notebook does) before any weakflow
+    import: the model's code folder goes first on sys.path, yet ``import weakflow`` afterwards is the
+    installed package with its API, and the model ran the installed code."""
+    from weakflow.deploy import model_code
+    from weakflow.deploy.model import save_weights
+    from weakflow.tasks.core.models import ModelSpec, build_model
+    from weakflow.tasks.core.schema import InputSchema
+
+    use_registry(tmp_path / "registry")
+    spec = ModelSpec("mlp", 4, 3, hidden=(), dropout=0.0)
+    save_weights(tmp_path / "model.pt", build_model(spec).eval(), spec, InputSchema(list("abcd"), []), ["x", "y", "z"])
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(ROOT / "deploy" / "pyfunc_entry.py"),
+                                       artifacts={"weights": str(tmp_path / "model.pt")}, pip_requirements=[],
+                                       code_paths=[str(model_code.stage(tmp_path / "code"))])
+    script = ("import json, sys, mlflow, pandas as pd\n"
+              f"mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})\n"
+              f"out = mlflow.pyfunc.load_model({info.model_uri!r}).predict(pd.DataFrame(json.loads({ROWS.to_json(orient='records')!r})))\n"
+              "import weakflow\n"
+              "print(json.dumps({'api': hasattr(weakflow, 'config') and weakflow.config(seed=3).seed,\n"
+              "                  'model': sys.modules['weakflow.deploy.model'].__file__, 'rows': len(out)}))\n")
+    ran = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    found = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert found == {"api": 3, "model": str(ROOT / "deploy" / "model.py"), "rows": 3}
+
+
 def test_a_new_model_ships_only_the_modules_loading_imports(tmp_path):
     """What register gives MLflow as code_paths: one weakflow/ folder, the closure of weakflow.deploy.model."""
     from weakflow.deploy import model_code
@@ -93,7 +121,7 @@ def test_a_new_model_ships_only_the_modules_loading_imports(tmp_path):
     assert "weakflow/deploy/model.py" in shipped and "weakflow/tasks/core/text.py" in shipped
     assert not any(s.startswith(("weakflow/flows", "weakflow/monitoring", "weakflow/data_checks")) for s in shipped)
     assert "weakflow/tasks/data.py" not in shipped and "weakflow/deploy/serve.py" not in shipped
-    assert not (folder / "__init__.py").exists()  # weakflow stays a namespace: it merges with an installed one
+    assert not (folder / "__init__.py").exists()  # never a package of its own: it must not hide an installed one
 
 
 def test_the_wheel_installs_alone_and_runs_outside_the_checkout(tmp_path):
