@@ -1,5 +1,5 @@
 """The training pipeline as a Prefect flow: the one composition (``flows/compose.py``) run with
-:class:`tasks.lib.recorded.RecordedSteps`, under one MLflow pipeline run."""
+:class:`flows.recorded.RecordedSteps`, under one MLflow pipeline run."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import mlflow
 from prefect import flow
 
 from weakflow.flows.compose import compose
+from weakflow.flows.recorded import RecordedSteps
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, dump_config
-from weakflow.tasks.lib.recorded import RecordedSteps
 from weakflow.tasks.lib.results import Evaluation, Registration
 from weakflow.tasks.lib.steps import RunContext
 

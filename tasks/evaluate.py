@@ -20,7 +20,7 @@ from weakflow.tasks.lib.scores import score
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.lib.pseudo_labels import PseudoLabels
 from weakflow.tasks.lib.results import Evaluation, Selection, WeakLabels
-from weakflow.tasks.report.review import Champion
+from weakflow.tasks.lib.review import Champion
 from weakflow.tasks.lib.steps import RunContext, Stage
 
 
@@ -89,7 +89,7 @@ def evaluation_metrics(evaluation: Evaluation, classes: list) -> dict[str, float
 
 
 def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel], selection: Selection,
-            section: ReportConfig, champion: Champion, labels: WeakLabels | None = None,
+            section: ReportConfig, champion: Champion | None, labels: WeakLabels | None = None,
             pseudo: PseudoLabels | None = None) -> Evaluation:
     """Every candidate on the test split; with ``report.enabled`` the review (challenger vs ``champion``,
     robustness, label noise); ``labels`` and ``pseudo`` (the set the shipped model trained on) feed its
@@ -97,6 +97,7 @@ def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedMo
     from weakflow.tasks.core.models import calibrated
     from weakflow.tasks.report import build as report
 
+    champion = champion or Champion(None)  # nothing recorded: no registry, no champion
     probs: dict[str, np.ndarray] = {}
     evaluation = evaluate_models(data, candidates, selection.chosen, ctx.device, probs, section.bootstrap_samples,
                                  ctx.seed)
@@ -114,7 +115,8 @@ def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedMo
 
 
 def record(evaluation: Evaluation, ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel],
-           selection: Selection, section: ReportConfig, champion: Champion, labels: WeakLabels | None = None,
+           selection: Selection, section: ReportConfig, champion: Champion | None,
+           labels: WeakLabels | None = None,
            pseudo: PseudoLabels | None = None) -> Evaluation:
     """Metrics, reports, the confusion matrices and the review into the evaluate run, which the result then
     names (the register stage writes the gate's verdict back into it)."""

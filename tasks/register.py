@@ -33,7 +33,7 @@ from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import PipelineData, dataset_digest
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.report.build import after_register
-from weakflow.tasks.report.review import Champion
+from weakflow.tasks.lib.review import Champion
 
 # The model ships the code it needs (torch core + wrapper), so it loads where weakflow is not installed.
 MODEL_ENTRY = model_code.ROOT / "deploy" / "pyfunc_entry.py"  # the model's code: deploy/model_code.py
@@ -215,13 +215,13 @@ class Release:
 
 
 def compute(ctx: RunContext, data: PipelineData, selection: Selection, evaluation: Evaluation, section: GateConfig,
-            champion: Champion, validated: Validated, exact_duplicates: str, methods: Methods,
+            champion: Champion | None, validated: Validated, exact_duplicates: str, methods: Methods,
             labels: WeakLabels | None = None, checks: Findings | None = None,
             pseudo_checks: Findings | None = None) -> Release:
     """The gates' decision (the champion re-scored on this test split) and the release it is about."""
     shipped = selection.model
     provenance = provenance_of(labels, shipped, checks, pseudo_checks)
-    champ_version, champ_acc, champ_error = champion_figures(champion, data)
+    champ_version, champ_acc, champ_error = champion_figures(champion or Champion(None), data)
     validation = validation_result(validated, exact_duplicates)
     # governance_passed keeps its default: a `fail` finding raised in its stage, before registration.
     # The gate matters for `weakflow promote`, which refuses a version tagged governance=failed.
@@ -244,8 +244,8 @@ def compute(ctx: RunContext, data: PipelineData, selection: Selection, evaluatio
 
 
 def record(release: Release, ctx: RunContext, data: PipelineData, selection: Selection, evaluation: Evaluation,
-           section: GateConfig, champion: Champion, validated: Validated, exact_duplicates: str, methods: Methods,
-           labels: WeakLabels | None = None, checks: Findings | None = None,
+           section: GateConfig, champion: Champion | None, validated: Validated, exact_duplicates: str,
+           methods: Methods, labels: WeakLabels | None = None, checks: Findings | None = None,
            pseudo_checks: Findings | None = None) -> Release:
     """Log the model (its temperature inside it, so every consumer gets calibrated confidences), register a
     version and tag it with the verdict: everything but the alias (the publish stage moves it)."""

@@ -22,7 +22,7 @@ from weakflow.tasks.lib.pseudo_labels import PseudoLabels
 from weakflow.tasks.lib.scores import ModelScores
 
 if TYPE_CHECKING:
-    from weakflow.tasks.report.review import Review
+    from weakflow.tasks.lib.review import Review
 
 
 @dataclass

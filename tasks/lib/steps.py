@@ -4,7 +4,7 @@ runner that calls them.
 A :class:`Stage` is a computing half (pure: typed values in, a typed result out, no MLflow, no Prefect)
 and a recording half (what of it goes to the tracking store). A :class:`Steps` runner decides what happens
 around them: :class:`PlainSteps` (benchmarks, tests) computes and records nothing; the flow's runner
-(``tasks/lib/recorded.py``) runs each stage as a Prefect task under its time limit, inside its own MLflow
+(``flows/recorded.py``) runs each stage as a Prefect task under its time limit, inside its own MLflow
 run, computes, then records. Both run the very same sequence of the very same compute halves.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from weakflow.tasks.lib.data import PipelineData
-    from weakflow.tasks.report.review import Champion
+    from weakflow.tasks.lib.review import Champion
 
 R = TypeVar("R")
 
@@ -82,8 +82,8 @@ class Steps(Protocol):
 
     def run(self, stage: Stage[R], *args: Any, **kwargs: Any) -> R: ...
 
-    def champion(self, data: PipelineData) -> Champion:
-        """The current champion (none when nothing is recorded)."""
+    def champion(self, data: PipelineData) -> Champion | None:
+        """The current champion (None when nothing is recorded: no registry to read)."""
         ...
 
 
@@ -97,10 +97,8 @@ class PlainSteps:
         with self.timed(stage.name):
             return stage.compute(*args, **kwargs)
 
-    def champion(self, data: PipelineData) -> Champion:
-        from weakflow.tasks.report.review import Champion
-
-        return Champion(None)
+    def champion(self, data: PipelineData) -> Champion | None:
+        return None
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:

@@ -42,7 +42,7 @@ from weakflow.tasks.lib.results import Evaluation, Registration, Selection, Weak
 from weakflow.tasks.lib.scores import score
 from weakflow.tasks.lib.steps import RunContext
 from weakflow.tasks.report.render import ci_text, md_table, figures, gate_text, render_html, render_markdown, verdict_text
-from weakflow.tasks.report.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
+from weakflow.tasks.lib.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, WEAK, Champion, Review
 
 HTML_FILE, MD_FILE = "evaluation/report.html", "evaluation/report.md"
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from weakflow.tasks.core.metrics import calibration_bins
 from weakflow.tasks.lib.data import ROW_ID, PipelineData
-from weakflow.tasks.report.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
+from weakflow.tasks.lib.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
 
 ECE_BINS = 15  # tasks.core.metrics.expected_calibration_error's default, so the diagram shows what ECE sums
 

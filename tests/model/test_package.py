@@ -58,9 +58,9 @@ def imports_with_this_sys_path(module: str) -> str:
     return done.stdout.strip() or done.stderr.strip().splitlines()[-1]
 
 
-def test_after_loading_a_new_model_a_spawned_worker_still_imports_all_of_weakflow(tmp_path):
-    """A loaded model's code folder (a partial weakflow/) must not stay in front of the installed package:
-    pools started afterwards (lfs shards, Dask, the CLI's spawn) re-import weakflow from sys.path."""
+def log_new_model(tmp_path: Path) -> str:
+    """A tiny model logged as ``weakflow register`` logs one (this checkout's entry file and shipped code);
+    its URI."""
     from weakflow.deploy import model_code
     from weakflow.deploy.model import save_weights
     from weakflow.tasks.core.models import ModelSpec, build_model
@@ -73,9 +73,18 @@ def test_after_loading_a_new_model_a_spawned_worker_still_imports_all_of_weakflo
         info = mlflow.pyfunc.log_model(name="model", python_model=str(ROOT / "deploy" / "pyfunc_entry.py"),
                                        artifacts={"weights": str(tmp_path / "model.pt")}, pip_requirements=[],
                                        code_paths=[str(model_code.stage(tmp_path / "code"))])
+    return info.model_uri
+
+
+def test_after_loading_a_new_model_a_spawned_worker_still_imports_all_of_weakflow(tmp_path):
+    """A loaded model's code folder (a partial weakflow/) must not stay in front of the installed package:
+    pools started afterwards (lfs shards, Dask, the CLI's spawn) re-import weakflow from sys.path."""
+    uri = log_new_model(tmp_path)
     path = list(sys.path)
     try:
-        model_code.load_pyfunc(info.model_uri).predict(ROWS)
+        from weakflow.deploy import model_code
+
+        model_code.load_pyfunc(uri).predict(ROWS)
         assert imports_with_this_sys_path("weakflow.tasks.lib.config") == "ok"
         assert sys.path == path  # the model's weakflow/ folder is not left on it
     finally:
@@ -86,21 +95,10 @@ def test_a_model_loaded_first_in_a_fresh_process_leaves_import_weakflow_the_api(
     """``mlflow.pyfunc.load_model`` (as ``mlflow models serve`` or a notebook does) before any weakflow
     import: the model's code folder goes first on sys.path, yet ``import weakflow`` afterwards is the
     installed package with its API, and the model ran the installed code."""
-    from weakflow.deploy import model_code
-    from weakflow.deploy.model import save_weights
-    from weakflow.tasks.core.models import ModelSpec, build_model
-    from weakflow.tasks.core.schema import InputSchema
-
-    use_registry(tmp_path / "registry")
-    spec = ModelSpec("mlp", 4, 3, hidden=(), dropout=0.0)
-    save_weights(tmp_path / "model.pt", build_model(spec).eval(), spec, InputSchema(list("abcd"), []), ["x", "y", "z"])
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(ROOT / "deploy" / "pyfunc_entry.py"),
-                                       artifacts={"weights": str(tmp_path / "model.pt")}, pip_requirements=[],
-                                       code_paths=[str(model_code.stage(tmp_path / "code"))])
+    uri = log_new_model(tmp_path)
     script = ("import json, sys, mlflow, pandas as pd\n"
               f"mlflow.set_tracking_uri({mlflow.get_tracking_uri()!r})\n"
-              f"out = mlflow.pyfunc.load_model({info.model_uri!r}).predict(pd.DataFrame(json.loads({ROWS.to_json(orient='records')!r})))\n"
+              f"out = mlflow.pyfunc.load_model({uri!r}).predict(pd.DataFrame(json.loads({ROWS.to_json(orient='records')!r})))\n"
               "import weakflow\n"
               "print(json.dumps({'api': hasattr(weakflow, 'config') and weakflow.config(seed=3).seed,\n"
               "                  'model': sys.modules['weakflow.deploy.model'].__file__, 'rows': len(out)}))\n")

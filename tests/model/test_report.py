@@ -30,7 +30,7 @@ from weakflow.tasks.report.build import (
     record_gate,
 )
 from weakflow.tasks.report.render import render_html, render_markdown
-from weakflow.tasks.report.review import NO_CHAMPION, Champion
+from weakflow.tasks.lib.review import NO_CHAMPION, Champion
 from weakflow.tasks.weak_labels import make_weak_labels
 from tests.conftest import fast_config
 

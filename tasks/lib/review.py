@@ -1,5 +1,5 @@
 """What the review report holds: one :class:`Review` per pipeline run (numbers and figures), built by
-:mod:`tasks.report` and rendered by :mod:`tasks.report_render`."""
+``tasks/report/build.py`` and rendered by ``tasks/report/render.py``; typed results, below the stages."""
 
 from __future__ import annotations
 
