@@ -22,6 +22,7 @@ from weakflow.deploy.gates import GateInput, decide
 from weakflow.deploy import model_code
 from weakflow.deploy.model import output_frame, save_weights
 from weakflow.deploy.registry import CHALLENGER, CHAMPION
+from weakflow.tasks.lib.errors import RegistryError
 from weakflow.monitoring.reference import reference_sample
 from weakflow.tasks.lib.checks import CheckResult, Findings
 from weakflow.tasks.lib.results import Evaluation, Registration, Selection, Validated, WeakLabels
@@ -220,8 +221,12 @@ def compute(ctx: RunContext, data: PipelineData, selection: Selection, evaluatio
             pseudo_checks: Findings | None = None) -> Release:
     """The gates' decision (the champion re-scored on this test split) and the release it is about."""
     shipped = selection.model
+    champion = champion or Champion(None)
+    if champion.version is None and champion.error:  # no champion to compare with is not "no champion"
+        raise RegistryError(f"register: the current champion could not be looked up ({champion.error}); nothing "
+                            "was registered")
     provenance = provenance_of(labels, shipped, checks, pseudo_checks)
-    champ_version, champ_acc, champ_error = champion_figures(champion or Champion(None), data)
+    champ_version, champ_acc, champ_error = champion_figures(champion, data)
     validation = validation_result(validated, exact_duplicates)
     # governance_passed keeps its default: a `fail` finding raised in its stage, before registration.
     # The gate matters for `weakflow promote`, which refuses a version tagged governance=failed.

@@ -79,3 +79,19 @@ def test_the_default_gates_are_relative_and_a_floor_is_opt_in():
     # relative gates still refuse under the defaults
     worse = GateInput(0.62, True, champion_version="1", champion_accuracy=0.70, vs_gold_only=(-0.05, -0.08, -0.02))
     assert [f.gate for f in decide(worse, cfg.min_accuracy, cfg.max_regression).failures] == ["champion", "gold_only"]
+
+
+def test_a_registry_that_cannot_be_read_fails_the_register_stage_instead_of_meaning_no_champion():
+    """``load_champion`` turns an unreadable registry into a champion with no version and an error; the
+    register stage must not read that as "no champion yet" (the gate would pass without a comparison)."""
+    from types import SimpleNamespace
+
+    from weakflow.tasks import register
+    from weakflow.tasks.lib.errors import RegistryError
+    from weakflow.tasks.lib.review import Champion
+    from weakflow.tasks.lib.steps import RunContext
+
+    unreadable = Champion(None, error="registry not readable: OperationalError: unable to open database file")
+    with pytest.raises(RegistryError, match="could not be looked up .*registry not readable.*nothing was registered"):
+        register.compute(RunContext(0, "cpu", "."), None, SimpleNamespace(model=None), None, None, unreadable,
+                         None, "fail", None)
