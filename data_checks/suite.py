@@ -9,6 +9,7 @@ expectation carries a plain-words ``expected`` text in its meta, so a failure re
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from weakflow.tasks.lib.data import DataError, RawTables, feature_hashes
+from weakflow.tasks.lib.data import DataError, PipelineData, RawTables, feature_hashes
 
 NUMERIC_DTYPES = [
     *(f"float{b}" for b in (16, 32, 64)),
@@ -56,6 +57,21 @@ class ValidationReport:
         lines = [f"{len(self.failures)} of {self.evaluated} expectations failed:"]
         lines += [f"  - {f}" for f in self.failures]
         return "\n".join(lines)
+
+
+@dataclass
+class Validated:
+    """The data, read, checked and assembled, with the suite's report (its Data Docs in a folder that goes
+    when this result does)."""
+
+    data: PipelineData
+    report: ValidationReport
+    docs: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    run_id: str | None = None  # the validate stage's MLflow run, once recorded
+
+    def summary(self, data: PipelineData) -> str:
+        """The run summary's line, with the rows of ``data`` as the stages after it left them."""
+        return "passed; rows " + ", ".join(f"{k} {v}" for k, v in data.provenance_counts().items())
 
 
 class DataValidationError(DataError):

@@ -25,7 +25,8 @@ from weakflow.deploy.registry import CHALLENGER, CHAMPION
 from weakflow.tasks.lib.errors import RegistryError
 from weakflow.monitoring.reference import reference_sample
 from weakflow.tasks.lib.checks import CheckResult, Findings
-from weakflow.tasks.lib.results import Evaluation, Registration, Selection, Validated, WeakLabels
+from weakflow.data_checks.suite import Validated
+from weakflow.tasks.lib.results import Evaluation, Registration, Selection, WeakLabels
 from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, GateConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from weakflow.data_checks.suite import DataValidationError, ValidationReport, run_suite
+from weakflow.data_checks.suite import DataValidationError, Validated, ValidationReport, run_suite
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, DemoData, DemoTextData, FilesData, ValidationConfig
 from weakflow.tasks.lib.steps import RunContext, Stage
@@ -17,7 +17,6 @@ from weakflow.data_checks.labels import check_class_set, check_label_spelling
 from weakflow.tasks.lib.data import (DataError, PipelineData, assemble, class_set, data_files, read_label_columns,
                                      read_raw, resolve_data_spec)
 from weakflow.tasks.lib.pool import pool_rows, scan_pool
-from weakflow.tasks.lib.results import Validated
 
 DataSource = DemoData | DemoTextData | FilesData  # the data section
 

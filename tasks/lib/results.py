@@ -4,13 +4,12 @@ the stages, so no stage imports another."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import tempfile
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from weakflow.data_checks.suite import ValidationReport
+from weakflow.data_checks.suite import Validated
 from weakflow.deploy.gates import GateDecision
 from weakflow.tasks.core.bootstrap import BootstrapResult
 from weakflow.tasks.core.selftrain import SelfTrainResult
@@ -181,21 +180,6 @@ class FullModel(TrainedModel):
         rounds = (f"; {len(self.rounds.rounds)} self-training round(s), {self.rounds.stop_reason}"
                   if self.rounds is not None else "")
         return f"{self.strategy}: cross-fitted gold accuracy {oof_accuracy:.3f}{rounds}"
-
-
-@dataclass
-class Validated:
-    """The data, read, checked and assembled, with the suite's report (its Data Docs in a folder that goes
-    when this result does)."""
-
-    data: PipelineData
-    report: ValidationReport
-    docs: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
-    run_id: str | None = None  # the validate stage's MLflow run, once recorded
-
-    def summary(self, data: PipelineData) -> str:
-        """The run summary's line, with the rows of ``data`` as the stages after it left them."""
-        return "passed; rows " + ", ".join(f"{k} {v}" for k, v in data.provenance_counts().items())
 
 
 SHOWN_SOURCES = 6  # weak sources named in the summary line; the rest are counted

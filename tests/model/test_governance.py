@@ -258,7 +258,7 @@ def test_the_model_card_describes_the_set_the_final_model_trained_on_and_the_rec
     from weakflow.tasks.lib.checks import CheckResult, Findings
     from weakflow.tasks.lib.results import FullModel
     from weakflow.data_checks.suite import ValidationReport
-    from weakflow.tasks.lib.results import Validated
+    from weakflow.data_checks.suite import Validated
     from weakflow.tasks.register import Methods, Provenance, model_card, validation_result
 
     validated = Validated(hand_data, ValidationReport(True, 431), run_id="validate-run-7")
