@@ -1,4 +1,5 @@
-"""The flow's runner of a stage (wiring, beside the flow that uses it): a Prefect task, under the stage time limit, inside the stage's own MLflow run.
+"""The flow's runner of a stage (wiring, beside the flow that uses it): a Prefect task, under the stage
+time limit, inside the stage's own MLflow run.
 
 The composition (``flows/compose.py``) calls ``steps.run(STAGE, ...)``; here that becomes a Prefect task
 named after the stage (made once per stage, when first run), whose body runs under
