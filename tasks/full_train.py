@@ -47,7 +47,6 @@ from weakflow.tasks.lib.results import FullModel, WeakLabels, WeakModel
 from weakflow.tasks.lib.steps import RunContext, Stage
 
 OnEpoch = Callable[[EpochStats], None] | None
-FOLDS_AND_REFIT = "folds and refit"
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 _WHERE = {
     "config": "weakflow.flows.api",
     "run": "weakflow.flows.api",
@@ -49,7 +47,12 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    """``weakflow.run`` and the rest, imported when first asked for (PEP 562)."""
+    """``weakflow.run`` and the rest, imported when first asked for (PEP 562); ``__version__`` from the
+    installed distribution (pyproject.toml's version, written once)."""
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("weakflow")
     if name not in _WHERE:
         raise AttributeError(f"module 'weakflow' has no attribute {name!r}")
     value = getattr(importlib.import_module(_WHERE[name]), name)
