@@ -1,7 +1,8 @@
 """The validation suite, run with Great Expectations on the raw train and test tables.
 
 Four tables are checked: the training file, the test file, a per-class table of gold counts derived
-from the training file, and a per-test-row table of exact feature-hash matches in training. Each
+from the training file, and a per-test-row table of exact feature-hash matches in training; with picture
+columns, a table per split of every picture file opened and judged (data_checks/pictures.py). Each
 expectation carries a plain-words ``expected`` text in its meta, so a failure reads as
 ``table.column: expected ..., found ...``. GX is imported inside :func:`run_suite` (it costs seconds).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ class _Table:
     name: str
     frame: pd.DataFrame
     expectations: list[Any]
+    describe: Callable[[Any], Failure] | None = None  # a failure in this table's own words (pictures)
 
 
 def _exp(cls: Any, expected: str, **kwargs: Any) -> Any:
@@ -115,6 +118,8 @@ def build_tables(raw: RawTables, classes: list[int], min_gold_per_class: int,
     ]
     train_e, test_e = tables[0].expectations, tables[1].expectations
     test_e.append(_exp(gxe.ExpectTableRowCountToBeBetween, "at least 1 row", min_value=1))
+    if spec.image_columns:
+        tables += _picture_tables(gxe, raw)
     if not classes:
         tables.append(_Table("class_set", pd.DataFrame({"classes": [0]}), [_exp(  # the count of classes found: 0
             gxe.ExpectColumnMinToBeBetween,
@@ -185,6 +190,28 @@ def _text_checks(gxe: Any, frame: pd.DataFrame, columns: list[str], max_chars: i
     return checks
 
 
+def _picture_tables(gxe: Any, raw: RawTables) -> list[_Table]:
+    """Every picture file of the training and test tables opened and judged (data_checks/pictures.py), one
+    table per split: a row per data row with the file and its problem (none when fine), and the expectation
+    that no row has a problem, so Data Docs list the bad files and the failure line names split, column,
+    row, file and reason."""
+    from weakflow.data_checks.pictures import ACCEPTED_MODES, check_pictures
+
+    spec = raw.spec
+    tables = []
+    for column in spec.image_columns:
+        expected = (f"every picture file in column {column!r} to exist and decode completely, with 1x1 to "
+                    f"{spec.image_max_pixels:,} pixels (data.image_max_pixels), as PNG, JPEG, WebP, BMP or TIFF in "
+                    f"one of {len(ACCEPTED_MODES)} modes (grey, palette, RGB(A), CMYK, YCbCr, 16-bit, float)")
+        for check in check_pictures({"train": raw.train, "test": raw.test}, column, spec.image_root,
+                                    spec.image_max_pixels):
+            checks = [_exp(gxe.ExpectColumnValuesToBeNull, expected, column="problem")]
+            tables.append(_Table(f"{check.split}_pictures" + ("" if column == spec.image_columns[0] else f"_{column}"),
+                                 check.table, checks,
+                                 describe=lambda r, c=check, e=expected: Failure(c.split, c.column, e, c.found())))
+    return tables
+
+
 def _gold_counts(gxe: Any, raw: RawTables, classes: list, minimum: int) -> _Table:
     from weakflow.tasks.lib.data import class_values
 
@@ -207,17 +234,32 @@ def _test_overlap(gxe: Any, raw: RawTables, repeated_rows: str = "auto") -> _Tab
     from weakflow.data_checks.contamination import repeats
 
     features, text = raw.spec.feature_columns, raw.spec.text_columns
-    train_h = feature_hashes(raw.train, features, text)
-    test_hashes = feature_hashes(raw.test, features, text)
+    train_h = _with_pictures(feature_hashes(raw.train, features, text), raw.train, raw.spec)
+    test_hashes = _with_pictures(feature_hashes(raw.test, features, text), raw.test, raw.spec)
     rates = repeats(test_hashes.to_numpy(), train_h.to_numpy())
     if repeated_rows == "auto" and rates.natural:
         return _Table(f"{rates.text()}: natural repeats of discrete features, not copies, so not counted as "
                       "contamination (governance.repeated_rows: contamination counts every one)", raw.test, [])
     frame = pd.DataFrame({"training_copies": test_hashes.map(train_h.value_counts()).fillna(0).astype(int).to_numpy()})
-    expected = "no test row whose features equal a training row's" + (
+    inputs = "features and picture file" if raw.spec.image_columns else "features"
+    expected = f"no test row whose {inputs} equal a training row's" + (
         f" ({rates.text()}: more than training rows repeat among themselves, so copies)" if rates.train_share else "")
     check = _exp(gxe.ExpectColumnValuesToBeBetween, expected, column="training_copies", max_value=0)
     return _Table("test_rows_in_training", frame, [check])
+
+
+def _with_pictures(hashes: pd.Series, frame: pd.DataFrame, spec: Any) -> pd.Series:
+    """Row hashes with each picture file's content hashed in (two names of one file's bytes are one
+    picture); unchanged without picture columns."""
+    if not spec.image_columns:
+        return hashes
+    from weakflow.tasks.core.images import resolve
+    from weakflow.tasks.lib.data import picture_digests
+
+    parts = {"features": hashes.to_numpy()}
+    for column in spec.image_columns:
+        parts[column] = picture_digests([resolve(v, spec.image_root) for v in frame[column].tolist()])
+    return pd.Series(pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy(), index=hashes.index)
 
 
 def run_suite(raw: RawTables, classes: list[int], min_gold_per_class: int, docs_dir: Path | None = None,
@@ -266,6 +308,8 @@ SHOWN_CHARS = 60  # of a bad text value in a failure message
 
 
 def _describe(table: _Table, r: Any) -> Failure:
+    if table.describe is not None and not (r.exception_info and r.exception_info.get("raised_exception")):
+        return table.describe(r)
     cfg = r.expectation_config
     column = cfg.kwargs.get("column")
     expected = (cfg.meta or {}).get("expected", cfg.type)

@@ -6,19 +6,33 @@ A row the model cannot take is refused, naming the column and the row, rather th
 finite *as the float32 the network reads* (``1e39`` is finite in JSON and in a CSV, yet becomes ``inf`` and
 then NaN probabilities, every row one class with empty confidences), a text must be text and at most
 ``serve.max_text_chars`` characters (the server's documented 422; a 20 MB cell would otherwise be featurised
-for minutes). Only numpy and pandas here: the server imports it on its request path.
+for minutes). A picture is the bytes of a picture file (base64 in the server's JSON, at most
+``serve.max_image_bytes``; a file path in a scored file) and must decode (:func:`tasks.core.images.decode`,
+whose pixel limit is the model's ``data.image_max_pixels``); the server never reads a path it is sent. Only
+numpy and pandas here (Pillow when a picture is decoded): the server imports it on its request path.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from weakflow.tasks.core.images import ImageFormat
+
 TEXT_LIMIT_SETTING = "serve.max_text_chars"  # the one setting every entry point reads for the longest text
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # about 3.4e38
+IMAGE_LIMIT_SETTING = "serve.max_image_bytes"  # the largest picture the server takes, in bytes once decoded
+PICTURE = "a picture file (PNG, JPEG, WebP, BMP or TIFF) that decodes"
+_DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
 
 
 def as_float32(values: object) -> tuple[np.ndarray, np.ndarray]:
@@ -115,4 +129,58 @@ def bad_values(frame: pd.DataFrame, numeric: list[str], text: list[str],
             return None, BadValues(column, rows, f"at most {max_text_chars:,} characters ({TEXT_LIMIT_SETTING})",
                                    [f"{n:,} characters" for n in lengths[rows[:3]].tolist()])
         out[column] = values
+    return out, None
+
+
+def picture_bytes(value: str, max_bytes: int) -> bytes:
+    """A picture sent as base64 text (standard alphabet, padded; a ``data:image/...;base64,`` prefix and
+    line breaks are allowed) as its bytes. ValueError saying why not: not base64, empty, or more than
+    ``max_bytes`` bytes
+    (checked on the text's length first, so an oversized picture is never decoded)."""
+    text = value[_DATA_URL.match(value).end():] if value.startswith("data:") and _DATA_URL.match(value) else value
+    if any(c in text for c in "\n\r \t"):  # base64 wrapped in lines (MIME style)
+        text = "".join(text.split())
+    if len(text) > 4 * -(-max_bytes // 3):  # base64 takes 4 characters per 3 bytes
+        raise ValueError(f"a picture of at most {max_bytes:,} bytes ({IMAGE_LIMIT_SETTING}); found about "
+                         f"{len(text) * 3 // 4:,} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"base64 text of a picture file (standard alphabet, '=' padding); found {_shown(value, 24)}, "
+                         "which is not base64") from None
+    if not data:
+        raise ValueError("a picture; found an empty string")
+    if len(data) > max_bytes:
+        raise ValueError(f"a picture of at most {max_bytes:,} bytes ({IMAGE_LIMIT_SETTING}); found {len(data):,} bytes")
+    return data
+
+
+def pictures(frame: pd.DataFrame, column: str, fmt: ImageFormat,
+             root: Path | None) -> tuple[np.ndarray | None, BadValues | None]:
+    """``(the column's pictures as uint8 (rows, channels, size, size), None)``, or ``(None, the rows whose
+    picture cannot be used)``: each cell is a file path (relative paths start from ``root``) or the bytes of a
+    picture file, and must decode to ``fmt`` within its pixel limit. Decoded in parallel threads."""
+    from weakflow.tasks.core.images import decode_many, resolve
+
+    cells = frame[column].tolist()
+    sources: list[bytes | Path] = []
+    empty: list[int] = []
+    for i, cell in enumerate(cells):
+        if isinstance(cell, (bytes, bytearray, memoryview)):
+            sources.append(bytes(cell))
+        elif isinstance(cell, str) and cell.strip():
+            sources.append(resolve(cell, root))
+        else:
+            empty.append(i)
+            sources.append(b"")
+    if empty:
+        found = [f"{_shown(cells[i])} ({type(cells[i]).__name__})" if cells[i] is not None and not
+                 (isinstance(cells[i], float) and math.isnan(cells[i])) else "an empty cell" for i in empty[:3]]
+        return None, BadValues(column, np.asarray(empty), f"{PICTURE}: a file path or the file's bytes", found)
+    out, problems = decode_many(sources, fmt)
+    if problems:
+        rows = np.asarray(sorted(problems))
+        found = [f"{sources[i] if isinstance(sources[i], Path) else f'{len(sources[i]):,} bytes'}, which "
+                 f"{problems[i]}" for i in rows[:3].tolist()]
+        return None, BadValues(column, rows, PICTURE, found)
     return out, None

@@ -1,5 +1,5 @@
-"""The registered model: an MLflow pyfunc that takes raw input columns (numbers and text) and returns
-class + probabilities.
+"""The registered model: an MLflow pyfunc that takes raw input columns (numbers, text, pictures as bytes) and
+returns class + probabilities.
 
 Weights, the network spec, the input schema and the fitted text featurisation travel as one artifact;
 loading needs only torch, scikit-learn and this package.
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from weakflow.tasks.core.images import ImageFeaturizer
 from weakflow.tasks.core.models import ModelSpec, build_model
 from weakflow.tasks.core.text import TextFeaturizer
 from weakflow.tasks.core.training import predict_proba
@@ -25,7 +26,8 @@ from weakflow.tasks.core.schema import InputSchema
 
 def save_weights(path: Path, model: torch.nn.Module, spec: ModelSpec, schema: InputSchema, classes: list) -> None:
     meta = {"spec": spec.to_dict(), "features": schema.numeric, "text": schema.text, "classes": classes,
-            "text_dims": schema.featurizer.dims if schema.featurizer is not None else 0}
+            "text_dims": schema.featurizer.dims if schema.featurizer is not None else 0,
+            "images": schema.images.state() if schema.images is not None else None}
     blob: dict[str, Any] = {"state_dict": model.state_dict(), "meta": json.dumps(meta)}
     if schema.featurizer is not None:
         blob["text_state"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in schema.featurizer.state().items()}
@@ -60,7 +62,8 @@ def load_weights(path: str | Path) -> Loaded:
     if text:
         arrays = {k: v.numpy() for k, v in blob["text_state"].items()}
         featurizer = TextFeaturizer.from_state(text, int(meta["text_dims"]), arrays)
-    return Loaded(model, InputSchema(list(meta["features"]), text, featurizer), list(meta["classes"]))
+    images = ImageFeaturizer.from_state(meta["images"]) if meta.get("images") else None
+    return Loaded(model, InputSchema(list(meta["features"]), text, featurizer, images), list(meta["classes"]))
 
 
 class WeakflowClassifier(mlflow.pyfunc.PythonModel):

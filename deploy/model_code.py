@@ -85,3 +85,17 @@ def load_pyfunc(uri: str) -> Any:  # -> mlflow.pyfunc.PyFuncModel
         sys.path[:] = ([p for p in sys.path if p not in added]
                        + [p for p in added if not (Path(p) / PACKAGE).is_dir()])
     return model
+
+
+def picture_signature(signature: Any, image_columns: list[str]) -> Any:  # ModelSignature -> ModelSignature
+    """``signature`` with each picture column typed ``binary``: a served model takes the bytes of a picture
+    file (base64 in JSON, which MLflow's scoring server decodes for binary columns), not the path a training
+    row carried (inferred as ``string`` from the input example)."""
+    if not image_columns or signature is None or signature.inputs is None:
+        return signature
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Schema
+
+    columns = [ColSpec(DataType.binary, c.name, c.required) if c.name in image_columns else c
+               for c in signature.inputs.inputs]
+    return ModelSignature(Schema(columns), signature.outputs, signature.params)

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--alias", help="model alias to use (default serve.alias, champion)")
     predict.add_argument("--chunk-rows", type=_at_least(1), default=100_000, metavar="N",
                          help="rows scored at a time (default 100000)")
+    predict.add_argument("--image-root", type=Path, default=None, metavar="DIR",
+                         help="folder relative picture paths start from (default: the input file's folder)")
     _command(sub, "show-config", "print the effective config as YAML",
              ["weakflow show-config > my.yaml", "weakflow show-config --set data.noise.rate=0.2"])
     _command(sub, "models", "list registered versions, aliases and key metrics",

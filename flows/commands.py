@@ -66,7 +66,7 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
 
     try:
         job = batch_predict(cfg, args.input, args.output, version=args.version, alias=args.alias,
-                            chunk_rows=args.chunk_rows)
+                            chunk_rows=args.chunk_rows, image_root=args.image_root)
     except DataError as exc:
         print(f"{console.one_line(exc)}\nnothing written to {args.output}", file=sys.stderr)
         return 1
@@ -132,7 +132,8 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(cfg.tracking.model_name, s.alias, s.max_body_bytes, s.max_batch, s.poll_seconds,
                      cfg.prediction_log_url(), body_timeout_s=s.body_timeout_seconds, max_text_chars=s.max_text_chars,
-                     header_timeout_s=s.header_timeout_seconds, max_header_bytes=s.max_header_bytes)
+                     header_timeout_s=s.header_timeout_seconds, max_header_bytes=s.max_header_bytes,
+                     max_image_bytes=s.max_image_bytes)
     host, port = args.host or s.host, args.port or s.port
     print(console.serving(cfg.tracking.model_name, s.alias, version, host, port), flush=True)
     # http=: the protocol that bounds each request's head (slow or huge headers), which the app never sees

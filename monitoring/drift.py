@@ -21,6 +21,22 @@ PREDICTION, LABEL = "prediction", "label"
 # Pinned stat tests. Left to choose, Evidently switches to Wasserstein / Jensen-Shannon *distances*
 # (drift when >= 0.1) once the reference has more than 1000 rows; pinned, every value is a p-value.
 NUM_METHOD, CAT_METHOD = "ks", "chisquare"
+# Pictures: Evidently's embedding drift, pinned to its classifier method without bootstrap (deterministic): a
+# linear classifier learns to tell window rows from reference rows; drift when its ROC AUC on held-out rows
+# is above this (Evidently's default threshold), or above what chance reaches (embedding_threshold).
+EMBEDDING_AUC = 0.55
+EMBEDDING_ALPHA = 0.001  # with small windows the threshold rises so chance alone crosses it this rarely
+
+
+def embedding_threshold(reference_rows: int, window_rows: int, alpha: float = EMBEDDING_ALPHA) -> float:
+    """The ROC AUC above which the embedding counts as drifted: :data:`EMBEDDING_AUC`, or higher where chance
+    could reach it. Evidently's classifier is judged on a random half of the rows it did not fit, so with no
+    drift its AUC on them is a Mann-Whitney statistic: mean 0.5, variance (a + b + 1) / (12 a b) for a
+    reference and b window rows there; the threshold is its one-sided 1 - ``alpha`` quantile (normal)."""
+    from statistics import NormalDist
+
+    a, b = max(1, reference_rows // 2), max(1, window_rows // 2)
+    return max(EMBEDDING_AUC, 0.5 + NormalDist().inv_cdf(1 - alpha) * float(np.sqrt((a + b + 1) / (12 * a * b))))
 P_VALUE_METHODS = {"ks", "chisquare", "z", "t_test", "mannw", "anderson", "cramer_von_mises", "g_test",
                    "fisher_exact", "epps_singleton", "es"}
 
@@ -33,10 +49,13 @@ def sample_bound(n: int, alpha: float = 0.001) -> float:
 
 def load_window(url: str, features: list[str], rows: int | None = 500, hours: float | None = None,
                 model_name: str | None = None, model_version: str | None = None,
-                max_rows: int | None = None, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
+                max_rows: int | None = None, sample: int | None = None, seed: int = 0,
+                optional: list[str] | None = None) -> pd.DataFrame:
     """The last ``rows`` logged predictions (or those of the last ``hours``), oldest first, with the
     features expanded, and the gold ``label`` where feedback exists (else NaN). With ``sample``, a
-    window larger than that is read as a uniform random sample of ``sample`` rows (see :func:`sample_bound`)."""
+    window larger than that is read as a uniform random sample of ``sample`` rows (see :func:`sample_bound`).
+    ``optional`` numeric fields (a picture model's embedding) are read as numbers when every row has them,
+    and left out otherwise."""
     engine = make_engine(url)
     try:
         where = []
@@ -74,7 +93,10 @@ def load_window(url: str, features: list[str], rows: int | None = 500, hours: fl
     if missing:
         raise ValueError(f"prediction log rows lack feature(s) {missing[:5]}: were they served by another model?")
     out = feats[features].astype(np.float64)
-    for column in feats.columns.difference(features):  # logged text (first characters): kept for the copy checks
+    extra = [f for f in (optional or []) if f in feats.columns and f not in features]
+    if extra and not feats[extra].isna().any().any():
+        out = pd.concat([out, feats[extra].astype(np.float64)], axis=1)
+    for column in feats.columns.difference([*features, *extra]):  # logged text, picture hashes: for the copy checks
         if feats[column].dtype == object:
             out[column] = feats[column]
     out[PREDICTION] = raw["predicted_class"].astype(str)  # class values compare as text: 3 and "3", "spam"
@@ -92,6 +114,7 @@ class DriftRule:
     drift_share: float = 0.3
     prediction_drift: bool = True
     min_rows: int = 100
+    embedding_drift: bool = True  # pictures: the model's embedding drifted (Evidently's embedding drift)
 
 
 @dataclass
@@ -103,11 +126,21 @@ class DriftResult:
     prediction_drifted: bool
     quality: dict[str, float] = field(default_factory=dict)  # from feedback labels, when there are enough
     snapshot: Any = None  # the Evidently snapshot (html/json)
+    embedding_score: float | None = None  # pictures: ROC AUC of a classifier telling window from reference
+    embedding_drifted: bool = False
+    embedding_note: str = ""  # pictures: why the embedding was not checked
+    embedding_threshold: float | None = None  # the AUC the score had to exceed (see embedding_threshold)
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "drift_share": self.drift_share, "drifted_columns": self.drifted_columns,
-                "prediction_p_value": self.prediction_p, "prediction_drifted": self.prediction_drifted,
-                **{f"quality_{k}": v for k, v in self.quality.items()}}
+        out = {"rows": self.rows, "drift_share": self.drift_share, "drifted_columns": self.drifted_columns,
+               "prediction_p_value": self.prediction_p, "prediction_drifted": self.prediction_drifted,
+               **{f"quality_{k}": v for k, v in self.quality.items()}}
+        if self.embedding_score is not None:
+            out |= {"embedding_drift_score": self.embedding_score, "embedding_drifted": self.embedding_drifted,
+                    "embedding_drift_threshold": self.embedding_threshold}
+        elif self.embedding_note:
+            out["embedding"] = self.embedding_note
+        return out
 
 
 @dataclass
@@ -133,6 +166,9 @@ def decide(result: DriftResult, rule: DriftRule) -> Verdict:
                        f"{', '.join(result.drifted_columns[:8])}{' …' if len(result.drifted_columns) > 8 else ''}")
     if rule.prediction_drift and result.prediction_drifted:
         reasons.append(f"prediction distribution drifted (p = {result.prediction_p:.2g})")
+    if rule.embedding_drift and result.embedding_drifted:
+        reasons.append(f"the model's picture embedding drifted (a classifier tells the window from the reference "
+                       f"with ROC AUC {result.embedding_score:.2f}; rule: > {result.embedding_threshold or EMBEDDING_AUC:.2f})")
     return Verdict(bool(reasons), reasons)
 
 
@@ -151,11 +187,15 @@ def _constant_changed(reference: pd.Series, current: pd.Series) -> bool:
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], *,
-                 min_labelled: int = 30) -> DriftResult:
+                 min_labelled: int = 30, embeddings: list[str] | None = None) -> DriftResult:
     """Evidently's data-drift preset over the features and the predicted class with pinned tests (K-S for
     numbers, chi-square for the class, whatever the sample sizes), plus classification quality where at
     least ``min_labelled`` window rows have feedback labels. A feature constant in both reference and
-    window counts as drifted when the constant changed, and is left out when it did not."""
+    window counts as drifted when the constant changed, and is left out when it did not.
+
+    ``embeddings`` (a picture model's embedding columns): Evidently's embedding-drift method on them (a
+    classifier tells window from reference, :func:`embedding_threshold`), judged apart from the per-feature
+    share; columns the window lacks leave it unchecked, with a note."""
     import warnings
 
     with warnings.catch_warnings():
@@ -173,6 +213,18 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
         frame[PREDICTION] = frame[PREDICTION].astype(str)
     labelled = current[LABEL].notna() if LABEL in current else pd.Series(False, index=current.index)
     metrics: list = [DataDriftPreset(columns=[*usable, PREDICTION], num_method=NUM_METHOD, cat_method=CAT_METHOD)]
+    emb, emb_note = _embedding_columns(reference, current, embeddings or [])
+    emb_score: float | None = None
+    emb_limit = EMBEDDING_AUC
+    if emb:  # Evidently's embedding-drift method, called directly: its report metric adds a t-SNE picture
+        # that costs about a minute on two cores, for a plot
+        from evidently.metrics.embeddings import ModelDriftMethod
+
+        emb_limit = embedding_threshold(len(reference), len(current))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            emb_score = float(ModelDriftMethod(threshold=emb_limit, bootstrap=False)(
+                pd.DataFrame(current[emb].to_numpy(np.float64)), pd.DataFrame(reference[emb].to_numpy(np.float64)))[0])
     definition = DataDefinition(numerical_columns=usable, categorical_columns=[PREDICTION])
     ref_ds = Dataset.from_pandas(ref, data_definition=definition)
     cur_ds = Dataset.from_pandas(cur, data_definition=definition)
@@ -208,4 +260,20 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, features: list[
     judged = len(usable) + len(moved)
     share = len(drifted) / judged if judged else 0.0
     return DriftResult(len(current), share, drifted, pred_p,
-                       PREDICTION in tests and _value_drifted(*tests[PREDICTION]), quality, snapshot)
+                       PREDICTION in tests and _value_drifted(*tests[PREDICTION]), quality, snapshot,
+                       emb_score, emb_score is not None and emb_score > emb_limit, emb_note,
+                       emb_limit if emb_score is not None else None)
+
+
+def _embedding_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[list[str], str]:
+    """The embedding columns both sides carry, or none and why (a window logged without the embedding)."""
+    if not columns:
+        return [], ""
+    missing = [c for c in columns if c not in current.columns or current[c].isna().any()]
+    if missing:
+        return [], (f"embedding not checked: the prediction log rows lack {len(missing)} of its {len(columns)} "
+                    f"columns (e.g. {missing[0]!r}); the server logs no embedding for them")
+    absent = [c for c in columns if c not in reference.columns]
+    if absent:
+        return [], f"embedding not checked: the reference lacks {absent[0]!r}"
+    return list(columns), ""

@@ -7,7 +7,10 @@ chunk's values are checked as it is read, by the rules the server applies (:mod:
 must be finite as float32, a text present and at most ``serve.max_text_chars`` characters), naming the column
 and the file's row. The output (row id, class, confidence, one probability per class) is written to a
 temporary file beside ``output`` and renamed only when every row is scored, so a failed job leaves no half
-file and never replaces an earlier output. The job is one MLflow run (experiment
+file and never replaces an earlier output. A model that takes a picture reads the picture column as file paths
+(relative to ``--image-root``, default the scored file's folder; a Parquet binary column may carry the
+pictures' bytes instead), decoded in parallel threads a slice of the chunk at a time; a missing or broken
+picture is one line naming the picture file and the row. The job is one MLflow run (experiment
 ``<tracking.experiment>-predict``): the input's SHA-256 (hashed before anything is written), its rows, the
 model version, the duration and rows per second.
 """
@@ -26,12 +29,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from weakflow.deploy.inputs import bad_values
+from weakflow.deploy.inputs import bad_values, pictures
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import Config, ConfigError
+from weakflow.tasks.core.images import ImageFeaturizer
 from weakflow.tasks.lib.data import ROW_ID, DataError, check_unique_columns, file_sha256, header_names, unreadable
 
 CHUNK_ROWS = 100_000
+PICTURE_SLICE_BYTES = 32 << 20  # decoded pixels held at once while a chunk of pictures is scored
 INPUT = "predict --input"  # how a read error names the file's role (training names data.train_path)
 
 
@@ -46,10 +51,11 @@ class ScoringModel:
     classes: list
     python_model: object  # deploy.model.WeakflowClassifier (of the version's own code)
     max_text_chars: int = 5000  # serve.max_text_chars: the longest text any entry point scores
+    images: ImageFeaturizer | None = None  # the picture column and its format (models that take a picture)
 
     @property
     def inputs(self) -> list[str]:
-        return [*self.numeric, *self.text]
+        return [*self.numeric, *self.text, *([self.images.column] if self.images is not None else [])]
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``prediction``, ``confidence`` and ``prob_<class>`` per row of ``frame`` (raw input columns). A value
@@ -66,8 +72,33 @@ class ScoringModel:
         if twice:
             raise DataError(f"predict: the frame has the input column(s) {twice} more than once; which one is meant "
                             "cannot be known")
-        checked = self.checked(frame, "predict: the frame's", 0, "rows by position, counted from 0")
-        return self.python_model.predict(None, checked.reset_index(drop=True))  # type: ignore[attr-defined]
+        return self.scored(frame, "predict: the frame's", 0, "rows by position, counted from 0", None)
+
+    def scored(self, frame: pd.DataFrame, where: str, first_row: int, rows_are: str,
+               image_root: Path | None) -> pd.DataFrame:
+        """``frame``'s rows checked (:meth:`checked`) and scored; pictures (paths relative to ``image_root``,
+        else the working folder; or bytes) decoded a slice at a time, a bad one a DataError naming its file
+        and row."""
+        checked = self.checked(frame, where, first_row, rows_are).reset_index(drop=True)
+        if self.images is None:
+            return self.python_model.predict(None, checked)  # type: ignore[attr-defined]
+        from weakflow.deploy.model import output_frame
+        from weakflow.tasks.core.training import predict_proba
+
+        loaded = self.python_model.loaded  # type: ignore[attr-defined]
+        cells = frame[[self.images.column]].reset_index(drop=True)
+        step = max(1, PICTURE_SLICE_BYTES // self.images.fmt.values)
+        probs = []
+        for start in range(0, len(frame), step):
+            part = slice(start, start + step)
+            pixels, bad = pictures(cells.iloc[part], self.images.column, self.images.fmt, image_root)
+            if pixels is None:
+                raise DataError(f"{where} {bad.describe(first_row + start, rows_are)}")
+            side = loaded.schema.side(checked.iloc[part])
+            flat = pixels.reshape(len(pixels), -1).astype(np.float32)
+            probs.append(predict_proba(loaded.model, np.hstack([side, flat]) if side.shape[1] else flat, device="cpu"))
+        joined = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
+        return output_frame(joined, self.classes)
 
     def checked(self, frame: pd.DataFrame, where: str, first_row: int, rows_are: str) -> pd.DataFrame:
         """The input columns as the model takes them, or one DataError: ``<where> column ... row(s) ...``."""
@@ -134,7 +165,8 @@ def load_scoring_model(name: str, version: str, max_text_chars: int = 5000) -> S
     schema = getattr(getattr(inner, "loaded", None), "schema", None)
     numeric = list(schema.numeric) if schema is not None else list(inner.features)
     text = list(schema.text) if schema is not None else []
-    return ScoringModel(name, str(version), numeric, text, list(inner.classes), inner, max_text_chars)
+    images = getattr(schema, "images", None)  # models saved before pictures have none
+    return ScoringModel(name, str(version), numeric, text, list(inner.classes), inner, max_text_chars, images)
 
 
 def _kind(path: Path) -> str:
@@ -188,6 +220,11 @@ def check_columns(path: Path, model: ScoringModel) -> bool:
         for column in model.text:
             if column in names and not (pa.types.is_string(t := schema.field(column).type) or pa.types.is_large_string(t)):
                 raise DataError(f"predict: {path} column {column!r}: expected text; found type {t}")
+        column = model.images.column if model.images is not None else None
+        kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+        if column in names and not any(kind(t := schema.field(column).type) for kind in kinds):
+            raise DataError(f"predict: {path} column {column!r}: expected picture file paths (text) or the pictures' "
+                            f"bytes (binary); found type {t}")
     missing = [c for c in model.inputs if c not in names]
     if missing:
         raise DataError(f"predict: {path} lacks input column(s) {missing}; model {model.name} version "
@@ -205,7 +242,7 @@ def _chunks(path: Path, model: ScoringModel, has_ids: bool, chunk_rows: int) -> 
             for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=chunk_rows, columns=columns):
                 yield batch.to_pandas()
         else:
-            dtypes = {c: str for c in model.text}
+            dtypes = {c: str for c in model.text + ([model.images.column] if model.images is not None else [])}
             yield from pd.read_csv(path, usecols=columns, dtype=dtypes, keep_default_na=False, na_values=[""],
                                    chunksize=chunk_rows)
 
@@ -223,10 +260,10 @@ def _chunks(path: Path, model: ScoringModel, has_ids: bool, chunk_rows: int) -> 
         yield frame
 
 
-def _checked(frame: pd.DataFrame, path: Path, model: ScoringModel, start: int) -> pd.DataFrame:
-    """The chunk's inputs as the model takes them (numbers as float32); a value the server would refuse
-    fails naming the column and the file's row."""
-    return model.checked(frame, f"predict: {path}", start, "data rows counted from 0")
+def _scored(frame: pd.DataFrame, path: Path, model: ScoringModel, start: int, image_root: Path) -> pd.DataFrame:
+    """The chunk's scores; a value the server would refuse (or a picture that is missing or does not
+    decode) fails naming the column, the file's row (and the picture file)."""
+    return model.scored(frame, f"predict: {path}", start, "data rows counted from 0", image_root)
 
 
 
@@ -251,10 +288,15 @@ class _Writer:
             self._pq.close()
 
 
-def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_rows: int = CHUNK_ROWS) -> int:
+def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_rows: int = CHUNK_ROWS,
+               image_root: Path | None = None) -> int:
     """Score ``input_path`` into ``output_path`` (both .parquet or .csv, not the same file); returns the rows
-    scored."""
+    scored. Relative picture paths start from ``image_root`` (default: the input file's folder)."""
     input_path, output_path = check_paths(input_path, output_path)
+    image_root = Path(image_root).expanduser().resolve() if image_root is not None else input_path.parent
+    if model.images is not None and not image_root.is_dir():
+        raise DataError(f"predict: --image-root {image_root} is not a folder; expected the folder the picture paths "
+                        "in the input start from")
     kind = _kind(output_path)
     has_ids = check_columns(input_path, model)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,8 +305,7 @@ def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_r
     writer, rows = _Writer(tmp, kind), 0
     try:
         for frame in _chunks(input_path, model, has_ids, chunk_rows):
-            inputs = _checked(frame, input_path, model, rows)
-            scored = model.python_model.predict(None, inputs.reset_index(drop=True))  # type: ignore[attr-defined]
+            scored = _scored(frame, input_path, model, rows, image_root)
             ids = frame[ROW_ID].to_numpy() if has_ids else np.arange(rows, rows + len(frame), dtype=np.int64)
             writer.write(pd.concat([pd.DataFrame({ROW_ID: ids}), scored.reset_index(drop=True)], axis=1))
             rows += len(frame)
@@ -280,7 +321,7 @@ def score_file(model: ScoringModel, input_path: Path, output_path: Path, chunk_r
 
 
 def batch_predict(cfg: Config, input_path: Path, output_path: Path, version: str | None = None,
-                  alias: str | None = None, chunk_rows: int = CHUNK_ROWS) -> PredictJob:
+                  alias: str | None = None, chunk_rows: int = CHUNK_ROWS, image_root: Path | None = None) -> PredictJob:
     """Score a file with the version given (else the one ``alias`` names, else ``serve.alias``) and log
     the job to MLflow. The paths and the choice of model are checked before anything is read or written;
     the input is hashed before the output is written."""
@@ -292,12 +333,14 @@ def batch_predict(cfg: Config, input_path: Path, output_path: Path, version: str
     model = resolve_scoring_model(name, version, alias, mlflow.get_tracking_uri(), cfg.serve.max_text_chars)
     digest = file_sha256(input_path)  # what was read, whatever happens to the path later
     started = time.perf_counter()
-    rows = score_file(model, input_path, output_path, chunk_rows)
+    rows = score_file(model, input_path, output_path, chunk_rows, image_root)
     seconds = time.perf_counter() - started
     with mlflow.start_run(run_name=f"predict-v{model.version}", experiment_id=experiment_id,
                           tags={"weakflow.stage": "predict", "model_name": name,
                                 "model_version": model.version}) as run:
         mlflow.log_params({"input": str(input_path), "output": str(output_path), "input_sha256": digest,
-                           "model_version": model.version, "chunk_rows": chunk_rows})
+                           "model_version": model.version, "chunk_rows": chunk_rows,
+                           **({"image_root": str(image_root or input_path.parent)} if model.images is not None
+                              else {})})
         mlflow.log_metrics({"rows": rows, "seconds": seconds, "rows_per_second": rows / max(seconds, 1e-9)})
     return PredictJob(input_path, output_path, rows, name, model.version, seconds, digest, run.info.run_id)

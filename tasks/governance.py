@@ -2,7 +2,8 @@
 applies the configured policy and logs a finding table per check.
 
 Before training (``governance``): exact and near-duplicates between the gold test split and every
-training source (gold, weak, unlabeled), and single-feature label leakage on the gold rows. On pseudo
+training source (gold, weak, unlabeled), and single-feature label leakage on the gold rows. Rows that
+carry a picture are compared by their pictures (same pixels; perceptual hash within a few bits). On pseudo
 labels (``pseudo_governance``, and again on every self-training round's relabelled set, by the full
 training): kept rows that equal or are near test rows (tasks/lib/checks.py). After deployment
 (monitoring): served rows equal or near to test rows (evaluation contamination) or training rows
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from weakflow.data_checks.contamination import label_leakage, repeats
+from weakflow.data_checks.contamination import label_leakage, picture_copies, picture_examples, repeats
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.check_records import log_failure, log_findings
 from weakflow.tasks.lib.checks import (
@@ -31,13 +32,20 @@ def check_training(data: PipelineData, section: GovernanceConfig, seed: int) -> 
     g = section
     findings, failures = Findings(), []
     train = data.train
-    exact_found, near_found, near_what, keys = copies(data, data.test, train, g.near_factor)
+    pictures = data.schema.images is not None  # the picture decides: same pixels, or perceptual hashes close
+    find = picture_copies if pictures else copies
+    exact_found, near_found, near_what, keys = find(data, data.test, train, g.near_factor)
+    exact_what = "training row(s) equal a test row"
+    if pictures:
+        exact_what = ("training row(s) whose picture equals a test picture (same pixels)"
+                      + picture_examples(exact_found, data.schema.images.paths(data.test),
+                                         data.schema.images.paths(train)))
     exact = pairs_with_rows(exact_found, train)
     rates = repeats(*keys)
     natural = g.repeated_rows == "auto" and rates.natural
     near = pairs_with_rows(near_found, train)
     drop = apply_policy("exact_duplicates", "warn" if natural else g.exact_duplicates, exact, findings, failures,
-                        "training row(s) equal a test row")
+                        exact_what)
     if natural:  # recorded, not acted on: the rows repeat as often as training rows repeat among themselves
         findings.actions["exact_duplicates"] = f"natural repeats: {rates.text()} (governance.repeated_rows)"
     drop |= apply_policy("near_duplicates", g.near_duplicates, near, findings, failures, near_what)

@@ -1,7 +1,7 @@
 """``weakflow lfs``: every weak source (weak columns, rules, labelling functions) applied to the training file
 and measured against its gold rows, in seconds: nothing is validated beyond what it reads, nothing trained.
 
-Only the columns the sources and the measurement need are read (inputs, label, weak columns), optionally
+Only the columns the sources and the measurement need are read (inputs, tag columns, label, weak columns), optionally
 just the first rows; the test file is read only for the class set when ``data.classes`` is not given.
 Big files can be applied in shards, each in a process started with spawn (never fork: see flows/runtime.py, quiet_telemetry).
 """
@@ -48,9 +48,12 @@ def run_lfs(cfg: Config, rows: int | None = None, shards: int = 1, examples: int
     spec = resolve_data_spec(cfg)
     rules, refs = configured_rules(cfg), list(cfg.weak_labels.labeling_functions)
     needed = {**{c: "data.feature_columns" for c in spec.feature_columns},
-              **{c: "data.text_columns" for c in spec.text_columns}, spec.label_column: "data.label_column",
-              **{c: "data.weak_label_columns" for c in spec.weak_label_columns}}
-    train = read_columns(spec.train_path, "data.train_path", needed, rows, text=spec.text_columns)
+              **{c: "data.text_columns" for c in spec.text_columns},
+              **{c: "data.image_columns" for c in spec.image_columns},
+              **{c: "data.tag_columns" for c in spec.tag_columns if c not in spec.input_columns},
+              spec.label_column: "data.label_column", **{c: "data.weak_label_columns" for c in spec.weak_label_columns}}
+    train = read_columns(spec.train_path, "data.train_path", needed, rows,
+                         text=[*spec.text_columns, *spec.image_columns, *spec.tag_columns])
     classes = class_list(spec)
     abstain = spec.abstain
     try:
@@ -138,10 +141,10 @@ def _read_parquet(path: Path, columns: list[str], rows: int | None) -> pd.DataFr
 def apply_sharded(frame: pd.DataFrame, spec: FilesData, rules: list, refs: list[str], classes: list, abstain: Any,
                   shards: int) -> pd.DataFrame:
     """:func:`tasks.lib.labeling.apply_sources` on ``shards`` contiguous row ranges, each in its own spawned
-    process (the rows travel pickled, input columns only); the same frame as one process gives."""
-    from weakflow.tasks.lib.labeling import apply_sources
+    process (the rows travel pickled, input and tag columns only); the same frame as one process gives."""
+    from weakflow.tasks.lib.labeling import apply_sources, source_columns
 
-    inputs = frame[spec.input_columns]
+    inputs = frame[source_columns(spec)]
     bounds = np.linspace(0, len(frame), max(shards, 1) + 1).astype(int)
     chunks = [inputs.iloc[a:b] for a, b in pairwise(bounds) if b > a]
     if len(chunks) <= 1:

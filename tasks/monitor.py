@@ -23,7 +23,7 @@ from weakflow.monitoring.alerts import CONTAMINATION_EVENT, DRIFT_EVENT, Alert, 
 from weakflow.monitoring.drift import DriftResult, DriftRule, Verdict, decide, drift_report, load_window
 from weakflow.tasks.lib.stage import stage_task
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config
+from weakflow.tasks.lib.config import Config, FilesData
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Served:
     run_id: str
     reference: pd.DataFrame
     features: list[str]
+    embeddings: list[str] = field(default_factory=list)  # a picture model's embedding columns (drift apart)
 
 
 @dataclass
@@ -58,8 +59,11 @@ def load_served(cfg: Config) -> Served:
     mv = client.get_model_version(name, alias_version(client, name, cfg.serve.alias, mlflow.get_tracking_uri()))
     with tempfile.TemporaryDirectory() as tmp:  # one download per check: never left behind
         reference = pd.read_parquet(client.download_artifacts(mv.run_id, "reference/reference.parquet", tmp))
-    features = [c for c in reference.columns if c not in ("provenance", "prediction", "confidence")]
-    return Served(name, str(mv.version), mv.run_id, reference, features)
+    from weakflow.monitoring.reference import embedding_columns
+
+    embeddings = embedding_columns(list(reference.columns))
+    features = [c for c in reference.columns if c not in ("provenance", "prediction", "confidence", *embeddings)]
+    return Served(name, str(mv.version), mv.run_id, reference, features, embeddings)
 
 
 def check_drift(cfg: Config, served: Served, window: pd.DataFrame) -> tuple[DriftResult, Verdict]:
@@ -68,7 +72,7 @@ def check_drift(cfg: Config, served: Served, window: pd.DataFrame) -> tuple[Drif
     if len(window) < m.min_rows:  # too few rows: no report, the rule says "not checked"
         empty = DriftResult(len(window), 0.0, [], None, False)
         return empty, decide(empty, rule)
-    result = drift_report(served.reference, window, served.features)
+    result = drift_report(served.reference, window, served.features, embeddings=served.embeddings)
     return result, decide(result, rule)
 
 
@@ -120,6 +124,9 @@ def raise_alert(cfg: Config, served: Served, check: Check) -> dict[str, str | in
     payload = {"model": served.name, "version": served.version, "drift_share": check.result.drift_share,
                "drifted_columns": check.result.drifted_columns, "prediction_drifted": check.result.prediction_drifted,
                "report": check.report_uri, "mlflow_run_id": check.run_id, "verdict": check.verdict.text}
+    if check.result.embedding_score is not None:  # pictures: the model's embedding, judged apart
+        payload |= {"embedding_drift_score": check.result.embedding_score,
+                    "embedding_drifted": check.result.embedding_drifted}
     raised = raise_once(log_url(cfg), DRIFT_EVENT,
                         Alert("drift", served.name, served.version, check.result.drift_share,
                               check.result.drifted_columns, check.result.prediction_drifted, check.report_uri,
@@ -140,6 +147,8 @@ def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) 
 
     spec = resolve_data_spec(cfg)
     numeric, text = spec.feature_columns, spec.text_columns
+    if spec.image_columns:
+        return picture_contamination(spec, window)
     out = {}
     for name, path, config_field in (("evaluation_contamination", spec.test_path, "data.test_path"),
                                      ("memorisation_exposure", spec.train_path, "data.train_path")):
@@ -158,6 +167,37 @@ def production_contamination(cfg: Config, served: Served, window: pd.DataFrame) 
         out[name] = pd.DataFrame({"reference_index": pairs["reference_index"].to_numpy(), "distance": pairs["distance"],
                                   "request_id": window["request_id"].to_numpy()[idx],
                                   "row_index": window["row_index"].to_numpy()[idx]})
+    return out
+
+
+def picture_contamination(spec: FilesData, window: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Served pictures whose bytes equal a test picture file's (evaluation contamination) or a training one's
+    (memorisation exposure), by the SHA-256 the prediction log keeps (it keeps no pixels, so near copies are
+    the validation suite's perceptual-hash check, before training)."""
+    import hashlib
+
+    from weakflow.tasks.core.images import resolve
+    from weakflow.tasks.core.picture_stats import HASH
+    from weakflow.tasks.lib.data import read_table
+
+    column = spec.image_columns[0]
+    logged = f"{column}:{HASH}"
+    served = window[logged].astype(str).to_numpy() if logged in window.columns else np.array([], dtype=str)
+    out = {}
+    for name, path, config_field in (("evaluation_contamination", spec.test_path, "data.test_path"),
+                                     ("memorisation_exposure", spec.train_path, "data.train_path")):
+        table = read_table(path, config_field)
+        index: dict[str, int] = {}
+        for i, cell in enumerate(table[column].tolist()):
+            try:
+                index.setdefault(hashlib.sha256(resolve(cell, spec.image_root).read_bytes()).hexdigest(), i)
+            except OSError:
+                continue  # a file gone since training: nothing to compare it with
+        hits = [(index[h], j) for j, h in enumerate(served) if h in index]
+        ref_rows, rows = (np.array([a for a, _ in hits], dtype=int), np.array([b for _, b in hits], dtype=int))
+        out[name] = pd.DataFrame({"reference_index": ref_rows, "distance": np.zeros(len(hits)),
+                                  "request_id": window["request_id"].to_numpy()[rows] if len(hits) else [],
+                                  "row_index": window["row_index"].to_numpy()[rows] if len(hits) else []})
     return out
 
 
@@ -228,7 +268,8 @@ def contamination_task(cfg: Config, served: Served, window: pd.DataFrame, experi
 def load_window_task(cfg: Config, served: Served) -> pd.DataFrame:
     m = cfg.monitoring
     return load_window(log_url(cfg), served.features, rows=m.window_rows, hours=m.window_hours,
-                       model_name=served.name, model_version=served.version, max_rows=m.max_rows, sample=m.sample_rows, seed=cfg.seed)
+                       model_name=served.name, model_version=served.version, max_rows=m.max_rows, sample=m.sample_rows,
+                       seed=cfg.seed, optional=served.embeddings)
 
 
 @stage_task("load_reference")

@@ -51,11 +51,14 @@ def model_requirements() -> list[str]:
 
 
 def input_example(data: PipelineData, rows: int = 5):  # -> pd.DataFrame
-    """The model's raw input as a client sends it: numbers as float64, text as strings."""
+    """The model's raw input as a client sends it: numbers as float64, text as strings, pictures as their bytes
+    (a served model never reads a path)."""
     example = data.train[data.inputs].head(rows).copy()
     example[data.schema.numeric] = example[data.schema.numeric].astype(np.float64)
     for column in data.schema.text:
         example[column] = example[column].fillna("").astype(str)
+    if data.schema.images is not None:
+        example[data.schema.images.column] = [p.read_bytes() for p in data.schema.images.paths(example)]
     return example.reset_index(drop=True)
 
 
@@ -64,6 +67,8 @@ def score_version(name: str, version: str, data: PipelineData) -> float:
     model = model_code.load_pyfunc(f"models:/{name}/{version}")
     test = data.test[data.inputs].copy()
     test[data.schema.numeric] = test[data.schema.numeric].astype(np.float64)
+    if data.schema.images is not None:  # the loaded model's featurizer has no root: absolute paths
+        test[data.schema.images.column] = [str(p) for p in data.schema.images.paths(test)]
     pred = model.predict(test)["prediction"].to_numpy()
     return float((pred == data.test[data.label].to_numpy()).mean())
 
@@ -261,6 +266,7 @@ def record(release: Release, ctx: RunContext, data: PipelineData, selection: Sel
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*integer column.*")
         signature = infer_signature(example, output_frame(predict_proba(network, data.x(example)), data.classes))
+    signature = model_code.picture_signature(signature, data.schema.image_columns)  # pictures: binary, not paths
     with tempfile.TemporaryDirectory() as tmp:
         code = model_code.stage(Path(tmp) / "code")  # weakflow/, only what loading the model imports
         weights = Path(tmp) / "model.pt"

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
 
 from weakflow.data_checks.suite import DataValidationError, Validated, ValidationReport, run_suite
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import Config, DemoData, DemoTextData, FilesData, ValidationConfig
+from weakflow.tasks.lib.config import AugmentConfig, Config, FilesData, ValidationConfig
 from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.data_checks.labels import check_class_set, check_label_spelling
-from weakflow.tasks.lib.data import (DataError, PipelineData, assemble, class_set, data_files, read_label_columns,
-                                     read_raw, resolve_data_spec)
+from weakflow.tasks.lib.data import (DataError, DataSource, PipelineData, assemble, class_set, data_files,
+                                     read_label_columns, read_raw, resolve_data_spec)
 from weakflow.tasks.lib.pool import pool_rows, scan_pool
-
-DataSource = DemoData | DemoTextData | FilesData  # the data section
 
 
 @dataclass(frozen=True)
@@ -30,12 +28,14 @@ class InputChecks:
     folds: int  # selection.folds: the gold rows' folds are assigned when the data is assembled
     test_copies: bool  # governance.exact_duplicates == fail: test rows copied into training fail the suite
     repeated_rows: str  # governance.repeated_rows
+    cache_dir: Path | None = None  # <tracking.workspace>/cache: decoded pictures
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # how the pictures may be varied while training
 
     @classmethod
     def of(cls, cfg: Config) -> InputChecks:
         voting = bool(cfg.weak_labels.rules or cfg.weak_labels.labeling_functions)
         return cls(voting, cfg.pseudo_label.chunk_rows, cfg.selection.folds, cfg.governance.exact_duplicates == "fail",
-                   cfg.governance.repeated_rows)
+                   cfg.governance.repeated_rows, Path(cfg.tracking.workspace) / "cache", cfg.augment)
 
 
 def check_data(spec: FilesData, validation: ValidationConfig, checks: InputChecks,
@@ -43,7 +43,8 @@ def check_data(spec: FilesData, validation: ValidationConfig, checks: InputCheck
     """Read the files and run the suite: raises DataError (unreadable file) or DataValidationError (failed
     suite)."""
     if spec.unlabeled_path is not None:  # streamed: columns, types and finiteness, never all in memory
-        scan_pool(spec.unlabeled_path, spec.feature_columns, checks.chunk_rows, spec.text_columns)
+        scan_pool(spec.unlabeled_path, spec.feature_columns, checks.chunk_rows, spec.text_columns,
+                  images=spec.image_columns, image_root=spec.image_root, max_pixels=spec.image_max_pixels)
     raw = read_raw(spec)
     classes = class_set(raw)
     voting = bool(spec.weak_label_columns) or checks.voting
@@ -54,7 +55,7 @@ def check_data(spec: FilesData, validation: ValidationConfig, checks: InputCheck
                        repeated_rows=checks.repeated_rows)
     if not report.success:
         raise DataValidationError(report)
-    return assemble(raw, classes, checks.folds), report
+    return assemble(raw, classes, checks.folds, cache_dir=checks.cache_dir, augment=checks.augment), report
 
 
 def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:

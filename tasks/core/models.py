@@ -1,4 +1,4 @@
-"""Networks: an MLP for feature vectors, a small CNN for image arrays.
+"""Networks: an MLP for feature vectors, a small CNN for pixel columns, a residual CNN for pictures.
 
 Both carry their input standardisation as buffers, so a saved model takes raw features.
 """
@@ -17,7 +17,7 @@ from torch import nn
 class ModelSpec:
     """Everything needed to rebuild a network before loading its weights."""
 
-    kind: Literal["mlp", "cnn"]
+    kind: Literal["mlp", "cnn", "resnet"]
     num_features: int
     num_classes: int
     hidden: tuple[int, ...] = (256, 256)
@@ -26,6 +26,8 @@ class ModelSpec:
     ensemble: int = 1  # > 1: a LogitEnsemble of that many networks (a bagged refit, or CLID-MU snapshots)
     pool: bool = False  # CNN: 2x2 max-pool between the conv blocks (new models; specs saved before it lack it)
     temperature: float = 1.0  # logits are divided by it (calibration fitted after training; 1 while training)
+    # resnet: (crop padding as a share of the side, flip 0/1, brightness/contrast jitter) while training; None: off
+    augment: tuple[float, float, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,8 +36,9 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> ModelSpec:
         data = dict(data)
         data["hidden"] = tuple(data["hidden"])
-        if data.get("image_shape") is not None:
-            data["image_shape"] = tuple(data["image_shape"])
+        for key in ("image_shape", "augment"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 
@@ -47,10 +50,20 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
 
-    def fit(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        std = x.std(axis=0)
-        self.mean.copy_(torch.as_tensor(x.mean(axis=0), dtype=torch.float32))
+    def fit(self, x: np.ndarray, image_shape: tuple[int, int, int] | None = None) -> None:
+        """Per-feature statistics; with ``image_shape`` the last ``prod(image_shape)`` features are pixels and
+        share one mean and sd per channel (a picture shifted by an augmentation crop is standardised alike)."""
+        x = np.asarray(x, dtype=np.float32)
+        mean = x.mean(axis=0, dtype=np.float64)
+        std = x.std(axis=0, dtype=np.float64)
+        if image_shape is not None:
+            c, n = image_shape[0], int(np.prod(image_shape[1:]))
+            at = x.shape[1] - c * n
+            for k in range(c):
+                values = x[:, at + k * n: at + (k + 1) * n]
+                mean[at + k * n: at + (k + 1) * n] = values.mean(dtype=np.float64) if values.size else 0.0
+                std[at + k * n: at + (k + 1) * n] = values.std(dtype=np.float64) if values.size else 1.0
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.std.copy_(torch.as_tensor(np.where(std < 1e-6, 1.0, std), dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,6 +128,90 @@ class SmallCNN(nn.Module):
         return (f, self.head(f)) if return_features else _tempered(self.head(f), self.temperature)
 
 
+class Block(nn.Module):
+    """A basic residual block (two 3x3 convs with batch norm; a strided 1x1 shortcut where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = (nn.Identity() if stride == 1 and c_in == c_out else
+                      nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+def augment_pictures(x: torch.Tensor, padding: float, flip: float, jitter: float) -> torch.Tensor:
+    """Standard picture augmentation on a standardised batch (B, C, H, W), each picture its own draw: a random
+    crop after zero padding (zero = the mean colour), a horizontal flip, brightness and contrast jitter."""
+    b, _, h, w = x.shape
+    pad = int(round(padding * min(h, w)))
+    if pad > 0:
+        padded = nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+        ys = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+        xs = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        # a gather, not advanced indexing: with the latter, oneDNN's convolution backward on CPU (torch 2.13)
+        # corrupted the heap for narrow networks (cnn_width 16; tests/model/test_picture_pipeline.py aborted)
+        at = (ys * padded.shape[-1] + xs).reshape(b, 1, h * w).expand(b, x.shape[1], h * w)
+        x = padded.reshape(b, x.shape[1], -1).gather(2, at).reshape(b, x.shape[1], h, w)
+    if flip:
+        flipped = torch.rand(b, device=x.device) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    if jitter > 0:
+        scale = 1 + (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * jitter
+        shift = (torch.rand(b, 1, 1, 1, device=x.device) * 2 - 1) * jitter
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * scale + mean + shift
+    return x
+
+
+class PictureNet(nn.Module):
+    """A small residual CNN for pictures: a 3x3 stem, three residual stages (widths w/4, w/2, w with
+    ``w = hidden[0]``, each after the first halving the resolution; pictures above 32 px are halved by a
+    strided stem first), global average pooling and a linear head. Side features (numbers, text features)
+    before the pixels are standardised and joined at the head. Augments its pictures in training mode only,
+    so every training method gets augmentation and a saved model scores plain pictures."""
+
+    temperature = 1.0
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        if spec.image_shape is None:
+            raise ValueError("the picture network needs image_shape (channels, height, width)")
+        c, h, w = spec.image_shape
+        self.image_shape = (c, h, w)
+        self.side = spec.num_features - c * h * w
+        if self.side < 0:
+            raise ValueError(f"image_shape {spec.image_shape} has {c * h * w} values, features have {spec.num_features}")
+        self.scale = Standardize(spec.num_features)
+        self.augment = spec.augment
+        width = spec.hidden[0] if spec.hidden else 64
+        w1, w2, w3 = max(4, width // 4), max(4, width // 2), width
+        stride = 2 if min(h, w) > 32 else 1
+        self.stem = nn.Sequential(nn.Conv2d(c, w1, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU())
+        self.body = nn.Sequential(Block(w1, w1, 1), Block(w1, w2, 2), Block(w2, w3, 2),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(spec.dropout))
+        self.head = nn.Linear(w3 + self.side, spec.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.scale(x)
+        side, pixels = x[:, :self.side], x[:, self.side:].reshape(-1, *self.image_shape)
+        if self.training and self.augment is not None:
+            pixels = augment_pictures(pixels, *self.augment)
+        f = self.body(self.stem(pixels.contiguous(memory_format=torch.channels_last)))
+        return torch.cat([f, side], dim=1) if self.side else f
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        f = self.features(x)
+        return (f, self.head(f)) if return_features else _tempered(self.head(f), self.temperature)
+
+
 class LogitEnsemble(nn.Module):
     """Mean logits of several snapshots of one network (CLID snapshot ensembling)."""
 
@@ -150,8 +247,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
         model = MLP(spec)
     elif spec.kind == "cnn":
         model = SmallCNN(spec)
+    elif spec.kind == "resnet":
+        model = PictureNet(spec)
     else:
-        raise ValueError(f"unknown model kind {spec.kind!r}; expected 'mlp' or 'cnn'")
+        raise ValueError(f"unknown model kind {spec.kind!r}; expected 'mlp', 'cnn' or 'resnet'")
     if spec.temperature != 1.0:
         model.temperature = spec.temperature
     return model

@@ -40,9 +40,11 @@ def label_stream(
     Pass 1 scores every chunk, keeps (class, confidence) per row in a memory-mapped scratch file and
     counts; then the policy's thresholds and any cap's cut-off are decided; pass 2 re-reads the
     features (no scoring) and calls ``emit(features, payload, keep, labels, confidence, probs)`` per chunk so the
-    caller can write kept rows incrementally. With ``soft`` the kept rows' full probability vectors are
-    recomputed in pass 2 and passed as ``probs`` (else None). Memory: one chunk plus 5-8 bytes per row on
-    disk (the label width grows with the class count, see :func:`label_dtype`).
+    caller can write kept rows incrementally (a source with a ``without_pixels`` attribute, a picture pool's,
+    is read through it in pass 2 unless ``soft``: ``features`` then stop before the pixels). With ``soft``
+    the kept rows' full probability vectors are recomputed in pass 2 and passed as ``probs`` (else None).
+    Memory: one chunk plus 5-8 bytes per row on disk (the label width grows with the class count, see
+    :func:`label_dtype`).
 
     Pass 2 is matched to pass 1 by row position, so ``chunks()`` must yield the same rows both times; a
     source that yields a different number of rows the second time raises ``ValueError`` (pass 2 stops
@@ -65,7 +67,7 @@ def label_stream(
         cutoff, ties_allowed = cap_cutoffs(labels_all, conf_all, thresholds, policy.max_per_class, num_classes)
         kept = np.zeros(num_classes, dtype=np.int64)
         start = 0
-        for x, payload in chunks():
+        for x, payload in _second_pass(chunks, soft)():
             if start + len(x) > scratch.rows:
                 raise ValueError(_pass_mismatch(scratch.rows, f"at least {start + len(x)}"))
             labels = np.asarray(labels_all[start : start + len(x)])
@@ -197,7 +199,7 @@ def emit_kept(chunks: Callable[[], Iterable[tuple[np.ndarray, Any]]], keep: Shar
     :func:`label_stream` does (``score``: recompute the kept rows' probabilities for soft output).
     Returns the rows kept; a shard that yields other rows than pass 1 raises ``ValueError``."""
     start = 0
-    for x, payload in chunks():
+    for x, payload in _second_pass(chunks, score is not None)():
         if start + len(x) > keep.rows:
             raise ValueError(_pass_mismatch(keep.rows, f"at least {start + len(x)}"))
         lo, hi = np.searchsorted(keep.positions, [start, start + len(x)])
@@ -214,6 +216,14 @@ def emit_kept(chunks: Callable[[], Iterable[tuple[np.ndarray, Any]]], keep: Shar
     if start != keep.rows:
         raise ValueError(_pass_mismatch(keep.rows, str(start)))
     return len(keep.positions)
+
+
+def _second_pass(chunks: Callable[[], Iterable[tuple[np.ndarray, Any]]], scores: bool
+                 ) -> Callable[[], Iterable[tuple[np.ndarray, Any]]]:
+    """The chunks pass 2 reads: when it scores nothing (no soft output) and the source offers them, its
+    ``without_pixels`` chunks (the same rows and payloads, the features before any picture's pixels), so a
+    picture pool is decoded once, not twice (tasks/lib/pool.py)."""
+    return chunks if scores else getattr(chunks, "without_pixels", chunks)
 
 
 def _pass_mismatch(first: int, second: str) -> str:

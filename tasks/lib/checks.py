@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from weakflow.data_checks.contamination import (
-    TEXT_NEAR, NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, near_text_pairs, text_keys,
+    TEXT_NEAR, NearDuplicateIndex, exact_pairs, exact_text_pairs, joined_text, near_text_pairs, picture_copies,
+    text_keys,
 )
 from weakflow.tasks.lib.data import PROVENANCE, ROW_ID, SPLIT, DataError, PipelineData, hash_rows
 from weakflow.tasks.lib.pseudo_labels import CrossPseudo, PseudoLabels
@@ -109,8 +110,11 @@ def copies(data: PipelineData, reference: pd.DataFrame, rows: pd.DataFrame, near
     """Rows of ``rows`` equal to or near a row of ``reference`` (the test split): (exact pairs, near pairs,
     what "near" meant, the two tables' row keys). With text columns: equal once text is normalised, and near
     as near copies of the text (character n-gram cosine); without: equal numbers, and near in standardised
-    feature space within ``near_factor`` x the test rows' median nearest-neighbour distance."""
+    feature space within ``near_factor`` x the test rows' median nearest-neighbour distance. With pictures: the
+    picture decides (:func:`weakflow.data_checks.contamination.picture_copies`)."""
     schema = data.schema
+    if schema.images is not None:
+        return picture_copies(data, reference, rows, near_factor)
     if schema.text:
         exact = exact_text_pairs(reference, rows, schema.numeric, schema.text)
         near = near_text_pairs(joined_text(reference, schema.text), joined_text(rows, schema.text))

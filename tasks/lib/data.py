@@ -17,10 +17,15 @@ import numpy as np
 import pandas as pd
 
 from weakflow.tasks.lib.errors import DataError  # noqa: F401 (raised here; defined apart, light)
-from weakflow.tasks.lib.config import Config, DemoData, DemoTextData, FilesData
+from weakflow.tasks.lib.tables import (  # noqa: F401 (the readers, re-exported: their home before tables.py)
+    check_unique_columns, existing_table, first_non_utf8, header_names, read_table, unreadable,
+)
+from weakflow.tasks.lib.config import (AugmentConfig, Config, DemoData, DemoImagesData, DemoTextData, FilesData,
+                                       ImageFolderData)
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.noise import corrupt_labels
 from weakflow.tasks.core.schema import InputSchema
+from weakflow.tasks.core.images import ImageFeaturizer, PixelCache, fit_featurizer
 from weakflow.tasks.core.text import TextFeaturizer, normalise
 from weakflow.tasks.core.textkey import comparison_text
 
@@ -166,102 +171,16 @@ class PipelineData:
         return {k: int(counts.get(k, 0)) for k in ("gold", "weak", "unlabeled")}
 
 
-def existing_table(path: Path, field: str) -> tuple[Path, str]:
-    """``path`` made absolute and its suffix, once it is a Parquet or CSV file that exists (else one
-    DataError naming the config field and the file)."""
-    path = Path(path).absolute()
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv"):
-        raise DataError(f"{field}: {path} has suffix {suffix!r}; expected .parquet, .pq or .csv")
-    if not path.is_file():
-        raise DataError(f"{field}: {path} does not exist or is not a file")
-    return path, suffix
-
-
-def read_table(path: Path, field: str) -> pd.DataFrame:
-    """Read a Parquet or CSV file; any failure names the config field and the file (its absolute path)."""
-    path, suffix = existing_table(path, field)
-    check_unique_columns(header_names(path, suffix, field), path, field)
-    try:
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-    except Exception as exc:  # pyarrow and the CSV parser raise many types; all mean "unreadable"
-        raise unreadable(field, path, suffix, exc) from exc
-    return frame
-
-
-def unreadable(field: str, path: Path, suffix: str, exc: BaseException) -> DataError:
-    """One line for a file the readers fail on (training and ``weakflow predict`` alike): the field, the file,
-    the reader's own first line; an encoding error names the file's line and byte instead of the reader's
-    buffer position, and says what was expected."""
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, UnicodeDecodeError):
-        found = first_non_utf8(path)
-        if found is not None:
-            line, offset, byte = found
-            first = f"line {line} (byte {offset:,} of the file) holds the byte 0x{byte:02x}, which is not UTF-8"
-        first += "; expected UTF-8 text: save the file as UTF-8"
-    return DataError(f"{field}: cannot read {path} as {suffix.lstrip('.')}: {type(exc).__name__}: {first}")
-
-
-def first_non_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int, int] | None:
-    """Where a file stops being UTF-8: (line from 1, byte offset from 0, the byte), or None; read in blocks."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, lines = 0, 1
-    try:
-        with open(path, "rb") as handle:
-            while True:
-                chunk = handle.read(block)
-                pending = decoder.getstate()[0]  # an incomplete character carried over from the last block
-                try:
-                    decoder.decode(chunk, final=not chunk)
-                except UnicodeDecodeError as exc:  # exc.start counts from the carried bytes
-                    data = pending + chunk
-                    return lines + data[:exc.start].count(b"\n"), offset - len(pending) + exc.start, data[exc.start]
-                if not chunk:
-                    return None
-                lines += chunk.count(b"\n")
-                offset += len(chunk)
-    except OSError:
-        return None
-
-
-def header_names(path: Path, suffix: str, field: str) -> list[str]:
-    """The column names as the file spells them (pandas would rename a CSV's second ``px_5`` to ``px_5.1``
-    and pyarrow fails on a Parquet file's with a long schema dump)."""
-    try:
-        if suffix == ".csv":
-            import csv
-
-            with open(path, newline="", encoding="utf-8-sig") as handle:  # as pandas reads it: a BOM is no name
-                return next(csv.reader(handle), [])
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    except Exception as exc:
-        raise unreadable(field, path, suffix, exc) from exc
-
-
-def check_unique_columns(names: list[str], path: Path, field: str) -> None:
-    """A column name twice: which copy is meant cannot be known, so the file is refused."""
-    seen: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        seen.setdefault(name, []).append(i)
-    dupes = {n: at for n, at in seen.items() if len(at) > 1}
-    if dupes:
-        listed = "; ".join(f"{n!r} at columns {', '.join(str(i + 1) for i in at)}" for n, at in list(dupes.items())[:5])
-        raise DataError(f"{field}: {path} has duplicate column names ({listed}; columns count from 1); "
-                        "every column name must be unique")
-
-
 def resolve_data_spec(cfg: Config) -> FilesData:
     """The data as files: the demos are written to Parquet in the workspace (once per settings), then
     read like any user's files."""
     return data_files(cfg.data, cfg.tracking.workspace)
 
 
-def data_files(source: DemoData | DemoTextData | FilesData, workspace: Path) -> FilesData:
+DataSource = DemoData | DemoTextData | DemoImagesData | FilesData | ImageFolderData  # the data section
+
+
+def data_files(source: DataSource, workspace: Path) -> FilesData:
     """:func:`resolve_data_spec` on the ``data`` section and the workspace alone."""
     if isinstance(source, DemoData):
         return materialize_demo(source, Path(workspace) / "data")
@@ -269,6 +188,14 @@ def data_files(source: DemoData | DemoTextData | FilesData, workspace: Path) -> 
         from weakflow.tasks.lib.demo_text import materialize_demo_text
 
         return materialize_demo_text(source, Path(workspace) / "data")
+    if isinstance(source, DemoImagesData):
+        from weakflow.tasks.lib.demo_images import materialize_demo_images
+
+        return materialize_demo_images(source, Path(workspace) / "data")
+    if isinstance(source, ImageFolderData):
+        from weakflow.tasks.lib.image_folder import materialize_image_folder
+
+        return materialize_image_folder(source, Path(workspace) / "data")
     return source
 
 
@@ -303,10 +230,13 @@ def weak_votes(frame: pd.DataFrame, spec: FilesData, classes: list | None = None
     return votes.map(lambda v: None if v == abstain else v)
 
 
-def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64) -> PipelineData:
+def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64, cache_dir: Path | None = None,
+             augment: AugmentConfig | None = None) -> PipelineData:
     """Attach provenance, split and the gold rows' cross-fitting folds to validated raw tables; fit the text
-    featurisation on the training rows' text (no label, no test row)."""
+    featurisation on the training rows' text (no label, no test row); choose the picture format from the
+    training pictures and decode every picture once into the cache under ``cache_dir``."""
     spec = raw.spec
+    images = picture_input(raw, cache_dir, augment) if spec.image_columns else None
     train = raw.train.copy()
     train[spec.label_column] = class_values(train[spec.label_column])
     votes = weak_votes(train, spec, classes) if spec.weak_label_columns else None
@@ -321,6 +251,9 @@ def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64)
         # recorded figures were measured on (on the shipped SMS data both keys make the same 5,130 groups)
         copies = feature_hashes(train.loc[gold], list(spec.feature_columns), list(spec.text_columns),
                                 key=normalise).to_numpy()
+        if images is not None:  # the same picture file content twice: one group
+            copies = pd.util.hash_pandas_object(pd.DataFrame({"f": copies, "p": picture_digests(
+                images.paths(train.loc[gold]))}), index=False).to_numpy()
         train.loc[gold, FOLD] = gold_folds(train.loc[gold, spec.label_column].map(index).to_numpy(), folds, spec.seed,
                                            groups=copies)
     if ROW_ID not in train.columns:
@@ -329,9 +262,41 @@ def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64)
     test[spec.label_column] = class_values(test[spec.label_column])
     featurizer = (TextFeaturizer.fit(train, spec.text_columns, dims=text_dims, seed=spec.seed)
                   if spec.text_columns else None)
-    schema = InputSchema(list(spec.feature_columns), list(spec.text_columns), featurizer)
+    schema = InputSchema(list(spec.feature_columns), list(spec.text_columns), featurizer, images)
     return PipelineData(train=train.reset_index(drop=True), test=test.reset_index(drop=True), spec=spec,
                         classes=classes, schema=schema)
+
+
+def picture_input(raw: RawTables, cache_dir: Path | None, augment: AugmentConfig | None) -> ImageFeaturizer:
+    """The picture column's featurizer: format chosen from a sample of the training pictures, augmentation
+    as configured, and (with ``cache_dir``) every training and test picture decoded into the cache. A picture
+    that fails is one DataError naming the file, the column and the row."""
+    spec = raw.spec
+    column = spec.image_columns[0]
+    images, _ = fit_featurizer(raw.train, column, spec.image_root, spec.image_size, spec.image_colour,
+                               spec.image_max_pixels, seed=spec.seed)
+    aug = augment or AugmentConfig()
+    images.augment = (aug.crop_padding, float(aug.flip), aug.jitter) if aug.enabled else None
+    if cache_dir is not None:
+        images.cache = PixelCache(Path(cache_dir) / "pixels", images.fmt)
+        for frame, field, path in ((raw.train, "data.train_path", spec.train_path), (raw.test, "data.test_path", spec.test_path)):
+            problems = images.cache.warm(images.paths(frame))
+            if problems:
+                row, why = min(problems.items())
+                raise DataError(f"{field}: {path} column {column!r} row {row} (rows counted from 0): picture "
+                                f"{images.paths(frame.iloc[[row]])[0]} {why}; {len(problems)} picture(s) failed")
+    return images
+
+
+def picture_digests(paths: list[Path]) -> np.ndarray:
+    """A 64-bit digest of each file's bytes (copies of one picture under two names digest alike)."""
+    out = np.zeros(len(paths), dtype=np.uint64)
+    for i, path in enumerate(paths):
+        try:
+            out[i] = int.from_bytes(hashlib.blake2b(Path(path).read_bytes(), digest_size=8).digest(), "little")
+        except OSError:
+            out[i] = int.from_bytes(hashlib.blake2b(str(path).encode(), digest_size=8).digest(), "little")
+    return out
 
 
 def hash_rows(x: np.ndarray, decimals: int = 6) -> np.ndarray:

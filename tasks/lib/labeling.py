@@ -1,7 +1,8 @@
 """Labelling functions: load them from "module:function" refs, run them (and rules) batchwise, build vote matrices.
 
-An LF takes a DataFrame batch of rows' input columns (numbers and text, never labels) and returns one class
-*value* (an int or a name) or the abstain value per row. Its output is checked strictly here, because one
+An LF takes a DataFrame batch of rows' input columns (numbers, text, picture paths made absolute) and tag
+columns (``data.tag_columns``: tags, metadata), never labels, and returns one class *value* (an int or a name)
+or the abstain value per row. Its output is checked strictly here, because one
 stray NaN or misspelt class would otherwise surface much later as a confusing error inside aggregation.
 """
 
@@ -180,10 +181,37 @@ def apply_sources(
     """Every rule (column ``rule:<name>``) and labelling function (``lf:<name>``) over ``frame``'s rows, one
     column of class values each (abstain where a source does not fire).
 
-    Sources see a row's input columns (``spec.input_columns``: numbers and text), never its label or weak
-    columns, so no function can peek at gold. Rules are checked against the data before anything runs."""
+    Sources see a row's input columns (``spec.input_columns``: numbers, text, pictures) and tag columns
+    (``spec.tag_columns``), never its label or weak columns, so no function can peek at gold. Rules read a picture
+    column's cells as the file spells them (a rule's votes do not depend on where the folder lies); labelling
+    functions get each picture's absolute path, so they can open it whatever the working directory. Rules are
+    checked against the data before anything runs."""
     sources = source_functions(frame.columns, spec, rules, labeling_functions, classes, abstain)
-    return _run_sources(frame[spec.input_columns], sources, classes, abstain, batch_size)
+    seen = frame[source_columns(spec)]
+    if not spec.image_columns:
+        return _run_sources(seen, sources, classes, abstain, batch_size)
+    own = [s for s in sources if s[0].startswith("rule:")]
+    lfs = [s for s in sources if not s[0].startswith("rule:")]
+    return pd.concat([_run_sources(seen, own, classes, abstain, batch_size),
+                      _run_sources(absolute_paths(seen, spec), lfs, classes, abstain, batch_size)], axis=1)
+
+
+def source_columns(spec: FilesData) -> list[str]:
+    """What rules and labelling functions read: the input columns, then the tag columns (each once)."""
+    return list(dict.fromkeys([*spec.input_columns, *spec.tag_columns]))
+
+
+def absolute_paths(frame: pd.DataFrame, spec: FilesData) -> pd.DataFrame:
+    """A copy of ``frame`` whose picture columns hold absolute paths (relative ones start from
+    ``data.image_root``, else the working directory); empty cells stay empty."""
+    from weakflow.tasks.core.images import resolve
+
+    out = frame.copy()
+    for column in spec.image_columns:
+        if column in out.columns:
+            out[column] = [str(resolve(cell, spec.image_root).absolute()) if isinstance(cell, (str, Path)) and
+                           str(cell) else cell for cell in out[column].tolist()]
+    return out
 
 
 def source_functions(
@@ -199,14 +227,16 @@ def source_functions(
     lacking = [c for c in inputs if c not in present]
     if lacking:
         raise LabelingFunctionError(f"the data lacks input column(s) {lacking} (data.feature_columns + "
-                                    f"data.text_columns); labelling functions read {inputs}")
+                                    f"data.text_columns{' + data.image_columns' if spec.image_columns else ''}); "
+                                    f"labelling functions read {inputs}")
+    _check_tag_columns(spec, present)
     built = [rule if isinstance(rule, Rule) else from_config(rule, abstain) for rule in rules]
     names = [rule.__name__ for rule in built]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise LabelingFunctionError(f"rule name(s) {twice} used more than once; every rule needs its own name")
     for rule in built:
-        _check_rule(rule, inputs, present, labels)
+        _check_rule(rule, spec, present, labels)
     sources = [(f"rule:{rule.__name__}", f"rule {rule.__name__!r}", rule) for rule in built]
     if labeling_functions:
         sources += [(name, f"labelling function {ref}", load_labeling_function(ref))
@@ -214,13 +244,31 @@ def source_functions(
     return sources
 
 
-def _check_rule(rule: Any, inputs: list[str], present: pd.Index, labels: list) -> None:
-    """A rule reads one input column and votes one class: say which rule breaks that, before running."""
-    if rule.column not in inputs:
-        where = ("is not an input column: a rule sees only data.feature_columns + data.text_columns, never "
+def _check_tag_columns(spec: FilesData, present: pd.Index) -> None:
+    """Tag columns are in the data and are no label: a rule reading the label or a weak column would peek."""
+    labels = [spec.label_column, *spec.weak_label_columns]
+    peeking = [c for c in spec.tag_columns if c in labels]
+    if peeking:
+        raise LabelingFunctionError(f"data.tag_columns lists {peeking}, the label or a weak label column; rules and "
+                                    "labelling functions never see labels: list tag and metadata columns only")
+    lacking = [c for c in spec.tag_columns if c not in present]
+    if lacking:
+        raise LabelingFunctionError(f"the data lacks tag column(s) {lacking} (data.tag_columns); its columns: "
+                                    f"{list(present)[:20]}")
+
+
+def _check_rule(rule: Any, spec: FilesData, present: pd.Index, labels: list) -> None:
+    """A rule reads one input or tag column and votes one class: say which rule breaks that, before running."""
+    inputs = spec.input_columns
+    if rule.column not in inputs and rule.column not in spec.tag_columns:
+        sees = " + ".join(["data.feature_columns", "data.text_columns",
+                           *(["data.image_columns"] if spec.image_columns else []),
+                           *(["data.tag_columns"] if spec.tag_columns else [])])
+        where = (f"is not an input column: a rule sees only {sees}, never "
                  "labels" if rule.column in present else "is not in the data")
+        shown = f"input columns: {inputs}" + (f", tag columns: {spec.tag_columns}" if spec.tag_columns else "")
         raise LabelingFunctionError(f"rule {rule.__name__!r} reads column {rule.column!r}, which {where} "
-                                    f"(input columns: {inputs})")
+                                    f"({shown})")
     if not any(type(rule.label) is type(c) and rule.label == c for c in labels):
         raise LabelingFunctionError(f"rule {rule.__name__!r} votes {rule.label!r}, which is not a class "
                                     f"(classes: {labels!r})")

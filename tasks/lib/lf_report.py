@@ -56,8 +56,9 @@ def example_rows(frame: pd.DataFrame, spec: FilesData, votes: np.ndarray, names:
 
 
 def row_text(frame: pd.DataFrame, row: int, spec: FilesData, column: str | None = None) -> str:
-    """Row ``row`` (a position) as one short line: its text columns (or, with none, its numbers), a rule's
-    number first. Read column by column: a row Series would turn the integers of a mixed row into floats."""
+    """Row ``row`` (a position) as one short line: its text columns (or, with none, its numbers and its picture's
+    path), a rule's number first. Read column by column: a row Series would turn the integers of a mixed row into
+    floats."""
     def value(c: str) -> Any:
         return frame[c].iloc[row]
 
@@ -65,7 +66,7 @@ def row_text(frame: pd.DataFrame, row: int, spec: FilesData, column: str | None 
     if spec.text_columns:
         parts += ["" if pd.isna(value(c)) else str(value(c)) for c in spec.text_columns]
     else:
-        parts += [f"{c}={value(c)}" for c in spec.feature_columns if c != column]
+        parts += [f"{c}={value(c)}" for c in [*spec.feature_columns, *spec.image_columns] if c != column]
     return shorten(" | ".join(parts))
 
 

@@ -52,11 +52,18 @@ class TrainedModel:
 
 
 def model_spec(data: PipelineData, stage: TrainStageConfig) -> ModelSpec:
-    image_shape = data.spec.image_shape
-    kind = stage.model if stage.model != "auto" else ("cnn" if image_shape else "mlp")
-    hidden = (stage.cnn_width,) if kind == "cnn" else tuple(stage.hidden)
+    """The network for this data: ``auto`` is the residual picture network for a picture column, the small CNN
+    for pixel columns with an image shape, else the MLP."""
+    pictures = data.schema.images
+    image_shape = data.spec.image_shape or data.schema.image_shape
+    auto = "resnet" if pictures is not None else ("cnn" if image_shape else "mlp")
+    kind = stage.model if stage.model != "auto" else auto
+    if kind in ("cnn", "resnet") and image_shape is None:
+        raise ValueError(f"model {kind!r} needs pictures (data.image_columns) or data.image_shape")
+    hidden = (stage.cnn_width,) if kind in ("cnn", "resnet") else tuple(stage.hidden)
     return ModelSpec(kind=kind, num_features=len(data.features), num_classes=len(data.classes), hidden=hidden,
-                     dropout=stage.dropout, image_shape=image_shape, pool=kind == "cnn")
+                     dropout=stage.dropout, image_shape=image_shape, pool=kind == "cnn",
+                     augment=pictures.augment if pictures is not None and kind == "resnet" else None)
 
 
 def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[nn.Module, ModelSpec]:
@@ -66,7 +73,7 @@ def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[n
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(spec)
-    model.scale.fit(data.x(data.train))
+    model.scale.fit(data.x(data.train), spec.image_shape if spec.kind == "resnet" else None)
     return model, spec
 
 

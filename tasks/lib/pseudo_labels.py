@@ -175,15 +175,16 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, section: PseudoLabe
     from its weights (without it the module itself is shipped)."""
     from weakflow.tasks.core.pseudo_stream import label_stream
     from weakflow.tasks.core.training import predict_logits
-    from weakflow.tasks.lib.pool import KeptWriter, chain, frame_chunks, parquet_chunks
+    from weakflow.tasks.lib.pool import KeptWriter, chain, frame_chunks, parquet_chunks, score_batch_for
     from weakflow.tasks.lib.pseudo_shards import ShardModel, plan_sources, sharded_label
 
     p = section
     t = judge.temperature
     policy = policy_of(p)
+    batch = score_batch_for(data.schema)  # pictures: a few hundred per forward pass (flat memory)
 
     def score(x: np.ndarray) -> np.ndarray:
-        return softmax_t(predict_logits(model, x, device=device), t)
+        return softmax_t(predict_logits(model, x, device=device, batch_size=batch), t)
 
     splits = ["unlabeled", "weak"] if p.include_weak_rows else ["unlabeled"]
     candidates = data.rows(*splits)
@@ -196,7 +197,7 @@ def make_pseudo_labels(data: PipelineData, model: nn.Module, section: PseudoLabe
     shards = parallel.resolved_shards
     if shards > 1:  # the same two passes, one task per shard (on threads or Dask workers)
         sources = plan_sources(candidates, data.schema, p.chunk_rows, shards, pool, id_offset)
-        stream = sharded_label(sources, ShardModel.of(model, spec, t, device), policy, data.classes,
+        stream = sharded_label(sources, ShardModel.of(model, spec, t, device, batch), policy, data.classes,
                                writer, judge.dev, out_dir)
     else:
         parts = [frame_chunks(candidates, data.schema, p.chunk_rows)]

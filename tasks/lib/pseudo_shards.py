@@ -19,7 +19,7 @@ import copy
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,15 @@ class ShardSource:
     @property
     def rows(self) -> int:
         return len(self.frame) if self.frame is not None else self.groups.rows if self.groups else 0
+
+    def __getstate__(self) -> dict:
+        """Sent to a Dask worker without the decoded-picture cache's memory maps (pickling them would copy
+        every cached picture into each task); the worker decodes its shard's pictures itself, the same bytes."""
+        state = dict(self.__dict__)
+        images = self.schema.images
+        if images is not None and images.cache is not None:
+            state["schema"] = replace(self.schema, images=replace(images, cache=None))
+        return state
 
     def chunks(self) -> Chunks:
         if self.frame is not None:
@@ -91,13 +100,15 @@ class ShardModel:
     spec: dict | None = None
     state: dict[str, torch.Tensor] | None = None
     module: nn.Module | None = None
+    batch_size: int = 8192  # rows per forward pass (pictures: fewer, tasks/lib/pool.py score_batch_for)
 
     @classmethod
-    def of(cls, model: nn.Module, spec: ModelSpec | None, temperature: float, device: str = "auto") -> ShardModel:
+    def of(cls, model: nn.Module, spec: ModelSpec | None, temperature: float, device: str = "auto",
+           batch_size: int = 8192) -> ShardModel:
         if spec is None:
-            return cls(temperature, device, module=model)
+            return cls(temperature, device, module=model, batch_size=batch_size)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return cls(temperature, device, spec=spec.to_dict(), state=state)
+        return cls(temperature, device, spec=spec.to_dict(), state=state, batch_size=batch_size)
 
     def scorer(self) -> Callable[[np.ndarray], np.ndarray]:
         if self.module is not None:  # a copy: tasks on threads of one process must not share its mode
@@ -108,7 +119,8 @@ class ShardModel:
         model.eval()
 
         def score(x: np.ndarray) -> np.ndarray:
-            return softmax_t(predict_logits(model, x, device=self.device), self.temperature)
+            return softmax_t(predict_logits(model, x, device=self.device, batch_size=self.batch_size),
+                             self.temperature)
         return score
 
 

@@ -3,17 +3,21 @@
 Each helper returns a callable ``f(batch: DataFrame) -> np.ndarray``: ``label`` on the rows where the rule
 fires, ``abstain`` elsewhere; missing values (NaN, None) never fire. Every rule reads one column in one pass (a
 pattern compiled by RE2, a linear-time engine, so no pattern can hang a run: tasks/lib/patterns.py; or a
-vectorised numeric comparison), and is a small picklable object, so processes started with spawn can run it too::
+vectorised numeric comparison, or a set lookup of a cell's tags), and is a small picklable object, so processes
+started with spawn can run it too::
 
-    from weakflow.tasks.lib.rules import keywords, regex, threshold
+    from weakflow.tasks.lib.rules import keywords, regex, tags, threshold
     prize = keywords("text", ["free", "call now"], "spam", abstain="")
     prize(batch)   # array(['spam', '', ...], dtype=object)
+    shirt = tags("tags", ["shirt", "blouse"], "shirt", abstain="")   # "Shirt; cotton" fires, "t-shirt" does not
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -129,6 +133,40 @@ class Threshold(Rule):
         return fired
 
 
+TAG_SPLIT = re.compile(r"[;,|]")  # what separates the tags of a cell ("shirt;cotton;long-sleeve")
+
+
+def split_tags(cell: str) -> set[str]:
+    """A tag cell's tags, each trimmed and case-folded; empty pieces dropped."""
+    return {t for t in (piece.strip().casefold() for piece in TAG_SPLIT.split(cell)) if t}
+
+
+class Tags(Rule):
+    """Fires where any of its tags is one of the cell's tags: a whole tag ("shirt" is not in "t-shirt;cotton"),
+    case and surrounding spaces ignored; NaN, None and non-text cells never fire."""
+
+    kind = "tags"
+
+    def __init__(self, name: str, column: str, wanted: Sequence[str], label: Any, abstain: Any) -> None:
+        super().__init__(name, column, label, abstain)
+        self.tags = list(wanted)
+        bad = [t for t in self.tags if not isinstance(t, str) or not t.strip() or TAG_SPLIT.search(t)]
+        if not self.tags or bad:
+            raise LabelingFunctionError(f"rule {name!r}: tags needs one or more non-empty tags without a separator "
+                                        f"(; , |){f', found {bad}' if bad else ''}")
+        self.wanted = frozenset(t.strip().casefold() for t in self.tags)
+
+    def fires(self, values: pd.Series) -> np.ndarray:
+        if values.isna().all():  # an all-empty tag column reads as float NaN
+            return np.zeros(len(values), dtype=bool)
+        if not (values.dtype == object or isinstance(values.dtype, pd.StringDtype)):
+            raise LabelingFunctionError(f"rule {self.__name__!r} (tags) needs text in column {self.column!r}, "
+                                        f"which holds {values.dtype} values, not tags")
+        wanted = self.wanted
+        return np.fromiter((isinstance(v, str) and not wanted.isdisjoint(split_tags(v)) for v in values.tolist()),
+                           dtype=bool, count=len(values))
+
+
 def keyword_pattern(words: Sequence[str], name: str = "keywords") -> Any:
     """One case-insensitive RE2 pattern: any word or phrase, not touching another word character (Unicode, as
     Python's ``\\w``) on either side ("free" finds "Free entry", not "freedom"); a phrase's spaces match any run
@@ -163,6 +201,12 @@ def regex(column: str, pattern: str, label: Any, abstain: Any = -1, case_sensiti
     return Regex(name or f"{column} ~ /{pattern}/", column, pattern, label, abstain, case_sensitive)
 
 
+def tags(column: str, wanted: Sequence[str], label: Any, abstain: Any = -1, name: str | None = None) -> Tags:
+    """Votes ``label`` where any of ``wanted`` is one of the tags in ``column`` (separated by ; , or |)."""
+    shown = "/".join(str(t) for t in list(wanted)[:3]) + ("/..." if len(wanted) > 3 else "")
+    return Tags(name or f"{column} tagged {shown}", column, wanted, label, abstain)
+
+
 def threshold(column: str, label: Any, above: float | None = None, below: float | None = None, abstain: Any = -1,
               name: str | None = None) -> Threshold:
     """Votes ``label`` where numeric ``column`` is > ``above`` and/or < ``below`` (both: inside the band)."""
@@ -177,6 +221,8 @@ def from_config(rule: RuleConfig, abstain: Any) -> Rule:
         return keywords(rule.column, rule.keywords, rule.label, abstain, name=rule.name)
     if rule.kind == "regex":
         return regex(rule.column, rule.pattern or "", rule.label, abstain, rule.case_sensitive, name=rule.name)
+    if rule.kind == "tags":
+        return tags(rule.column, rule.tags, rule.label, abstain, name=rule.name)
     return threshold(rule.column, rule.label, rule.above, rule.below, abstain, name=rule.name)
 
 

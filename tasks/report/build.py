@@ -33,7 +33,7 @@ from torch import nn
 
 from weakflow.tasks.lib.config import ReportConfig
 from weakflow.tasks.core.bootstrap import paired_bootstrap
-from weakflow.tasks.core.robustness import IMAGE_CORRUPTIONS, corruptions_for, robustness_table
+from weakflow.tasks.core.robustness import IMAGE_CORRUPTIONS, PICTURE_CORRUPTIONS, corruptions_for, robustness_table
 from weakflow.tasks.core.training import predict_proba
 from weakflow.tasks.lib.data import ROW_ID, PipelineData, dataset_digest
 from weakflow.tasks.core.trusted import SourceNoise
@@ -153,6 +153,8 @@ def label_issues(data: PipelineData, labels: WeakLabels | None, model: nn.Module
     for col in data.spec.text_columns:  # what a reviewer reads to judge the row (long texts shortened)
         text = rows[col].fillna("").astype(str).to_numpy()[ranked]
         out[col] = [t if len(t) <= ISSUE_TEXT_CHARS else t[:ISSUE_TEXT_CHARS - 1] + "…" for t in text]
+    for col in data.schema.image_columns:  # the picture file, as the table names it (the sheet shows the pixels)
+        out[col] = rows[col].astype(str).to_numpy()[ranked]
     return out, method, len(given)
 
 
@@ -191,15 +193,24 @@ def build_review(data: PipelineData, rc: ReportConfig, ctx: RunContext, final: n
     if rc.robustness and data.schema.text:
         note = "not run: the corruptions perturb numeric features, and this model reads text"
     elif rc.robustness:
+        picture_shape = data.schema.image_shape  # pictures (image_columns): their pixels are the last features
         image_shape = data.spec.image_shape
-        kinds = [k for k in (rc.corruptions or corruptions_for(image_shape))]
-        skipped = [k for k in kinds if k in IMAGE_CORRUPTIONS and image_shape is None]
+        if picture_shape is not None and x.shape[1] == int(np.prod(picture_shape)):
+            image_shape = picture_shape  # pixels only: the pixel-column corruptions apply to them too
+        kinds = [k for k in (rc.corruptions or corruptions_for(image_shape, picture_shape))]
+        skipped = [k for k in kinds if (k in IMAGE_CORRUPTIONS and image_shape is None)
+                   or (k in PICTURE_CORRUPTIONS and picture_shape is None)]
         kinds = [k for k in kinds if k not in skipped]
         robust = pd.DataFrame(robustness_table(
             {k: (lambda a, m=m: predict_proba(m, a, device=ctx.device).argmax(1)) for k, m in models.items()},
-            x, y, kinds, rc.severities, seed=seed, image_shape=image_shape))
+            x, y, kinds, rc.severities, seed=seed, image_shape=image_shape, picture_shape=picture_shape))
         note = (f"{len(kinds)} corruption(s) x {len(rc.severities)} severities on the {len(y)} test rows, seed {seed}"
-                + (f"; skipped {', '.join(skipped)}: the data has no image shape" if skipped else ""))
+                + (f"; skipped {', '.join(skipped)}: the data has no "
+                   + ("pictures" if picture_shape is None and any(k in PICTURE_CORRUPTIONS for k in skipped)
+                      else "image shape") if skipped else ""))
+        if picture_shape is not None:
+            note += ("; picture corruptions as in ImageNet-C, applied to the decoded uint8 pixels "
+                     f"({'x'.join(map(str, picture_shape))})")
     seconds["robustness"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -270,6 +281,9 @@ def review_metrics(review: Review) -> dict[str, float]:
                 if name == CHALLENGER:
                     for row in part.itertuples():
                         m[f"robustness/{row.corruption}_{row.severity:g}"] = float(row.accuracy)
+                    pictures = part[part["corruption"].isin(PICTURE_CORRUPTIONS)]
+                    for kind, drop in pictures.groupby("corruption", sort=False)["drop"].mean().items():
+                        m[f"robustness_drop/{kind}"] = float(drop)  # ImageNet-C style: mean over severities
     if review.noise_estimate is not None:
         m["noise_estimate"] = review.noise_estimate
     if review.label_issue_rate is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from weakflow.tasks.core.metrics import calibration_bins
+from weakflow.tasks.core.robustness import PICTURE_CORRUPTIONS
 from weakflow.tasks.lib.data import ROW_ID, PipelineData
 from weakflow.tasks.lib.review import CHALLENGER, CHAMPION, FINAL, GOLD_ONLY, LABELS, NO_CHAMPION, WEAK, Figure, Review
 
@@ -75,8 +76,22 @@ def figures(review: Review, probs: dict[str, np.ndarray], y: np.ndarray, data: P
         fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.12)
         out.append(Figure("robustness.png", "accuracy per corruption and severity", _png(fig)))
 
+    picture_kinds = [k for k in dict.fromkeys(review.robustness["corruption"]) if k in PICTURE_CORRUPTIONS] \
+        if len(review.robustness) else []
+    if data.schema.images is not None and picture_kinds and len(data.test):  # what each level does to a picture
+        out.append(Figure("corruptions.png", CORRUPTIONS_ALT, corruption_sheet(
+            data.schema.images.pixels(data.test.iloc[:1])[0], picture_kinds,
+            sorted(set(review.robustness["severity"])))))
+
     shape = data.spec.image_shape
-    if shape is not None and len(review.issues) and review.top_k:
+    if data.schema.images is not None and len(review.issues) and review.top_k:  # pictures: a contact sheet
+        top = review.issues.head(review.top_k)
+        pixels = data.schema.images.pixels(data.train.set_index(ROW_ID).loc[top[ROW_ID]])
+        review.thumbnails = [picture_png(p, max(1, -(-40 // p.shape[-1]))) for p in pixels]
+        captions = [(f"#{r.rank} row {getattr(r, ROW_ID)}", f"given: {r.weak_label}", f"model: {r.predicted_label}")
+                    for r in top.itertuples(index=False)]
+        out.append(Figure("label_issues.png", SHEET_ALT, contact_sheet(pixels, captions)))
+    elif shape is not None and len(review.issues) and review.top_k:
         tiles = issue_images(review, data, shape)
         review.thumbnails = [_tile_png(t, 5) for t in tiles]
         out.append(Figure("label_issues.png", "suspected mislabelled rows, in rank order (left to right, top "
@@ -104,6 +119,78 @@ def _tile_png(tile: np.ndarray, scale: int) -> bytes:
     return buf.getvalue()
 
 
+SHEET_ALT = ("contact sheet of the suspected mislabelled pictures, most suspicious first (left to right, top to "
+             "bottom): rank and row_id, the given (weak) label and the model's label")
+
+
+CORRUPTIONS_ALT = "the first test picture under each picture corruption, at each severity of the suite"
+
+
+def corruption_sheet(picture: np.ndarray, kinds: list[str], severities: list[float], seed: int = 0) -> bytes:
+    """One picture (C, S, S) uint8 as a contact sheet: a row per corruption, the clean picture first and then
+    the corrupted one at each severity."""
+    from weakflow.tasks.core.robustness import corrupt_pictures
+
+    tiles, captions = [], []
+    for kind in kinds:
+        tiles.append(picture)
+        captions.append(("clean", ""))
+        for severity in severities:
+            tiles.append(corrupt_pictures(picture[None], kind, float(severity), seed)[0])
+            captions.append((kind, f"severity {severity:g}"))
+    return contact_sheet(np.stack(tiles), captions, cols=1 + len(severities))
+
+
+def picture_png(pixels: np.ndarray, scale: int = 1) -> bytes:
+    """One uint8 picture (C, S, S) as a PNG, enlarged ``scale`` times (nearest: its pixels stay visible)."""
+    buf = io.BytesIO()
+    _picture(pixels, scale).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _picture(pixels: np.ndarray, scale: int):  # -> PIL.Image.Image
+    from PIL import Image
+
+    a = np.asarray(pixels, dtype=np.uint8)
+    img = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)), "RGB")
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
+
+
+def contact_sheet(pixels: np.ndarray, captions: list[tuple[str, ...]], cols: int = 8, tile: int = 96) -> bytes:
+    """A grid of uint8 pictures (N, C, S, S), each enlarged to about ``tile`` px with its caption lines below
+    it (Pillow's built-in font: nothing read from the system or fetched), as one PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(pixels) != len(captions):
+        raise ValueError(f"{len(pixels)} pictures but {len(captions)} captions")
+    font = ImageFont.load_default()
+    side = int(pixels.shape[-1])
+    scale = max(1, round(tile / side))
+    width = max(side * scale, tile)
+    line = 12
+    lines = max((len(c) for c in captions), default=0)
+    cell_w, cell_h = width + 8, side * scale + 6 + lines * line + 6
+    n = len(pixels)
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (picture, caption) in enumerate(zip(pixels, captions)):
+        r, c = divmod(i, cols)
+        x0, y0 = c * cell_w + 4, r * cell_h + 4
+        img = _picture(picture, scale).convert("RGB")
+        sheet.paste(img, (x0 + (width - img.width) // 2, y0))
+        draw.rectangle([x0 + (width - img.width) // 2 - 1, y0 - 1, x0 + (width + img.width) // 2, y0 + img.height],
+                       outline="#bbbbbb")
+        for k, text in enumerate(caption):
+            while len(text) > 1 and draw.textlength(text, font=font) > width:  # long class names: cut, marked
+                text = text[:-2] + "…"
+            draw.text((x0, y0 + img.height + 4 + k * line), text, fill="#b00020" if k == 1 else "black", font=font)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _grid_png(tiles: np.ndarray, cols: int = 10, scale: int = 5, pad: int = 1) -> bytes:
     h, w = tiles.shape[1:3]
     rows = -(-len(tiles) // cols)
@@ -113,6 +200,19 @@ def _grid_png(tiles: np.ndarray, cols: int = 10, scale: int = 5, pad: int = 1) -
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = t
     return _tile_png(grid, scale)
+
+
+def drop_by_corruption(robustness: pd.DataFrame) -> pd.DataFrame:
+    """One row per corruption: each model's accuracy drop averaged over the severities, and at the strongest."""
+    out = pd.DataFrame({"corruption": list(dict.fromkeys(robustness["corruption"]))})
+    for n in (CHALLENGER, CHAMPION):
+        part = robustness[robustness["model"] == n]
+        if len(part):
+            by = part.groupby("corruption", sort=False)
+            out[f"{LABELS[n]} mean drop"] = out["corruption"].map(by["drop"].mean()).round(4)
+            worst = part.loc[part.groupby("corruption", sort=False)["severity"].idxmax()].set_index("corruption")
+            out[f"{LABELS[n]} drop at strongest"] = out["corruption"].map(worst["drop"]).round(4)
+    return out
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -289,6 +389,11 @@ def sections(review: Review) -> list[Section]:
                  + ". Mean drop over the suite: " + ", ".join(
                      f"{LABELS[n]} {v:.4f}" for n, v in review.robustness.groupby("model", sort=False)["drop"].mean().items())
                  + "."), ("table", flat)]
+        if review.robustness["corruption"].isin(PICTURE_CORRUPTIONS).any():  # pictures: the drop per corruption
+            rob += [("p", "Accuracy drop per picture corruption, averaged over the severities (as ImageNet-C "
+                          "reports its corruption errors):"), ("table", drop_by_corruption(review.robustness))]
+            if "corruptions.png" in fig:
+                rob.append(("figure", fig["corruptions.png"]))
         if "robustness.png" in fig:
             rob.append(("figure", fig["robustness.png"]))
     out.append(Section("robustness", "Robustness", rob))
@@ -323,8 +428,9 @@ def sections(review: Review) -> list[Section]:
                        "at the source."))
     if review.top_k and len(review.issues):
         noise.append(("issues", (review.issues.head(review.top_k), review.thumbnails)))
-        if "label_issues.png" in fig:
-            noise.append(("md-figure", fig["label_issues.png"]))  # the html shows each row's image in the table
+        if "label_issues.png" in fig:  # the html shows each row's image in the table (pictures: the sheet too)
+            sheet = fig["label_issues.png"].alt == SHEET_ALT
+            noise.append(("figure" if sheet else "md-figure", fig["label_issues.png"]))
     out.append(Section("label-noise", "Label noise", noise))
 
     details = pd.DataFrame([
@@ -405,7 +511,8 @@ def render_html(review: Review) -> str:
                 frame, thumbs = value
                 shown = frame.astype(object).map(lambda v: html.escape(_f(v)))
                 if thumbs:
-                    shown.insert(2, "image", [f'<img class="tile" alt="row image" src="{_data_uri(t)}">' for t in thumbs])
+                    name = next(n for n in ("image", "picture", "thumbnail", "shown") if n not in shown.columns)
+                    shown.insert(2, name, [f'<img class="tile" alt="row image" src="{_data_uri(t)}">' for t in thumbs])
                 parts.append(shown.to_html(index=False, border=0, escape=False))
         parts.append("</section>")
     parts.append("</body></html>")
