@@ -73,7 +73,9 @@ class Validated:
 
     def summary(self, data: PipelineData) -> str:
         """The run summary's line, with the rows of ``data`` as the stages after it left them."""
-        return "passed; rows " + ", ".join(f"{k} {v}" for k, v in data.provenance_counts().items())
+        line = "passed; rows " + ", ".join(f"{k} {v}" for k, v in data.provenance_counts().items())
+        images = data.schema.images
+        return line + (f"; {images.chosen}" if images is not None and images.chosen else "")
 
 
 class DataValidationError(DataError):
@@ -237,7 +239,7 @@ def _test_overlap(gxe: Any, raw: RawTables, repeated_rows: str = "auto") -> _Tab
     train_h = _with_pictures(feature_hashes(raw.train, features, text), raw.train, raw.spec)
     test_hashes = _with_pictures(feature_hashes(raw.test, features, text), raw.test, raw.spec)
     rates = repeats(test_hashes.to_numpy(), train_h.to_numpy())
-    if repeated_rows == "auto" and rates.natural:
+    if repeated_rows == "auto" and rates.natural and not raw.spec.image_columns:  # a picture file is no discrete value
         return _Table(f"{rates.text()}: natural repeats of discrete features, not copies, so not counted as "
                       "contamination (governance.repeated_rows: contamination counts every one)", raw.test, [])
     frame = pd.DataFrame({"training_copies": test_hashes.map(train_h.value_counts()).fillna(0).astype(int).to_numpy()})

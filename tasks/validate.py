@@ -80,6 +80,10 @@ def record(result: Validated, ctx: RunContext, source: DataSource, validation: V
                                        (data.test, data.spec.test_path, "test", "testing")):
         log_dataset(frame, path, name, context, data.label)
     counts = data.provenance_counts()
+    if data.schema.images is not None:  # the picture format chosen from the data, and why
+        images = data.schema.images
+        mlflow.log_params({"picture_size": images.fmt.size, "picture_channels": images.fmt.channels})
+        mlflow.set_tag("picture_format", images.chosen)
     mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
     if data.spec.unlabeled_path is not None:
         mlflow.log_metric("rows_pool", pool_rows(data.spec.unlabeled_path))

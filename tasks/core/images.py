@@ -30,6 +30,15 @@ SAMPLE = 256  # pictures looked at to choose size and colour
 Colour = Literal["auto", "grey", "colour"]
 
 
+PASS_VALUES = 2**19  # pixel values per forward pass when scoring pictures (a network's activations are ~100x that)
+
+
+def rows_per_pass(values: int) -> int:
+    """Pictures of ``values`` pixel values each per forward pass when scoring: 32 to 2,048 (668 at 28x28 grey,
+    128 at 64x64 colour), so scoring a large table does not hold gigabytes of activations."""
+    return int(min(2048, max(32, PASS_VALUES // max(int(values), 1))))
+
+
 class ImageProblem(ValueError):
     """A picture that cannot be used; the message says why (the caller adds the file and the row)."""
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from weakflow.tasks.core.device import autocast, resolve_device
+from weakflow.tasks.core.images import rows_per_pass as picture_rows_per_pass
+from weakflow.tasks.core.models import PictureNet
 from weakflow.tasks.core.losses import LossName, per_sample_loss
 
 
@@ -240,11 +242,19 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor
 
 
+def rows_per_pass(model: nn.Module) -> int:
+    """Rows per forward pass when scoring: 8,192 for feature vectors (and the small CNN of pixel columns); for a
+    picture network :func:`tasks.core.images.rows_per_pass` of its picture size."""
+    shape = next((m.image_shape for m in model.modules() if isinstance(m, PictureNet)), None)
+    return 8192 if shape is None else picture_rows_per_pass(int(np.prod(shape)))
+
+
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, x: np.ndarray, device: torch.device | str = "auto", batch_size: int = 8192
+    model: nn.Module, x: np.ndarray, device: torch.device | str = "auto", batch_size: int | None = None
 ) -> np.ndarray:
-    """Logits for ``x`` in batches, in eval mode, as float32 numpy."""
+    """Logits for ``x`` in batches (default :func:`rows_per_pass`), in eval mode, as float32 numpy."""
+    batch_size = batch_size or rows_per_pass(model)
     device = resolve_device(device) if isinstance(device, str) else device
     was_training = model.training
     model.to(device).eval()
@@ -260,7 +270,7 @@ def predict_logits(
 
 
 def predict_proba(
-    model: nn.Module, x: np.ndarray, device: torch.device | str = "auto", batch_size: int = 8192
+    model: nn.Module, x: np.ndarray, device: torch.device | str = "auto", batch_size: int | None = None
 ) -> np.ndarray:
     logits = predict_logits(model, x, device=device, batch_size=batch_size)
     return F.softmax(torch.from_numpy(logits), dim=1).numpy()

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from weakflow.tasks.core.images import resolve
+from weakflow.tasks.core.images import resolve, rows_per_pass
 from weakflow.tasks.lib.data import ROW_ID, SPLIT, DataError, InputSchema
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ Chunks = Callable[[], Iterator[tuple[np.ndarray, pd.DataFrame]]]
 PICTURE_CHUNK_BYTES = 32 * 2**20  # a picture chunk's features (float32) and decoded pixels (uint8), at most
 # pixel values per forward pass when scoring: a CNN's activations (PictureNet: about 170 bytes a value on CPU)
 # bound memory there, not the chunk (28x28 grey: 668 pictures, about +90 MiB at peak)
-PICTURE_SCORE_VALUES = 2**19
 MIN_PICTURE_ROWS = 16
 
 
@@ -52,11 +51,11 @@ def chunk_rows_for(schema: InputSchema, chunk_rows: int) -> int:
 
 def score_batch_for(schema: InputSchema) -> int:
     """Rows per forward pass when scoring: the default (8,192) for numbers and text; for pictures, whose
-    convolutions hold far more per row than the input, as many as hold :data:`PICTURE_SCORE_VALUES` pixel
+    convolutions hold far more per row than the input, as many as hold :data:`tasks.core.images.PASS_VALUES` pixel
     values (32 to 2,048)."""
     if schema.images is None:
         return 8192
-    return int(min(2048, max(32, PICTURE_SCORE_VALUES // schema.images.fmt.values)))
+    return rows_per_pass(schema.images.fmt.values)
 
 
 def without_pixels(chunks: Chunks) -> Chunks:
@@ -319,6 +318,8 @@ def _header_problem(cell: object, root: Path | None, max_pixels: int) -> tuple[s
         return str(picture), "is a folder, not a picture file"
     except Image.UnidentifiedImageError:
         return str(picture), f"is not a picture Pillow can read as one of {', '.join(formats)}"
+    except Image.DecompressionBombError as exc:  # not an OSError
+        return str(picture), f"is larger than Pillow's decompression-bomb limit ({exc})"
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return str(picture), f"does not open ({type(exc).__name__}: {exc})"
     if width < 1 or height < 1 or width * height > max_pixels:

@@ -79,6 +79,13 @@ def load_champion(name: str, data: PipelineData) -> Champion:
     if list(loaded.classes) != list(data.classes):
         return Champion(version, error=f"it predicts classes {loaded.classes}, this run's class set is "
                                        f"{data.classes}", run_id=run_id)
+    ours = data.schema.images
+    if ours is not None:  # its pictures must be read as this run reads them, from this run's files
+        theirs = loaded.schema.images
+        if theirs is None or theirs.fmt != ours.fmt:
+            shape = theirs.fmt.shape if theirs is not None else None
+            return Champion(version, error=f"it reads pictures as {shape}, this run as {ours.fmt.shape}", run_id=run_id)
+        loaded = replace(loaded, schema=replace(loaded.schema, images=replace(theirs, root=ours.root, cache=ours.cache)))
     return Champion(version, loaded.model, None, run_id, loaded)
 
 
