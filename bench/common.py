@@ -58,3 +58,44 @@ def publish(name: str, body: str, dry_run: bool, module: str | None = None) -> N
         print(body)
     else:
         write_section(name, body, module)
+
+
+def run_seeds(one_seed, seeds: int, overrides: list[str], prefix: str) -> list[dict]:
+    """``one_seed(seed, folder, overrides)`` for seeds 0..seeds-1, each in its own temporary folder, each result
+    printed as it comes (a long benchmark shows its progress)."""
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for seed in range(seeds):
+            r = one_seed(seed, Path(tmp) / f"seed{seed}", overrides)
+            rows.append(r)
+            print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in r.items()), flush=True)
+    return rows
+
+
+def gold_only_recipe(cfg, spec, labels, root: Path) -> tuple[np.ndarray, np.ndarray, list, float]:
+    """The pipeline's gold-only recipe (same inputs, network, cross-fitted schedule) trained on the training file
+    with its label column replaced by ``labels`` (a Series, None where a row has none): (test predictions, test
+    labels, classes, seconds). What a benchmark's oracle and majority-vote columns train."""
+    import tempfile
+    import time
+
+    import pandas as pd
+
+    from weakflow.tasks.core.training import predict_proba
+    from weakflow.tasks.gold_only import train_gold_only
+    from weakflow.tasks.validate import load_and_validate
+
+    train = pd.read_parquet(spec.train_path)
+    train[spec.label_column] = np.asarray(labels, dtype=object)
+    root.mkdir(parents=True, exist_ok=True)
+    train.to_parquet(root / "train.parquet", index=False)
+    cfg = cfg.model_copy(update={"data": spec.model_copy(update={"train_path": root / "train.parquet"})})
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        data, _ = load_and_validate(cfg, Path(tmp) / "docs")
+    model = train_gold_only(data, cfg)
+    pred = np.asarray(data.classes, dtype=object)[predict_proba(model.model, data.x(data.test)).argmax(axis=1)]
+    return pred, data.test[spec.label_column].to_numpy(dtype=object), list(data.classes), time.perf_counter() - t

@@ -21,35 +21,22 @@ G = (weakflow − best naive) / (oracle − best naive), best naive = max(gold_o
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.common import publish
+from bench.common import gold_only_recipe, publish, run_seeds
+
+BATCH = 32  # the picture default (tasks/lib/config.py PICTURE_DEFAULTS)
 
 
 def recipe(cfg, spec, labels: pd.Series, root: Path) -> tuple[float, float]:
     """The gold-only recipe trained on every training picture whose ``labels`` entry is set:
     (test accuracy, seconds)."""
-    from weakflow.tasks.core.training import predict_proba
-    from weakflow.tasks.gold_only import train_gold_only
-    from weakflow.tasks.validate import load_and_validate
-
-    train = pd.read_parquet(spec.train_path)
-    train["label"] = labels.to_numpy()
-    root.mkdir(parents=True, exist_ok=True)
-    train.to_parquet(root / "train.parquet", index=False)
-    files = spec.model_copy(update={"train_path": root / "train.parquet"})
-    cfg = cfg.model_copy(update={"data": files})
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data, _ = load_and_validate(cfg, Path(tmp) / "docs")
-    model = train_gold_only(data, cfg)
-    pred = np.asarray(data.classes, dtype=object)[predict_proba(model.model, data.x(data.test)).argmax(axis=1)]
-    return float((pred == data.test["label"].to_numpy(dtype=object)).mean()), time.perf_counter() - t
+    pred, truth, _, seconds = gold_only_recipe(cfg, spec, labels.to_numpy(), root)
+    return float((pred == truth).mean()), seconds
 
 
 def majority_labels(train: pd.DataFrame, columns: list[str], classes: list, seed: int) -> pd.Series:
@@ -93,59 +80,23 @@ def gap(r: dict) -> float:
 
 
 def loop_rates(epochs: int = 3, repeats: int = 3) -> dict[str, float]:
-    """Pictures per second: the project's ``fit`` (augmentation in the network) against a bare PyTorch loop with
-    the same network, augmentation, pictures (decoded once, resident), batch size and optimizer."""
-    import torch
-    import torch.nn.functional as F
-
-    from bench.loop import _sync
-    from weakflow.tasks.core.device import autocast, resolve_device
-    from weakflow.tasks.core.models import ModelSpec, build_model
-    from weakflow.tasks.core.training import TrainSettings, fit
+    """Pictures per second: the project's ``fit`` (augmentation inside the network) against the bare PyTorch loop
+    of :mod:`bench.loop` with the same network, augmentation, pictures (decoded once, resident), batch size and
+    optimizer."""
+    from bench.loop import bare_loop, project_loop
+    from weakflow.tasks.core.device import resolve_device
+    from weakflow.tasks.core.models import ModelSpec
     from weakflow.tasks.lib.demo_images import read_fashion
 
     x, y = read_fashion("train")
-    x = x[:4000].reshape(4000, -1).astype(np.float32)
-    y = y[:4000]
+    x, y = x[:4000].reshape(4000, -1).astype(np.float32), y[:4000]
     spec = ModelSpec(kind="resnet", num_features=784, num_classes=10, hidden=(64,), image_shape=(1, 28, 28),
                      augment=(0.125, 1.0, 0.1))
     device = resolve_device("auto")
-    batch = 128
-
-    def bare() -> float:
-        torch.manual_seed(0)
-        model = build_model(spec).to(device)
-        model.scale.fit(x, spec.image_shape)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-        xt, yt = torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(epochs):
-            model.train()
-            order = torch.randperm(len(x), device=device)
-            for start in range(0, len(x), batch):
-                idx = order[start:start + batch]
-                with autocast(device):
-                    loss = F.cross_entropy(model(xt[idx]).float(), yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        _sync(device)
-        return len(x) * epochs / (time.perf_counter() - t)
-
-    def project() -> float:
-        model = build_model(spec)
-        model.scale.fit(x, spec.image_shape)
-        _sync(device)
-        t = time.perf_counter()
-        fit(model, x, y, TrainSettings(epochs=epochs, batch_size=batch, device=str(device)))
-        _sync(device)
-        return len(x) * epochs / (time.perf_counter() - t)
-
-    rates = {"bare": [], "project": []}
+    rates: dict[str, list[float]] = {"bare": [], "project": []}
     for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits both
-        rates["bare"].append(bare())
-        rates["project"].append(project())
+        rates["bare"].append(bare_loop(spec, x, y, epochs, BATCH, device))
+        rates["project"].append(project_loop(spec, x, y, epochs, BATCH, device))
     return {k: float(np.median(v)) for k, v in rates.items()} | {"device": str(device)}
 
 
@@ -156,13 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     parser.add_argument("--no-loop", action="store_true", help="skip the training-loop comparison")
     args = parser.parse_args(argv)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
-        for seed in range(args.seeds):
-            r = one_seed(seed, Path(tmp) / f"seed{seed}", args.overrides)
-            rows.append(r)
-            print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in r.items()), flush=True)
+    rows = run_seeds(one_seed, args.seeds, args.overrides, "bench-images-")
     frame = pd.DataFrame(rows)
 
     def ms(col: str) -> str:
@@ -192,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_loop:
         rates = loop_rates()
         lines += ["", f"Training loop on {rates['device']} (4,000 cached 28x28 pictures, the default picture network "
-                  f"with augmentation, batch 128, 3 epochs, median of 3 interleaved repeats): project `fit` "
+                  f"with augmentation, batch {BATCH}, 3 epochs, median of 3 interleaved repeats): project `fit` "
                   f"{rates['project']:,.0f} pictures/s, bare PyTorch loop {rates['bare']:,.0f} pictures/s "
                   f"(ratio {rates['project'] / rates['bare']:.2f})."]
     publish("images", "\n".join(lines), dry_run=args.no_write)

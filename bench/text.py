@@ -20,14 +20,13 @@ G = (weakflow − best naive) / (oracle − best naive), best naive = max(gold_o
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.common import publish
+from bench.common import gold_only_recipe, publish, run_seeds
 
 
 def spam_f1(confusion: np.ndarray, classes: list, positive: str = "spam") -> float:
@@ -57,24 +56,10 @@ def majority_vote(test: pd.DataFrame, cfg, spec, fallback: str) -> np.ndarray:
 
 def oracle(cfg, spec, root: Path) -> tuple[float, float, float]:
     """The gold-only recipe with every training row's true label: (accuracy, spam F1, seconds)."""
-    from weakflow.tasks.core.training import predict_proba
-    from weakflow.tasks.gold_only import train_gold_only
-    from weakflow.tasks.validate import load_and_validate
-
     train = pd.read_parquet(spec.train_path)
     truth = pd.read_parquet(Path(spec.train_path).parent / "truth.parquet").set_index("row_id")["true_label"]
-    train["label"] = truth.loc[train["row_id"]].to_numpy()
-    root.mkdir(parents=True, exist_ok=True)
-    train.to_parquet(root / "train.parquet", index=False)
-    files = spec.model_copy(update={"train_path": root / "train.parquet"})
-    cfg = cfg.model_copy(update={"data": files})
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data, _ = load_and_validate(cfg, Path(tmp) / "docs")
-    model = train_gold_only(data, cfg)
-    pred = np.asarray(data.classes, dtype=object)[predict_proba(model.model, data.x(data.test)).argmax(axis=1)]
-    return (*scores(pred, data.test[spec.label_column].to_numpy(dtype=object), list(data.classes)),
-            time.perf_counter() - t)
+    pred, truth_test, classes, seconds = gold_only_recipe(cfg, spec, truth.loc[train["row_id"]].to_numpy(), root)
+    return (*scores(pred, truth_test, classes), seconds)
 
 
 def one_seed(seed: int, root: Path, overrides: list[str]) -> dict[str, float]:
@@ -114,13 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
-        for seed in range(args.seeds):
-            r = one_seed(seed, Path(tmp) / f"seed{seed}", args.overrides)
-            rows.append(r)
-            print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in r.items()), flush=True)
+    rows = run_seeds(one_seed, args.seeds, args.overrides, "bench-text-")
     frame = pd.DataFrame(rows)
 
     def ms(col: str) -> str:

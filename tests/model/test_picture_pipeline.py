@@ -93,3 +93,17 @@ def test_predict_scores_a_file_of_paths(picture_run, tmp_path):
     assert job.rows == len(test) == len(scores)
     assert np.isclose((scores["prediction"].to_numpy() == test["label"].to_numpy()).mean(),
                       result.evaluation.shipped.accuracy)
+
+
+@pytest.mark.slow
+def test_a_second_run_scores_the_champion_on_this_runs_pictures(picture_run):
+    """The champion's saved featurizer has no folder of its own: the review reads its pictures from this run's
+    (a relative path once crashed the second run's evaluate stage)."""
+    from weakflow.flows.pipeline import training_pipeline
+
+    cfg, first, _, _ = picture_run
+    second = training_pipeline(cfg)
+    review = second.evaluation.review
+    assert review.champion.version == "1" and review.champion.error is None
+    assert "champion" in review.scores
+    assert review.scores["champion"].accuracy == pytest.approx(first.evaluation.shipped.accuracy, abs=1e-9)
