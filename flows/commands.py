@@ -237,9 +237,10 @@ def _pipeline(cfg: Config) -> RunResult:
     from weakflow.flows.runtime import (drain_prefect, prestart_prefect_api, quiet_expected_errors, warm_imports)
 
     api_ready = prestart_prefect_api(cfg.limits.prefect_startup_seconds)
-    warm_imports()
     from weakflow.flows import api
     import weakflow.flows.pipeline  # noqa: F401  (torch, MLflow, sklearn: ~3 s, imported while the API starts)
+
+    warm_imports()  # after torch and scipy are whole (see its docstring)
 
     quiet_expected_errors()
     api_ready()

@@ -53,7 +53,10 @@ def quiet_telemetry() -> None:
 def warm_imports() -> None:
     """Import Great Expectations in the background while Prefect starts its temporary API (~5 s of
     waiting on a subprocess); the validate stage then finds it loaded. Python's import lock makes a
-    concurrent import safe: the stage's own import waits for this one to finish."""
+    concurrent import of the same module safe: the stage's own import waits for this one to finish.
+    Call it only once the caller has imported torch and scipy: SciPy's array helpers read
+    ``sys.modules["torch"]`` without importing it, so a torch half-imported by another thread breaks
+    GX's import of ``scipy.stats`` (seen under load with a 0.2 s Prefect start-up limit)."""
     import importlib
 
     threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()

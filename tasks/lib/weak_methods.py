@@ -203,8 +203,9 @@ STABLE = 0.9  # below this vote-rank stability the opinion joins outright; above
 
 
 class Anchored(WeakMethod):
-    """Each weak row learnt through its votes' likelihood under every source's confusion matrix (bounded,
-    GCE-form, :class:`EvidenceLoss`; gold rows plain CE). With ``anchored_refine`` each trainer re-estimates the
+    """Each weak row learnt through its votes' likelihood under every source's confusion matrix
+    (:class:`EvidenceLoss`, ``evidence_loss``: bounded GCE-form by default, plain forward correction for pictures;
+    gold rows plain CE). With ``anchored_refine`` each trainer re-estimates the
     confusions on the weak rows too, its own fold's gold-only model as the rows' prior; ``anchored_prior``
     adds that model's opinion to the evidence, always, never, or ``auto``: both evidences are cross-fitted for
     a probe of the epochs and the out-of-fold gold rows keep one (see the stage's docstring)."""
@@ -238,7 +239,7 @@ class Anchored(WeakMethod):
 
         chosen = {"anchored_prior": float(options[0])} if len(options) == 1 else {}
         return Plan({PRIOR_NAMES[o]: evidence(o) for o in options}, problem.weak,
-                    rule=lambda _fold: EvidenceLoss("gce", s.gce_q, gold_rows=len(gold_y)),
+                    rule=lambda _fold: EvidenceLoss(s.evidence_loss, s.gce_q, gold_rows=len(gold_y)),
                     figures=chosen | {"anchored_refined": float(refined is not None)}, probe=probe, raced=raced,
                     refined=refined)
 

@@ -19,8 +19,12 @@ def test_pictures_get_picture_epochs_unless_set() -> None:
         PICTURE_DEFAULTS["full_train"]["batch_size"])
     mine = parse_config({"data": {"source": "demo_images"}, "weak_train": {"epochs": 3}, "full_train": {"epochs": 2}})
     assert (mine.weak_train.epochs, mine.full_train.epochs) == (3, 2)
+    assert cfg.weak_train.evidence_loss == PICTURE_DEFAULTS["weak_train"]["evidence_loss"] == "ce"
+    assert parse_config({"data": {"source": "demo_images"},
+                         "weak_train": {"evidence_loss": "gce"}}).weak_train.evidence_loss == "gce"
     tables = parse_config({})
     assert (tables.weak_train.epochs, tables.full_train.epochs, tables.weak_train.batch_size) == (60, 20, 128)
+    assert tables.weak_train.evidence_loss == "gce"
     assert tables.tracking.model_name != cfg.tracking.model_name == "weakflow-fashion-classifier"
 
 

@@ -88,3 +88,17 @@ def test_auto_probes_both_and_trains_on_the_one_the_out_of_fold_gold_rows_prefer
                                            f"votes + gold-only {f['oof_accuracy_with_prior']:.3f})")
     assert evidence_note(votes.figures) == "; evidence: votes"
     assert evidence_note(prior.figures) == "; evidence: votes + gold-only"
+
+
+def test_evidence_loss_is_the_one_the_weak_rows_are_learnt_with(slice_):
+    cfg, data, labels, gold_only = slice_
+
+    def fitted(loss: str):
+        section = cfg.weak_train.model_copy(update={"anchored_prior": "never", "evidence_loss": loss})
+        return weak_train.compute(RunContext.of(cfg), data, labels, gold_only, section, cfg.selection,
+                                  cfg.weak_labels.confusion_strength)
+
+    ce, gce = fitted("ce"), fitted("gce")
+    # the same rows, evidence and seed: only the loss on the weak rows differs, and it changes what is learnt
+    assert ce.history[0].train_loss != pytest.approx(gce.history[0].train_loss)
+    assert np.abs(ce.oof_probs - gce.oof_probs).max() > 1e-3
