@@ -359,13 +359,9 @@ def _fingerprint(path: str, max_pixels: int) -> tuple[int, np.ndarray | None]:
 
 
 def _grey(img):  # -> an 8-bit grey PIL image: 16-bit, 32-bit and float pictures scaled, not clipped
-    from PIL import Image
+    from weakflow.tasks.core.images import WIDE_MODES, wide_to_grey
 
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8), "L")
-    return img.convert("L")
+    return wide_to_grey(img) if img.mode in WIDE_MODES else img.convert("L")
 
 
 def exact_picture_pairs(reference: PictureKeys, rows: PictureKeys) -> pd.DataFrame:

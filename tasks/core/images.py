@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ SAMPLE = 256  # pictures looked at to choose size and colour
 Colour = Literal["auto", "grey", "colour"]
 
 
+UNUSED_DAYS = 14  # a cache file no run has read for this long is removed: retraining on new files adds one each time
 PASS_VALUES = 2**19  # pixel values per forward pass when scoring pictures (a network's activations are ~100x that)
 
 
@@ -119,13 +121,26 @@ def _is_colour(img) -> bool:
     return bool(np.abs(small - small.mean(axis=2, keepdims=True)).max() > 8)
 
 
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # more than 8 bits per pixel: scaled, not clipped
+
+
+def wide_to_grey(img):  # -> an 8-bit grey PIL image of a WIDE_MODES picture
+    """Scaled by the range its values say it uses: 16-bit (or any value above 255) as 0..65535, a float picture
+    whose values all lie within 0..1 (the usual float convention) as 0..1, else 0..255."""
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+    if img.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:
+        top = 1.0
+    return Image.fromarray(np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8), "L")
+
+
 def _eight_bit(img):  # 16-bit / 32-bit / float pictures scaled to 0..255, alpha laid on white
     from PIL import Image
 
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in WIDE_MODES:
+        return wide_to_grey(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
@@ -233,6 +248,7 @@ class PixelCache:
         problems: dict[int, str] = {}
         if target.is_file():
             pixels = np.load(target, mmap_mode="r")
+            os.utime(target)  # its modification time says when a run last used it (see prune)
         else:
             Path(self.folder).mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(f".{os.getpid()}.tmp")
@@ -247,7 +263,23 @@ class PixelCache:
             pixels = np.load(target, mmap_mode="r")
         for i, p in enumerate(paths):
             self._index[str(p)] = (pixels, i)
+        self.prune(keep=target)
         return problems
+
+    def prune(self, keep: Path, days: float = UNUSED_DAYS) -> list[Path]:
+        """Remove the cache files (and a crashed run's partial ones) no run has used for ``days``: scheduled
+        retraining on new pictures would otherwise grow the folder by one file per run. Age, not count,
+        decides, so a run still reading an older file is never pulled from under it. Returns what went."""
+        cutoff = time.time() - days * 86400
+        gone = []
+        for f in Path(self.folder).glob("pixels-*"):
+            try:
+                if f != keep and f.stat().st_mtime < cutoff:
+                    f.unlink()
+                    gone.append(f)
+            except OSError:  # another run removed or replaced it meanwhile
+                continue
+        return gone
 
     def get(self, path: Path) -> np.ndarray | None:
         hit = self._index.get(str(path))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from weakflow.tasks.core.images import (ImageFeaturizer, ImageFormat, ImageProblem, PixelCache, choose_format,
-                                        decode, fit_featurizer, look)
+                                        WIDE_MODES, decode, fit_featurizer, look)
 
 
 def picture(path: Path, size: tuple[int, int] = (20, 12), mode: str = "RGB", fmt: str | None = None,
@@ -88,10 +88,10 @@ def test_cache_decodes_once_and_is_reused(tmp_path: Path) -> None:
     assert cache.warm(paths) == {}
     files = list((tmp_path / "cache").glob("pixels-*.npy"))
     assert len(files) == 1
-    written = files[0].stat().st_mtime_ns
+    written = files[0].stat().st_ino
     again = PixelCache(tmp_path / "cache", fmt)  # a second run on the same files maps the file left
     assert again.warm(paths) == {}
-    assert list((tmp_path / "cache").glob("pixels-*.npy")) == files and files[0].stat().st_mtime_ns == written
+    assert list((tmp_path / "cache").glob("pixels-*.npy")) == files and files[0].stat().st_ino == written
     featurizer = ImageFeaturizer("image", fmt, tmp_path, again)
     frame = pd.DataFrame({"image": [p.name for p in paths]})
     first = featurizer.transform(frame)
@@ -99,6 +99,27 @@ def test_cache_decodes_once_and_is_reused(tmp_path: Path) -> None:
     for p in paths:  # the files are gone: only the cache can answer
         p.unlink()
     assert np.array_equal(featurizer.transform(frame), first)
+
+
+def test_cache_files_unused_for_two_weeks_are_removed_and_a_used_one_counts_as_new(tmp_path: Path) -> None:
+    import os
+    import time
+
+    folder = tmp_path / "cache"
+    fmt = ImageFormat(8, 1)
+    used = [picture(tmp_path / "used.png")]
+    PixelCache(folder, fmt).warm(used)
+    (kept,) = folder.glob("pixels-*.npy")
+    month = time.time() - 30 * 86400
+    stale, recent, partial = folder / "pixels-0stale.npy", folder / "pixels-1recent.npy", folder / "pixels-2.99.tmp"
+    for f in (stale, recent, partial):
+        f.write_bytes(b"x")
+    for f in (stale, partial, kept):
+        os.utime(f, (month, month))
+    os.utime(recent, (time.time() - 13 * 86400,) * 2)
+    PixelCache(folder, fmt).warm(used)  # a later run: uses `kept` (old, but used now), prunes what no run used
+    assert sorted(folder.glob("pixels-*")) == sorted([kept, recent])
+    assert kept.stat().st_mtime > time.time() - 60
 
 
 def test_a_cache_keeps_no_file_when_a_picture_fails(tmp_path: Path) -> None:
@@ -126,3 +147,16 @@ def test_a_cameras_orientation_tag_is_applied(tmp_path: Path) -> None:
     img.save(tmp_path / "turned.png", exif=exif)
     out = decode(tmp_path / "turned.png", ImageFormat(10, 1))[0]
     assert out[:3].mean() > 200 and out[-3:].mean() < 50  # the white half is now on top
+
+
+@pytest.mark.parametrize("values, mode, fmt, expected", [
+    (np.full((8, 8), 0.5, np.float32), "F", "TIFF", 128),  # float within 0..1: the float convention
+    (np.full((8, 8), 200.0, np.float32), "F", "TIFF", 200),  # float beyond 1: a 0..255 scale
+    (np.full((8, 8), 32768, np.uint16), "I;16", "PNG", 128),  # 16-bit: 0..65535
+])
+def test_wide_pictures_are_scaled_by_the_range_their_values_use(tmp_path: Path, values, mode, fmt, expected) -> None:
+    path = tmp_path / f"wide.{fmt.lower()}"
+    Image.fromarray(values).save(path, format=fmt)
+    with Image.open(path) as img:
+        assert img.mode.startswith(mode[0]) and img.mode in WIDE_MODES  # F, or I / I;16 by Pillow's reading
+    assert np.abs(decode(path, ImageFormat(8, 1)).astype(int) - expected).max() <= 1
