@@ -10,6 +10,7 @@ and the drift checks decode with it too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -248,7 +249,8 @@ class PixelCache:
         problems: dict[int, str] = {}
         if target.is_file():
             pixels = np.load(target, mmap_mode="r")
-            os.utime(target)  # its modification time says when a run last used it (see prune)
+            with contextlib.suppress(OSError):  # a read-only cache still serves; it is only not marked as used
+                os.utime(target)  # its modification time says when a run last used it (see prune)
         else:
             Path(self.folder).mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(f".{os.getpid()}.tmp")
