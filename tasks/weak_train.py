@@ -6,8 +6,8 @@ the result. The method (``weak_train.method``) is looked up in the registry (tas
 which says what is cross-fitted for it; this stage runs that one cross-fitting and records it. Methods:
 
 - ``anchored`` (default): each weak row is learnt through its votes' likelihood under every source's
-  confusion matrix: the loss is the (bounded, GCE-form) negative log of sum_y p(y | x) P(votes | y) (the
-  gold rows: plain CE, their label is not in doubt), so
+  confusion matrix: the loss (``evidence_loss``: bounded GCE form by default, plain CE for pictures) is the
+  negative log of sum_y p(y | x) P(votes | y) (the gold rows: plain CE, their label is not in doubt), so
   structured noise is undone rather than learnt, while symmetric noise averages out over many rows as with
   a robust loss (tasks/core/methods.py, EvidenceLoss). The confusions start from the gold rows
   (weak_labels, gold_anchored); with ``anchored_refine`` (default) each trainer re-estimates them on the weak
