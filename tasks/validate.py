@@ -11,7 +11,7 @@ import mlflow
 
 from weakflow.data_checks.suite import DataValidationError, Validated, ValidationReport, run_suite
 from weakflow.tasks.lib import tracking
-from weakflow.tasks.lib.config import AugmentConfig, Config, FilesData, ValidationConfig
+from weakflow.tasks.lib.config import AugmentConfig, Config, FilesData, LoaderConfig, ValidationConfig
 from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.data_checks.labels import check_class_set, check_label_spelling
 from weakflow.tasks.lib.data import (DataError, DataSource, PipelineData, assemble, class_set, data_files,
@@ -30,12 +30,13 @@ class InputChecks:
     repeated_rows: str  # governance.repeated_rows
     cache_dir: Path | None = None  # <tracking.workspace>/cache: decoded pictures
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # how the pictures may be varied while training
+    loader: LoaderConfig = field(default_factory=LoaderConfig)  # when a picture table streams while training
 
     @classmethod
     def of(cls, cfg: Config) -> InputChecks:
         voting = bool(cfg.weak_labels.rules or cfg.weak_labels.labeling_functions)
         return cls(voting, cfg.pseudo_label.chunk_rows, cfg.selection.folds, cfg.governance.exact_duplicates == "fail",
-                   cfg.governance.repeated_rows, Path(cfg.tracking.workspace) / "cache", cfg.augment)
+                   cfg.governance.repeated_rows, Path(cfg.tracking.workspace) / "cache", cfg.augment, cfg.loader)
 
 
 def check_data(spec: FilesData, validation: ValidationConfig, checks: InputChecks,
@@ -55,7 +56,8 @@ def check_data(spec: FilesData, validation: ValidationConfig, checks: InputCheck
                        repeated_rows=checks.repeated_rows)
     if not report.success:
         raise DataValidationError(report)
-    return assemble(raw, classes, checks.folds, cache_dir=checks.cache_dir, augment=checks.augment), report
+    return assemble(raw, classes, checks.folds, cache_dir=checks.cache_dir, augment=checks.augment,
+                    loader=checks.loader), report
 
 
 def load_and_validate(cfg: Config, docs_dir: Path | None = None) -> tuple[PipelineData, ValidationReport]:
@@ -84,6 +86,8 @@ def record(result: Validated, ctx: RunContext, source: DataSource, validation: V
         images = data.schema.images
         mlflow.log_params({"picture_size": images.fmt.size, "picture_channels": images.fmt.channels})
         mlflow.set_tag("picture_format", images.chosen)
+        if images.stream is not None:  # whether training holds the table or streams it from the cache
+            mlflow.set_tag("picture_loading", images.stream.describe(len(data.train), len(data.features)))
     mlflow.log_metrics({f"rows_{k}": v for k, v in counts.items()} | {"rows_test": len(data.test)})
     if data.spec.unlabeled_path is not None:
         mlflow.log_metric("rows_pool", pool_rows(data.spec.unlabeled_path))

@@ -24,6 +24,7 @@ from weakflow.tasks.core.folds import GoldFolds
 from weakflow.tasks.core.training import EpochStats, TrainSettings, Trainer, UpdateRule, dev_scores, predict_logits, to_device
 from weakflow.tasks.core.device import resolve_device
 from weakflow.tasks.core.models import LogitEnsemble
+from weakflow.tasks.core.picture_rows import PictureRows
 
 SMALL_TABLE = 1_000  # refit rows up to which ``refits: auto`` bags (a network there costs seconds on a CPU core)
 AUTO_REFITS = 3
@@ -98,7 +99,8 @@ class FoldTraining:
             raise ValueError(f"refits = {refits} needs member(i) to build the bag's other networks")
         self.device = device = resolve_device(settings.device)
         self.x, self.gold, self.epochs = x, gold, settings.epochs
-        shared_x = to_device(np.asarray(x, dtype=np.float32), device)
+        # one copy of the rows on the device for every trainer (a streamed picture table stays on disk)
+        shared_x = x if isinstance(x, PictureRows) else to_device(np.asarray(x, dtype=np.float32), device)
         target_of = targets if callable(targets) else (lambda _f: targets)
         weight_of = weights if callable(weights) else (lambda _f: weights)
         trainers: list[Trainer] = []

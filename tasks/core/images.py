@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from weakflow.tasks.core.picture_rows import PictureRows, StreamPolicy
+
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF")  # what Pillow may decode
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SIZE_RANGE = (16, 64)  # the default side: the data's median shorter side, within these bounds
@@ -287,6 +289,20 @@ class PixelCache:
         hit = self._index.get(str(path))
         return None if hit is None else hit[0][hit[1]]
 
+    def locate(self, paths: Sequence[Path]) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray] | None:
+        """Where each picture lies in the cache files: (files, which file per path, row in it); None when one
+        is not cached."""
+        files: dict[str, int] = {}
+        which = np.empty(len(paths), np.int32)
+        at = np.empty(len(paths), np.int64)
+        for i, p in enumerate(paths):
+            hit = self._index.get(str(p))
+            if hit is None:
+                return None
+            which[i] = files.setdefault(str(hit[0].filename), len(files))
+            at[i] = hit[1]
+        return tuple(Path(f) for f in files), which, at
+
 
 @dataclass
 class ImageFeaturizer:
@@ -299,6 +315,7 @@ class ImageFeaturizer:
     cache: PixelCache | None = None
     chosen: str = ""  # why this format (said in the run; not saved with a model)
     augment: tuple[float, float, float] | None = None  # (crop padding share, flip 0/1, jitter) while training
+    stream: StreamPolicy | None = None  # when a table this large is read from the cache as it trains (not saved)
 
     @property
     def names(self) -> list[str]:
@@ -339,6 +356,17 @@ class ImageFeaturizer:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         return self.pixels(frame).reshape(len(frame), self.fmt.values).astype(np.float32)
+
+    def on_disk(self, frame: pd.DataFrame, side: np.ndarray) -> PictureRows | None:
+        """``frame``'s rows as a :class:`PictureRows` read from the cache as needed, when the stream policy says
+        the table is too large to hold as float32 and every picture is cached; else None."""
+        if self.stream is None or self.cache is None or not self.stream.streams(len(frame), side.shape[1] + self.fmt.values):
+            return None
+        where = self.cache.locate(self.paths(frame))
+        if where is None:
+            return None
+        files, which, at = where
+        return PictureRows(side, files, which, at, self.fmt.shape, self.stream.workers)
 
     def state(self) -> dict:
         return {"column": self.column, "size": self.fmt.size, "channels": self.fmt.channels,

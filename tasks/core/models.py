@@ -12,6 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from weakflow.tasks.core.picture_rows import PictureRows, blocks
+
+BLOCK_VALUES = 1 << 22  # feature values per block when fitting the input scaling (16 MiB of float32)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -50,19 +54,29 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
 
-    def fit(self, x: np.ndarray, image_shape: tuple[int, int, int] | None = None) -> None:
+    def fit(self, x: np.ndarray | PictureRows, image_shape: tuple[int, int, int] | None = None) -> None:
         """Per-feature statistics; with ``image_shape`` the last ``prod(image_shape)`` features are pixels and
-        share one mean and sd per channel (a picture shifted by an augmentation crop is standardised alike)."""
-        x = np.asarray(x, dtype=np.float32)
-        mean = x.mean(axis=0, dtype=np.float64)
-        std = x.std(axis=0, dtype=np.float64)
-        if image_shape is not None:
-            c, n = image_shape[0], int(np.prod(image_shape[1:]))
-            at = x.shape[1] - c * n
-            for k in range(c):
-                values = x[:, at + k * n: at + (k + 1) * n]
-                mean[at + k * n: at + (k + 1) * n] = values.mean(dtype=np.float64) if values.size else 0.0
-                std[at + k * n: at + (k + 1) * n] = values.std(dtype=np.float64) if values.size else 1.0
+        share one mean and sd per channel (a picture shifted by an augmentation crop is standardised alike).
+        Read in blocks of rows, merged exactly (Chan et al.), so a table streamed from disk is never whole."""
+        width = x.shape[1]
+        n, mean, m2 = 0, np.zeros(width), np.zeros(width)  # rows so far, their means, summed squared deviations
+        for block in blocks(x, max(1, BLOCK_VALUES // max(width, 1))):
+            k = len(block)
+            b_mean = block.mean(axis=0, dtype=np.float64)
+            b_m2 = ((block - b_mean) ** 2).sum(axis=0, dtype=np.float64)
+            delta = b_mean - mean
+            mean = mean + delta * (k / (n + k))
+            m2 = m2 + b_m2 + delta**2 * (n * k / (n + k))
+            n += k
+        if image_shape is not None and n:
+            c, per = image_shape[0], int(np.prod(image_shape[1:]))
+            at = width - c * per
+            for ch in range(c):
+                cols = slice(at + ch * per, at + (ch + 1) * per)
+                pooled = mean[cols].mean()  # every pixel column has n values: the channel's mean and spread
+                m2[cols] = (m2[cols].sum() + n * ((mean[cols] - pooled) ** 2).sum()) / per
+                mean[cols] = pooled
+        std = np.sqrt(m2 / max(n, 1))
         self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.std.copy_(torch.as_tensor(np.where(std < 1e-6, 1.0, std), dtype=torch.float32))
 

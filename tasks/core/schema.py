@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from weakflow.tasks.core.images import ImageFeaturizer
+from weakflow.tasks.core.picture_rows import PictureRows
 from weakflow.tasks.core.text import TextFeaturizer
 
 
@@ -51,7 +52,17 @@ class InputSchema:
             return numbers
         return np.hstack([numbers, self.featurizer.transform(frame)])
 
+    def table(self, frame: pd.DataFrame) -> np.ndarray | PictureRows:
+        """A training table: :meth:`x`, or for pictures above the stream policy's budget a :class:`PictureRows`
+        that reads the pixels from the decoded cache as training needs them."""
+        if self.images is not None:
+            lazy = self.images.on_disk(frame, self.side(frame))
+            if lazy is not None:
+                return lazy
+        return self.x(frame)
+
     def x(self, frame: pd.DataFrame) -> np.ndarray:
+        """The feature matrix of ``frame``, float32, in memory."""
         side = self.side(frame)
         if self.images is None:
             return side

@@ -9,7 +9,7 @@ reporting and progress callbacks live here once.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from weakflow.tasks.core.device import autocast, resolve_device
 from weakflow.tasks.core.images import rows_per_pass as picture_rows_per_pass
 from weakflow.tasks.core.models import PictureNet
+from weakflow.tasks.core.picture_rows import PictureRows
 from weakflow.tasks.core.losses import LossName, per_sample_loss
 
 
@@ -132,7 +134,8 @@ class Trainer:
             torch.manual_seed(int(np.random.SeedSequence([settings.seed, DROPOUT_STREAM]).generate_state(1)[0]))
             self.rng = _rng_state(self.rng_devices)
         self.model = model.to(device)
-        self.x = x if isinstance(x, torch.Tensor) else to_device(np.asarray(x, dtype=np.float32), device)
+        # a streamed picture table stays on disk and is read batch by batch (see _batches); else one tensor
+        self.x = x if isinstance(x, (torch.Tensor, PictureRows)) else to_device(np.asarray(x, dtype=np.float32), device)
         soft = np.asarray(targets).ndim == 2
         self.y = to_device(np.asarray(targets, dtype=np.float32 if soft else np.int64), device)
         self.w = to_device(np.ones(len(targets), dtype=np.float32) if weights is None else np.asarray(weights, np.float32),
@@ -158,18 +161,51 @@ class Trainer:
         order = torch.randperm(self.rows, generator=self.generator).to(device)
         if self.subset is not None:
             order = self.subset[order]
+        # BatchNorm needs two rows; a lone tail row is folded away
+        batches = [order[start : start + bs] for start in range(0, self.rows, bs)
+                   if min(bs, self.rows - start) >= 2 or self.rows < 2]
         total = torch.zeros((), device=device)
         seen = 0
-        for start in range(0, self.rows, bs):
-            idx = order[start : start + bs]
-            if len(idx) < 2 and self.rows >= 2:  # BatchNorm needs two rows; fold a lone tail row away
-                continue
-            loss = self.rule.step(model, self.optimizer, self.x[idx], self.y[idx], self.w[idx], idx)
+        for idx, xb in zip(batches, self._batches(batches)):
+            loss = self.rule.step(model, self.optimizer, xb, self.y[idx], self.w[idx], idx)
             self.scheduler.step()
             total += loss * len(idx)
             seen += len(idx)
         extra = self.rule.end_epoch(model, epoch) | (self.monitor(model) if self.monitor else {})
         return float(total) / max(seen, 1), extra
+
+
+    def _batches(self, batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Each batch's features on the device: rows of the resident tensor, or of a streamed picture table
+        read from the decoded cache by DataLoader workers (a few batches ahead) as uint8 and made float32 on the
+        device, the same values the resident tensor holds."""
+        if not isinstance(self.x, PictureRows):
+            yield from (self.x[idx] for idx in batches)
+            return
+        rows = self.x
+        cuda = self.device.type == "cuda"
+        # its own generator: a DataLoader draws its workers' seed, which must not move the training's random stream
+        loader = DataLoader(_Batches(rows, [idx.cpu().numpy() for idx in batches]), batch_size=None, shuffle=False,
+                            num_workers=rows.workers, pin_memory=cuda, prefetch_factor=4 if rows.workers else None,
+                            generator=torch.Generator().manual_seed(0))
+        for side, pixels in loader:
+            side = side.to(self.device, non_blocking=cuda)
+            pixels = pixels.to(self.device, non_blocking=cuda).reshape(len(pixels), -1).float()
+            yield torch.cat([side, pixels], dim=1) if side.shape[1] else pixels
+
+
+class _Batches(Dataset):
+    """Batch ``i`` of an epoch as (side features, uint8 pixels): what one DataLoader worker reads."""
+
+    def __init__(self, rows: PictureRows, batches: list[np.ndarray]) -> None:
+        self.rows, self.batches = rows, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        side, pixels = self.rows[self.batches[i]].parts()
+        return torch.from_numpy(side), torch.from_numpy(pixels)
 
 
 def _rng_state(devices: list[torch.device]) -> list[torch.Tensor]:

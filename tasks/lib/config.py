@@ -207,6 +207,18 @@ class AugmentConfig(_Section):
     jitter: float = Field(0.1, ge=0.0, le=1.0, description="random brightness and contrast change up to this share")
 
 
+class LoaderConfig(_Section):
+    """How training reads a picture table: whole in memory, or streamed from the decoded cache (uint8, memory-
+    mapped on disk) batch by batch through DataLoader worker processes, for tables larger than memory."""
+
+    resident_mb: int | None = Field(None, ge=0, description="largest training table (float32 features) held in "
+                                    "memory; a larger one streams. Default: a quarter of the machine's memory; "
+                                    "0: always stream")
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes reading a streamed table; "
+                                "0: read in the training process. Default: 0 on 2 cores or fewer (a worker "
+                                "slowed training by 10% there), else one per core beyond two, at most 4")
+
+
 class ValidationConfig(_Section):
     min_gold_per_class: int = Field(2, ge=1, description="gold rows each class needs (train + dev)")
 
@@ -591,6 +603,7 @@ class Config(_Section):
     data: Annotated[DemoData | DemoTextData | DemoImagesData | FilesData | ImageFolderData,
                     Field(discriminator="source")] = DemoData()
     augment: AugmentConfig = AugmentConfig()
+    loader: LoaderConfig = LoaderConfig()
     validation: ValidationConfig = ValidationConfig()
     selection: SelectionConfig = SelectionConfig()
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()

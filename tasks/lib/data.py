@@ -21,11 +21,12 @@ from weakflow.tasks.lib.tables import (  # noqa: F401 (the readers, re-exported:
     check_unique_columns, existing_table, first_non_utf8, header_names, read_table, unreadable,
 )
 from weakflow.tasks.lib.config import (AugmentConfig, Config, DemoData, DemoImagesData, DemoTextData, FilesData,
-                                       ImageFolderData)
+                                       ImageFolderData, LoaderConfig)
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.noise import corrupt_labels
 from weakflow.tasks.core.schema import InputSchema
 from weakflow.tasks.core.images import ImageFeaturizer, PixelCache, fit_featurizer
+from weakflow.tasks.core.picture_rows import PictureRows, StreamPolicy
 from weakflow.tasks.core.text import TextFeaturizer, normalise
 from weakflow.tasks.core.textkey import comparison_text
 
@@ -132,6 +133,10 @@ class PipelineData:
     def x(self, frame: pd.DataFrame) -> np.ndarray:
         return self.schema.x(frame)
 
+    def table(self, frame: pd.DataFrame) -> np.ndarray | PictureRows:
+        """A table a network trains on: in memory, or streamed from the picture cache where it is too large."""
+        return self.schema.table(frame)
+
     def y(self, frame: pd.DataFrame) -> np.ndarray:
         """Class indices (0..C-1) of a frame's gold labels."""
         index = {c: i for i, c in enumerate(self.classes)}
@@ -231,12 +236,12 @@ def weak_votes(frame: pd.DataFrame, spec: FilesData, classes: list | None = None
 
 
 def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64, cache_dir: Path | None = None,
-             augment: AugmentConfig | None = None) -> PipelineData:
+             augment: AugmentConfig | None = None, loader: LoaderConfig | None = None) -> PipelineData:
     """Attach provenance, split and the gold rows' cross-fitting folds to validated raw tables; fit the text
     featurisation on the training rows' text (no label, no test row); choose the picture format from the
     training pictures and decode every picture once into the cache under ``cache_dir``."""
     spec = raw.spec
-    images = picture_input(raw, cache_dir, augment) if spec.image_columns else None
+    images = picture_input(raw, cache_dir, augment, loader) if spec.image_columns else None
     train = raw.train.copy()
     train[spec.label_column] = class_values(train[spec.label_column])
     votes = weak_votes(train, spec, classes) if spec.weak_label_columns else None
@@ -267,7 +272,8 @@ def assemble(raw: RawTables, classes: list, folds: int = 3, text_dims: int = 64,
                         classes=classes, schema=schema)
 
 
-def picture_input(raw: RawTables, cache_dir: Path | None, augment: AugmentConfig | None) -> ImageFeaturizer:
+def picture_input(raw: RawTables, cache_dir: Path | None, augment: AugmentConfig | None,
+                  loader: LoaderConfig | None = None) -> ImageFeaturizer:
     """The picture column's featurizer: format chosen from a sample of the training pictures, augmentation
     as configured, and (with ``cache_dir``) every training and test picture decoded into the cache. A picture
     that fails is one DataError naming the file, the column and the row."""
@@ -277,6 +283,8 @@ def picture_input(raw: RawTables, cache_dir: Path | None, augment: AugmentConfig
                                spec.image_max_pixels, seed=spec.seed)
     aug = augment or AugmentConfig()
     images.augment = (aug.crop_padding, float(aug.flip), aug.jitter) if aug.enabled else None
+    load = loader or LoaderConfig()
+    images.stream = StreamPolicy.resolve(load.resident_mb, load.workers)  # applies where the pictures are cached
     if cache_dir is not None:
         images.cache = PixelCache(Path(cache_dir) / "pixels", images.fmt)
         for frame, field, path in ((raw.train, "data.train_path", spec.train_path), (raw.test, "data.test_path", spec.test_path)):

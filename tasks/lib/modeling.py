@@ -73,7 +73,7 @@ def new_model(data: PipelineData, stage: TrainStageConfig, seed: int) -> tuple[n
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(spec)
-    model.scale.fit(data.x(data.train), spec.image_shape if spec.kind == "resnet" else None)
+    model.scale.fit(data.table(data.train), spec.image_shape if spec.kind == "resnet" else None)
     return model, spec
 
 
@@ -157,7 +157,7 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
         return new_model(data, stage, ctx.seed + MEMBER_SEED * member)[0]
 
     rows = _rows(table, weights)
-    return FoldTraining(build or fresh, data.x(table), targets, gold, train or settings(stage, ctx), weights=weights,
+    return FoldTraining(build or fresh, data.table(table), targets, gold, train or settings(stage, ctx), weights=weights,
                         rule=rule, monitor=monitor, refits=refit_count(selection.refits, rows),
                         member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)))
 

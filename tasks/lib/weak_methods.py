@@ -25,6 +25,7 @@ from torch import nn
 from weakflow.tasks.core.calibration import softmax_t
 from weakflow.tasks.core.clid import ClidMonitor, ClidMu, ClidMuSettings
 from weakflow.tasks.core.crossfit import PerFold
+from weakflow.tasks.core.picture_rows import PictureRows
 from weakflow.tasks.core.losses import LossName
 from weakflow.tasks.core.methods import (
     ConfidentLearningSettings, EvidenceLoss, ForwardCorrected, as_evidence, confident_learning_keep,
@@ -74,8 +75,8 @@ class Problem:
         return weak_frame(self.data, self.labels)
 
     @cached_property
-    def x_weak(self) -> np.ndarray:
-        return self.data.x(self.weak)
+    def x_weak(self) -> np.ndarray | PictureRows:
+        return self.data.table(self.weak)
 
     @cached_property
     def gold_y(self) -> np.ndarray:

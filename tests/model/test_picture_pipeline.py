@@ -20,7 +20,8 @@ from weakflow.tasks.lib.demo_images import materialize_demo_images
 
 SMALL = ["weak_train.epochs=4", "full_train.epochs=2", "full_train.finetune_epochs=2", "weak_train.cnn_width=16",
          "full_train.cnn_width=16", "report.bootstrap_samples=200", "report.severities=[1.0]",
-         "gates.min_accuracy=0.15"]  # a narrow network and few epochs: the plumbing, not the accuracy, is tested
+         "gates.min_accuracy=0.15",  # a narrow network and few epochs: the plumbing, not the accuracy, is tested
+         "loader.resident_mb=0", "loader.workers=1"]  # every training table streams from the cache through a worker
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,28 @@ def picture_run(prefect_harness, tmp_path_factory):
     return cfg, training_pipeline(cfg), pd.read_csv(root / "test.csv"), root
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "strategy"), [("glc", "pretrain_finetune"), ("confident_learning", "self_train"),
+                                                  ("clid_mu", "distill")])
+def test_every_method_and_strategy_trains_on_streamed_pictures(picture_run, tmp_path, method, strategy):
+    """Each weak-training method and full-training strategy trains its networks on a streamed table."""
+    from weakflow.flows.pipeline import training_pipeline
+
+    _, _, _, root = picture_run
+    cfg = load_config(root / "config.yaml", [*SMALL, f"tracking.workspace={tmp_path / 'ws'}",
+                                             f"weak_train.method={method}", f"full_train.strategy={strategy}",
+                                             # the 4-epoch network is unsure of everything: keep its pseudo labels
+                                             "pseudo_label.policy=fixed", "pseudo_label.threshold=0.2"])
+    result = training_pipeline(cfg)
+    client = mlflow.MlflowClient()
+    children = {r.data.tags.get("mlflow.runName"): r for r in client.search_runs(
+        [result.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")}
+    assert children["weak_train"].data.params["weak_train.method"] == method
+    assert children["full_train"].data.params["full_train.strategy"] == strategy
+    assert children["validate"].data.tags["picture_loading"].startswith("streamed")
+    assert result.evaluation.shipped.accuracy > 0.1  # 10 classes: above chance
+
+
 def test_registered_picture_model_takes_bytes_and_scores_as_measured(picture_run):
     cfg, result, test, root = picture_run
     assert result.registration.version == "1"
@@ -55,6 +78,14 @@ def test_registered_picture_model_takes_bytes_and_scores_as_measured(picture_run
     accuracy = float((out["prediction"].to_numpy() == test["label"].to_numpy()).mean())
     assert accuracy == pytest.approx(result.evaluation.shipped.accuracy, abs=1e-9)  # the model the run measured
     assert accuracy > 0.15  # 10 classes: chance is 0.1
+
+
+def test_the_run_streamed_its_training_tables_from_the_cache(picture_run):
+    cfg, result, _, _ = picture_run
+    client = mlflow.MlflowClient()
+    children = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    loading = [r.data.tags["picture_loading"] for r in children if "picture_loading" in r.data.tags]
+    assert len(loading) == 1 and loading[0].startswith("streamed from the decoded cache by 1 DataLoader worker")
 
 
 def test_server_takes_base64_and_logs_a_hash_not_the_picture(picture_run):
