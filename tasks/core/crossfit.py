@@ -28,6 +28,8 @@ from weakflow.tasks.core.picture_rows import PictureRows
 
 SMALL_TABLE = 1_000  # refit rows up to which ``refits: auto`` bags (a network there costs seconds on a CPU core)
 AUTO_REFITS = 3
+FOLD_FLOOR = 10_000  # selection.fold_rows auto: fold models train on at least this many non-gold rows
+FOLD_SAMPLE_STREAM = 7  # spawn key of the fold models' row sample under the run's seed
 MEMBER_SEED = 7919  # member i of a bagged refit draws from seed + i * MEMBER_SEED
 
 
@@ -62,6 +64,7 @@ def fit_folds(
     on_epoch: Callable[[EpochStats], None] | None = None,
     refits: int = 1,
     member: Callable[[int], nn.Module] | None = None,
+    fold_rows: int | None = None,
 ) -> CrossFit:
     """Train k fold models (fold f without fold f's gold rows) and, with ``refit``, one on every row.
 
@@ -72,9 +75,10 @@ def fit_folds(
     ``rule`` gives each trainer its update rule (a rule keeps state, so one per trainer). ``monitor``
     (e.g. per-epoch CLID) runs on the refit, or on fold 0 without one. ``refits`` > 1 bags the refit:
     ``member(i)`` builds the network member i (i >= 1) starts from; each trains on the refit's rows, with
-    its own seed, up to the chosen epoch, and the refit is their :class:`LogitEnsemble`.
+    its own seed, up to the chosen epoch, and the refit is their :class:`LogitEnsemble`. ``fold_rows``: the
+    fold models train on their gold rows and that many of the others, drawn once (see :func:`fold_rows_for`).
     """
-    run = FoldTraining(build, x, targets, gold, settings, weights, refit, rule, monitor, refits, member)
+    run = FoldTraining(build, x, targets, gold, settings, weights, refit, rule, monitor, refits, member, fold_rows)
     run.advance(run.epochs, on_epoch)
     return run.result()
 
@@ -94,7 +98,7 @@ class FoldTraining:
                  gold: GoldFolds, settings: TrainSettings, weights: PerFold | np.ndarray | None = None,
                  refit: bool = True, rule: Callable[[int | None], UpdateRule | None] | None = None,
                  monitor: Callable[[nn.Module], dict[str, float]] | None = None, refits: int = 1,
-                 member: Callable[[int], nn.Module] | None = None) -> None:
+                 member: Callable[[int], nn.Module] | None = None, fold_rows: int | None = None) -> None:
         if refits > 1 and member is None:
             raise ValueError(f"refits = {refits} needs member(i) to build the bag's other networks")
         self.device = device = resolve_device(settings.device)
@@ -104,11 +108,14 @@ class FoldTraining:
         target_of = targets if callable(targets) else (lambda _f: targets)
         weight_of = weights if callable(weights) else (lambda _f: weights)
         trainers: list[Trainer] = []
+        sample = _fold_sample(len(x), gold.rows, fold_rows, settings.seed)
         for f in [*range(gold.k), *([None] if refit else [])]:
             w = weight_of(f)
             keep = np.ones(len(x), dtype=bool) if w is None else np.asarray(w) > 0
             if f is not None:
                 keep[gold.rows[gold.held_out(f)]] = False
+                if sample is not None:
+                    keep &= sample
             trainers.append(Trainer(bag_member(build(f), 0), shared_x, target_of(f),
                                     settings if f is None else _seeded(settings, f), w, rule(f) if rule else None,
                                     monitor if f is None else None, np.flatnonzero(keep)))
@@ -205,6 +212,32 @@ def refit_count(setting: int | str, rows: int) -> int:
     if setting == "auto":
         return AUTO_REFITS if rows <= SMALL_TABLE else 1
     return int(setting)
+
+
+def fold_rows_for(setting: int | str | None, rows: int) -> int | None:
+    """Non-gold rows each fold model trains on (``selection.fold_rows``): a number, ``all``, or ``auto``: every row
+    up to :data:`FOLD_FLOOR` x 2 rows, beyond that a tenth of them but at least :data:`FOLD_FLOOR`. The fold
+    models only judge (their out-of-fold gold predictions choose the epoch, temperature and candidates); the
+    refit, the model shipped, trains on every row. Two refits (weak and final) and eight fold models of a tenth
+    (three per stage, and the evidence race's two variants over three folds for a third of the epochs) cost
+    2.8 networks on the whole table, where all rows cost ten."""
+    if setting in (None, "all"):
+        return None
+    if setting == "auto":
+        return None if rows <= 2 * FOLD_FLOOR else max(FOLD_FLOOR, rows // 10)
+    return int(setting)
+
+
+def _fold_sample(n: int, gold_rows: np.ndarray, fold_rows: int | None, seed: int) -> np.ndarray | None:
+    """The rows fold models may train on: every gold row and ``fold_rows`` of the others drawn at random
+    (the same for every fold, so fold models differ only in the gold they hold out); None: all."""
+    others = np.setdiff1d(np.arange(n), gold_rows)
+    if fold_rows is None or len(others) <= fold_rows:
+        return None
+    mask = np.zeros(n, dtype=bool)
+    mask[gold_rows] = True
+    mask[np.random.default_rng([seed, FOLD_SAMPLE_STREAM]).choice(others, fold_rows, replace=False)] = True
+    return mask
 
 
 def bag_member(model: nn.Module, i: int) -> nn.Module:

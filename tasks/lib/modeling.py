@@ -13,7 +13,7 @@ from torch import nn
 
 from weakflow.tasks.lib.config import SelectionConfig, TrainStageConfig
 from weakflow.tasks.core.calibration import fit_temperature, softmax_t
-from weakflow.tasks.core.crossfit import MEMBER_SEED, CrossFit, FoldTraining, PerFold, race, refit_count
+from weakflow.tasks.core.crossfit import MEMBER_SEED, CrossFit, FoldTraining, PerFold, fold_rows_for, race, refit_count
 from weakflow.tasks.core.losses import LossName
 from weakflow.tasks.core.models import ModelSpec, build_model, replace_ensemble
 from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
@@ -159,7 +159,8 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
     rows = _rows(table, weights)
     return FoldTraining(build or fresh, data.table(table), targets, gold, train or settings(stage, ctx), weights=weights,
                         rule=rule, monitor=monitor, refits=refit_count(selection.refits, rows),
-                        member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)))
+                        member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)),
+                        fold_rows=fold_rows_for(selection.fold_rows, len(table) - len(gold.rows)))
 
 
 def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, selection: SelectionConfig) -> float:

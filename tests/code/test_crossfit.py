@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from weakflow.tasks.core.crossfit import FoldTraining, fit_folds, race, refit_count
+from weakflow.tasks.core.crossfit import FoldTraining, fit_folds, fold_rows_for, race, refit_count
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.models import LogitEnsemble, ModelSpec, build_model
 from weakflow.tasks.core.training import TrainSettings, WeightedLoss
@@ -151,3 +151,25 @@ def test_a_trainers_own_stream_moves_on_from_epoch_to_epoch() -> None:
     trainer.epoch(0)
     trainer.epoch(1)
     assert len(masks) == 2 and not torch.equal(masks[0], masks[1])  # fresh dropout draws each epoch
+
+
+def test_fold_models_train_on_their_gold_and_a_sample_while_the_refit_trains_on_all() -> None:
+    x, y, gold = problem()
+    run = FoldTraining(build, x, y, gold, SETTINGS, fold_rows=50)
+    for f in range(gold.k):
+        rows = set(run.trainers[f].subset.tolist())
+        held = set(gold.rows[gold.held_out(f)].tolist())
+        assert rows.isdisjoint(held) and set(gold.rows.tolist()) - held <= rows  # all its gold, none held out
+        assert len(rows - set(gold.rows.tolist())) == 50  # and 50 of the 195 others
+    assert len({frozenset(t.subset.tolist()) - set(gold.rows.tolist()) for t in run.trainers[: gold.k]}) == 1
+    assert run.refit is not None and run.refit.rows == len(x)
+    every = FoldTraining(build, x, y, gold, SETTINGS, fold_rows=195)  # as many as there are: no sample
+    assert all(t.rows == len(x) - len(gold.rows[gold.held_out(f)]) for f, t in enumerate(every.trainers[: gold.k]))
+
+
+def test_auto_fold_rows_sample_only_large_tables() -> None:
+    assert fold_rows_for("all", 10**6) is None and fold_rows_for(None, 10**6) is None
+    assert fold_rows_for("auto", 20_000) is None  # today's full cross-fitting up to 20,000 rows
+    assert fold_rows_for("auto", 20_001) == 10_000
+    assert fold_rows_for("auto", 1_000_000) == 100_000
+    assert fold_rows_for(5_000, 100) == 5_000
