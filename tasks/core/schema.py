@@ -55,15 +55,16 @@ class InputSchema:
     def table(self, frame: pd.DataFrame) -> np.ndarray | PictureRows:
         """A training table: :meth:`x`, or for pictures above the stream policy's budget a :class:`PictureRows`
         that reads the pixels from the decoded cache as training needs them."""
+        side = self.side(frame)
         if self.images is not None:
-            lazy = self.images.on_disk(frame, self.side(frame))
+            lazy = self.images.on_disk(frame, side)
             if lazy is not None:
                 return lazy
-        return self.x(frame)
+        return self.x(frame, side)
 
-    def x(self, frame: pd.DataFrame) -> np.ndarray:
-        """The feature matrix of ``frame``, float32, in memory."""
-        side = self.side(frame)
+    def x(self, frame: pd.DataFrame, side: np.ndarray | None = None) -> np.ndarray:
+        """The feature matrix of ``frame``, float32, in memory (``side``: its :meth:`side`, when already made)."""
+        side = self.side(frame) if side is None else side
         if self.images is None:
             return side
         return np.hstack([side, self.images.transform(frame)]) if side.shape[1] else self.images.transform(frame)

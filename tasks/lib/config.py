@@ -148,11 +148,11 @@ class SelectionConfig(_Section):
                             "logits averaged; auto: 3 where the refit trains on at most 1,000 rows (there a "
                             "network's seed moves accuracy most, and one costs seconds), else 1")
     fold_rows: Literal["auto", "all"] | Annotated[int, Field(ge=1)] = Field(
-        "all", description="non-gold rows each fold model trains on (beside its gold rows; the refit, the model "
-                           "shipped, trains on all). auto: all up to 20,000, beyond that a tenth, at least 10,000: "
-                           "at 100,000 rows the training stages cost 1.4x one network instead of 5.3x at the same "
-                           "accuracy, but the temperature fitted on the sampled fold models was half the full "
-                           "computation's (docs/benchmarks.md, scale), so it is not the default yet")
+        "auto", description="non-gold rows each fold model trains on (beside its gold rows; the refit, the model "
+                            "shipped, trains on all): the fold models only judge. auto: all up to 20,000, beyond "
+                            "that a tenth, at least 10,000 (at 100,000 weak rows the training stages cost 1.4-1.6x "
+                            "one network instead of 5.3-6.2x, at the same accuracy: docs/benchmarks.md, scale); "
+                            "all: every fold model trains on every row")
 
 
 class DemoTextData(_Section):

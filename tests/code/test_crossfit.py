@@ -10,6 +10,7 @@ from weakflow.tasks.core.crossfit import FoldTraining, fit_folds, fold_rows_for,
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.models import LogitEnsemble, ModelSpec, build_model
 from weakflow.tasks.core.training import TrainSettings, WeightedLoss
+from weakflow.tasks.lib.config import SelectionConfig
 
 SETTINGS = TrainSettings(epochs=6, batch_size=32, lr=1e-2)
 MEMORISING = TrainSettings(epochs=20, batch_size=32, lr=1e-2)  # long enough to learn the random labels' noise
@@ -169,6 +170,7 @@ def test_fold_models_train_on_their_gold_and_a_sample_while_the_refit_trains_on_
 
 def test_auto_fold_rows_sample_only_large_tables() -> None:
     assert fold_rows_for("all", 10**6) is None and fold_rows_for(None, 10**6) is None
+    assert SelectionConfig().fold_rows == "auto"
     assert fold_rows_for("auto", 20_000) is None  # today's full cross-fitting up to 20,000 rows
     assert fold_rows_for("auto", 20_001) == 10_000
     assert fold_rows_for("auto", 1_000_000) == 100_000
