@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         deltas = [100 * a["final_delta"] for a in agree]
         lines += ["", f"Final accuracy, default minus compared, paired over {len(deltas)} run(s): mean "
                   f"{np.mean(deltas):+.2f} points, sd {np.std(deltas, ddof=1) if len(deltas) > 1 else 0:.2f}."]
-    publish("scale", "\n".join(lines), args.no_write)
+    # a comparison of settings has its own section, so the cost curve at the defaults stays beside it
+    publish("scale_compare" if args.compare else "scale", "\n".join(lines), args.no_write, module="scale")
 
 
 if __name__ == "__main__":
