@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # psutil is a dependency of Prefect and MLflow; without it the budget falls back to 4 GiB
-    import psutil
-except ImportError:  # pragma: no cover
-    psutil = None
+
+def memory_bytes() -> int:
+    """The machine's physical memory (POSIX); 16 GiB where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,7 @@ class StreamPolicy:
         2 cores or fewer (there a worker took 10% off the training's pace: both cores already run its math,
         ``bench.picture_stream``), else one per core beyond two, at most 4."""
         if resident_mb is None:
-            total = psutil.virtual_memory().total if psutil is not None else 16 << 30
-            budget = total // 4
+            budget = memory_bytes() // 4
         else:
             budget = resident_mb << 20
         if workers is None:

@@ -150,7 +150,7 @@ class SelectionConfig(_Section):
     fold_rows: Literal["auto", "all"] | Annotated[int, Field(ge=1)] = Field(
         "auto", description="non-gold rows each fold model trains on (beside its gold rows; the refit, the model "
                             "shipped, trains on all): the fold models only judge. auto: all up to 20,000, beyond "
-                            "that a tenth, at least 10,000 (at 100,000 weak rows the training stages cost 1.4-1.6x "
+                            "that a tenth, at least 10,000 (at 100,000 weak rows the training stages cost 1.4-1.7x "
                             "one network instead of 5.3-6.2x, at the same accuracy: docs/benchmarks.md, scale); "
                             "all: every fold model trains on every row")
 
