@@ -16,6 +16,7 @@ from weakflow.tasks.core.folds import GoldFolds
 from weakflow.tasks.core.models import ModelSpec, Standardize, build_model
 from weakflow.tasks.core.picture_rows import PictureRows, StreamPolicy
 from weakflow.tasks.core.training import TrainSettings, fit, predict_logits
+from tests.model.test_picture_model import bars
 
 SHAPE = (3, 16, 16)
 SPEC = ModelSpec(kind="resnet", num_features=2 + 3 * 16 * 16, num_classes=2, hidden=(16,), image_shape=SHAPE,
@@ -23,17 +24,10 @@ SPEC = ModelSpec(kind="resnet", num_features=2 + 3 * 16 * 16, num_classes=2, hid
 
 
 def bar_pictures(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 pictures of a vertical (class 0) or horizontal (class 1) bar, 2 side features, the classes."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    pixels = rng.integers(0, 40, (n, *SHAPE)).astype(np.uint8)
-    for i in range(n):
-        at = rng.integers(2, 14)
-        if y[i] == 0:
-            pixels[i, :, :, at - 1:at + 1] = 250
-        else:
-            pixels[i, :, at - 1:at + 1, :] = 250
-    return rng.normal(size=(n, 2)).astype(np.float32), pixels, y
+    """The picture model's bar pictures (tests/model/test_picture_model.py) apart: 2 side features, the uint8
+    pixels (their values are whole numbers up to 250), the classes."""
+    x, y = bars(n, seed)
+    return x[:, :2].copy(), x[:, 2:].reshape(n, *SHAPE).astype(np.uint8), y
 
 
 def on_disk(tmp_path: Path, side: np.ndarray, pixels: np.ndarray, workers: int = 0, split: int | None = None) -> PictureRows:
