@@ -109,6 +109,8 @@ class FoldTraining:
         weight_of = weights if callable(weights) else (lambda _f: weights)
         trainers: list[Trainer] = []
         sample = _fold_sample(len(x), gold.rows, fold_rows, settings.seed)
+        # non-gold rows each fold model trains on, where they are a sample (said in the run); None: all
+        self.sampled = None if sample is None else int(sample.sum()) - len(gold.rows)
         for f in [*range(gold.k), *([None] if refit else [])]:
             w = weight_of(f)
             keep = np.ones(len(x), dtype=bool) if w is None else np.asarray(w) > 0

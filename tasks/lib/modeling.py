@@ -106,7 +106,8 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
     trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
     run = _fold_training(data, table, targets, stage, ctx, selection, weights=weights, train=train, rule=rule,
                          build=build, monitor=monitor)
-    note_training(f"cross-fitting {run.gold.k} fold models + the refit, {run.epochs} epochs", _rows(table, weights))
+    note_training(f"cross-fitting {run.gold.k} fold models{_sampled(run)} + the refit, {run.epochs} epochs",
+                  _rows(table, weights))
     run.advance(run.epochs, on_epoch)
     if run.lazy:  # the refit trains after the folds, silently: say so
         note_training(f"training the refit up to the chosen epoch {run.best_epoch + 1}")
@@ -125,7 +126,7 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
     runs = {name: _fold_training(data, table, targets, stage, ctx, selection, train=train, rule=rule)
             for name, targets in candidates.items()}
     first = next(iter(runs.values()))
-    note_training(f"racing {len(runs)} candidates ({', '.join(runs)}): {first.gold.k} fold models each, "
+    note_training(f"racing {len(runs)} candidates ({', '.join(runs)}): {first.gold.k} fold models{_sampled(first)} each, "
                   f"{probe} epochs, then the best one to {first.epochs} epochs and its refit", len(table))
     gold_y = first.gold.y
     calibrated: dict[str, np.ndarray] = {}
@@ -136,6 +137,11 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
 
     kept, fitted = race(runs, probe, judge, on_epoch)
     return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, selection)
+
+
+def _sampled(run: FoldTraining) -> str:
+    """How the fold models' rows were sampled, for the progress line (selection.fold_rows); empty: all rows."""
+    return "" if run.sampled is None else f" (on their gold rows and {run.sampled:,} others drawn at random)"
 
 
 def _rows(table: pd.DataFrame, weights: PerFold | np.ndarray | None) -> int:

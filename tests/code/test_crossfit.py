@@ -162,9 +162,11 @@ def test_fold_models_train_on_their_gold_and_a_sample_while_the_refit_trains_on_
         held = set(gold.rows[gold.held_out(f)].tolist())
         assert rows.isdisjoint(held) and set(gold.rows.tolist()) - held <= rows  # all its gold, none held out
         assert len(rows - set(gold.rows.tolist())) == 50  # and 50 of the 195 others
+    assert run.sampled == 50
     assert len({frozenset(t.subset.tolist()) - set(gold.rows.tolist()) for t in run.trainers[: gold.k]}) == 1
     assert run.refit is not None and run.refit.rows == len(x)
     every = FoldTraining(build, x, y, gold, SETTINGS, fold_rows=195)  # as many as there are: no sample
+    assert every.sampled is None
     assert all(t.rows == len(x) - len(gold.rows[gold.held_out(f)]) for f, t in enumerate(every.trainers[: gold.k]))
 
 
