@@ -56,8 +56,10 @@ class StreamPolicy:
         size, budget = rows * values * 4 / 2**20, self.resident_bytes / 2**20
         if not self.streams(rows, values):
             return f"in memory: {size:,.0f} MiB of float32 features, within loader.resident_mb = {budget:,.0f}"
-        return (f"streamed from the decoded cache by {self.workers} DataLoader worker(s): {size:,.0f} MiB of float32 "
-                f"features, above loader.resident_mb = {budget:,.0f}")
+        readers = (f"by {self.workers} DataLoader worker(s)" if self.workers else
+                   "in the training process (loader.workers = 0)")
+        return (f"streamed from the decoded cache {readers}: {size:,.0f} MiB of float32 features, above "
+                f"loader.resident_mb = {budget:,.0f}")
 
 
 @dataclass

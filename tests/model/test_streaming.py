@@ -117,5 +117,8 @@ def test_the_policy_streams_only_tables_above_its_budget() -> None:
     assert not policy.streams(rows=300, values=784)  # 0.9 MiB of float32
     assert policy.streams(rows=400, values=784)  # 1.2 MiB
     assert StreamPolicy.resolve(0, 0).streams(1, 1)  # 0: always
+    assert policy.describe(300, 784).startswith("in memory: 1 MiB")
+    assert policy.describe(400, 784).startswith("streamed from the decoded cache by 2 DataLoader worker(s)")
+    assert StreamPolicy.resolve(0, 0).describe(1, 1).startswith("streamed from the decoded cache in the training process")
     default = StreamPolicy.resolve(None, None)
     assert default.resident_bytes > 0 and 0 <= default.workers <= 4
