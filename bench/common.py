@@ -96,6 +96,12 @@ def gold_only_recipe(cfg, spec, labels, root: Path) -> tuple[np.ndarray, np.ndar
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data, _ = load_and_validate(cfg, Path(tmp) / "docs")
+    if data.schema.text and cfg.text.encoder != "hashed":  # the text featurisation the pipeline's stage picks
+        from weakflow.tasks import text_features
+        from weakflow.tasks.lib.steps import RunContext
+
+        data = text_features.compute(RunContext.of(cfg), data, cfg.text, cfg.gold_only.resolved(cfg.weak_train),
+                                     cfg.selection).data
     model = train_gold_only(data, cfg)
     pred = np.asarray(data.classes, dtype=object)[predict_proba(model.model, data.x(data.test)).argmax(axis=1)]
     return pred, data.test[spec.label_column].to_numpy(dtype=object), list(data.classes), time.perf_counter() - t

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -65,6 +66,18 @@ INLINE_PICTURE_CHARS = 256 * 1024  # a request's pictures larger than this are d
 
 
 @dataclass(frozen=True)
+class TextFeatures:
+    """A model's text featurisation in the micro-batcher's shape: ``predict`` takes an object array of texts
+    (one column per text input) and returns their features, so the texts of every request in an event-loop
+    turn go through the featuriser (for the pretrained encoder: one forward pass per 32 texts) together."""
+
+    schema: InputSchema
+
+    def predict(self, texts: np.ndarray) -> np.ndarray:
+        return self.schema.featurizer.transform(pd.DataFrame(texts, columns=self.schema.text))
+
+
+@dataclass(frozen=True)
 class ServedModel:
     name: str
     version: str
@@ -75,6 +88,12 @@ class ServedModel:
     loaded_at: str
     body: TypeAdapter  # validates a whole request body against this model's input schema
     schema: InputSchema | None = None  # None: numbers only (every model registered before text inputs)
+
+    @cached_property
+    def text_features(self) -> TextFeatures | None:
+        """This version's text featurisation for the micro-batcher (one object per version: its batches
+        never mix versions); None without text."""
+        return TextFeatures(self.schema) if self.schema is not None and self.schema.featurizer is not None else None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities, one row per row of ``x``; for a picture network the picture embedding follows in
@@ -368,9 +387,9 @@ class ModelServer(FastAPI):
                     "message": f"value {records[i][numeric[j]]!r} is outside the float32 range"}
                    for i, j in zip(rows[:MAX_ERRORS], cols[:MAX_ERRORS])]
             return refused(bad, len(rows), request_id, served.version)
-        if served.schema is not None and served.schema.featurizer is not None:  # raw text -> its features
-            texts = pd.DataFrame({t: [r[t] for r in records] for t in served.schema.text})
-            x = np.hstack([x, served.schema.featurizer.transform(texts)])
+        if served.text_features is not None:  # raw text -> its features, with the turn's other requests' texts
+            texts = np.array([[r[t] for t in served.schema.text] for r in records], dtype=object)
+            x = np.hstack([x, await state["batcher"](served.text_features, texts)])
         logged = None
         if served.images is not None:  # base64 -> checked pixels, last
             column, limit = served.images.column, state.get("max_image_bytes", MAX_IMAGE_BYTES)

@@ -1,4 +1,4 @@
-"""The pipeline, composed once: validate -> governance -> weak_labels -> gold_only -> weak_train ->
+"""The pipeline, composed once: validate -> governance -> weak_labels -> text_features -> gold_only -> weak_train ->
 pseudo_label -> pseudo_governance -> full_train -> select -> evaluate -> register -> publish.
 
 Each stage gets the run context, the results it needs and its own section of the config; ``steps``
@@ -11,7 +11,7 @@ weak vote, the weak side is skipped and the gold-only model is the one candidate
 from __future__ import annotations
 
 from weakflow.tasks import evaluate, full_train, gold_only, governance, publish, pseudo_label, register, select
-from weakflow.tasks import validate, weak_labels, weak_train
+from weakflow.tasks import text_features, validate, weak_labels, weak_train
 from weakflow.tasks.lib.config import Config
 from weakflow.tasks.lib.modeling import TrainedModel
 from weakflow.tasks.lib.results import FullModel, Published, RunOutcome
@@ -23,7 +23,10 @@ def compose(cfg: Config, ctx: RunContext, steps: Steps) -> tuple[Published, RunO
     validated = steps.run(validate.STAGE, ctx, cfg.data, cfg.validation, validate.InputChecks.of(cfg))
     data, checks = steps.run(governance.STAGE, ctx, validated.data, cfg.governance)
     data, labels = steps.run(weak_labels.STAGE, ctx, data, cfg.weak_labels, configured_rules(cfg))
-    baseline = steps.run(gold_only.STAGE, ctx, data, cfg.gold_only.resolved(cfg.weak_train), cfg.selection)
+    gold_training = cfg.gold_only.resolved(cfg.weak_train)
+    text = steps.run(text_features.STAGE, ctx, data, cfg.text, gold_training, cfg.selection)
+    data = text.data
+    baseline = steps.run(gold_only.STAGE, ctx, data, gold_training, cfg.selection, text.gold_only)
     candidates: dict[str, TrainedModel] = {"gold_only": baseline}
     missing = labels.missing()
     weak = pseudo = final = pseudo_checks = None
@@ -44,5 +47,5 @@ def compose(cfg: Config, ctx: RunContext, steps: Steps) -> tuple[Published, RunO
     release = steps.run(register.STAGE, ctx, data, selection, evaluation, cfg.gates, champion, validated,
                         cfg.governance.exact_duplicates, register.Methods.of(cfg), labels, checks, pseudo_checks)
     outcome = RunOutcome(validated, data, labels, weak, pseudo.refit if pseudo else None, final, selection, evaluation,
-                         release.registration, checks, pseudo_checks)
+                         release.registration, checks, pseudo_checks, text)
     return steps.run(publish.STAGE, ctx, outcome), outcome

@@ -20,8 +20,12 @@ from weakflow.tasks.lib.steps import RunContext, Stage
 
 
 def compute(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig,
-            on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
-    """Plain CE on the gold rows only (``section``: ``gold_only.resolved(weak_train)``)."""
+            trained: TrainedModel | None = None, on_epoch: Callable[[EpochStats], None] | None = None
+            ) -> TrainedModel:
+    """Plain CE on the gold rows only (``section``: ``gold_only.resolved(weak_train)``). ``trained``: this
+    very model, already cross-fitted on the same rows and features (text.encoder auto trains it to choose)."""
+    if trained is not None:
+        return trained
     table = gold_first(data)
     return crossfit(data, table, data.y(table), section, ctx, selection, train=settings(section, ctx, loss="ce"),
                     on_epoch=on_epoch)
@@ -30,21 +34,22 @@ def compute(ctx: RunContext, data: PipelineData, section: TrainStageConfig, sele
 def train_gold_only(data: PipelineData, cfg: Config, on_epoch: Callable[[EpochStats], None] | None = None
                     ) -> TrainedModel:
     """:func:`compute` on a whole config (benchmarks, tests)."""
-    return compute(RunContext.of(cfg), data, cfg.gold_only.resolved(cfg.weak_train), cfg.selection, on_epoch)
+    return compute(RunContext.of(cfg), data, cfg.gold_only.resolved(cfg.weak_train), cfg.selection, on_epoch=on_epoch)
 
 
-def log_settings(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig) -> None:
+def log_settings(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig,
+                 trained: TrainedModel | None = None) -> None:
     tracking.log_section(selection, "selection")
     tracking.log_section(section, "gold_only")
 
 
-def record(trained: TrainedModel, ctx: RunContext, data: PipelineData, section: TrainStageConfig,
-           selection: SelectionConfig) -> None:
-    log_candidate(trained, data)
+def record(result: TrainedModel, ctx: RunContext, data: PipelineData, section: TrainStageConfig,
+           selection: SelectionConfig, trained: TrainedModel | None = None) -> None:
+    log_candidate(result, data)
 
 
-def progress(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig
-             ) -> tuple[str, int]:
+def progress(ctx: RunContext, data: PipelineData, section: TrainStageConfig, selection: SelectionConfig,
+             trained: TrainedModel | None = None) -> tuple[str, int]:
     return "gold_only (cross-fitted)", section.epochs
 
 

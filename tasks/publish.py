@@ -25,6 +25,8 @@ def summary_lines(o: RunOutcome) -> list[tuple[str, str]]:
                                       for k, r in o.governance.items()))]
     if o.labels is not None:
         lines.append(("weak_labels", o.labels.summary()))
+    if o.text is not None and o.text.chosen != "none":
+        lines.append(("text_features", o.text.summary()))
     lines.append(("gold_only", f"cross-fitted gold accuracy {sel.oof_accuracy('gold_only'):.3f} "
                                f"({o.data.folds} folds)"))
     if o.weak is not None:

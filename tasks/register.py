@@ -20,7 +20,7 @@ from mlflow.models import infer_signature
 
 from weakflow.deploy.gates import GateInput, decide
 from weakflow.deploy import model_code
-from weakflow.deploy.model import output_frame, save_weights
+from weakflow.deploy.model import encoder_folder, output_frame, save_weights
 from weakflow.deploy.registry import CHALLENGER, CHAMPION
 from weakflow.tasks.lib.errors import RegistryError
 from weakflow.monitoring.reference import reference_sample
@@ -41,13 +41,17 @@ from weakflow.tasks.lib.review import Champion
 MODEL_ENTRY = model_code.ROOT / "deploy" / "pyfunc_entry.py"  # the model's code: deploy/model_code.py
 
 
-def model_requirements() -> list[str]:
-    """Pinned from this environment. Explicit, because MLflow's inference spawns a process (~4 s)."""
+def model_requirements(encoder: bool = False) -> list[str]:
+    """Pinned from this environment. Explicit, because MLflow's inference spawns a process (~4 s). With the
+    text ``encoder``, what loads it too (its weights travel with the model, not the package)."""
+    from importlib.metadata import version
+
     import pandas
     import torch
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pandas=={pandas.__version__}",
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", f"pandas=={pandas.__version__}",
             f"mlflow=={mlflow.__version__}"]
+    return pins + ([f"{p}=={version(p)}" for p in ("sentence-transformers", "transformers")] if encoder else [])
 
 
 def input_example(data: PipelineData, rows: int = 5):  # -> pd.DataFrame
@@ -271,11 +275,15 @@ def record(release: Release, ctx: RunContext, data: PipelineData, selection: Sel
         code = model_code.stage(Path(tmp) / "code")  # weakflow/, only what loading the model imports
         weights = Path(tmp) / "model.pt"
         save_weights(weights, network, release.spec, data.schema, data.classes)
+        artifacts = {"weights": str(weights)}
+        encoder = encoder_folder(data.schema)
+        if encoder is not None:  # the pretrained text encoder is part of the model: offline wherever it goes
+            artifacts["text_encoder"] = str(encoder)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*integer column.*")  # our int output never has NaN
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_ENTRY),
-                                           artifacts={"weights": str(weights)}, signature=signature,
-                                           input_example=example, pip_requirements=model_requirements(),
+                                           artifacts=artifacts, signature=signature, input_example=example,
+                                           pip_requirements=model_requirements(encoder is not None),
                                            code_paths=[str(code)])
     tracking.log_frame(release.reference, "reference", "reference")
     version = str(mlflow.register_model(info.model_uri, name).version)
@@ -296,6 +304,10 @@ def record(release: Release, ctx: RunContext, data: PipelineData, selection: Sel
         # passed or warned (a failed check never gets here)
         "governance": governance_verdict(release.provenance.governance | round_governance(selection.model)[0]),
     }
+    if encoder is not None:  # where its text embedding's weights came from
+        src = data.schema.featurizer.source()  # type: ignore[union-attr]
+        tags["text_encoder"] = f"{src['package']} {src['version']}, weights sha256 {src['weights_sha256']}"
+    tags["text_features"] = data.schema.featurizer.chosen[:5000] if data.schema.featurizer is not None else "none"
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     card = release.card(version, alias)  # an artifact of the run and the version's description

@@ -51,6 +51,11 @@ def _unigram_buckets(texts: np.ndarray) -> np.ndarray:
     return unigrams.tocsr()
 
 
+def vocabulary(texts: np.ndarray) -> np.ndarray:
+    """Sorted int64 word-unigram buckets of ``texts``: what :func:`descriptors` counts as seen."""
+    return np.unique(_unigram_buckets(texts).indices).astype(np.int64)
+
+
 @dataclass
 class ColumnState:
     """One text column's fitted state: kept hash buckets, their IDF, the LSA directions, the word vocabulary."""
@@ -78,6 +83,8 @@ class TextFeaturizer:
     columns: list[str]
     dims: int
     states: dict[str, ColumnState] = field(default_factory=dict)
+    chosen: str = ""  # why this featurisation (the text stage's reason)
+    kind: str = "hashed"
 
     @property
     def names(self) -> list[str]:
@@ -105,8 +112,7 @@ class TextFeaturizer:
             svd = TruncatedSVD(k, algorithm="randomized", n_iter=4, random_state=seed).fit(tfidf)
             components = np.zeros((dims, len(kept)), dtype=np.float32)
             components[:k] = svd.components_.astype(np.float32)
-            vocabulary = np.unique(_unigram_buckets(texts).indices).astype(np.int64)
-            states[column] = ColumnState(kept.astype(np.int64), idf, components, vocabulary)
+            states[column] = ColumnState(kept.astype(np.int64), idf, components, vocabulary(texts))
         return cls(list(columns), dims, states)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:

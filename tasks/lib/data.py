@@ -161,6 +161,10 @@ class PipelineData:
         rows = np.flatnonzero(gold)
         return GoldFolds(rows, self.y(frame.iloc[rows]), frame[FOLD].to_numpy()[rows].astype(np.int64))
 
+    def with_schema(self, schema: InputSchema) -> PipelineData:
+        """A copy whose rows become features through ``schema`` (e.g. another text featurisation)."""
+        return PipelineData(self.train, self.test, self.spec, self.classes, self.fold, schema)
+
     def with_weak_rows(self, row_ids: np.ndarray) -> PipelineData:
         """A copy in which the non-gold rows ``row_ids`` (those a rule or labelling function voted on) count
         as weak: assembly only saw the weak label columns."""

@@ -182,6 +182,24 @@ class FullModel(TrainedModel):
         return f"{self.strategy}: cross-fitted gold accuracy {oof_accuracy:.3f}{rounds}"
 
 
+@dataclass(frozen=True)
+class TextChoice:
+    """The text_features stage's result: the data with the chosen text featurisation, and why (both
+    encoders' cross-fitted gold-only figures where ``text.encoder`` is auto)."""
+
+    data: PipelineData
+    chosen: str  # "hashed", "minilm", or "none" (no text column)
+    reason: str
+    oof_accuracy: dict[str, float] = field(default_factory=dict)  # per encoder compared
+    oof_log_loss: dict[str, float] = field(default_factory=dict)
+    encoded: int = 0  # distinct texts the encoder embedded in this stage (the rest came from the cache)
+    encode_seconds: float = 0.0
+    gold_only: TrainedModel | None = None  # auto: the chosen featurisation's gold-only model, trained already
+
+    def summary(self) -> str:
+        return self.reason
+
+
 SHOWN_SOURCES = 6  # weak sources named in the summary line; the rest are counted
 
 
@@ -220,6 +238,7 @@ class RunOutcome:
     registration: Registration
     checks: Findings
     pseudo_checks: Findings | None
+    text: TextChoice | None = None
 
     @property
     def governance(self) -> dict[str, CheckResult]:

@@ -68,6 +68,7 @@ class Review:
     source_noise: list[dict] = field(default_factory=list)  # gold_anchored: per source, confusion with intervals
     # anchored_refine: per source, the confusion the weak training refined on the weak rows (and learnt through)
     refined_noise: list[dict] = field(default_factory=list)
+    text_features: str = ""  # the text_features stage's choice and why (both encoders' figures under auto)
 
     @property
     def has_champion(self) -> bool:

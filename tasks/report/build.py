@@ -245,6 +245,7 @@ def build_review(data: PipelineData, rc: ReportConfig, ctx: RunContext, final: n
                     dataset_digest(data.test), champion, scores, boot, robust, note, sources, noise, pseudo_info,
                     per_class, issues, method, weak_rows, rc.top_k, seconds=seconds, noise_basis=basis,
                     shipped=shipped, selection_reason=selection.reason if selection is not None else "",
+                    text_features=getattr(data.schema.featurizer, "chosen", "") if data.schema is not None else "",
                     selection=selection.table if selection is not None else pd.DataFrame(),
                     source_noise=source_noise_records(getattr(labels, "sources", []), list(data.classes)),
                     refined_noise=source_noise_records(list(refined or []), list(data.classes)))

@@ -286,7 +286,8 @@ def selection_blocks(review: Review) -> list[tuple[str, Any]]:
                   "predicted by the fold model that never trained on it, so these accuracies are honest "
                   "estimates on every gold row; intervals are 95% paired bootstrap intervals over the gold rows. "
                   "The test split below played no part in the choice."),
-            ("table", table.round(4))]
+            ("table", table.round(4)),
+            *([("p", f"Text features: {review.text_features}.")] if review.text_features else [])]
 
 
 def _confusion_frame(cells: list[list[str]], classes: list) -> pd.DataFrame:

@@ -19,9 +19,10 @@ from weakflow.deploy.model_code import load_pyfunc
 MAX_TEXT = 1000  # the longest SMS has 910 characters
 
 
-@pytest.fixture(scope="module")
-def text_run(prefect_harness, tmp_path_factory):
-    """One pipeline run on 900 training messages (every gold one kept) and 300 test messages."""
+@pytest.fixture(scope="module", params=["hashed", "minilm"])
+def text_run(prefect_harness, tmp_path_factory, request):
+    """One pipeline run on 900 training messages (every gold one kept) and 300 test messages, per text
+    featurisation: the hashed n-grams and the pretrained encoder."""
     from weakflow.flows.pipeline import training_pipeline
     from tests.conftest import FAST
 
@@ -40,7 +41,7 @@ def text_run(prefect_harness, tmp_path_factory):
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     log_url = f"sqlite:///{root / 'predictions.db'}"
     cfg = load_config(root / "config.yaml", [*FAST, f"tracking.workspace={root / 'ws'}", f"serve.prediction_log_url={log_url}",
-                                             f"serve.max_text_chars={MAX_TEXT}"])
+                                             f"serve.max_text_chars={MAX_TEXT}", f"text.encoder={request.param}"])
     result = training_pipeline(cfg)
     return cfg, result, pd.read_parquet(root / "test.parquet")
 
@@ -62,6 +63,17 @@ def test_registered_text_model_takes_raw_strings_and_answers_names(text_run):
     import html as html_lib
 
     assert html_lib.escape(issues["text"].iloc[0]) in html
+    # the report and the summary say how the text became features; the encoder travels inside the model
+    text_line = dict(result.stages)["text_features"]
+    assert f"Text features: {html_lib.escape(text_line)}" in html and f"text.encoder = {cfg.text.encoder}" in text_line
+    artifacts = mlflow.models.Model.load(uri).flavors["python_function"]["artifacts"]
+    version_tags = mlflow.MlflowClient().get_model_version(cfg.tracking.model_name, "1").tags
+    if cfg.text.encoder == "minilm":
+        from weakflow.tasks.core.encoder import WEIGHTS_SHA256
+
+        assert set(artifacts) == {"weights", "text_encoder"} and WEIGHTS_SHA256 in version_tags["text_encoder"]
+    else:
+        assert set(artifacts) == {"weights"} and "text_encoder" not in version_tags
 
 
 def test_server_bounds_text_and_logs_a_bounded_row(text_run):
@@ -92,7 +104,9 @@ def test_server_bounds_text_and_logs_a_bounded_row(text_run):
 
     logged = json.loads(rows[1])
     assert logged["text"] == long_ok[:LOGGED_TEXT_CHARS] and len(long_ok) > LOGGED_TEXT_CHARS
-    assert "text:oov_share" in logged and "text:lsa0" in logged  # what the drift check compares
+    # what the drift check compares: the descriptors and the hashed model's LSA values or the encoder's embedding
+    feature = "text:lsa0" if cfg.text.encoder == "hashed" else "text:embedding_0"
+    assert "text:oov_share" in logged and feature in logged
 
 
 def serve_rows(cfg, texts: list[str]) -> None:
@@ -128,6 +142,9 @@ def test_monitor_sees_text_drift_and_copies_of_test_messages(text_run, tmp_path)
     result, verdict = check_drift(cfg, served, window)
     assert verdict.drift, verdict.text
     assert {"text:log_length", "text:oov_share", "text:upper_share"} <= set(result.drifted_columns)
+    if cfg.text.encoder == "minilm":  # the embedding is judged as a whole (a classifier tells window from reference)
+        assert served.embeddings == [f"text:embedding_{i}" for i in range(384)]
+        assert result.embedding_drifted and result.embedding_score > result.embedding_threshold
     found = production_contamination(cfg, served, window)["evaluation_contamination"]
     last = window["request_id"].iloc[-1]  # the copies' request: rows 0 and 1; the order codes match nothing
     assert (found["request_id"] == last).all() and set(found["row_index"]) == {0, 1}
