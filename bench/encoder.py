@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
              "| featurisation | fit or load s | featurise s | s per 1,000 texts | texts/s |", "|---|---|---|---|---|"]
     for name, setup, seconds, _ in rows:
         lines.append(f"| {name} | {setup:.1f} | {seconds:.1f} | {seconds / n * 1000:.2f} | {n / seconds:,.0f} |")
-    lines += ["", f"Peak resident memory of the process: {peak_mib():,.0f} MiB (before featurising: {before:,.0f} MiB; "
-              "the encoder's weights are 87 MiB of it, sentence-transformers and transformers most of the rest)."]
+    lines += ["", f"Peak resident memory of the process: {peak_mib():,.0f} MiB, after both featurisations ran in it "
+              f"(before either: {before:,.0f} MiB; the encoder's weights file is 87 MiB)."]
     publish("encoder", "\n".join(lines), dry_run=args.no_write)
 
 

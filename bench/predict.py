@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "Peak RSS is the scoring process's own high-water mark (`VmHWM`): it stays bounded by the chunk, not the file "
               "(the 10 M-row input is larger than it). The job's timer covers reading, checking, scoring and "
               "writing every chunk; the wall adds Python start-up, the MLflow model load and the input's SHA-256. "
-              "The text input is the shipped collection's messages drawn with replacement (about 5,100 distinct), "
-              "and a text that repeats within a chunk is featurised once: for the encoder each 100,000-row chunk "
-              "holds most distinct messages, so its rows/s here is far above what distinct texts allow "
-              "(`bench.encoder` has the cost per distinct text)."]
+              "The text input is the shipped collection's messages drawn with replacement (about 5,100 distinct). "
+              "The encoder embeds a text that repeats within a chunk once, and each 100,000-row chunk holds most "
+              "distinct messages, so its rows/s here is far above what distinct texts allow (`bench.encoder` has "
+              "the cost per distinct text); the hashed featuriser featurises every row."]
     publish("predict", "\n".join(lines), dry_run=args.no_write)
 
 

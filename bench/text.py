@@ -22,7 +22,9 @@ G = (weakflow − best naive) / (oracle − best naive), best naive = max(gold_o
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,10 @@ def oracle(cfg, spec, root: Path) -> tuple[float, float, float]:
     truth = pd.read_parquet(Path(spec.train_path).parent / "truth.parquet").set_index("row_id")["true_label"]
     pred, truth_test, classes, seconds = gold_only_recipe(cfg, spec, truth.loc[train["row_id"]].to_numpy(), root)
     return (*scores(pred, truth_test, classes), seconds)
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def tfidf_lr(seed: int, root: Path) -> tuple[float, float]:
@@ -110,7 +116,8 @@ def one_seed(seed: int, root: Path, overrides: list[str]) -> dict[str, float]:
                 f"{encoder}_s": wall, f"{encoder}_shipped": run.shipped,
                 f"{encoder}_text_s": run.times.get("text_features", float("nan")),
                 f"{encoder}_chosen": text.chosen if text is not None else "none",
-                f"{encoder}_oof": dict(text.oof_accuracy) if text is not None else {}}
+                f"{encoder}_oof": dict(text.oof_accuracy) if text is not None else {},
+                f"{encoder}_ran": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC ({commit()})"}
         if encoder != "auto":
             o_acc, o_f1, o_s = oracle(cfg, spec, root / f"oracle-{encoder}")
             out |= {f"oracle_{encoder}": o_acc, f"oracle_{encoder}_f1": o_f1, f"oracle_{encoder}_s": o_s}
@@ -196,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     chosen = ", ".join(f"{r['auto_chosen']} ({', '.join(f'{k} {v:.3f}' for k, v in r['auto_oof'].items())})" for r in rows)
     lines += ["", "G = (weakflow − max(its own run's gold-only, majority vote)) / (oracle − that), on accuracy. "
               f"`auto` chose per seed (cross-fitted gold-only accuracy of each): {chosen}. Shipped candidates: "
-              + "; ".join(f"{enc} {', '.join(frame[enc + '_shipped'])}" for enc in ENCODERS) + "."]
+              + "; ".join(f"{enc} {', '.join(frame[enc + '_shipped'])}" for enc in ENCODERS) + ".",
+              "", "When each setting ran (its seeds' first start; the oracles ran with hashed and minilm): "
+              + "; ".join(f"{enc} {frame[enc + '_ran'].iloc[0]}" for enc in ENCODERS if enc + "_ran" in frame) + "."]
     publish("text", "\n".join(lines), dry_run=args.no_write)
 
 

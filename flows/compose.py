@@ -4,8 +4,9 @@ pseudo_label -> pseudo_governance -> full_train -> select -> evaluate -> registe
 Each stage gets the run context, the results it needs and its own section of the config; ``steps``
 decides what happens around it: the Prefect flow (``flows/pipeline.py``) runs every step as a task inside
 its MLflow stage run and records it; the benchmarks and in-memory tests run the very same sequence with
-:class:`tasks.lib.steps.PlainSteps`, which records nothing. When no row outside the gold set carries a
-weak vote, the weak side is skipped and the gold-only model is the one candidate (the select stage says so).
+:class:`tasks.lib.steps.PlainSteps`, which records nothing. Without a text column there is no text_features
+stage. When no row outside the gold set carries a weak vote, the weak side is skipped and the gold-only
+model is the one candidate (the select stage says so).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def compose(cfg: Config, ctx: RunContext, steps: Steps) -> tuple[Published, RunO
     data, checks = steps.run(governance.STAGE, ctx, validated.data, cfg.governance)
     data, labels = steps.run(weak_labels.STAGE, ctx, data, cfg.weak_labels, configured_rules(cfg))
     gold_training = cfg.gold_only.resolved(cfg.weak_train)
-    text = steps.run(text_features.STAGE, ctx, data, cfg.text, gold_training, cfg.selection)
-    data = text.data
-    baseline = steps.run(gold_only.STAGE, ctx, data, gold_training, cfg.selection, text.gold_only)
+    text = (steps.run(text_features.STAGE, ctx, data, cfg.text, gold_training, cfg.selection)
+            if data.schema.text else None)
+    data = text.data if text is not None else data
+    baseline = steps.run(gold_only.STAGE, ctx, data, gold_training, cfg.selection, text.gold_only if text else None)
     candidates: dict[str, TrainedModel] = {"gold_only": baseline}
     missing = labels.missing()
     weak = pseudo = final = pseudo_checks = None

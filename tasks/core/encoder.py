@@ -40,6 +40,7 @@ DIMS = 384
 BATCH = 32  # texts per forward pass: on 2 cores 32 encoded 2,000 SMS in 7.8 s, 128 in 11.2 s (more padding)
 CACHE_LIMIT = 1_000_000  # embeddings a run keeps (1.5 GiB of float32): the training text first, then what fits
 _LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()  # one writer at a time (stages may featurise from threads); module-level: picklable caches
 _MODELS: dict[str, object] = {}  # folder -> loaded SentenceTransformer (one per process, shared by every user)
 
 
@@ -170,18 +171,23 @@ class EmbeddingCache:
         self.vectors = np.concatenate([self.vectors, vectors])[first]
         self.keys = keys
 
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(position in ``vectors`` of each key, whether it was found)."""
-        at = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
-        found = self.keys[at] == keys if len(self.keys) else np.zeros(len(keys), bool)
-        return at, found
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the vector of each key, zeros where absent; whether it was found)."""
+        with _CACHE_LOCK:
+            stored, vectors = self.keys, self.vectors
+        at = np.minimum(np.searchsorted(stored, keys), max(len(stored) - 1, 0))
+        found = stored[at] == keys if len(stored) else np.zeros(len(keys), bool)
+        out = np.zeros((len(keys), DIMS), np.float32)
+        out[found] = vectors[at[found]]
+        return out, found
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        room = max(self.limit - len(self.keys), 0)
-        keys, vectors = keys[:room], vectors[:room]
-        if not len(keys):
-            return
-        self._merge(keys, vectors)
+        with _CACHE_LOCK:
+            room = max(self.limit - len(self.keys), 0)
+            keys, vectors = keys[:room], vectors[:room]
+            if not len(keys):
+                return
+            self._merge(keys, vectors)
         if self.folder is not None:
             folder = Path(self.folder)
             folder.mkdir(parents=True, exist_ok=True)
@@ -227,8 +233,7 @@ class EncoderFeaturizer:
         out = np.zeros((len(unique), DIMS), np.float32)
         todo = np.ones(len(unique), bool)
         if self.cache is not None:
-            at, found = self.cache.find(unique)
-            out[found] = self.cache.vectors[at[found]]
+            out, found = self.cache.lookup(unique)
             todo = ~found
         if todo.any():
             fresh = encode(self.folder, [str(t) for t in np.asarray(texts, dtype=object)[first[todo]]])

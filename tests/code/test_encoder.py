@@ -44,8 +44,8 @@ def test_the_cache_keeps_at_most_its_limit_and_a_killed_write_leaves_no_shard(tm
     assert cache.keys.tolist() == [3, 7] and len(list((tmp_path / "c").glob("*.npz"))) == 1
     (tmp_path / "c" / ".partial.tmp.npz").write_bytes(b"cut short")  # what a killed writer leaves
     again = enc.EmbeddingCache(tmp_path / "c")
-    at, found = again.find(np.array([3, 5, 7], np.uint64))
-    assert found.tolist() == [True, False, True] and np.array_equal(again.vectors[at[0]], vectors[1])
+    found_vectors, found = again.lookup(np.array([3, 5, 7], np.uint64))
+    assert found.tolist() == [True, False, True] and np.array_equal(found_vectors[0], vectors[1])
 
 
 def test_a_saved_model_carries_the_encoder_and_scores_raw_strings(folder, tmp_path):
