@@ -111,8 +111,7 @@ def _encoded(data: PipelineData, encoder: enc.EncoderFeaturizer, reason: str, ac
             encoder.embed(frame[column].fillna("").astype(str).to_numpy(dtype=object))
     seconds = time.perf_counter() - start
     encoded = (len(encoder.cache.keys) - before) if encoder.cache is not None else 0
-    choice = _chosen(data, encoder, "minilm", reason, acc, nll)
-    return TextChoice(choice.data, "minilm", reason, acc or {}, nll or {}, encoded, seconds)
+    return replace(_chosen(data, encoder, "minilm", reason, acc, nll), encoded=encoded, encode_seconds=seconds)
 
 
 def log_settings(ctx: RunContext, data: PipelineData, section: TextConfig, training: TrainStageConfig,
