@@ -12,7 +12,7 @@ Per size: wall per stage, the training stages' total (gold_only + weak_train + f
 network, peak RSS, final and gold-only test accuracy, and the choices the gold made (epochs, temperatures, the
 evidence race, the candidate shipped), so two settings can be compared choice by choice.
 
-    python -m bench.scale                      # 2k, 20k, 100k rows, seed 0
+    python -m bench.scale                      # 2k, 20k, 100k and 1M rows, seed 0 (about 1.5 hours on 2 cores)
     python -m bench.scale --quick              # 2k and 20k
     python -m bench.scale --sizes 100000 --seeds 0 1 2 --compare selection.fold_rows=auto
 """
@@ -121,7 +121,7 @@ def _child(kind: str, config: Path, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2_000, 20_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2_000, 20_000, 100_000, 1_000_000])
     parser.add_argument("--quick", action="store_true", help="2,000 and 20,000 rows only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
