@@ -13,6 +13,7 @@ judge it. On small data the refit may be a bag of networks from different seeds,
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -65,6 +66,7 @@ def fit_folds(
     refits: int = 1,
     member: Callable[[int], nn.Module] | None = None,
     fold_rows: int | None = None,
+    spread: Spread | None = None,
 ) -> CrossFit:
     """Train k fold models (fold f without fold f's gold rows) and, with ``refit``, one on every row.
 
@@ -77,8 +79,10 @@ def fit_folds(
     ``member(i)`` builds the network member i (i >= 1) starts from; each trains on the refit's rows, with
     its own seed, up to the chosen epoch, and the refit is their :class:`LogitEnsemble`. ``fold_rows``: the
     fold models train on their gold rows and that many of the others, drawn once (see :func:`fold_rows_for`).
+    ``spread`` trains the fold models elsewhere, all at once (see :data:`Spread`); the refit trains here.
     """
-    run = FoldTraining(build, x, targets, gold, settings, weights, refit, rule, monitor, refits, member, fold_rows)
+    run = FoldTraining(build, x, targets, gold, settings, weights, refit, rule, monitor, refits, member, fold_rows,
+                       spread)
     run.advance(run.epochs, on_epoch)
     return run.result()
 
@@ -98,13 +102,14 @@ class FoldTraining:
                  gold: GoldFolds, settings: TrainSettings, weights: PerFold | np.ndarray | None = None,
                  refit: bool = True, rule: Callable[[int | None], UpdateRule | None] | None = None,
                  monitor: Callable[[nn.Module], dict[str, float]] | None = None, refits: int = 1,
-                 member: Callable[[int], nn.Module] | None = None, fold_rows: int | None = None) -> None:
+                 member: Callable[[int], nn.Module] | None = None, fold_rows: int | None = None,
+                 spread: Spread | None = None) -> None:
         if refits > 1 and member is None:
             raise ValueError(f"refits = {refits} needs member(i) to build the bag's other networks")
         self.device = device = resolve_device(settings.device)
-        self.x, self.gold, self.epochs = x, gold, settings.epochs
+        self.x, self.gold, self.epochs, self.spread = x, gold, settings.epochs, spread
         # one copy of the rows on the device for every trainer (a streamed picture table stays on disk)
-        shared_x = x if isinstance(x, PictureRows) else to_device(np.asarray(x, dtype=np.float32), device)
+        self.shared_x = shared_x = x if isinstance(x, PictureRows) else to_device(np.asarray(x, dtype=np.float32), device)
         target_of = targets if callable(targets) else (lambda _f: targets)
         weight_of = weights if callable(weights) else (lambda _f: weights)
         trainers: list[Trainer] = []
@@ -145,7 +150,11 @@ class FoldTraining:
         self.best_epoch = 0
 
     def advance(self, until: int, on_epoch: Callable[[EpochStats], None] | None = None) -> None:
-        """Train the fold models (and a refit that cannot wait) up to epoch ``until``."""
+        """Train the fold models (and a refit that cannot wait) up to epoch ``until``: here, epoch by epoch, or
+        each through all its epochs at once where ``spread`` puts it (see :func:`advance_all`)."""
+        if self.spread is not None:
+            advance_all([self], until, on_epoch)
+            return
         for epoch in range(self.epoch, until):
             losses, extras = [], {}
             for i, trainer in enumerate(self.movers):
@@ -154,16 +163,49 @@ class FoldTraining:
                 self.per_trainer[i].append(EpochStats(epoch, loss, None, None, extra))
                 extras = extras or extra
             oof = _oof(self.trainers[: self.gold.k], self.x, self.gold, self.device)
-            acc, nll = dev_scores(oof, self.gold.y)
-            stats = EpochStats(epoch, float(np.mean(losses)), acc, nll, dict(extras))
-            self.history.append(stats)
-            key = (acc, -nll, float(epoch))
-            if self.best_key is None or key >= self.best_key:
-                self.best_key, self.best_epoch, self.best_oof = key, epoch, oof
-                self.best_states = [copy.deepcopy(t.model.state_dict()) for t in self.movers]
-            self.epoch = epoch + 1
-            if on_epoch is not None:
-                on_epoch(stats)
+            self._record(epoch, losses, extras, oof, lambda: [copy.deepcopy(t.model.state_dict()) for t in self.movers],
+                         on_epoch)
+
+    def _record(self, epoch: int, losses: list[float], extras: dict[str, float], oof: np.ndarray,
+                states: Callable[[], list[dict[str, torch.Tensor]]], on_epoch: Callable[[EpochStats], None] | None) -> None:
+        """Epoch ``epoch`` judged on the out-of-fold gold: its stats, and the movers' ``states`` if it is the best."""
+        acc, nll = dev_scores(oof, self.gold.y)
+        stats = EpochStats(epoch, float(np.mean(losses)), acc, nll, dict(extras))
+        self.history.append(stats)
+        key = (acc, -nll, float(epoch))
+        if self.best_key is None or key >= self.best_key:
+            self.best_key, self.best_epoch, self.best_oof = key, epoch, oof
+            self.best_states = states()
+        self.epoch = epoch + 1
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    def _jobs(self, until: int) -> list[tuple[Trainer, int, int, np.ndarray | None]]:
+        """One :func:`train_span` per mover, from the next epoch to ``until``; a fold model also scores the gold
+        rows it held out after every epoch."""
+        k = self.gold.k
+        return [(t, self.epoch, until, self.x[self.gold.rows[self.gold.held_out(i)]] if i < k else None)
+                for i, t in enumerate(self.movers)]
+
+    def _absorb(self, spans: list[Span], on_epoch: Callable[[EpochStats], None] | None) -> None:
+        """The movers' spans, taken in as if they had trained here epoch by epoch (the same choice, the same
+        networks; the progress lines come once the spans are back)."""
+        k, start = self.gold.k, self.epoch
+        for i, span in enumerate(spans):
+            span.trainer.x = self.shared_x  # its rows travelled without it
+            self.trainers[self.trainers.index(self.movers[i])] = span.trainer
+        self.movers = self.trainers[:k] if self.lazy else self.trainers
+        self.refit = self.trainers[k] if self.refit is not None else None
+        for j in range(len(spans[0].losses)):
+            extras: dict[str, float] = {}
+            for i, span in enumerate(spans):
+                self.per_trainer[i].append(EpochStats(start + j, span.losses[j], None, None, span.extras[j]))
+                extras = extras or span.extras[j]
+            oof = np.zeros((len(self.gold.rows), spans[0].held[j].shape[1]), dtype=np.float32)
+            for f in range(k):
+                oof[self.gold.held_out(f)] = spans[f].held[j]
+            self._record(start + j, [s.losses[j] for s in spans], extras, oof, lambda j=j: [s.states[j] for s in spans],
+                         on_epoch)
 
     def result(self) -> CrossFit:
         """Every network at its chosen epoch (a waiting refit trained now, up to that epoch), with the
@@ -194,13 +236,64 @@ class FoldTraining:
         return CrossFit(models[k] if self.refit is not None else None, models[:k], best_oof, self.best_epoch, history)
 
 
+@dataclass
+class Span:
+    """What one trainer did over some epochs, wherever it trained (:func:`train_span`)."""
+
+    trainer: Trainer  # its whole state after the last epoch, without its rows (``x`` is None)
+    losses: list[float]  # per epoch: mean train loss
+    extras: list[dict[str, float]]  # per epoch: the rule's and monitor's figures
+    held: list[np.ndarray]  # per epoch: logits on the gold rows it held out (a fold model; else empty)
+    states: list[dict[str, torch.Tensor]]  # per epoch: its network's weights, on the CPU
+
+
+# Runs train_span(*job) for every job, maybe elsewhere and at once (e.g. as tasks on a Dask cluster), and returns
+# the spans in job order. The core knows only this signature: tasks.lib.spread_training gives one.
+Spread = Callable[[list[tuple[Trainer, int, int, np.ndarray | None]]], list[Span]]
+
+
+def train_span(trainer: Trainer, start: int, until: int, held_x: np.ndarray | None) -> Span:
+    """Epochs ``start`` .. ``until`` - 1 of one trainer, each followed by its logits on ``held_x`` (a fold model's
+    held-out gold) and a copy of its weights: all a caller needs to choose the epoch on every fold's gold and
+    restore each network at it. A trainer draws from its own random streams, so where it runs does not change
+    what it learns."""
+    losses, extras, held, states = [], [], [], []
+    for epoch in range(start, until):
+        with warnings.catch_warnings():
+            # an unpickled trainer's LR schedule no longer finds its wrapper on optimizer.step and warns on its
+            # first step; the schedule itself is intact (the spread tests compare every network bit for bit)
+            warnings.filterwarnings("ignore", message="Seems like `optimizer.step", category=UserWarning)
+            loss, extra = trainer.epoch(epoch)
+        losses.append(loss)
+        extras.append(extra)
+        if held_x is not None:
+            held.append(predict_logits(trainer.model, held_x, device=trainer.device))
+        states.append({name: value.detach().to("cpu", copy=True) for name, value in trainer.model.state_dict().items()})
+    trainer.x = None  # type: ignore[assignment]  # the rows stay with the caller, who puts them back
+    return Span(trainer, losses, extras, held, states)
+
+
+def advance_all(runs: list[FoldTraining], until: int, on_epoch: Callable[[EpochStats], None] | None = None) -> None:
+    """:meth:`FoldTraining.advance` of several runs to ``until`` (each at most its own epochs); where they have a
+    ``spread``, every mover of every run goes out in one call, so a cluster trains them all at once."""
+    spread = runs[0].spread
+    if spread is None:
+        for run in runs:
+            run.advance(min(until, run.epochs), on_epoch)
+        return
+    todo = [(run, run._jobs(min(until, run.epochs))) for run in runs if min(until, run.epochs) > run.epoch]
+    spans = spread([job for _, jobs in todo for job in jobs]) if todo else []
+    for run, jobs in todo:
+        run._absorb(spans[: len(jobs)], on_epoch)
+        spans = spans[len(jobs):]
+
+
 def race(runs: dict[str, FoldTraining], probe: int, choose: Callable[[dict[str, np.ndarray]], str],
          on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[str, CrossFit]:
     """Successive halving over candidates: train each one's fold models ``probe`` epochs, let ``choose`` name
     the one to keep from their best out-of-fold logits so far, and finish only that one (all its epochs).
     Returns (the kept name, its result)."""
-    for run in runs.values():
-        run.advance(min(probe, run.epochs), on_epoch)
+    advance_all(list(runs.values()), probe, on_epoch)
     kept = choose({name: run.best_oof for name, run in runs.items()})
     runs[kept].advance(runs[kept].epochs, on_epoch)
     return kept, runs[kept].result()

@@ -551,6 +551,9 @@ class ParallelConfig(_Section):
                                   "LocalCluster started for the run")
     threads_per_worker: int = Field(1, ge=1, description="dask LocalCluster: threads per worker (torch uses 1 "
                                     "per task on a worker)")
+    training: bool = Field(True, description="dask: cross-fitting's fold models also train as tasks on the cluster, "
+                           "all of a stage's at once (the refit, the network shipped, trains in the run's process "
+                           "once their gold has chosen its epoch); false: they train in the run's process in turn")
     shards: int | None = Field(None, ge=1, description="pseudo-labelling: candidate rows split into this many "
                                "shards (contiguous Parquet row-group ranges; the in-memory rows first), each a "
                                "task; 1 = the single-process stream. Default: 1 under local, 2 per worker thread "

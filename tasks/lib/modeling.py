@@ -20,6 +20,7 @@ from weakflow.tasks.core.training import EpochStats, TrainSettings, UpdateRule
 from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.lib.progress import note_training
 from weakflow.tasks.lib.steps import RunContext
+from weakflow.tasks.lib.spread_training import training_spread
 
 
 @dataclass
@@ -106,7 +107,7 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
     trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
     run = _fold_training(data, table, targets, stage, ctx, selection, weights=weights, train=train, rule=rule,
                          build=build, monitor=monitor)
-    note_training(f"cross-fitting {run.gold.k} fold models{_sampled(run)} + the refit, {run.epochs} epochs",
+    note_training(f"cross-fitting {run.gold.k} fold models{_sampled(run)}{_where(run)} + the refit, {run.epochs} epochs",
                   _rows(table, weights))
     run.advance(run.epochs, on_epoch)
     if run.lazy:  # the refit trains after the folds, silently: say so
@@ -126,7 +127,8 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
     runs = {name: _fold_training(data, table, targets, stage, ctx, selection, train=train, rule=rule)
             for name, targets in candidates.items()}
     first = next(iter(runs.values()))
-    note_training(f"racing {len(runs)} candidates ({', '.join(runs)}): {first.gold.k} fold models{_sampled(first)} each, "
+    note_training(f"racing {len(runs)} candidates ({', '.join(runs)}): {first.gold.k} fold models{_sampled(first)}"
+                  f"{_where(first)} each, "
                   f"{probe} epochs, then the best one to {first.epochs} epochs and its refit", len(table))
     gold_y = first.gold.y
     calibrated: dict[str, np.ndarray] = {}
@@ -142,6 +144,11 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
 def _sampled(run: FoldTraining) -> str:
     """How the fold models' rows were sampled, for the progress line (selection.fold_rows); empty: all rows."""
     return "" if run.sampled is None else f" (on their gold rows and {run.sampled:,} others drawn at random)"
+
+
+def _where(run: FoldTraining) -> str:
+    """Where the fold models train, for the progress line (parallel.training under Dask); empty: here."""
+    return "" if run.spread is None else " as tasks on the Dask cluster"
 
 
 def _rows(table: pd.DataFrame, weights: PerFold | np.ndarray | None) -> int:
@@ -166,7 +173,8 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
     return FoldTraining(build or fresh, data.table(table), targets, gold, train or settings(stage, ctx), weights=weights,
                         rule=rule, monitor=monitor, refits=refit_count(selection.refits, rows),
                         member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)),
-                        fold_rows=fold_rows_for(selection.fold_rows, len(table) - len(gold.rows)))
+                        fold_rows=fold_rows_for(selection.fold_rows, len(table) - len(gold.rows)),
+                        spread=training_spread(ctx.spread_training))
 
 
 def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, selection: SelectionConfig) -> float:

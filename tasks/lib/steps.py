@@ -37,6 +37,7 @@ class RunContext:
     experiment_id: str | None = None
     model_name: str = "weakflow-model"  # the registered model's name (tracking.model_name)
     started: datetime = field(default_factory=lambda: datetime.now().astimezone())
+    spread_training: bool = False  # parallel.runner dask with parallel.training: fold models train as tasks
 
     def folder(self, name: str) -> Path:
         """A folder of this run's files in the workspace (e.g. its pseudo-label sets), one per pipeline run."""
@@ -51,7 +52,8 @@ class RunContext:
            started: datetime | None = None) -> RunContext:
         """The context of a run of ``cfg`` (a :class:`tasks.lib.config.Config`)."""
         return cls(cfg.seed, cfg.device, cfg.tracking.workspace, cfg.limits.stage_seconds, parent_run_id,
-                   experiment_id, cfg.tracking.model_name, started or datetime.now().astimezone())
+                   experiment_id, cfg.tracking.model_name, started or datetime.now().astimezone(),
+                   cfg.parallel.runner == "dask" and cfg.parallel.training)
 
 
 OnEpoch = Callable[[Any], None]

@@ -148,9 +148,9 @@ def test_each_layer_imports_only_layers_below_it():
     assert upward(edges, stages) == []
 
 
-# Modules that make Prefect tasks but are no pipeline stage: the pseudo_label stage's shard sub-tasks (they may
-# run on Dask workers, so they are tasks of their own), a library below the stages.
-NOT_STAGES = {"weakflow.tasks.lib.pseudo_shards"}
+# Modules that make Prefect tasks but are no pipeline stage: the pseudo_label stage's shard sub-tasks and the
+# training stages' fold models (they may run on Dask workers, so they are tasks of their own), libraries below the stages.
+NOT_STAGES = {"weakflow.tasks.lib.pseudo_shards", "weakflow.tasks.lib.spread_training"}
 
 
 def test_no_stage_imports_another():

@@ -177,3 +177,39 @@ def test_dask_config_needs_a_cluster_and_builds_the_runner_lazily():
     assert runner.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": True,
                                      "dashboard_address": None}
     assert "distributed" in sys.modules  # imported now, by prefect_dask
+
+
+@pytest.mark.slow
+def test_fold_models_train_as_tasks_on_a_local_dask_cluster(prefect_harness, cluster):
+    """Cross-fitting with ``parallel.training`` in a flow on the Dask runner: each fold model is one task on a
+    worker process (one torch thread there), and the epoch chosen and the out-of-fold logits are those of the
+    same cross-fitting in this process with one torch thread."""
+    import torch
+    from prefect import flow
+
+    from tests.code.test_crossfit import MEMORISING, problem, wide
+    from weakflow.tasks.core.crossfit import fit_folds
+    from weakflow.tasks.core.training import WeightedLoss
+    from weakflow.tasks.lib.parallel import with_runner
+    from weakflow.tasks.lib.spread_training import on_task_runner
+
+    x, y, gold = problem(noise=1.0)
+    before = ran_on_workers(cluster, "train_span_task")
+
+    @flow(name="dask-crossfit-test")
+    def crossfit():
+        return fit_folds(wide, x, y, gold, MEMORISING, rule=lambda _f: WeightedLoss(), spread=on_task_runner)
+
+    on_dask = with_runner(crossfit, ParallelConfig(runner="dask", address=cluster.scheduler_address))()
+    assert ran_on_workers(cluster, "train_span_task") - before == gold.k
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = fit_folds(wide, x, y, gold, MEMORISING, rule=lambda _f: WeightedLoss())
+    finally:
+        torch.set_num_threads(threads)
+    assert on_dask.best_epoch == here.best_epoch < MEMORISING.epochs - 1
+    np.testing.assert_allclose(on_dask.oof_logits, here.oof_logits, atol=1e-5)
+    for a, b in zip(on_dask.folds, here.folds, strict=True):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)

@@ -266,7 +266,12 @@ def corrupt(kind: str, spec, folder: Path) -> tuple[str, list[str]]:
                  "data.weak_label_columns=[weak_label]", "data.classes=[0,1,2,3,4,5,6,7,8,9]"]
 
 
-@pytest.mark.parametrize("kind", ["missing_column", "nan_feature", "label_outside", "empty_gold",
+# each ~9 s through the real flow; the data checks' own messages are all in tests/data/test_validation.py
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", ["missing_column", pytest.param("nan_feature", marks=SLOW),
+                                  pytest.param("label_outside", marks=SLOW), pytest.param("empty_gold", marks=SLOW),
                                   "test_in_training", "unreadable"])
 def test_bad_data_stops_before_training_and_registers_nothing(prefect_harness, tmp_path, demo_root, kind):
     spec = materialize_demo(DemoData(), demo_root)
@@ -329,6 +334,7 @@ def out_of_set_lf(batch: pd.DataFrame) -> np.ndarray:
     return np.full(len(batch), 99)
 
 
+@pytest.mark.slow  # ~20 s
 def test_labelling_functions_dawid_skene_and_clid_mu(prefect_harness, tmp_path):
     lfs = "[weakflow.tasks.lib.example_lfs:ink_heavy_is_eight, weakflow.tasks.lib.example_lfs:empty_center_is_zero]"
     cfg = fast_config(tmp_path / "ws", f"weak_labels.labeling_functions={lfs}", "weak_labels.aggregation=dawid_skene",
@@ -355,8 +361,8 @@ def test_labelling_functions_dawid_skene_and_clid_mu(prefect_harness, tmp_path):
 
 @pytest.mark.parametrize("lf, expected", [
     ("tests.model.test_flow:broken_lf", ["labelling function tests.model.test_flow:broken_lf raised RuntimeError: lookup table missing"]),
-    ("tests.model.test_flow:out_of_set_lf", ["tests.model.test_flow:out_of_set_lf", "99"]),
-    ("tests.model.test_flow:no_such_lf", ["tests.model.test_flow:no_such_lf"]),
+    pytest.param("tests.model.test_flow:out_of_set_lf", ["tests.model.test_flow:out_of_set_lf", "99"], marks=SLOW),
+    pytest.param("tests.model.test_flow:no_such_lf", ["tests.model.test_flow:no_such_lf"], marks=SLOW),
 ])
 def test_bad_labelling_function_fails_the_run_and_registers_nothing(prefect_harness, tmp_path, lf, expected):
     cfg = fast_config(tmp_path / "ws", f"weak_labels.labeling_functions=[{lf}]")
@@ -381,6 +387,7 @@ def write_pool(spec, path: Path, rows: int, seed: int = 0, row_group: int = 700)
     return pool
 
 
+@pytest.mark.slow  # ~23 s
 def test_self_training_with_per_class_thresholds_over_a_streamed_pool(prefect_harness, tmp_path, demo_root):
     spec = materialize_demo(DemoData(), demo_root)
     _, overrides = corrupt("none", spec, tmp_path / "data")

@@ -320,6 +320,7 @@ def stage_runs(cfg, result=None):
     return client, {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
 
 
+@pytest.mark.slow  # ~17 s
 def test_drop_and_warn_policies_record_counts_and_the_model_card(prefect_harness, tmp_path, demo_root):
     from weakflow.flows.pipeline import training_pipeline
 

@@ -193,7 +193,8 @@ def serve_traffic(cfg, log_url: str, rows: pd.DataFrame, spec):
         return send(client, rows, spec.feature_columns, spec.label_column, batch=20)
 
 
-@pytest.mark.parametrize("shift", ["none", "noise", "brightness", "prior"])
+@pytest.mark.parametrize("shift", ["none", "noise", pytest.param("brightness", marks=pytest.mark.slow),
+                                   pytest.param("prior", marks=pytest.mark.slow)])  # ~10-20 s each
 def test_drift_detected_for_each_shift_and_quiet_without(champion, tmp_path, webhook, shift):
     from weakflow.flows.monitor import monitoring_flow
 

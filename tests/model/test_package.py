@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 from tests.tiny_model import use_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +123,7 @@ def test_a_new_model_ships_only_the_modules_loading_imports(tmp_path):
     assert not (folder / "__init__.py").exists()  # never a package of its own: it must not hide an installed one
 
 
+@pytest.mark.slow  # ~13 s: builds and installs the wheel
 def test_the_wheel_installs_alone_and_runs_outside_the_checkout(tmp_path):
     """Build the wheel, install it (no deps) into a fresh venv whose dependencies come from this venv's
     site-packages as a plain path (so the editable install's finder is not loaded), then, from a folder

@@ -18,6 +18,9 @@ from weakflow.deploy.model_code import load_pyfunc
 from weakflow.tasks.lib.config import DemoImagesData, load_config
 from weakflow.tasks.lib.demo_images import materialize_demo_images
 
+# the module's run (600 PNGs through the real flow, streamed through a DataLoader worker) takes about two minutes
+pytestmark = pytest.mark.slow
+
 SMALL = ["weak_train.epochs=4", "full_train.epochs=2", "full_train.finetune_epochs=2", "weak_train.cnn_width=16",
          "full_train.cnn_width=16", "report.bootstrap_samples=200", "report.severities=[1.0]",
          "gates.min_accuracy=0.15",  # a narrow network and few epochs: the plumbing, not the accuracy, is tested
@@ -45,7 +48,6 @@ def picture_run(prefect_harness, tmp_path_factory):
     return cfg, training_pipeline(cfg), pd.read_csv(root / "test.csv"), root
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("method", "strategy"), [("glc", "pretrain_finetune"), ("confident_learning", "self_train"),
                                                   ("clid_mu", "distill")])
 def test_every_method_and_strategy_trains_on_streamed_pictures(picture_run, tmp_path, method, strategy):

@@ -94,6 +94,7 @@ def test_training_on_a_streamed_table_gives_the_resident_tables_network(tmp_path
     np.testing.assert_array_equal(logits, streamed_logits)
 
 
+@pytest.mark.slow  # ~18 s
 def test_cross_fitting_streams_its_folds_and_refit_alike(tmp_path: Path) -> None:
     side, pixels, y = bar_pictures(60)
     gold = GoldFolds(np.arange(18), y[:18], np.arange(18) % 3)

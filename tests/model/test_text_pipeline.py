@@ -19,7 +19,7 @@ from weakflow.deploy.model_code import load_pyfunc
 MAX_TEXT = 1000  # the longest SMS has 910 characters
 
 
-@pytest.fixture(scope="module", params=["hashed", "minilm"])
+@pytest.fixture(scope="module", params=["hashed", pytest.param("minilm", marks=pytest.mark.slow)])  # minilm: ~40 s
 def text_run(prefect_harness, tmp_path_factory, request):
     """One pipeline run on 900 training messages (every gold one kept) and 300 test messages, per text
     featurisation: the hashed n-grams and the pretrained encoder."""
