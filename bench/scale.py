@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
                 agree.append({"rows": size, "seed": seed, "same": sum(a[k] == b.get(k) for k in a), "of": len(a),
                               "differ": {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)},
                               "final_delta": (runs["default"]["final"] or 0) - (runs["compared"]["final"] or 0)})
-    lines = ["## Cost curve: training time against one network as the weak rows grow (`bench.scale`)", "",
+    title = (f"## Cost with `{' '.join(args.compare)}` against the defaults (`bench.scale --compare`)" if args.compare
+             else "## Cost curve: training time against one network as the weak rows grow (`bench.scale`)")
+    lines = [title, "",
              "8 classes, 20 features, 3 annotators each confusing their own pair of classes, 400 gold rows, 2,000 "
              "test rows; the pipeline's composition with defaults"
              + (f" and `{' '.join(args.overrides)}`" if args.overrides else "")
