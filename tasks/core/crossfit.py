@@ -201,9 +201,7 @@ class FoldTraining:
             for i, span in enumerate(spans):
                 self.per_trainer[i].append(EpochStats(start + j, span.losses[j], None, None, span.extras[j]))
                 extras = extras or span.extras[j]
-            oof = np.zeros((len(self.gold.rows), spans[0].held[j].shape[1]), dtype=np.float32)
-            for f in range(k):
-                oof[self.gold.held_out(f)] = spans[f].held[j]
+            oof = _assemble(self.gold, [span.held[j] for span in spans[:k]])
             self._record(start + j, [s.losses[j] for s in spans], extras, oof, lambda j=j: [s.states[j] for s in spans],
                          on_epoch)
 
@@ -353,11 +351,13 @@ def _oof(trainers: list[Trainer], x: np.ndarray, gold: GoldFolds, device: torch.
 
 def _oof_of(models: list[nn.Module], x: np.ndarray, gold: GoldFolds, device: torch.device) -> np.ndarray:
     """Each gold row's logits from the fold model that did not train on it (GoldFolds order)."""
-    out: np.ndarray | None = None
-    for f, model in enumerate(models):
-        held = gold.held_out(f)
-        logits = predict_logits(model, x[gold.rows[held]], device=device)
-        out = np.zeros((len(gold.rows), logits.shape[1]), dtype=np.float32) if out is None else out
-        out[held] = logits
-    assert out is not None
+    return _assemble(gold, [predict_logits(model, x[gold.rows[gold.held_out(f)]], device=device)
+                            for f, model in enumerate(models)])
+
+
+def _assemble(gold: GoldFolds, held: list[np.ndarray]) -> np.ndarray:
+    """The out-of-fold logits (GoldFolds order) from each fold model's logits on the gold rows it held out."""
+    out = np.zeros((len(gold.rows), held[0].shape[1]), dtype=np.float32)
+    for f, logits in enumerate(held):
+        out[gold.held_out(f)] = logits
     return out
