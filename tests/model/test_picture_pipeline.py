@@ -54,15 +54,18 @@ def test_every_method_and_strategy_trains_on_streamed_pictures(picture_run, tmp_
     """Each weak-training method and full-training strategy trains its networks on a streamed table."""
     from weakflow.flows.pipeline import training_pipeline
 
-    _, _, _, root = picture_run
+    first, _, _, root = picture_run
     cfg = load_config(root / "config.yaml", [*SMALL, f"tracking.workspace={tmp_path / 'ws'}",
                                              f"weak_train.method={method}", f"full_train.strategy={strategy}",
                                              # the 4-epoch network is unsure of everything: keep its pseudo labels
                                              "pseudo_label.policy=fixed", "pseudo_label.threshold=0.2"])
-    result = training_pipeline(cfg)
-    client = mlflow.MlflowClient()
-    children = {r.data.tags.get("mlflow.runName"): r for r in client.search_runs(
-        [result.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")}
+    try:
+        result = training_pipeline(cfg)
+        client = mlflow.MlflowClient()
+        children = {r.data.tags.get("mlflow.runName"): r for r in client.search_runs(
+            [result.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")}
+    finally:  # the run points MLflow at its own workspace: the module's other tests read the first run's
+        mlflow.set_tracking_uri(first.tracking.resolved_uri)
     assert children["weak_train"].data.params["weak_train.method"] == method
     assert children["full_train"].data.params["full_train.strategy"] == strategy
     assert children["validate"].data.tags["picture_loading"].startswith("streamed")
