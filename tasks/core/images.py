@@ -229,11 +229,31 @@ def resolve(cell: object, root: Path | None) -> Path:
 @dataclass
 class PixelCache:
     """Decoded pictures on disk, one ``.npy`` file per set of files (keyed by their paths, sizes and modification
-    times and the format), memory-mapped on reading: a second run, or a stage after the first, decodes nothing."""
+    times and the format), memory-mapped on reading: a second run, or a stage after the first, decodes nothing.
+
+    It knows each picture as (cache file, row), not by a map per picture: a task shipped to a Dask worker carries
+    the file names, never the pixels (pickling a map copies the whole file), and Dask's tokenizing of a task's
+    arguments names the files instead of hashing a file per picture (that cost about 25 s a task)."""
 
     folder: Path
     fmt: ImageFormat
-    _index: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+    _index: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (position in _files, row)
+    _files: list[Path] = field(default_factory=list)
+    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:  # a worker maps the files itself
+        return {**self.__dict__, "_maps": {}}
+
+    def __dask_tokenize__(self) -> tuple:
+        """A cache file's name is a digest of the pictures' paths, sizes, times and format: the names (and which
+        picture lies where) identify the content without reading it."""
+        return (type(self).__name__, str(self.folder), repr(self.fmt), tuple(map(str, self._files)),
+                tuple(sorted(self._index.items())))
+
+    def _map(self, f: int) -> np.ndarray:
+        if f not in self._maps:
+            self._maps[f] = np.load(self._files[f], mmap_mode="r")
+        return self._maps[f]
 
     def warm(self, paths: Sequence[Path]) -> dict[int, str]:
         """Decode ``paths`` into the cache (or map the file a previous run left); {position: problem}."""
@@ -265,8 +285,12 @@ class PixelCache:
                 return problems
             os.replace(tmp, target)
             pixels = np.load(target, mmap_mode="r")
+        if target not in self._files:
+            self._files.append(target)
+        f = self._files.index(target)
+        self._maps[f] = pixels
         for i, p in enumerate(paths):
-            self._index[str(p)] = (pixels, i)
+            self._index[str(p)] = (f, i)
         self.prune(keep=target)
         return problems
 
@@ -287,7 +311,7 @@ class PixelCache:
 
     def get(self, path: Path) -> np.ndarray | None:
         hit = self._index.get(str(path))
-        return None if hit is None else hit[0][hit[1]]
+        return None if hit is None else self._map(hit[0])[hit[1]]
 
     def locate(self, paths: Sequence[Path]) -> tuple[tuple[Path, ...], np.ndarray, np.ndarray] | None:
         """Where each picture lies in the cache files: (files, which file per path, row in it); None when one
@@ -299,7 +323,7 @@ class PixelCache:
             hit = self._index.get(str(p))
             if hit is None:
                 return None
-            which[i] = files.setdefault(str(hit[0].filename), len(files))
+            which[i] = files.setdefault(str(self._files[hit[0]]), len(files))
             at[i] = hit[1]
         return tuple(Path(f) for f in files), which, at
 

@@ -129,6 +129,11 @@ class PictureRows:
             self._maps[f] = np.load(self.files[f], mmap_mode="r")
         return self._maps[f]
 
+    def __dask_tokenize__(self) -> tuple:
+        """The selection, not the pixels: Dask tokenizes a task's arguments, and would hash each mapped file."""
+        return (type(self).__name__, tuple(map(str, self.files)), self.pixel_shape, self.workers, self.side,
+                self.which, self.at)
+
     def __getstate__(self) -> dict:  # a worker started by spawn maps the files itself
         state = dict(self.__dict__)
         state["_maps"] = {}

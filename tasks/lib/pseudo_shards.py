@@ -19,7 +19,7 @@ import copy
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,15 +54,6 @@ class ShardSource:
     @property
     def rows(self) -> int:
         return len(self.frame) if self.frame is not None else self.groups.rows if self.groups else 0
-
-    def __getstate__(self) -> dict:
-        """Sent to a Dask worker without the decoded-picture cache's memory maps (pickling them would copy
-        every cached picture into each task); the worker decodes its shard's pictures itself, the same bytes."""
-        state = dict(self.__dict__)
-        images = self.schema.images
-        if images is not None and images.cache is not None:
-            state["schema"] = replace(self.schema, images=replace(images, cache=None))
-        return state
 
     def chunks(self) -> Chunks:
         if self.frame is not None:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from weakflow.tasks.core.picture_rows import PictureRows
 from weakflow.tasks.core.images import (ImageFeaturizer, ImageFormat, ImageProblem, PixelCache, choose_format,
                                         WIDE_MODES, decode, fit_featurizer, look)
 
@@ -99,6 +100,36 @@ def test_cache_decodes_once_and_is_reused(tmp_path: Path) -> None:
     for p in paths:  # the files are gone: only the cache can answer
         p.unlink()
     assert np.array_equal(featurizer.transform(frame), first)
+
+
+def test_cache_travels_to_a_worker_as_file_names_and_dask_never_hashes_its_pixels(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """A task on a Dask worker gets the cache (and the training rows on it) by pickle, and Dask tokenizes the
+    task's arguments first: neither may read the cached pixels (hashing a map per picture took ~25 s a task)."""
+    import pickle
+
+    from dask.tokenize import normalize_token, tokenize
+
+    paths = [picture(tmp_path / f"t{i}.png", colour=(i * 40, 20, 30)) for i in range(40)]
+    fmt = ImageFormat(32, 3)
+    cache = PixelCache(tmp_path / "cache", fmt)
+    assert cache.warm(paths) == {}
+    cached_bytes = next((tmp_path / "cache").glob("pixels-*.npy")).stat().st_size
+    rows = PictureRows(np.zeros((40, 0), np.float32), *cache.locate(paths), fmt.shape)
+    np.asarray(rows[:3])  # maps the file in this process, as training does
+
+    sent = pickle.dumps((cache, rows))
+    assert len(sent) < cached_bytes / 10  # names and positions, not the 40 pictures
+    cache2, rows2 = pickle.loads(sent)
+    assert np.array_equal(cache2.get(paths[7]), cache.get(paths[7]))
+    assert np.array_equal(np.asarray(rows2[5:9]), np.asarray(rows[5:9]))
+
+    normalize_token(np.zeros(1))  # dask registers its numpy handlers on first use; then ours replaces the map's
+    def read_pixels(mm: np.memmap) -> None:
+        raise AssertionError(f"dask hashed a mapped cache file of shape {mm.shape}")
+    monkeypatch.setitem(normalize_token._lookup, np.memmap, read_pixels)
+    assert tokenize(cache, rows) == tokenize(cache2, rows2)  # the same content, the same token
+    assert tokenize(rows[:3]) != tokenize(rows[3:6])
 
 
 def test_cache_files_unused_for_two_weeks_are_removed_and_a_used_one_counts_as_new(tmp_path: Path) -> None:

@@ -213,3 +213,34 @@ def test_fold_models_train_as_tasks_on_a_local_dask_cluster(prefect_harness, clu
     for a, b in zip(on_dask.folds, here.folds, strict=True):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_tasks_a_stage_sends_to_dask_leave_the_stage_inputs_behind(prefect_harness):
+    """Prefect ships the submitting task run's context, its parameters included, with every task it sends to a
+    Dask worker: from inside a stage, that was the stage's whole input (the table, the pictures' cache) once
+    per task. The sent tasks must carry only their own arguments (Dask warns past 10 MB a graph)."""
+    import warnings
+
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    from weakflow.tasks.lib.parallel import run_tasks
+
+    @task
+    def child(i: int) -> int:
+        return i * 2
+
+    @task
+    def stage(table: np.ndarray) -> list[int]:  # a stage holding 24 MB of input
+        return run_tasks(child, [(i,) for i in range(3)])
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"processes": False, "n_workers": 1, "threads_per_worker": 2,
+                                                     "dashboard_address": None}))
+    def pipeline() -> list[int]:
+        return stage(np.ones((3_000_000, 2), np.float32))
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert pipeline() == [0, 2, 4]
+    large = [str(w.message).splitlines()[0] for w in seen if "large graph" in str(w.message)]
+    assert large == []
