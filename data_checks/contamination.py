@@ -343,8 +343,10 @@ def _fingerprint(path: str, max_pixels: int) -> tuple[int, np.ndarray | None]:
     import imagehash
     from PIL import Image
 
+    from weakflow.tasks.core.images import open_picture
+
     try:
-        with Image.open(path) as img:
+        with open_picture(path) as handle, Image.open(handle) as img:
             if img.width * img.height > max_pixels:
                 raise ValueError("too large")
             img.load()

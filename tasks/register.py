@@ -26,6 +26,7 @@ from weakflow.tasks.lib.errors import RegistryError
 from weakflow.monitoring.reference import reference_sample
 from weakflow.tasks.lib.checks import CheckResult, Findings
 from weakflow.data_checks.suite import Validated
+from weakflow.tasks.core.images import read_picture
 from weakflow.tasks.lib.results import Evaluation, Registration, Selection, WeakLabels
 from weakflow.tasks.lib.steps import RunContext, Stage
 from weakflow.tasks.lib import tracking
@@ -62,7 +63,7 @@ def input_example(data: PipelineData, rows: int = 5):  # -> pd.DataFrame
     for column in data.schema.text:
         example[column] = example[column].fillna("").astype(str)
     if data.schema.images is not None:
-        example[data.schema.images.column] = [p.read_bytes() for p in data.schema.images.paths(example)]
+        example[data.schema.images.column] = [read_picture(p) for p in data.schema.images.paths(example)]
     return example.reset_index(drop=True)
 
 

@@ -52,3 +52,29 @@ def fast_config(workspace: Path, *extra: str):
     from weakflow.tasks.lib.config import load_config
 
     return load_config(None, [*FAST, f"tracking.workspace={workspace}", *extra])
+
+
+def fifo_call(fifo: Path, call, seconds: float = 20.0):
+    """``call()`` where ``fifo`` (made here if absent) is a named pipe no one writes to: the result, or the exception it
+    raised. Reading such a pipe waits for a writer for ever, so a call that would is not awaited: after
+    ``seconds`` this fails the test, and then opens the pipe for writing to set the blocked reader free."""
+    import threading
+
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets end of file and returns
+        worker.join(seconds)
+        pytest.fail(f"the call blocked on the named pipe {fifo} for {seconds:.0f} s")
+    return outcome.get("error", outcome.get("value"))

@@ -11,16 +11,18 @@ and the drift checks decode with it too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import stat
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
@@ -76,6 +78,35 @@ class Look:
     colour: bool  # differs between channels somewhere (an RGB file of grey pixels is grey)
 
 
+class NotAPictureFile(OSError):
+    """A path that names a FIFO, a device or a socket: reading one would block for ever (a FIFO with no writer)
+    or never end (``/dev/zero``)."""
+
+
+def open_picture(path: str | Path) -> BinaryIO:
+    """A picture file opened for reading, refusing anything but a regular file before one byte is read (a
+    table or folder may name a FIFO or a device: opening one normally waits for a writer, for ever). Raises
+    FileNotFoundError, IsADirectoryError or :class:`NotAPictureFile` (all OSError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # never waits for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(mode):
+            raise NotAPictureFile(errno.EINVAL, "is not a regular file (a FIFO, device or socket)", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_picture(path: str | Path) -> bytes:
+    """A picture file's bytes (:func:`open_picture`'s refusals apply)."""
+    with open_picture(path) as handle:
+        return handle.read()
+
+
 _QUIET: list[bool] = []
 
 
@@ -86,7 +117,7 @@ def _open(source: bytes | str | Path, max_pixels: int):  # -> PIL.Image.Image, f
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         _QUIET.append(True)
     try:
-        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open_picture(source)
         with handle:
             img = Image.open(handle, formats=FORMATS)
             width, height = img.size
@@ -103,6 +134,8 @@ def _open(source: bytes | str | Path, max_pixels: int):  # -> PIL.Image.Image, f
         raise ImageProblem("does not exist") from None
     except IsADirectoryError:
         raise ImageProblem("is a folder, not a picture file") from None
+    except NotAPictureFile:
+        raise ImageProblem("is not a regular file (a FIFO, device or socket); expected a picture file") from None
     except Image.DecompressionBombError as exc:
         raise ImageProblem(f"is larger than Pillow's decompression-bomb limit ({exc})") from None
     except Image.UnidentifiedImageError:

@@ -697,6 +697,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.exists() and not path.is_file():  # a folder, or a FIFO or device (reading one waits for ever)
+            raise ConfigError(f"config file {path} is not a regular file; expected a YAML file")
         try:
             loaded = yaml.safe_load(path.read_text())
         except OSError as exc:

@@ -302,7 +302,7 @@ def _header_problem(cell: object, root: Path | None, max_pixels: int) -> tuple[s
     """(picture, why) when the cell does not name a picture file Pillow opens (by its header), else None."""
     from PIL import Image
 
-    from weakflow.tasks.core.images import FORMATS
+    from weakflow.tasks.core.images import FORMATS, NotAPictureFile, open_picture
 
     if _empty(cell):
         return "(empty cell)", "is missing; expected a picture's path"
@@ -310,12 +310,14 @@ def _header_problem(cell: object, root: Path | None, max_pixels: int) -> tuple[s
     Image.init()
     formats = [f for f in FORMATS if f in Image.OPEN]  # Pillow 13 registers MPO under JPEG: asking for it fails
     try:
-        with Image.open(picture, formats=formats) as img:
+        with open_picture(picture) as handle, Image.open(handle, formats=formats) as img:
             width, height = img.size
     except FileNotFoundError:
         return str(picture), "does not exist"
     except IsADirectoryError:
         return str(picture), "is a folder, not a picture file"
+    except NotAPictureFile:
+        return str(picture), "is not a regular file (a FIFO, device or socket); expected a picture file"
     except Image.UnidentifiedImageError:
         return str(picture), f"is not a picture Pillow can read as one of {', '.join(formats)}"
     except Image.DecompressionBombError as exc:  # not an OSError

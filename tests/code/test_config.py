@@ -211,3 +211,12 @@ def test_the_longest_text_is_one_setting_for_training_and_every_scoring_entry_po
     assert load_config(None, [*files, "data.text_max_chars=20000"]).serve.max_text_chars == 20000
     assert load_config(None, [*files, "data.text_max_chars=20000", "serve.max_text_chars=100"]).serve.max_text_chars == 100
     assert load_config(None, files).serve.max_text_chars == load_config(None).serve.max_text_chars == 5000
+
+
+def test_a_config_path_that_is_a_named_pipe_or_a_folder_is_refused_not_read(tmp_path):
+    from tests.conftest import fifo_call
+
+    error = fifo_call(tmp_path / "config.yaml", lambda: load_config(tmp_path / "config.yaml"))
+    assert isinstance(error, ConfigError) and "is not a regular file" in str(error)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(tmp_path)

@@ -56,6 +56,16 @@ def test_bad_pictures_raise_one_problem_each(tmp_path: Path) -> None:
         decode(tmp_path, ImageFormat(8, 1))
 
 
+def test_a_named_pipe_or_a_device_is_refused_as_a_picture_before_any_read(tmp_path: Path) -> None:
+    """A table may name a FIFO (reading one waits for a writer for ever) or a device (``/dev/zero`` never ends)."""
+    from tests.conftest import fifo_call
+
+    problem = fifo_call(tmp_path / "pipe.png", lambda: look(tmp_path / "pipe.png"))
+    assert isinstance(problem, ImageProblem) and "is not a regular file" in str(problem)
+    with pytest.raises(ImageProblem, match="is not a regular file"):
+        decode(Path("/dev/zero"), ImageFormat(8, 1))
+
+
 def test_format_is_chosen_from_the_pictures(tmp_path: Path) -> None:
     grey = [look(picture(tmp_path / f"g{i}.png", size=(28, 40), mode="L")) for i in range(3)]
     rgb_grey = look(picture(tmp_path / "rg.png", size=(28, 28), colour=(90, 90, 90)))

@@ -205,3 +205,16 @@ def test_clean_pictures_have_no_copies_and_a_relabelled_copy_is_exact(tmp_path):
     save(tmp_path / "again.bmp", textured(1002, 24), None, "BMP")
     again = picture_keys([tmp_path / "again.bmp"])
     assert again.exact[0] == ref.exact[2] and near_picture_pairs(ref, again).empty
+
+
+def test_a_named_pipe_in_the_picture_column_fails_the_suite_instead_of_hanging_it(tmp_path):
+    """A FIFO named as a picture: opening it would wait for a writer for ever; the suite names the row instead."""
+    from tests.conftest import fifo_call
+
+    train, test = clean_set(tmp_path, side=8)
+    train[3] = "train/pipe.png"
+    spec = write_tables(tmp_path, train, test)
+    report = fifo_call(tmp_path / "train" / "pipe.png", lambda: run_suite(read_raw(spec), [0, 1], 2))
+    assert not report.success
+    lines = {f.table: str(f) for f in report.failures}
+    assert f"row 3: {tmp_path / 'train' / 'pipe.png'} is not a regular file" in lines["train"]

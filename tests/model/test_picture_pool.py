@@ -8,6 +8,8 @@ Real PNG files (Pillow, in tmp_path), the real reader, writer and stream; the ne
 
 from __future__ import annotations
 
+import re
+
 import pickle
 from pathlib import Path
 
@@ -162,20 +164,24 @@ def test_a_broken_picture_in_the_pool_names_the_pool_file_the_row_and_the_pictur
 
 
 @pytest.mark.parametrize("cell, why", [("pics/none.png", "does not exist"), ("notes.txt", "is not a picture"),
-                                       ("", "is missing")])
+                                       ("", "is missing"), ("pipe.png", "is not a regular file")])
 def test_the_pool_scan_names_a_missing_or_unreadable_picture_before_any_training(folder, cell, why):
+    from tests.conftest import fifo_call
+
     (folder / "notes.txt").write_text("not a picture\n")
     cells = pool_cells()
     cells[20] = cell
     path = write_pool(folder, cells)
-    with pytest.raises(DataError) as err:
-        scan_pool(path, [], 8, images=["picture"], image_root=folder)
-    message = str(err.value)
+    scan = lambda: scan_pool(path, [], 8, images=["picture"], image_root=folder)  # noqa: E731
+    err = fifo_call(folder / cell, scan) if cell == "pipe.png" else pytest.raises(DataError, scan).value
+    assert isinstance(err, DataError)
+    message = str(err)
     assert message.startswith(f"data.unlabeled_path: {path} row 20 (rows counted from 0): column 'picture' picture ")
     assert why in message and "\n" not in message
     if cell != "notes.txt":  # (decode() of a non-picture raised KeyError 'MPO' under Pillow 13: reported)
-        with pytest.raises(DataError, match="row 20 .*" + why):  # the stream says the same when it meets it
-            list(parquet_chunks(path, InputSchema([], [], images=featurizer(folder)), 65_536)())
+        stream = lambda: list(parquet_chunks(path, InputSchema([], [], images=featurizer(folder)), 65_536)())  # noqa: E731
+        err = fifo_call(folder / cell, stream) if cell == "pipe.png" else pytest.raises(DataError, stream).value
+        assert isinstance(err, DataError) and re.search("row 20 .*" + why, str(err))  # the stream says the same
 
 
 def test_the_pool_schema_needs_the_picture_column_as_paths(folder):
