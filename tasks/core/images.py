@@ -87,14 +87,16 @@ def open_picture(path: str | Path) -> BinaryIO:
     """A picture file opened for reading, refusing anything but a regular file before one byte is read (a
     table or folder may name a FIFO or a device: opening one normally waits for a writer, for ever). Raises
     FileNotFoundError, IsADirectoryError or :class:`NotAPictureFile` (all OSError)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # never waits for a writer
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to wait on
+    fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
         if not stat.S_ISREG(mode):
             raise NotAPictureFile(errno.EINVAL, "is not a regular file (a FIFO, device or socket)", str(path))
-        os.set_blocking(fd, True)
+        if nonblocking:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
