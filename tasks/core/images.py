@@ -88,6 +88,8 @@ def open_picture(path: str | Path) -> BinaryIO:
     table or folder may name a FIFO or a device: opening one normally waits for a writer, for ever). Raises
     FileNotFoundError, IsADirectoryError or :class:`NotAPictureFile` (all OSError)."""
     nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no FIFOs to wait on
+    if "\0" in str(path):  # os.open would raise ValueError: no file can have this name
+        raise NotAPictureFile(errno.EINVAL, "is not a file name (it holds a NUL character)", str(path))
     fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -136,8 +138,8 @@ def _open(source: bytes | str | Path, max_pixels: int):  # -> PIL.Image.Image, f
         raise ImageProblem("does not exist") from None
     except IsADirectoryError:
         raise ImageProblem("is a folder, not a picture file") from None
-    except NotAPictureFile:
-        raise ImageProblem("is not a regular file (a FIFO, device or socket); expected a picture file") from None
+    except NotAPictureFile as exc:
+        raise ImageProblem(f"{exc.strerror}; expected a picture file") from None
     except Image.DecompressionBombError as exc:
         raise ImageProblem(f"is larger than Pillow's decompression-bomb limit ({exc})") from None
     except Image.UnidentifiedImageError:

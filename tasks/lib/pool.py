@@ -316,8 +316,8 @@ def _header_problem(cell: object, root: Path | None, max_pixels: int) -> tuple[s
         return str(picture), "does not exist"
     except IsADirectoryError:
         return str(picture), "is a folder, not a picture file"
-    except NotAPictureFile:
-        return str(picture), "is not a regular file (a FIFO, device or socket); expected a picture file"
+    except NotAPictureFile as exc:
+        return str(picture), f"{exc.strerror}; expected a picture file"
     except Image.UnidentifiedImageError:
         return str(picture), f"is not a picture Pillow can read as one of {', '.join(formats)}"
     except Image.DecompressionBombError as exc:  # not an OSError

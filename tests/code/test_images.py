@@ -64,6 +64,8 @@ def test_a_named_pipe_or_a_device_is_refused_as_a_picture_before_any_read(tmp_pa
     assert isinstance(problem, ImageProblem) and "is not a regular file" in str(problem)
     with pytest.raises(ImageProblem, match="is not a regular file"):
         decode(Path("/dev/zero"), ImageFormat(8, 1))
+    with pytest.raises(ImageProblem, match="holds a NUL character"):  # os.open's own ValueError read "does not decode"
+        look(tmp_path / "a\0b.png")
 
 
 def test_format_is_chosen_from_the_pictures(tmp_path: Path) -> None:
