@@ -176,7 +176,7 @@ def picture_contamination(spec: FilesData, window: pd.DataFrame) -> dict[str, pd
     the validation suite's perceptual-hash check, before training)."""
     import hashlib
 
-    from weakflow.tasks.core.images import read_picture, resolve
+    from weakflow.tasks.core.images import open_picture, resolve
     from weakflow.tasks.core.picture_stats import HASH
     from weakflow.tasks.lib.data import read_table
 
@@ -190,7 +190,8 @@ def picture_contamination(spec: FilesData, window: pd.DataFrame) -> dict[str, pd
         index: dict[str, int] = {}
         for i, cell in enumerate(table[column].tolist()):
             try:
-                index.setdefault(hashlib.sha256(read_picture(resolve(cell, spec.image_root))).hexdigest(), i)
+                with open_picture(resolve(cell, spec.image_root)) as handle:  # in blocks: any size costs no memory
+                    index.setdefault(hashlib.file_digest(handle, "sha256").hexdigest(), i)
             except OSError:
                 continue  # a file gone since training: nothing to compare it with
         hits = [(index[h], j) for j, h in enumerate(served) if h in index]

@@ -25,7 +25,7 @@ from weakflow.tasks.lib.config import (AugmentConfig, Config, DemoData, DemoImag
 from weakflow.tasks.core.folds import GoldFolds, gold_folds
 from weakflow.tasks.core.noise import corrupt_labels
 from weakflow.tasks.core.schema import InputSchema
-from weakflow.tasks.core.images import ImageFeaturizer, PixelCache, fit_featurizer, read_picture
+from weakflow.tasks.core.images import ImageFeaturizer, PixelCache, fit_featurizer, open_picture
 from weakflow.tasks.core.picture_rows import PictureRows, StreamPolicy
 from weakflow.tasks.core.text import TextFeaturizer, normalise
 from weakflow.tasks.core.textkey import comparison_text
@@ -305,7 +305,9 @@ def picture_digests(paths: list[Path]) -> np.ndarray:
     out = np.zeros(len(paths), dtype=np.uint64)
     for i, path in enumerate(paths):
         try:
-            out[i] = int.from_bytes(hashlib.blake2b(read_picture(path), digest_size=8).digest(), "little")
+            with open_picture(path) as handle:  # in blocks: any size costs no memory
+                digest = hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=8)).digest()
+            out[i] = int.from_bytes(digest, "little")
         except OSError:
             out[i] = int.from_bytes(hashlib.blake2b(str(path).encode(), digest_size=8).digest(), "little")
     return out
