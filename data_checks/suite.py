@@ -202,9 +202,9 @@ def _picture_tables(gxe: Any, raw: RawTables) -> list[_Table]:
     spec = raw.spec
     tables = []
     for column in spec.image_columns:
-        expected = (f"every picture file in column {column!r} to exist, be a regular file and decode completely, with 1x1 to "
-                    f"{spec.image_max_pixels:,} pixels (data.image_max_pixels), as PNG, JPEG, WebP, BMP or TIFF in "
-                    f"one of {len(ACCEPTED_MODES)} modes (grey, palette, RGB(A), CMYK, YCbCr, 16-bit, float)")
+        expected = (f"every picture file in column {column!r} to exist, be a regular file and decode completely, "
+                    f"with 1x1 to {spec.image_max_pixels:,} pixels (data.image_max_pixels), as PNG, JPEG, WebP, BMP "
+                    f"or TIFF in one of {len(ACCEPTED_MODES)} modes (grey, palette, RGB(A), CMYK, YCbCr, 16-bit, float)")
         for check in check_pictures({"train": raw.train, "test": raw.test}, column, spec.image_root,
                                     spec.image_max_pixels):
             checks = [_exp(gxe.ExpectColumnValuesToBeNull, expected, column="problem")]

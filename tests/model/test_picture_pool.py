@@ -179,7 +179,8 @@ def test_the_pool_scan_names_a_missing_or_unreadable_picture_before_any_training
     assert message.startswith(f"data.unlabeled_path: {path} row 20 (rows counted from 0): column 'picture' picture ")
     assert why in message and "\n" not in message
     if cell != "notes.txt":  # (decode() of a non-picture raised KeyError 'MPO' under Pillow 13: reported)
-        stream = lambda: list(parquet_chunks(path, InputSchema([], [], images=featurizer(folder)), 65_536)())  # noqa: E731
+        schema = InputSchema([], [], images=featurizer(folder))
+        stream = lambda: list(parquet_chunks(path, schema, 65_536)())  # noqa: E731
         err = fifo_call(folder / cell, stream) if cell == "pipe.png" else pytest.raises(DataError, stream).value
         assert isinstance(err, DataError) and re.search("row 20 .*" + why, str(err))  # the stream says the same
 
