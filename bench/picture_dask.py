@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import publish
-from bench.scale import _child
+from bench.scale import run_child
 
 STAGES = ("validate", "gold_only", "weak_train", "pseudo_label", "full_train", "evaluate")
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             folder.mkdir()
             config = folder / "config.yaml"
             config.write_text(yaml.safe_dump({"data": {"source": "demo_images", "train_size": args.train_size}}))
-            runs[name] = _child("pipeline", config, overrides)
+            runs[name] = run_child("pipeline", config, overrides)
             print(json.dumps({"run": name, **runs[name]}), flush=True)
     lines = [f"## Pictures on a local Dask cluster (`bench.picture_dask`, {args.train_size:,} demo pictures)", "",
              "The picture demo (28x28 grey PNG files, three annotators, 5% gold) with every training table streamed "

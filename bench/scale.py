@@ -128,7 +128,8 @@ def measure_bare(config: Path) -> dict:
     return {"bare_s": time.perf_counter() - t0}
 
 
-def _child(kind: str, config: Path, overrides: list[str]) -> dict:
+def run_child(kind: str, config: Path, overrides: list[str]) -> dict:
+    """``kind`` (pipeline or bare) measured in a fresh process on ``config``; its JSON result."""
     out = subprocess.run([sys.executable, "-m", "bench.scale", "--child", kind, str(config), *overrides],
                          cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
@@ -157,10 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
                 config = make_data(size, seed, Path(tmp) / "data")
-                bare = _child("bare", config, [])["bare_s"]
-                runs = {"default": _child("pipeline", config, [f"seed={seed}", *args.overrides])}
+                bare = run_child("bare", config, [])["bare_s"]
+                runs = {"default": run_child("pipeline", config, [f"seed={seed}", *args.overrides])}
                 if args.compare:
-                    runs["compared"] = _child("pipeline", config, [f"seed={seed}", *args.overrides, *args.compare])
+                    runs["compared"] = run_child("pipeline", config, [f"seed={seed}", *args.overrides, *args.compare])
             for name, r in runs.items():
                 training = sum(r["times"].get(s, 0.0) for s in TRAINING)
                 rows_out.append({"rows": size, "seed": seed, "run": name, "bare": bare, "training": training, **r})

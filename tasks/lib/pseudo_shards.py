@@ -9,8 +9,9 @@ per shard that re-reads its rows and writes its kept rows to a part file; the pa
 shard order into one file. So the output equals :func:`tasks.core.pseudo_stream.label_stream`'s row for row.
 
 The tasks go to the flow's task runner (``parallel.runner``: threads here, or Dask workers), or run one
-after another outside a flow. With Dask, workers read the pool and write the part files themselves, so
-they must see the same paths (one machine, or a shared filesystem).
+after another outside a flow. With Dask, workers read the pool (and the decoded-picture cache, which travels
+as file names) and write the part files themselves, so they must see the same paths (one machine, or a
+shared filesystem).
 """
 
 from __future__ import annotations
