@@ -75,10 +75,13 @@ def run_seeds(one_seed, seeds: int, overrides: list[str], prefix: str) -> list[d
     return rows
 
 
-def gold_only_recipe(cfg, spec, labels, root: Path) -> tuple[np.ndarray, np.ndarray, list, float]:
+def gold_only_recipe(cfg, spec, labels, root: Path,
+                     ensemble_out: dict | None = None) -> tuple[np.ndarray, np.ndarray, list, float]:
     """The pipeline's gold-only recipe (same inputs, network, cross-fitted schedule) trained on the training file
-    with its label column replaced by ``labels`` (a Series, None where a row has none): (test predictions, test
-    labels, classes, seconds). What a benchmark's oracle and majority-vote columns train."""
+    with its label column replaced by ``labels`` (a Series, None where a row has none): (test predictions of the
+    refit, test labels, classes, seconds). What a benchmark's oracle and majority-vote columns train.
+    ``ensemble_out`` (if given) receives under ``fold_ensemble`` the test predictions of the refit averaged with
+    its fold models, what the pipeline ships where ``selection.fold_ensemble`` is on."""
     import tempfile
     import time
 
@@ -103,5 +106,10 @@ def gold_only_recipe(cfg, spec, labels, root: Path) -> tuple[np.ndarray, np.ndar
         data = text_features.compute(RunContext.of(cfg), data, cfg.text, cfg.gold_only.resolved(cfg.weak_train),
                                      cfg.selection).data
     model = train_gold_only(data, cfg)
-    pred = np.asarray(data.classes, dtype=object)[predict_proba(model.model, data.x(data.test)).argmax(axis=1)]
+    classes, x = np.asarray(data.classes, dtype=object), data.x(data.test)
+    pred = classes[predict_proba(model.model, x).argmax(axis=1)]
+    if ensemble_out is not None:
+        from weakflow.tasks.core.models import fold_ensemble
+
+        ensemble_out["fold_ensemble"] = classes[predict_proba(fold_ensemble(model.model, model.folds), x).argmax(axis=1)]
     return pred, data.test[spec.label_column].to_numpy(dtype=object), list(data.classes), time.perf_counter() - t

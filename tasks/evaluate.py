@@ -30,22 +30,27 @@ def test_probs(data: PipelineData, model: TrainedModel, device: str = "auto") ->
 
 
 def evaluate_models(data: PipelineData, candidates: dict[str, TrainedModel], shipped: str, device: str = "auto",
-                    probs_out: dict[str, np.ndarray] | None = None, samples: int = 1000, seed: int = 0) -> Evaluation:
-    """Score every candidate on the test split, and the shipped model's difference from the gold-only model
-    on ``samples`` paired bootstrap resamples; ``probs_out`` (if given) receives their probabilities."""
+                    probs_out: dict[str, np.ndarray] | None = None, samples: int = 1000, seed: int = 0,
+                    shipped_model: TrainedModel | None = None) -> Evaluation:
+    """Score every candidate on the test split, the model shipped (``shipped_model``, the select stage's: the
+    ``shipped`` candidate or its fold ensemble) and its difference from the gold-only model on ``samples``
+    paired bootstrap resamples; ``probs_out`` (if given) receives the candidates' probabilities, the shipped
+    model's under the shipped candidate's name (what the review compares as the challenger)."""
     from weakflow.tasks.core.bootstrap import paired_bootstrap
 
     y = data.y(data.test)
     probs = {name: test_probs(data, m, device) for name, m in candidates.items()}
+    own = shipped_model is not None and shipped_model.model is not candidates[shipped].model
+    shipped_probs = test_probs(data, shipped_model, device) if own else probs[shipped]
     if probs_out is not None:
-        probs_out.update(probs)
+        probs_out.update(probs | {shipped: shipped_probs})
     scores = {name: score(p, y, data.classes) for name, p in probs.items()}
-    pair = {"shipped": probs[shipped], "gold_only": probs["gold_only"]}
+    pair = {"shipped": shipped_probs, "gold_only": probs["gold_only"]}
     d = paired_bootstrap(y, pair, [("shipped", "gold_only")], samples=samples, seed=seed).delta("shipped", "gold_only",
                                                                                                "accuracy")
     assert d is not None
-    return Evaluation(scores[shipped], scores["gold_only"], scores.get("weak"), scores.get("final"), shipped,
-                      (d.interval.estimate, d.interval.low, d.interval.high))
+    return Evaluation(score(shipped_probs, y, data.classes) if own else scores[shipped], scores["gold_only"],
+                      scores.get("weak"), scores.get("final"), shipped, (d.interval.estimate, d.interval.low, d.interval.high))
 
 
 def confusion_figure(evaluation: Evaluation, classes: list):  # -> matplotlib Figure
@@ -100,7 +105,7 @@ def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedMo
     champion = champion or Champion(None)  # nothing recorded: no registry, no champion
     probs: dict[str, np.ndarray] = {}
     evaluation = evaluate_models(data, candidates, selection.chosen, ctx.device, probs, section.bootstrap_samples,
-                                 ctx.seed)
+                                 ctx.seed, selection.model)
     evaluation.tags = report.basic_tags(data, labels) | selection.tags
     if section.enabled:  # challenger vs champion, robustness, label noise: evaluation/report.html
         shipped, gold_only, weak = selection.model, candidates["gold_only"], candidates.get("weak")

@@ -147,7 +147,7 @@ def _fit(data: PipelineData, table: FinalTable, setup: FinalSetup, on_epoch: OnE
 def _full(trained: TrainedModel, pseudo: CrossPseudo, table: FinalTable) -> FullModel:
     return FullModel(trained.model, trained.spec, trained.history, trained.best_epoch, trained.folds,
                      trained.oof_logits, trained.temperature, pseudo.refit, train_rows=table.counts,
-                     provenance=table.provenance)
+                     provenance=table.provenance, folds_sampled=trained.folds_sampled)
 
 
 def warm_start(weak: WeakModel, section: FullTrainConfig):  # -> Callable[[int | None], nn.Module] | None
@@ -200,7 +200,8 @@ def pretrain_finetune(data: PipelineData, labels: WeakLabels, weak: WeakModel, p
                     build=lambda t: pretrained[t].train(), spec=pre.spec)
     history = pre.history + [replace(h, epoch=h.epoch + len(pre.history)) for h in fine.history]
     return FullModel(fine.model, fine.spec, history, fine.best_epoch + len(pre.history), fine.folds, fine.oof_logits,
-                     fine.temperature, pseudo.refit, train_rows=table.counts, provenance=table.provenance)
+                     fine.temperature, pseudo.refit, train_rows=table.counts, provenance=table.provenance,
+                     folds_sampled=pre.folds_sampled)
 
 
 def self_training(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseudo: CrossPseudo, setup: FinalSetup,
@@ -249,7 +250,7 @@ def self_training(data: PipelineData, labels: WeakLabels, weak: WeakModel, pseud
 
 def model_as_labeller(model: FullModel) -> TrainedModel:
     return TrainedModel(model.model, model.spec, model.history, model.best_epoch, model.folds, model.oof_logits,
-                        model.temperature)
+                        model.temperature, folds_sampled=model.folds_sampled)
 
 
 STRATEGIES = {"augment": augment, "pretrain_finetune": pretrain_finetune, "distill": distill}

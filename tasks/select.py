@@ -5,10 +5,13 @@ on every gold row by a fold model that never trained on it. Of those whose out-o
 one gold row of the best (one row is never evidence), the one with the lowest out-of-fold log-loss ships
 (a proper score that uses every probability, so it ranks with less noise than right/wrong on a few rows;
 then the simpler model), unless ``selection.ship`` names one. Paired bootstrap intervals over the gold rows say how sure that choice is, and the reason, in
-words, goes to the run summary, the pipeline run's tags and the review report.
+words, goes to the run summary, the pipeline run's tags and the review report. With ``selection.fold_ensemble``
+(auto: pictures) the model shipped averages the chosen candidate's refit with its fold models.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -17,6 +20,7 @@ import pandas as pd
 from weakflow.tasks.lib import tracking
 from weakflow.tasks.lib.config import SelectionConfig
 from weakflow.tasks.core.bootstrap import BootstrapResult, paired_bootstrap
+from weakflow.tasks.core.models import fold_ensemble as fold_ensemble_of, replace_ensemble
 from weakflow.tasks.core.selection import best_out_of_fold
 from weakflow.tasks.lib.data import PipelineData
 from weakflow.tasks.lib.modeling import TrainedModel
@@ -28,9 +32,11 @@ LABELS = {"gold_only": "gold-only model", "weak": "weak model", "final": "final 
 
 
 def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = "best", samples: int = 1000,
-           seed: int = 0, missing: dict[str, str] | None = None) -> Selection:
+           seed: int = 0, missing: dict[str, str] | None = None, fold_ensemble: bool = False) -> Selection:
     """Pick the candidate to ship from their calibrated out-of-fold gold probabilities. ``missing``: the
-    candidates that could not be trained, with why (e.g. no weak vote anywhere)."""
+    candidates that could not be trained, with why (e.g. no weak vote anywhere). ``fold_ensemble``: ship the
+    chosen candidate's refit averaged with its fold models, where they trained on every row (the candidate
+    itself, and every figure judging it, stay as they are)."""
     missing = missing or {}
     names = [n for n in ORDER if n in candidates]
     if not names:
@@ -51,10 +57,21 @@ def choose(candidates: dict[str, TrainedModel], y_gold: np.ndarray, ship: str = 
                      "chosen_minus_this_high": d.interval.high if d else 0.0})
     table = pd.DataFrame(rows)
     reason = reason_text(chosen, ship, acc, nll, boot, missing, len(y_gold))
-    networks = getattr(candidates[chosen].spec, "ensemble", 1)
-    if networks > 1:  # a bagged refit (selection.refits) or CLID-MU's snapshots
-        reason += f"; the shipped model averages the logits of {networks} networks"
-    return Selection(chosen, reason, table, boot, candidates[chosen])
+    shipped = candidates[chosen]
+    if fold_ensemble and shipped.folds and not shipped.folds_sampled:
+        network = fold_ensemble_of(shipped.model, shipped.folds)
+        shipped = replace(shipped, model=network, spec=replace_ensemble(shipped.spec, network))
+        reason += (f"; the shipped model averages the logits of its refit and its {len(shipped.folds)} fold models "
+                   f"({len(network.members)} networks)")
+    elif getattr(shipped.spec, "ensemble", 1) > 1:  # a bagged refit (selection.refits) or CLID-MU's snapshots
+        reason += f"; the shipped model averages the logits of {shipped.spec.ensemble} networks"
+    return Selection(chosen, reason, table, boot, shipped)
+
+
+def ships_fold_ensemble(section: SelectionConfig, data: PipelineData) -> bool:
+    """``selection.fold_ensemble`` for this data: auto is on for pictures (a picture network's test accuracy
+    moves by points from run to run; averaging the fold models steadies it, docs/benchmarks.md)."""
+    return data.schema.images is not None if section.fold_ensemble == "auto" else bool(section.fold_ensemble)
 
 
 def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, float], boot: BootstrapResult,
@@ -86,7 +103,8 @@ def reason_text(chosen: str, ship: str, acc: dict[str, float], nll: dict[str, fl
 
 def compute(ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel], section: SelectionConfig,
             missing: dict[str, str] | None = None) -> Selection:
-    return choose(candidates, data.y(data.rows("gold")), section.ship, section.bootstrap_samples, ctx.seed, missing)
+    return choose(candidates, data.y(data.rows("gold")), section.ship, section.bootstrap_samples, ctx.seed, missing,
+                  ships_fold_ensemble(section, data))
 
 
 def record(selection: Selection, ctx: RunContext, data: PipelineData, candidates: dict[str, TrainedModel],

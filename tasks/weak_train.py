@@ -81,7 +81,8 @@ def _weak_model(trained: TrainedModel, figures: dict[str, float], plan: Plan, fo
     evidence = {f: refined(f)[1] for f in [*range(folds), None]} if refined is not None else {}
     return WeakModel(trained.model, trained.spec, trained.history, trained.best_epoch, trained.folds,
                      trained.oof_logits, trained.temperature, figures, len(plan.weak), plan.weak[ROW_ID].to_numpy(),
-                     evidence, refined(None)[0] if refined is not None else [], method)
+                     evidence, refined(None)[0] if refined is not None else [], method,
+                     folds_sampled=trained.folds_sampled)
 
 
 def record(trained: WeakModel, ctx: RunContext, data: PipelineData, labels: WeakLabels,

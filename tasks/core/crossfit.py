@@ -43,6 +43,7 @@ class CrossFit:
     oof_logits: np.ndarray  # (gold rows, C), in GoldFolds order
     best_epoch: int
     history: list[EpochStats] = field(default_factory=list)  # per epoch: mean train loss, OOF accuracy / loss
+    folds_sampled: bool = False  # the fold models trained on a sample of the non-gold rows (selection.fold_rows)
 
     @property
     def oof_accuracy(self) -> float:
@@ -231,7 +232,8 @@ class FoldTraining:
             acc, nll = dev_scores(best_oof, self.gold.y)
             history[self.best_epoch] = EpochStats(self.best_epoch, history[self.best_epoch].train_loss, acc, nll,
                                                   history[self.best_epoch].extra)
-        return CrossFit(models[k] if self.refit is not None else None, models[:k], best_oof, self.best_epoch, history)
+        return CrossFit(models[k] if self.refit is not None else None, models[:k], best_oof, self.best_epoch, history,
+                        self.sampled is not None)
 
 
 @dataclass

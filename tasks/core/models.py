@@ -239,6 +239,14 @@ class LogitEnsemble(nn.Module):
         return _tempered(torch.stack([m(x) for m in self.members]).mean(dim=0), self.temperature)
 
 
+def fold_ensemble(refit: nn.Module, folds: list[nn.Module]) -> LogitEnsemble:
+    """One network averaging the logits of the refit and the fold models (a bagged refit's or a snapshot
+    ensemble's members each count as one): the k fold models are already trained and differ from the refit
+    only in the gold fold each held out, so averaging them costs no training, only k more forward passes."""
+    members = [m for net in (refit, *folds) for m in (net.members if isinstance(net, LogitEnsemble) else [net])]
+    return LogitEnsemble(members).eval()
+
+
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits if temperature == 1.0 else logits / temperature
 

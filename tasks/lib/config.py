@@ -153,6 +153,11 @@ class SelectionConfig(_Section):
                             "that a tenth, at least 10,000 (at 100,000 weak rows the training stages cost 1.4-1.7x "
                             "one network instead of 5.3-6.2x, at the same accuracy: docs/benchmarks.md, scale); "
                             "all: every fold model trains on every row")
+    fold_ensemble: Literal["auto"] | bool = Field(
+        "auto", description="ship the chosen candidate's refit averaged with its k fold models (already trained: "
+                            "no training, k more forward passes per prediction); never where the fold models "
+                            "trained on a sample of the weak rows. auto: for picture data, where one network's "
+                            "test accuracy moves by points from run to run (docs/benchmarks.md, images)")
 
 
 class DemoTextData(_Section):

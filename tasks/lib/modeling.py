@@ -29,7 +29,9 @@ class TrainedModel:
 
     ``model`` is the refit on every gold row (what ships), returning raw logits; ``folds`` are the k fold
     models, ``oof_logits`` each gold row's logits from the fold model that never trained on it (in the
-    order of ``data.rows("gold")``), and ``temperature`` the calibration fitted on them."""
+    order of ``data.rows("gold")``), and ``temperature`` the calibration fitted on them. ``folds_sampled``:
+    the fold models trained on a sample of the non-gold rows (``selection.fold_rows``), so they are weaker
+    networks than the refit and only judge it."""
 
     model: nn.Module
     spec: ModelSpec
@@ -38,6 +40,7 @@ class TrainedModel:
     folds: list[nn.Module] = field(default_factory=list)
     oof_logits: np.ndarray | None = None
     temperature: float = 1.0
+    folds_sampled: bool = field(default=False, kw_only=True)
 
     @property
     def best_dev_accuracy(self) -> float | None:
@@ -184,4 +187,5 @@ def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, selection: Selectio
 def _trained(fitted: CrossFit, spec: ModelSpec, gold_y: np.ndarray, selection: SelectionConfig) -> TrainedModel:
     assert fitted.refit is not None
     return TrainedModel(fitted.refit, replace_ensemble(spec, fitted.refit), fitted.history, fitted.best_epoch,
-                        fitted.folds, fitted.oof_logits, _temperature(fitted.oof_logits, gold_y, selection))
+                        fitted.folds, fitted.oof_logits, _temperature(fitted.oof_logits, gold_y, selection),
+                        folds_sampled=fitted.folds_sampled)

@@ -58,3 +58,35 @@ def test_a_forced_choice_and_missing_candidates_are_said():
     assert forced.chosen == "final" and forced.reason.startswith("selection.ship = final")
     with pytest.raises(ValueError, match="was not trained"):
         choose({"gold_only": candidate(9, 0.8)}, Y, ship="weak", missing={"weak": "no weak vote"})
+
+
+def test_the_fold_ensemble_ships_the_refit_averaged_with_its_fold_models_and_leaves_the_candidate_alone():
+    """selection.fold_ensemble: the shipped network's logits are the mean of the refit's (each member of a bagged
+    refit counting once) and the fold models'; the candidate, its spec and its judged figures are unchanged; fold
+    models trained on a sample of the rows are never averaged in."""
+    from dataclasses import replace
+
+    import torch
+
+    from weakflow.tasks.core.models import LogitEnsemble, ModelSpec, build_model
+
+    spec = ModelSpec("mlp", 4, 2, hidden=(8,))
+    torch.manual_seed(0)
+    refit = LogitEnsemble([build_model(spec), build_model(spec)])  # a bagged refit of 2
+    folds = [build_model(spec) for _ in range(3)]
+    weak = replace(candidate(9, 0.9), model=refit, spec=replace(spec, ensemble=2), folds=folds)
+    chosen = choose({"gold_only": candidate(6, 0.8), "weak": weak}, Y, fold_ensemble=True)
+    shipped = chosen.model
+    assert chosen.chosen == "weak" and type(shipped) is type(weak) and shipped.folds is folds
+    assert shipped.spec.ensemble == 5 and weak.spec.ensemble == 2 and weak.model is refit
+    x = torch.randn(7, 4)
+    with torch.no_grad():
+        expected = torch.stack([*(m(x) for m in refit.members), *(f(x) for f in folds)]).mean(0)
+        assert torch.allclose(shipped.model(x), expected)
+    assert chosen.reason.endswith("averages the logits of its refit and its 3 fold models (5 networks)")
+    assert np.array_equal(chosen.table["oof_accuracy"], choose({"gold_only": candidate(6, 0.8), "weak": weak}, Y)
+                          .table["oof_accuracy"])
+    sampled = choose({"gold_only": candidate(6, 0.8), "weak": replace(weak, folds_sampled=True)}, Y, fold_ensemble=True)
+    assert sampled.model.model is refit and "fold models" not in sampled.reason
+    off = choose({"gold_only": candidate(6, 0.8), "weak": weak}, Y)
+    assert off.model is weak
