@@ -154,8 +154,9 @@ class SelectionConfig(_Section):
                             "one network instead of 5.3-6.2x, at the same accuracy: docs/benchmarks.md, scale); "
                             "all: every fold model trains on every row")
     fold_ensemble: Literal["auto"] | bool = Field(
-        "auto", description="ship the chosen candidate's refit averaged with its k fold models (already trained: "
-                            "no training, k more forward passes per prediction); never where the fold models "
+        "auto", description="ship the chosen weak or final candidate's refit averaged with its k fold models (already "
+                            "trained: no training, k more forward passes per prediction); never the gold-only "
+                            "model's (its fold models each miss a third of its rows) nor where the fold models "
                             "trained on a sample of the weak rows. auto: for picture data, where one network's "
                             "test accuracy moves by points from run to run (docs/benchmarks.md, images)")
 

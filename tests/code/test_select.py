@@ -63,7 +63,7 @@ def test_a_forced_choice_and_missing_candidates_are_said():
 def test_the_fold_ensemble_ships_the_refit_averaged_with_its_fold_models_and_leaves_the_candidate_alone():
     """selection.fold_ensemble: the shipped network's logits are the mean of the refit's (each member of a bagged
     refit counting once) and the fold models'; the candidate, its spec and its judged figures are unchanged; fold
-    models trained on a sample of the rows are never averaged in."""
+    models trained on a sample of the rows, and the gold-only model's, are never averaged in."""
     from dataclasses import replace
 
     import torch
@@ -90,3 +90,7 @@ def test_the_fold_ensemble_ships_the_refit_averaged_with_its_fold_models_and_lea
     assert sampled.model.model is refit and "fold models" not in sampled.reason
     off = choose({"gold_only": candidate(6, 0.8), "weak": weak}, Y)
     assert off.model is weak
+    # the gold-only model's fold models each miss a third of all its rows: it ships alone
+    gold_only = replace(weak, oof_logits=candidate(9, 0.9).oof_logits)
+    alone = choose({"gold_only": gold_only, "weak": candidate(6, 0.8)}, Y, fold_ensemble=True)
+    assert alone.chosen == "gold_only" and alone.model is gold_only and "fold models" not in alone.reason
