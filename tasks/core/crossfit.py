@@ -104,7 +104,7 @@ class FoldTraining:
                  refit: bool = True, rule: Callable[[int | None], UpdateRule | None] | None = None,
                  monitor: Callable[[nn.Module], dict[str, float]] | None = None, refits: int = 1,
                  member: Callable[[int], nn.Module] | None = None, fold_rows: int | None = None,
-                 spread: Spread | None = None) -> None:
+                 spread: Spread | None = None, epoch_noise: float = 0.0) -> None:
         if refits > 1 and member is None:
             raise ValueError(f"refits = {refits} needs member(i) to build the bag's other networks")
         self.device = device = resolve_device(settings.device)
@@ -149,6 +149,10 @@ class FoldTraining:
         self.best_states: list[dict[str, torch.Tensor]] = []  # the movers' states at the best epoch
         self.best_oof = np.zeros((len(gold.rows), 0), dtype=np.float32)
         self.best_epoch = 0
+        # a later epoch is kept unless the best one so far beats it beyond this many standard errors of their
+        # paired difference on the out-of-fold gold (0: the best epoch, ties to the later)
+        self.epoch_noise = epoch_noise
+        self.peak_oof: np.ndarray | None = None  # the best epoch's out-of-fold predictions so far
 
     def advance(self, until: int, on_epoch: Callable[[EpochStats], None] | None = None) -> None:
         """Train the fold models (and a refit that cannot wait) up to epoch ``until``: here, epoch by epoch, or
@@ -175,8 +179,10 @@ class FoldTraining:
         self.history.append(stats)
         key = (acc, -nll, float(epoch))
         if self.best_key is None or key >= self.best_key:
-            self.best_key, self.best_epoch, self.best_oof = key, epoch, oof
-            self.best_states = states()
+            self.best_key, self.peak_oof = key, oof
+            self.best_epoch, self.best_oof, self.best_states = epoch, oof, states()
+        elif self.epoch_noise > 0 and within_noise(oof, self.peak_oof, self.gold.y, self.epoch_noise):
+            self.best_epoch, self.best_oof, self.best_states = epoch, oof, states()
         self.epoch = epoch + 1
         if on_epoch is not None:
             on_epoch(stats)
@@ -234,6 +240,14 @@ class FoldTraining:
                                                   history[self.best_epoch].extra)
         return CrossFit(models[k] if self.refit is not None else None, models[:k], best_oof, self.best_epoch, history,
                         self.sampled is not None)
+
+
+def within_noise(oof: np.ndarray, peak: np.ndarray, y: np.ndarray, z: float) -> bool:
+    """Whether ``peak``'s out-of-fold gold accuracy beats ``oof``'s by at most ``z`` standard errors of their
+    paired difference (a sign test's: the rows only one of them gets right decide it)."""
+    right, peak_right = np.asarray(oof).argmax(1) == y, np.asarray(peak).argmax(1) == y
+    lost, won = int((peak_right & ~right).sum()), int((right & ~peak_right).sum())
+    return lost - won <= z * np.sqrt(lost + won)
 
 
 @dataclass

@@ -153,6 +153,11 @@ class SelectionConfig(_Section):
                             "that a tenth, at least 10,000 (at 100,000 weak rows the training stages cost 1.4-1.7x "
                             "one network instead of 5.3-6.2x, at the same accuracy: docs/benchmarks.md, scale); "
                             "all: every fold model trains on every row")
+    epoch_noise: Literal["auto"] | Annotated[float, Field(ge=0.0)] = Field(
+        "auto", description="the epoch every model stops at: the last one whose out-of-fold gold accuracy the best "
+                            "epoch beats by at most this many standard errors of their paired difference (0: the "
+                            "best epoch). auto: 1 for picture data, whose cosine schedule ends in a network better "
+                            "than a noisy early peak on a few hundred gold pictures; 0 otherwise")
     fold_ensemble: Literal["auto"] | bool = Field(
         "auto", description="ship the chosen weak or final candidate's refit averaged with its k fold models (already "
                             "trained: no training, k more forward passes per prediction); never the gold-only "
@@ -622,7 +627,7 @@ IMAGE_DEMO_MODEL = "weakflow-fashion-classifier"  # ... and under data.source=de
 # rows' evidence learnt with plain forward correction in both stages: a bounded (GCE) loss leaves a few-epoch CNN
 # underfitting the hard look-alike classes (weak_train.evidence_loss, full_train.loss)
 PICTURE_DEFAULTS = {"weak_train": {"epochs": 12, "batch_size": 32, "evidence_loss": "ce"},
-                    "full_train": {"epochs": 6, "finetune_epochs": 6, "batch_size": 32, "loss": "ce"}}
+                    "full_train": {"epochs": 12, "finetune_epochs": 6, "batch_size": 32, "loss": "ce"}}
 
 
 class Config(_Section):

@@ -144,6 +144,13 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
     return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, selection)
 
 
+def epoch_noise(selection: SelectionConfig, pictures: bool) -> float:
+    """``selection.epoch_noise`` resolved: auto is 1 standard error for picture data, else 0 (the best epoch)."""
+    if selection.epoch_noise != "auto":
+        return float(selection.epoch_noise)
+    return 1.0 if pictures else 0.0
+
+
 def _sampled(run: FoldTraining) -> str:
     """How the fold models' rows were sampled, for the progress line (selection.fold_rows); empty: all rows."""
     return "" if run.sampled is None else f" (on their gold rows and {run.sampled:,} others drawn at random)"
@@ -177,7 +184,8 @@ def _fold_training(data: PipelineData, table: pd.DataFrame, targets: PerFold | n
                         rule=rule, monitor=monitor, refits=refit_count(selection.refits, rows),
                         member=(lambda i: build(None)) if build else (lambda i: fresh(None, i)),
                         fold_rows=fold_rows_for(selection.fold_rows, len(table) - len(gold.rows)),
-                        spread=training_spread(ctx.spread_training))
+                        spread=training_spread(ctx.spread_training),
+                        epoch_noise=epoch_noise(selection, data.schema.images is not None))
 
 
 def _temperature(oof_logits: np.ndarray, gold_y: np.ndarray, selection: SelectionConfig) -> float:

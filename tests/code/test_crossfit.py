@@ -177,3 +177,46 @@ def test_auto_fold_rows_sample_only_large_tables() -> None:
     assert fold_rows_for("auto", 20_001) == 10_000
     assert fold_rows_for("auto", 1_000_000) == 100_000
     assert fold_rows_for(5_000, 100) == 5_000
+
+
+def test_within_noise_counts_only_the_rows_one_epoch_gets_right_and_the_other_wrong() -> None:
+    from weakflow.tasks.core.crossfit import within_noise
+
+    y = np.zeros(100, dtype=np.int64)
+    right = np.tile([5.0, 0.0], (100, 1))  # every row right
+
+    def wrong_on(rows: list[int]) -> np.ndarray:
+        out = right.copy()
+        out[rows] = [0.0, 5.0]
+        return out
+
+    # the peak beats the later epoch by 1 row of 1 discordant: 1 <= 1 x sqrt(1)
+    assert within_noise(wrong_on([0]), right, y, 1.0)
+    assert not within_noise(wrong_on([0, 1]), right, y, 1.0)  # 2 > sqrt(2)
+    # 5 lost, 3 won: a difference of 2 rows against sqrt(8) = 2.83
+    assert within_noise(wrong_on([0, 1, 2, 3, 4]), wrong_on([5, 6, 7]), y, 1.0)
+    assert not within_noise(wrong_on([0, 1, 2, 3, 4]), wrong_on([5]), y, 1.0)  # 4 > sqrt(6) = 2.45
+    assert within_noise(wrong_on([0, 1, 2, 3]), right, y, 2.0)  # 4 <= 2 x sqrt(4)
+
+
+def test_an_epoch_noise_keeps_a_later_epoch_within_noise_of_the_best_but_not_one_beyond_it() -> None:
+    def run(noise: float, epoch_noise: float) -> FoldTraining:
+        x, y, gold = problem(noise=noise)
+        out = FoldTraining(wide, x, y, gold, MEMORISING, rule=lambda _f: WeightedLoss(), epoch_noise=epoch_noise)
+        out.advance(MEMORISING.epochs)
+        return out
+
+    # 60% random labels: the out-of-fold gold accuracy wanders near its peak (30-32 of 45 rows right) to the end
+    best, later = run(0.6, 0.0), run(0.6, 1.0)
+    accuracy = [h.dev_accuracy for h in best.history]
+    assert [h.dev_accuracy for h in later.history] == accuracy  # the same training; only the choice differs
+    peak, chosen = best.best_epoch, later.best_epoch
+    assert accuracy[peak] == max(accuracy) and peak < MEMORISING.epochs - 1
+    assert chosen > peak and accuracy[chosen] < accuracy[peak]  # a later, slightly worse epoch
+    result = later.result()  # the fold models are that epoch's, the refit trains up to it
+    assert result.best_epoch == chosen
+    assert np.isclose((result.oof_logits.argmax(1) == later.gold.y).mean(), accuracy[chosen])
+    # every label random: the accuracy falls from 22 rows right to 18 and below, beyond noise; the peak stays
+    memorised = run(1.0, 1.0)
+    assert memorised.best_epoch == run(1.0, 0.0).best_epoch < 5
+    assert run(0.6, 1e6).best_epoch == MEMORISING.epochs - 1  # any noise allowed: the last epoch

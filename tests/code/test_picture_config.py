@@ -49,3 +49,16 @@ def test_picture_settings_fail_in_one_line(data: dict, expected: str) -> None:
     raw = {"data": {"source": "files", "train_path": "t.csv", "test_path": "s.csv", **data}}
     with pytest.raises(ConfigError, match=expected):
         parse_config(raw)
+
+
+def test_pictures_keep_the_last_epoch_within_noise_of_the_best_unless_set() -> None:
+    from weakflow.tasks.lib.modeling import epoch_noise
+
+    auto = parse_config({"data": {"source": "demo_images"}}).selection
+    assert auto.epoch_noise == "auto" and epoch_noise(auto, pictures=True) == 1.0
+    assert epoch_noise(auto, pictures=False) == 0.0  # tables and text: the best epoch, as before
+    mine = parse_config({"data": {"source": "demo_images"}, "selection": {"epoch_noise": 0}}).selection
+    assert epoch_noise(mine, pictures=True) == 0.0
+    assert epoch_noise(parse_config({"selection": {"epoch_noise": 2.5}}).selection, pictures=False) == 2.5
+    with pytest.raises(ConfigError, match="epoch_noise"):
+        parse_config({"selection": {"epoch_noise": -1}})
