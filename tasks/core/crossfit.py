@@ -153,6 +153,7 @@ class FoldTraining:
         # paired difference on the out-of-fold gold (0: the best epoch, ties to the later)
         self.epoch_noise = epoch_noise
         self.peak_oof: np.ndarray | None = None  # the best epoch's out-of-fold predictions so far
+        self.peak_epoch = 0  # ... and that epoch (best_epoch is the one kept)
 
     def advance(self, until: int, on_epoch: Callable[[EpochStats], None] | None = None) -> None:
         """Train the fold models (and a refit that cannot wait) up to epoch ``until``: here, epoch by epoch, or
@@ -179,7 +180,7 @@ class FoldTraining:
         self.history.append(stats)
         key = (acc, -nll, float(epoch))
         if self.best_key is None or key >= self.best_key:
-            self.best_key, self.peak_oof = key, oof
+            self.best_key, self.peak_oof, self.peak_epoch = key, oof, epoch
             self.best_epoch, self.best_oof, self.best_states = epoch, oof, states()
         elif self.epoch_noise > 0 and within_noise(oof, self.peak_oof, self.gold.y, self.epoch_noise):
             self.best_epoch, self.best_oof, self.best_states = epoch, oof, states()

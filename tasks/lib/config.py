@@ -625,7 +625,9 @@ IMAGE_DEMO_MODEL = "weakflow-fashion-classifier"  # ... and under data.source=de
 # fewer epochs; and small batches, so those epochs still take enough steps (on the picture demo's majority-vote
 # labels, 12 epochs: batch 32 reached 80.5% test accuracy, 128 76.4%, at 12% more time per picture); and the weak
 # rows' evidence learnt with plain forward correction in both stages: a bounded (GCE) loss leaves a few-epoch CNN
-# underfitting the hard look-alike classes (weak_train.evidence_loss, full_train.loss)
+# underfitting the hard look-alike classes (weak_train.evidence_loss, full_train.loss). The final stage, which starts
+# from the weak model, gets the weak stage's 12 epochs: with 6 its model stopped at a noisy early peak on some seeds
+# (docs/benchmarks.md, images)
 PICTURE_DEFAULTS = {"weak_train": {"epochs": 12, "batch_size": 32, "evidence_loss": "ce"},
                     "full_train": {"epochs": 12, "finetune_epochs": 6, "batch_size": 32, "loss": "ce"}}
 

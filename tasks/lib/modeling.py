@@ -105,7 +105,8 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
              monitor: Callable[[nn.Module], dict[str, float]] | None = None,
              on_epoch: Callable[[EpochStats], None] | None = None) -> TrainedModel:
     """Cross-fit one candidate on ``table`` (gold rows first, see :func:`gold_first`): k fold models and the
-    refit, stopped at the epoch best on the out-of-fold gold predictions, then a temperature fitted on those
+    refit, stopped at the epoch best on the out-of-fold gold predictions (or the last one within noise of it:
+    ``selection.epoch_noise``), then a temperature fitted on those
     predictions under ``selection.temperature_prior_sd``. ``build(fold)`` overrides the fresh network each
     trainer starts from (e.g. a fold's pretrained model; ``spec`` then describes it)."""
     run = _fold_training(data, table, targets, stage, ctx, selection, weights=weights, train=train, rule=rule,
@@ -113,6 +114,7 @@ def crossfit(data: PipelineData, table: pd.DataFrame, targets: PerFold | np.ndar
     note_training(f"cross-fitting {run.gold.k} fold models{_sampled(run)}{_where(run)} + the refit, {run.epochs} epochs",
                   _rows(table, weights))
     run.advance(run.epochs, on_epoch)
+    _say_kept_epoch(run)
     if run.lazy:  # the refit trains after the folds, silently: say so
         note_training(f"training the refit up to the chosen epoch {run.best_epoch + 1}")
     return _trained(run.result(), spec or model_spec(data, stage), run.gold.y, selection)
@@ -141,6 +143,7 @@ def race_crossfit(data: PipelineData, table: pd.DataFrame, candidates: dict[str,
         return choose(calibrated)
 
     kept, fitted = race(runs, probe, judge, on_epoch)
+    _say_kept_epoch(runs[kept])
     return kept, calibrated, _trained(fitted, model_spec(data, stage), gold_y, selection)
 
 
@@ -149,6 +152,14 @@ def epoch_noise(selection: SelectionConfig, pictures: bool) -> float:
     if selection.epoch_noise != "auto":
         return float(selection.epoch_noise)
     return 1.0 if pictures else 0.0
+
+
+def _say_kept_epoch(run: FoldTraining) -> None:
+    """Where ``selection.epoch_noise`` kept a later epoch than the best one, a progress line says which and why."""
+    if run.best_epoch != run.peak_epoch:
+        note_training(f"epoch {run.best_epoch + 1} kept: within noise of the best out-of-fold gold accuracy, epoch "
+                      f"{run.peak_epoch + 1}'s ({run.history[run.peak_epoch].dev_accuracy:.3f} against "
+                      f"{run.history[run.best_epoch].dev_accuracy:.3f})")
 
 
 def _sampled(run: FoldTraining) -> str:
