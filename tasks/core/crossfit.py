@@ -146,7 +146,7 @@ class FoldTraining:
         self.history: list[EpochStats] = []
         self.per_trainer: list[list[EpochStats]] = [[] for _ in trainers]
         self.best_key: tuple[float, float, float] | None = None
-        self.best_states: list[dict[str, torch.Tensor]] = []  # the movers' states at the best epoch
+        self.best_states: list[dict[str, torch.Tensor]] = []  # the movers' states at the kept epoch
         self.best_oof = np.zeros((len(gold.rows), 0), dtype=np.float32)
         self.best_epoch = 0
         # a later epoch is kept unless the best one so far beats it beyond this many standard errors of their
@@ -174,15 +174,16 @@ class FoldTraining:
 
     def _record(self, epoch: int, losses: list[float], extras: dict[str, float], oof: np.ndarray,
                 states: Callable[[], list[dict[str, torch.Tensor]]], on_epoch: Callable[[EpochStats], None] | None) -> None:
-        """Epoch ``epoch`` judged on the out-of-fold gold: its stats, and the movers' ``states`` if it is the best."""
+        """Epoch ``epoch`` judged on the out-of-fold gold: its stats, and the movers' ``states`` if it is kept (the
+        best so far, or within ``epoch_noise`` of it)."""
         acc, nll = dev_scores(oof, self.gold.y)
         stats = EpochStats(epoch, float(np.mean(losses)), acc, nll, dict(extras))
         self.history.append(stats)
         key = (acc, -nll, float(epoch))
-        if self.best_key is None or key >= self.best_key:
+        peak = self.best_key is None or key >= self.best_key
+        if peak:
             self.best_key, self.peak_oof, self.peak_epoch = key, oof, epoch
-            self.best_epoch, self.best_oof, self.best_states = epoch, oof, states()
-        elif self.epoch_noise > 0 and within_noise(oof, self.peak_oof, self.gold.y, self.epoch_noise):
+        if peak or (self.epoch_noise > 0 and within_noise(oof, self.peak_oof, self.gold.y, self.epoch_noise)):
             self.best_epoch, self.best_oof, self.best_states = epoch, oof, states()
         self.epoch = epoch + 1
         if on_epoch is not None:
